@@ -1,0 +1,60 @@
+"""What every command shares: turning known errors into one-line messages, logging set-up, config building.
+
+raise SystemExit(run_guarded(lambda: pregenerate(config)))
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from ..errors import UserError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+ConfigT = TypeVar("ConfigT")
+
+
+def configure_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+
+
+def run_guarded(action: Callable[[], Any]) -> int:
+    """Run ``action``; a ``UserError`` becomes ``error: <message>`` on stderr and exit status 2."""
+    configure_logging()
+    try:
+        result = action()
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return result if isinstance(result, int) else 0
+
+
+def config_from_arguments(config_class: type[ConfigT], arguments: argparse.Namespace, **overrides: Any) -> ConfigT:
+    """Build a stage config from the parsed flags whose names match its fields (flags that are None are left out).
+
+    ``__post_init__`` validation errors (``ValueError``) become ``UserError`` so the user sees one line.
+    """
+    values = {
+        field.name: getattr(arguments, field.name)
+        for field in dataclasses.fields(config_class)  # type: ignore[arg-type]
+        if getattr(arguments, field.name, None) is not None
+    }
+    values.update(overrides)
+    try:
+        return config_class(**values)
+    except ValueError as error:
+        raise UserError(str(error)) from None

@@ -1,0 +1,79 @@
+"""``bert-domain-ft pregenerate`` and the classic ``pregenerate-training-data`` script (same flags as the
+original lm_finetuning example, plus ours)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .common import config_from_arguments, run_guarded
+
+HELP = "Turn a corpus (one sentence per line, blank line between documents) into epochs of masked NSP instances."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--train_corpus", type=Path, required=True, help="corpus file in the corpus format")
+    parser.add_argument("--output_dir", type=Path, required=True, help="where manifest.json and epoch_XXX/ go")
+    parser.add_argument(
+        "--bert_model", required=True, help="model directory or hub id whose tokenizer to use (the model to train)"
+    )
+    parser.add_argument(
+        "--do_lower_case",
+        action="store_true",
+        default=None,
+        help="assert that the tokenizer lower-cases (an uncased model); by default follow the tokenizer",
+    )
+    parser.add_argument(
+        "--do_whole_word_mask", action="store_true", help="mask all '##' pieces of a word together (WordPiece only)"
+    )
+    parser.add_argument(
+        "--reduce_memory",
+        action="store_true",
+        help="keep the tokenized corpus on disk as memmaps: RAM stays flat however large the corpus",
+    )
+    parser.add_argument(
+        "--num_workers", type=int, default=1, help="processes generating in parallel (output is the same for any value)"
+    )
+    parser.add_argument("--epochs_to_generate", type=int, default=3, help="epochs of data, each freshly paired/masked")
+    parser.add_argument("--max_seq_len", type=int, default=128, help="tokens per instance, special tokens included")
+    parser.add_argument(
+        "--short_seq_prob", type=float, default=0.1, help="probability of aiming at a random shorter instance length"
+    )
+    parser.add_argument("--masked_lm_prob", type=float, default=0.15, help="fraction of each instance's tokens masked")
+    parser.add_argument("--max_predictions_per_seq", type=int, default=20, help="at most this many masked tokens")
+    parser.add_argument("--seed", type=int, default=42, help="seed of every random choice (same seed → same bytes)")
+    parser.add_argument(
+        "--holdout_fraction",
+        type=float,
+        default=0.0,
+        help="fraction of documents set aside (by seed) for a held-out evaluation set, e.g. 0.05",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace what an earlier run left in --output_dir")
+    parser.add_argument(
+        "--resume", action="store_true", help="finish an interrupted run: keep its complete epochs, make the rest"
+    )
+    parser.add_argument("--no_progress", action="store_true", help="no progress bars (for logs)")
+
+
+def run(arguments: argparse.Namespace) -> int:
+    from ..pregenerate import PregenerateConfig, pregenerate
+
+    config = config_from_arguments(PregenerateConfig, arguments, show_progress=not arguments.no_progress)
+    manifest = pregenerate(config)
+    epochs = manifest["epochs"]
+    print(
+        f"wrote {len(epochs)} epochs ({sum(e['num_instances'] for e in epochs)} instances) to {config.output_dir}"
+        + (f", held-out set of {manifest['holdout']['num_instances']} instances" if manifest["holdout"] else "")
+    )
+    return 0
+
+
+def classic_main(argv: list[str] | None = None) -> int:
+    """Entry point of ``pregenerate-training-data``: the original example's flags work unchanged."""
+    parser = argparse.ArgumentParser(
+        prog="pregenerate-training-data", description=HELP, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    add_arguments(parser)
+    arguments = parser.parse_args(argv if argv is not None else sys.argv[1:])
+    return run_guarded(lambda: run(arguments))

@@ -1,0 +1,214 @@
+"""The tokenized corpus: one flat token array plus sentence and document offsets.
+
+Layout (all int64 offsets, half-open ranges):
+    tokens            (num_tokens,)        uint16 when every id fits, else int32
+    sentence_offsets  (num_sentences + 1,) sentence s is tokens[sentence_offsets[s]:sentence_offsets[s + 1]]
+    document_offsets  (num_documents + 1,) document d is sentences document_offsets[d] .. document_offsets[d + 1] - 1
+The sentences of a document are contiguous in ``tokens``, so any run of whole sentences is one slice.
+
+In memory by default; given a directory (``--reduce_memory``) the three arrays are ``.npy`` files there, written
+streaming and opened as read-only memmaps, so peak RAM does not grow with the corpus. Sentences that tokenize to
+nothing are dropped (and counted), and so are documents left with no sentence.
+
+    store = build_document_store(Path("corpus.txt"), tokenizer, facts, directory=None)
+    document_tokens = store.tokens[store.sentence_offsets[store.document_offsets[3]] : ...]
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .atomic_files import write_json_atomic
+from .corpus import iter_corpus_lines, require_two_documents
+from .npy_stream import NpyAppender
+from .tokenization import TokenizerFacts, encode_sentences
+
+SENTENCES_PER_BATCH = 4096
+STORE_DESCRIPTION = "store.json"
+
+
+@dataclass(frozen=True)
+class DocumentStore:
+    tokens: np.ndarray
+    sentence_offsets: np.ndarray
+    document_offsets: np.ndarray
+    dropped_empty_sentences: int = 0
+    dropped_empty_documents: int = 0
+
+    @property
+    def num_documents(self) -> int:
+        return len(self.document_offsets) - 1
+
+    @property
+    def num_sentences(self) -> int:
+        return len(self.sentence_offsets) - 1
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.tokens)
+
+    def sentence_lengths(self) -> np.ndarray:
+        return np.diff(self.sentence_offsets)
+
+    def document_tokens(self, document: int) -> np.ndarray:
+        first_sentence, end_sentence = self.document_offsets[document], self.document_offsets[document + 1]
+        return self.tokens[self.sentence_offsets[first_sentence] : self.sentence_offsets[end_sentence]]
+
+    def document_token_counts(self) -> np.ndarray:
+        return np.diff(self.sentence_offsets[self.document_offsets])
+
+
+class _OffsetsBuilder:
+    """Collects the three arrays either in RAM (lists of blocks) or in streaming ``.npy`` files."""
+
+    def __init__(self, token_dtype: np.dtype, directory: Path | None):
+        self.directory = directory
+        self.token_dtype = token_dtype
+        if directory is None:
+            self._blocks: dict[str, list[np.ndarray]] = {"tokens": [], "sentence_offsets": [], "document_offsets": []}
+        else:
+            directory.mkdir(parents=True, exist_ok=True)
+            self._files = {
+                "tokens": NpyAppender(directory / "tokens.npy", token_dtype, with_checksum=False),
+                "sentence_offsets": NpyAppender(directory / "sentence_offsets.npy", np.int64, with_checksum=False),
+                "document_offsets": NpyAppender(directory / "document_offsets.npy", np.int64, with_checksum=False),
+            }
+
+    def append(self, name: str, values: np.ndarray) -> None:
+        if self.directory is None:
+            self._blocks[name].append(values)
+        else:
+            self._files[name].append(values)
+
+    def abandon(self) -> None:
+        if self.directory is not None:
+            for appender in self._files.values():
+                appender.abandon()
+
+    def finish(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        names = ("tokens", "sentence_offsets", "document_offsets")
+        if self.directory is None:
+            dtypes = (self.token_dtype, np.int64, np.int64)
+            return tuple(  # type: ignore[return-value]
+                np.concatenate(self._blocks[name]) if self._blocks[name] else np.zeros(0, dtype)
+                for name, dtype in zip(names, dtypes)
+            )
+        for appender in self._files.values():
+            appender.close()
+        return tuple(np.load(self.directory / f"{name}.npy", mmap_mode="r") for name in names)  # type: ignore
+
+
+def build_document_store(
+    corpus_path: Path,
+    tokenizer: Any,
+    facts: TokenizerFacts,
+    directory: Path | None = None,
+    show_progress: bool = True,
+) -> DocumentStore:
+    """Tokenize ``corpus_path`` in batches and return its document store (on disk under ``directory`` if given)."""
+    corpus_path = Path(corpus_path)
+    builder = _OffsetsBuilder(facts.token_dtype, directory)
+    counters = {"tokens": 0, "sentences": 0, "documents": 0, "empty_sentences": 0, "empty_documents": 0}
+    current_document_has_sentence = False
+    current_document_has_line = False
+    pending: list[tuple[str, bool]] = []
+    builder.append("sentence_offsets", np.zeros(1, np.int64))
+    builder.append("document_offsets", np.zeros(1, np.int64))
+
+    def close_document(document_ends: list[int]) -> None:
+        nonlocal current_document_has_sentence, current_document_has_line
+        if current_document_has_sentence:
+            document_ends.append(counters["sentences"])
+            counters["documents"] += 1
+        elif current_document_has_line:
+            counters["empty_documents"] += 1
+        current_document_has_sentence = current_document_has_line = False
+
+    def flush() -> None:
+        nonlocal current_document_has_sentence, current_document_has_line
+        encoded = encode_sentences(tokenizer, [text for text, _ in pending])
+        kept_lengths: list[int] = []
+        kept_ids: list[list[int]] = []
+        document_ends: list[int] = []
+        for (_, starts_document), ids in zip(pending, encoded):
+            if starts_document:
+                close_document(document_ends)
+            current_document_has_line = True
+            if not ids:
+                counters["empty_sentences"] += 1
+                continue
+            kept_ids.append(ids)
+            kept_lengths.append(len(ids))
+            counters["sentences"] += 1
+            current_document_has_sentence = True
+        if kept_ids:
+            flat = np.fromiter((i for ids in kept_ids for i in ids), dtype=np.int64, count=sum(kept_lengths))
+            if flat.size and int(flat.max()) >= facts.vocab_size:
+                raise ValueError(f"token id {int(flat.max())} outside the vocabulary of size {facts.vocab_size}")
+            builder.append("tokens", flat.astype(facts.token_dtype))
+            builder.append("sentence_offsets", counters["tokens"] + np.cumsum(kept_lengths, dtype=np.int64))
+            counters["tokens"] += int(flat.size)
+        if document_ends:
+            builder.append("document_offsets", np.asarray(document_ends, dtype=np.int64))
+        pending.clear()
+
+    try:
+        with tqdm(
+            total=corpus_path.stat().st_size if corpus_path.exists() else None,
+            unit="B",
+            unit_scale=True,
+            desc="tokenizing",
+            disable=not show_progress,
+        ) as progress:
+            last_byte = 0
+            for line in iter_corpus_lines(corpus_path):
+                pending.append((line.text, line.starts_document))
+                if len(pending) >= SENTENCES_PER_BATCH:
+                    flush()
+                    progress.update(line.end_byte - last_byte)
+                    last_byte = line.end_byte
+            if pending:
+                flush()
+            # The last document is closed by the end of the file, not by a blank line.
+            last_document_end: list[int] = []
+            close_document(last_document_end)
+            if last_document_end:
+                builder.append("document_offsets", np.asarray(last_document_end, dtype=np.int64))
+            progress.update(progress.total - last_byte if progress.total else 0)
+        require_two_documents(corpus_path, counters["documents"])
+    except BaseException:
+        builder.abandon()
+        raise
+    tokens, sentence_offsets, document_offsets = builder.finish()
+    store = DocumentStore(
+        tokens, sentence_offsets, document_offsets, counters["empty_sentences"], counters["empty_documents"]
+    )
+    if directory is not None:
+        write_json_atomic(
+            directory / STORE_DESCRIPTION,
+            {
+                "corpus": str(corpus_path),
+                "vocab_fingerprint": facts.vocab_fingerprint,
+                "num_tokens": store.num_tokens,
+                "num_sentences": store.num_sentences,
+                "num_documents": store.num_documents,
+                "dropped_empty_sentences": store.dropped_empty_sentences,
+                "dropped_empty_documents": store.dropped_empty_documents,
+            },
+        )
+    return store
+
+
+def open_document_store(directory: Path) -> DocumentStore:
+    """Open a store written by ``build_document_store(..., directory=...)`` as read-only memmaps."""
+    description = json.loads((directory / STORE_DESCRIPTION).read_text())
+    arrays = [
+        np.load(directory / f"{name}.npy", mmap_mode="r") for name in ("tokens", "sentence_offsets", "document_offsets")
+    ]
+    return DocumentStore(*arrays, description["dropped_empty_sentences"], description["dropped_empty_documents"])

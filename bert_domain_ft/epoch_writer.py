@@ -1,0 +1,165 @@
+"""Making one epoch: shards of documents become instances in worker processes, then one set of arrays.
+
+Work is cut into shards of whole documents (~256k tokens each; boundaries depend on the corpus only). Shard ``s``
+of epoch ``e`` draws from its own random stream ``SeedSequence([seed, stream, e, s])``, so the bytes of an epoch
+do not depend on how many workers made it. A worker writes its shard's arrays into ``epoch_XXX.partial/``; once all
+shards of the epoch are in, they are concatenated in order into the final arrays (with SHA-256 checksums),
+``epoch.json`` is written, and the directory is renamed to ``epoch_XXX``.
+
+    run_shard(ShardTask(epoch_directory, stream, epoch, shard, first, end), context)
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .atomic_files import os_errors_as_user_errors, replace_directory, write_json_atomic
+from .document_store import DocumentStore
+from .epoch_format import EPOCH_DESCRIPTION_NAME, array_names, describe_arrays
+from .instances import DocumentPool, assemble_pairs, create_pair_spans
+from .masking import MaskingTables, mask_rows
+from .npy_stream import NpyAppender
+
+TOKENS_PER_SHARD = 1 << 18
+TRAINING_STREAM = 1
+HOLDOUT_STREAM = 2
+
+
+@dataclass(frozen=True)
+class GenerationContext:
+    """Everything a worker needs, read-only; inherited by forked workers (memmaps are shared, not copied)."""
+
+    store: DocumentStore
+    pools: dict[int, DocumentPool]  # by stream: training documents, held-out documents
+    tables: MaskingTables
+    seed: int
+    max_seq_len: int
+    short_seq_prob: float
+    masked_lm_prob: float
+    max_predictions_per_seq: int
+    whole_word: bool
+    cls_id: int
+    sep_id: int
+    pad_id: int
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    directory: Path  # the epoch's .partial directory
+    stream: int
+    epoch: int
+    shard: int
+    first_position: int  # pool positions [first_position, end_position)
+    end_position: int
+    num_tokens: int  # for progress
+
+
+def shard_boundaries(store: DocumentStore, pool: DocumentPool, tokens_per_shard: int = TOKENS_PER_SHARD) -> list[int]:
+    """Pool positions where shards start (plus the end), cutting after ~``tokens_per_shard`` tokens."""
+    tokens = store.document_token_counts()[pool.documents]
+    cumulative = np.cumsum(tokens)
+    cuts = np.searchsorted(cumulative, np.arange(tokens_per_shard, int(cumulative[-1]), tokens_per_shard), side="left")
+    return sorted({0, *(int(cut) + 1 for cut in cuts), len(pool.documents)})
+
+
+def _shard_path(directory: Path, shard: int, name: str) -> Path:
+    return directory / f"shard_{shard:05d}.{name}.npy"
+
+
+def run_shard(task: ShardTask, context: GenerationContext) -> dict[str, Any]:
+    """Generate and mask the instances of one shard; write them beside the epoch; return counts."""
+    rng = np.random.default_rng([context.seed, task.stream, task.epoch, task.shard])
+    spans = create_pair_spans(
+        context.store,
+        context.pools[task.stream],
+        range(task.first_position, task.end_position),
+        context.max_seq_len,
+        context.short_seq_prob,
+        rng,
+    )
+    rows, lengths, segment_a_lengths = assemble_pairs(
+        context.store.tokens, spans, context.max_seq_len, context.cls_id, context.sep_id, context.pad_id
+    )
+    masked = mask_rows(
+        rows, lengths, rng, context.tables, context.masked_lm_prob, context.max_predictions_per_seq, context.whole_word
+    )
+    arrays = {
+        "input_ids": masked.input_ids,
+        "lengths": lengths,
+        "segment_a_lengths": segment_a_lengths,
+        "masked_positions": masked.positions,
+        "masked_labels": masked.labels,
+        "num_masked": masked.counts,
+        "is_random_next": spans.is_random_next.astype(np.uint8),
+    }
+    with os_errors_as_user_errors(task.directory):
+        for name, array in arrays.items():
+            np.save(_shard_path(task.directory, task.shard, name), array)
+    return {"instances": len(spans), "tokens": task.num_tokens}
+
+
+def _statistics(directory: Path, max_seq_len: int) -> dict[str, Any]:
+    lengths = np.load(directory / "lengths.npy", mmap_mode="r")
+    num_masked = np.load(directory / "num_masked.npy", mmap_mode="r")
+    random_next = np.load(directory / "is_random_next.npy", mmap_mode="r")
+    count = len(lengths)
+    return {
+        "num_instances": count,
+        "packing_fill": float(lengths.sum(dtype=np.int64) / (count * max_seq_len)) if count else 0.0,
+        "random_next_fraction": float(random_next.mean()) if count else 0.0,
+        "mean_masked_per_instance": float(num_masked.mean()) if count else 0.0,
+        "num_tokens": int(lengths.sum(dtype=np.int64)),
+    }
+
+
+def assemble_epoch(
+    directory: Path, final: Path, num_shards: int, max_seq_len: int, extra: dict[str, Any]
+) -> dict[str, Any]:
+    """Concatenate the shards in ``directory`` into the epoch's arrays, describe them, rename to ``final``."""
+    names = array_names("nsp", "static")
+    checksums: dict[str, str] = {}
+    for name in names:
+        first = np.load(_shard_path(directory, 0, name), mmap_mode="r")
+        with NpyAppender(directory / f"{name}.npy", first.dtype, first.shape[1:]) as output:
+            for shard in range(num_shards):
+                path = _shard_path(directory, shard, name)
+                output.append(np.load(path, mmap_mode="r"))
+        checksums[name] = output.sha256 or ""
+        for shard in range(num_shards):
+            _shard_path(directory, shard, name).unlink()
+    statistics = _statistics(directory, max_seq_len)
+    description = {"statistics": statistics, "arrays": describe_arrays(directory, names, checksums), **extra}
+    write_json_atomic(directory / EPOCH_DESCRIPTION_NAME, description)
+    replace_directory(directory, final)
+    return statistics
+
+
+def read_complete_epoch(final: Path) -> dict[str, Any] | None:
+    """Statistics of an already complete epoch directory (for --resume), or None when it is not complete."""
+    description_path = final / EPOCH_DESCRIPTION_NAME
+    if not description_path.exists():
+        return None
+    description = json.loads(description_path.read_text(encoding="utf-8"))
+    for name, record in description["arrays"].items():
+        path = final / f"{name}.npy"
+        try:
+            array = np.load(path, mmap_mode="r")
+        except (OSError, ValueError):
+            return None
+        if list(array.shape) != record["shape"]:
+            return None
+    return description["statistics"]
+
+
+def fresh_partial_directory(final: Path) -> Path:
+    partial = final.with_name(final.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    with os_errors_as_user_errors(partial):
+        partial.mkdir(parents=True)
+    return partial

@@ -1,0 +1,282 @@
+"""Held-out evaluation of a BERT pretraining model: masked-LM loss, perplexity, MLM accuracy, NSP accuracy.
+
+Losses and correct counts are summed exactly over fixed, consecutive batches with the model in eval mode, so the
+same model on the same data gives the same numbers every time. The MLM logits are computed at the masked
+positions only (``pretraining_model.pretraining_losses``): memory stays bounded whatever the vocabulary size.
+
+    result = evaluate_pretraining(model, open_holdout(Path("pregenerated")), batch_size=64, device="cpu")
+    print(format_result_table(result))
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .batches import collate_rows
+from .epoch_format import EpochArrays, open_holdout
+from .errors import UserError
+from .pretraining_model import pretraining_losses
+
+# The keys of an evaluation record, in display order (also the keys of the training loop's "eval" records).
+METRIC_KEYS = ("mlm_loss", "perplexity", "mlm_accuracy", "nsp_loss", "nsp_accuracy")
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    """Metrics of one model on one set of pregenerated instances."""
+
+    mlm_loss: float  # mean cross-entropy over all masked tokens, in nats per token
+    perplexity: float  # exp(mlm_loss); inf when that overflows
+    mlm_accuracy: float  # fraction (0..1) of masked tokens whose top prediction is the original token
+    nsp_loss: float | None  # mean NSP cross-entropy per instance (nats); None without NSP labels
+    nsp_accuracy: float | None  # fraction (0..1) of instances whose is-random-next prediction is right
+    num_instances: int
+    num_masked_tokens: int
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def metrics(self) -> dict[str, float]:
+        """The numeric metrics without the ``None`` ones (what the training loop logs)."""
+        return {key: value for key, value in self.to_json().items() if value is not None}
+
+
+def perplexity_of(loss: float) -> float:
+    """exp(loss) for a loss in nats, ``inf`` instead of an OverflowError for a hopeless model."""
+    try:
+        return math.exp(loss)
+    except OverflowError:
+        return math.inf
+
+
+def first_instances(epoch: EpochArrays, count: int | None) -> EpochArrays:
+    """The first ``count`` instances of ``epoch`` (still memmapped); all of them when ``count`` is None."""
+    if count is None or count >= epoch.num_instances:
+        return epoch
+
+    def head(array: np.ndarray | None) -> np.ndarray | None:
+        return None if array is None else array[:count]
+
+    return replace(
+        epoch,
+        input_ids=epoch.input_ids[:count],
+        lengths=epoch.lengths[:count],
+        segment_a_lengths=epoch.segment_a_lengths[:count],
+        masked_positions=head(epoch.masked_positions),
+        masked_labels=head(epoch.masked_labels),
+        num_masked=head(epoch.num_masked),
+        is_random_next=head(epoch.is_random_next),
+    )
+
+
+def _check_evaluable(epoch: EpochArrays) -> None:
+    if epoch.masked_positions is None:
+        raise UserError(
+            f"{epoch.directory}: instances have no fixed masks (dynamic masking); evaluate the held-out set, "
+            "which is always masked once, or pregenerate with static masking"
+        )
+    if epoch.num_instances == 0:
+        raise UserError(f"{epoch.directory}: holds no instances; use a larger corpus or --holdout_fraction")
+
+
+class _Totals:
+    """Exact sums over batches (float64 for losses, integers for counts)."""
+
+    def __init__(self) -> None:
+        self.mlm_loss_sum = 0.0
+        self.mlm_correct = 0
+        self.mlm_count = 0
+        self.nsp_loss_sum = 0.0
+        self.nsp_correct = 0
+        self.nsp_count = 0
+
+    def add(self, output: Any) -> None:
+        self.mlm_loss_sum += float(output.mlm_loss_sum)
+        self.mlm_correct += int(output.mlm_correct)
+        self.mlm_count += int(output.mlm_count)
+        if output.nsp_loss is not None:
+            count = int(output.nsp_count)
+            # nsp_loss is the batch mean: times the batch size gives the sum, so the overall mean is exact.
+            self.nsp_loss_sum += float(output.nsp_loss) * count
+            self.nsp_correct += int(output.nsp_correct)
+            self.nsp_count += count
+
+    def result(self, num_instances: int, directory: Path) -> EvaluationResult:
+        if self.mlm_count == 0:
+            raise UserError(f"{directory}: no masked tokens to evaluate; pregenerate with --masked_lm_prob > 0")
+        mlm_loss = self.mlm_loss_sum / self.mlm_count
+        with_nsp = self.nsp_count > 0
+        return EvaluationResult(
+            mlm_loss=mlm_loss,
+            perplexity=perplexity_of(mlm_loss),
+            mlm_accuracy=self.mlm_correct / self.mlm_count,
+            nsp_loss=self.nsp_loss_sum / self.nsp_count if with_nsp else None,
+            nsp_accuracy=self.nsp_correct / self.nsp_count if with_nsp else None,
+            num_instances=num_instances,
+            num_masked_tokens=self.mlm_count,
+        )
+
+
+def evaluate_pretraining(
+    model: nn.Module,
+    epoch: EpochArrays,
+    batch_size: int,
+    device: torch.device | str,
+    autocast_dtype: torch.dtype | None = None,
+    show_progress: bool = True,
+) -> EvaluationResult:
+    """Masked-LM and NSP metrics of ``model`` (a ``BertForPreTraining``) over every instance of ``epoch``.
+
+    The model is put in eval mode for the pass (no dropout) and returned to the mode it was in. ``autocast_dtype``
+    (e.g. ``torch.bfloat16``) runs the forward pass under autocast; losses are still summed in float64.
+    """
+    _check_evaluable(epoch)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    device = torch.device(device)
+    totals = _Totals()
+    starts = range(0, epoch.num_instances, batch_size)
+    was_training = model.training
+    model.eval()
+    try:
+        with (
+            torch.inference_mode(),
+            torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None),
+        ):
+            for start in tqdm(starts, desc="evaluating", unit="batch", disable=not show_progress):
+                rows = np.arange(start, min(start + batch_size, epoch.num_instances))
+                batch = {name: tensor.to(device) for name, tensor in collate_rows(epoch, rows).items()}
+                totals.add(pretraining_losses(model, batch))
+    finally:
+        model.train(was_training)
+    return totals.result(epoch.num_instances, epoch.directory)
+
+
+def build_evaluator(
+    holdout: EpochArrays,
+    batch_size: int,
+    device: torch.device | str,
+    autocast_dtype: torch.dtype | None = None,
+    max_instances: int | None = None,
+    show_progress: bool = False,
+) -> Callable[[nn.Module], dict[str, float]]:
+    """The ``evaluate(model) -> metrics`` callable the training loop calls before, during and after training.
+
+    ``max_instances`` evaluates only the first instances (always the same ones), to bound the time per call.
+    """
+    subset = first_instances(holdout, max_instances)
+    _check_evaluable(subset)
+
+    def evaluate(model: nn.Module) -> dict[str, float]:
+        return evaluate_pretraining(model, subset, batch_size, device, autocast_dtype, show_progress).metrics()
+
+    return evaluate
+
+
+def holdout_evaluator(
+    pregenerated_dir: Path,
+    batch_size: int,
+    device: torch.device | str,
+    autocast_dtype: torch.dtype | None = None,
+    max_instances: int | None = None,
+) -> Callable[[nn.Module], dict[str, float]] | None:
+    """``build_evaluator`` on the held-out set of a pregenerated directory, or ``None`` when it has none."""
+    holdout = open_holdout(Path(pregenerated_dir))
+    if holdout is None:
+        return None
+    return build_evaluator(holdout, batch_size, device, autocast_dtype, max_instances)
+
+
+# ---------------------------------------------------------------------------------------------------- formatting
+
+_LABELS = {
+    "mlm_loss": "MLM loss (nats/token)",
+    "perplexity": "perplexity",
+    "mlm_accuracy": "MLM accuracy",
+    "nsp_loss": "NSP loss",
+    "nsp_accuracy": "NSP accuracy",
+}
+
+
+def _format_value(key: str, value: float | None) -> str:
+    if value is None:
+        return "-"
+    if key.endswith("accuracy"):
+        return f"{100 * value:.2f}%"
+    if key == "perplexity":
+        return f"{value:,.2f}" if math.isfinite(value) else "inf"
+    return f"{value:.4f}"
+
+
+def _format_change(key: str, before: float, after: float) -> str:
+    if key.endswith("accuracy"):
+        return f"{100 * (after - before):+.2f} pts"
+    if key == "perplexity":
+        if not (math.isfinite(before) and math.isfinite(after)) or before == 0:
+            return "-"
+        return f"{100 * (after / before - 1):+.1f}%"
+    return f"{after - before:+.4f}"
+
+
+def _as_mapping(result: EvaluationResult | Mapping[str, Any]) -> Mapping[str, Any]:
+    return result.to_json() if isinstance(result, EvaluationResult) else result
+
+
+def _render(rows: list[list[str]]) -> str:
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    lines = []
+    for index, row in enumerate(rows):
+        cells = [row[0].ljust(widths[0])] + [cell.rjust(width) for cell, width in zip(row[1:], widths[1:])]
+        lines.append("  ".join(cells).rstrip())
+        if index == 0:
+            lines.append("  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def format_result_table(result: EvaluationResult | Mapping[str, Any], title: str = "held-out set") -> str:
+    """A two-column table of the metrics, headed by how many instances and masked tokens they cover."""
+    values = _as_mapping(result)
+    rows = [[title, "value"]]
+    rows += [[_LABELS[key], _format_value(key, values.get(key))] for key in METRIC_KEYS if values.get(key) is not None]
+    summary = f"{int(values['num_instances']):,} instances, {int(values['num_masked_tokens']):,} masked tokens"
+    return _render(rows) + "\n" + summary
+
+
+def format_before_after_table(
+    before: EvaluationResult | Mapping[str, Any], after: EvaluationResult | Mapping[str, Any], title: str = "held-out"
+) -> str:
+    """Metrics before and after training side by side, with the change (points for accuracies)."""
+    first, last = _as_mapping(before), _as_mapping(after)
+    rows = [[title, "before", "after", "change"]]
+    for key in METRIC_KEYS:
+        if first.get(key) is None or last.get(key) is None:
+            continue
+        value_before, value_after = float(first[key]), float(last[key])
+        rows.append(
+            [
+                _LABELS[key],
+                _format_value(key, value_before),
+                _format_value(key, value_after),
+                _format_change(key, value_before, value_after),
+            ]
+        )
+    return _render(rows)
+
+
+def print_before_after(
+    before: EvaluationResult | Mapping[str, Any],
+    after: EvaluationResult | Mapping[str, Any],
+    file: TextIO | None = None,
+) -> None:
+    """Print ``format_before_after_table`` (to stdout unless ``file`` is given)."""
+    print(format_before_after_table(before, after), file=file if file is not None else sys.stdout, flush=True)

@@ -1,0 +1,220 @@
+"""Next-sentence-prediction pairs, as BERT's create_pretraining_data makes them, computed on offsets only.
+
+An instance is ``[CLS] A [SEP] B [SEP]``. Whole sentences of one document are gathered into a chunk until a target
+length is reached (the full ``max_seq_len - 3``, or with probability ``short_seq_prob`` a random shorter one, drawn
+per chunk so that long documents also yield some short instances); the chunk is split at a random sentence
+boundary into A and B. With probability 0.5 — always when the chunk has one sentence, so a one-sentence document
+can never yield a wrong "is next" label — B is instead a run of sentences from another document of the same
+split, that document chosen with probability proportional to its sentence count and started at a random
+sentence; the chunk's unused sentences go back for the next instance. The longer of A/B is then cut one token at
+a time, from the front or back at random, until the pair fits.
+
+Because the sentences of a document are contiguous in the store, A and B are each one token range: an instance
+is four offsets. The Python loop walks sentences only; random documents, B lengths and truncation are computed
+vectorised afterwards, and token arrays are gathered in one numpy pass.
+
+    spans = create_pair_spans(store, pool, pool_positions=range(0, 50), max_seq_len=128, short_seq_prob=0.1, rng=rng)
+    input_ids, lengths, segment_a_lengths = assemble_pairs(store.tokens, spans, 128, cls_id, sep_id, pad_id)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .document_store import DocumentStore
+from .random_stream import UniformStream
+
+SPECIAL_TOKENS_PER_PAIR = 3  # [CLS], [SEP], [SEP]
+
+
+@dataclass(frozen=True)
+class DocumentPool:
+    """The documents one split (training or held-out) draws from, with cumulative sentence counts.
+
+    ``sentence_cumsum[k]`` is the number of sentences in ``documents[:k]``; random "next" segments are drawn from
+    the pool only, so held-out and training instances never share a document.
+    """
+
+    documents: np.ndarray  # (D,) int64 store document indices, ascending
+    sentence_cumsum: np.ndarray  # (D + 1,) int64
+
+    @classmethod
+    def from_documents(cls, store: DocumentStore, documents: np.ndarray) -> DocumentPool:
+        documents = np.asarray(documents, dtype=np.int64)
+        counts = store.document_offsets[documents + 1] - store.document_offsets[documents]
+        return cls(documents, np.concatenate([[0], np.cumsum(counts, dtype=np.int64)]))
+
+    @property
+    def num_sentences(self) -> int:
+        return int(self.sentence_cumsum[-1])
+
+
+@dataclass(frozen=True)
+class PairSpans:
+    """Token ranges ``[start, end)`` into ``store.tokens`` of A and B for N instances (after truncation)."""
+
+    a_start: np.ndarray
+    a_end: np.ndarray
+    b_start: np.ndarray
+    b_end: np.ndarray
+    is_random_next: np.ndarray  # (N,) bool
+
+    def __len__(self) -> int:
+        return len(self.a_start)
+
+
+def _walk_chunks(
+    sentence_offsets: list[int],
+    document_ranges: list[tuple[int, int, int]],
+    max_num_tokens: int,
+    short_seq_prob: float,
+    draws: UniformStream,
+) -> tuple[list[int], list[int], list[int], list[int], list[int], list[float]]:
+    """The sequential part: chunk boundaries and the random-next decision, sentence by sentence.
+
+    ``document_ranges`` holds (pool position, first sentence, end sentence) in the numbering of
+    ``sentence_offsets`` (token offsets of this shard's sentences). Returns per instance: pool position, A's
+    sentence range, B's sentence range for "is next" pairs (-1 for random ones), and the remaining target length
+    (for random B) and a uniform draw locating the random B sentence.
+    """
+    pool_position, a_first, a_end, b_end, b_target, b_draw = [], [], [], [], [], []
+    for position, first, end in document_ranges:
+        chunk_first = i = first
+        target = draws.integer(2, max_num_tokens) if draws.uniform() < short_seq_prob else max_num_tokens
+        while i < end:
+            chunk_tokens = sentence_offsets[i + 1] - sentence_offsets[chunk_first]
+            if i == end - 1 or chunk_tokens >= target:
+                chunk_sentences = i - chunk_first + 1
+                split = chunk_first + (1 if chunk_sentences == 1 else draws.integer(1, chunk_sentences - 1))
+                pool_position.append(position)
+                a_first.append(chunk_first)
+                a_end.append(split)
+                if chunk_sentences == 1 or draws.uniform() < 0.5:
+                    b_end.append(-1)
+                    b_target.append(max(1, target - (sentence_offsets[split] - sentence_offsets[chunk_first])))
+                    b_draw.append(draws.uniform())
+                    i = split - 1  # the chunk's unused sentences start the next chunk
+                else:
+                    b_end.append(i + 1)
+                    b_target.append(0)
+                    b_draw.append(0.0)
+                chunk_first = i + 1
+                target = draws.integer(2, max_num_tokens) if draws.uniform() < short_seq_prob else max_num_tokens
+            i += 1
+    return pool_position, a_first, a_end, b_end, b_target, b_draw
+
+
+def _random_b_ranges(
+    store: DocumentStore, pool: DocumentPool, positions: np.ndarray, b_target: np.ndarray, b_draw: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Token ranges of random "next" segments: another pool document, proportional to sentences, random start."""
+    cumsum = pool.sentence_cumsum
+    own_sentences = cumsum[positions + 1] - cumsum[positions]
+    # Draw among the pool's sentences except the current document's, then skip over the current document.
+    pick = np.minimum(
+        (b_draw * (pool.num_sentences - own_sentences)).astype(np.int64), pool.num_sentences - own_sentences - 1
+    )
+    pick = np.where(pick >= cumsum[positions], pick + own_sentences, pick)
+    other = np.searchsorted(cumsum, pick, side="right") - 1
+    documents = pool.documents[other]
+    start_sentence = store.document_offsets[documents] + (pick - cumsum[other])
+    end_sentence_limit = store.document_offsets[documents + 1]
+    b_start = store.sentence_offsets[start_sentence]
+    # First sentence boundary at or past the target length, but never beyond the document's end.
+    end_sentence = np.searchsorted(store.sentence_offsets, b_start + b_target, side="left")
+    end_sentence = np.minimum(end_sentence, end_sentence_limit)
+    return b_start, store.sentence_offsets[end_sentence]
+
+
+def truncate_pairs(
+    a_start: np.ndarray,
+    a_end: np.ndarray,
+    b_start: np.ndarray,
+    b_end: np.ndarray,
+    max_num_tokens: int,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """BERT's truncation in closed form: repeatedly drop a token from the longer segment (B on ties), each time
+    from its front or back with probability 1/2, until ``len(A) + len(B) <= max_num_tokens``."""
+    length_a, length_b = a_end - a_start, b_end - b_start
+    excess = np.maximum(0, length_a + length_b - max_num_tokens)
+    from_longer = np.minimum(excess, np.abs(length_a - length_b))
+    alternating = excess - from_longer  # once equal, removals alternate starting with B
+    a_is_longer = length_a > length_b
+    remove_a = np.where(a_is_longer, from_longer, 0) + alternating // 2
+    remove_b = np.where(a_is_longer, 0, from_longer) + (alternating + 1) // 2
+    front_a = rng.binomial(remove_a, 0.5)
+    front_b = rng.binomial(remove_b, 0.5)
+    return a_start + front_a, a_end - (remove_a - front_a), b_start + front_b, b_end - (remove_b - front_b)
+
+
+def create_pair_spans(
+    store: DocumentStore,
+    pool: DocumentPool,
+    pool_positions: range,
+    max_seq_len: int,
+    short_seq_prob: float,
+    rng: np.random.Generator,
+) -> PairSpans:
+    """NSP instances for the pool documents at ``pool_positions`` (one shard), as token spans."""
+    max_num_tokens = max_seq_len - SPECIAL_TOKENS_PER_PAIR
+    documents = pool.documents[pool_positions.start : pool_positions.stop]
+    first_sentences = store.document_offsets[documents]
+    end_sentences = store.document_offsets[documents + 1]
+    base = int(first_sentences.min()) if len(documents) else 0
+    top = int(end_sentences.max()) if len(documents) else 0
+    local_offsets = store.sentence_offsets[base : top + 1].tolist()
+    ranges = [
+        (position, first - base, end - base)
+        for position, first, end in zip(pool_positions, first_sentences.tolist(), end_sentences.tolist())
+    ]
+    positions, a_first, a_end, b_end, b_target, b_draw = (
+        np.asarray(values)
+        for values in _walk_chunks(local_offsets, ranges, max_num_tokens, short_seq_prob, UniformStream(rng))
+    )
+    if len(positions) == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return PairSpans(empty, empty, empty, empty, np.zeros(0, dtype=bool))
+    offsets = store.sentence_offsets
+    a_start_tokens = offsets[a_first + base]
+    a_end_tokens = offsets[a_end + base]
+    is_random = b_end < 0
+    b_start_tokens = a_end_tokens.copy()  # "is next": B starts where A ends
+    b_end_tokens = offsets[np.where(is_random, a_end, b_end) + base]
+    if is_random.any():
+        random_start, random_end = _random_b_ranges(
+            store, pool, positions[is_random].astype(np.int64), b_target[is_random].astype(np.int64), b_draw[is_random]
+        )
+        b_start_tokens[is_random] = random_start
+        b_end_tokens[is_random] = random_end
+    truncated = truncate_pairs(a_start_tokens, a_end_tokens, b_start_tokens, b_end_tokens, max_num_tokens, rng)
+    return PairSpans(*truncated, is_random_next=is_random)
+
+
+def concatenated_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """``concatenate([arange(s, s + n) for s, n in zip(starts, lengths)])`` without a Python loop."""
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    run_starts = np.cumsum(lengths) - lengths
+    return np.repeat(starts - run_starts, lengths) + np.arange(total)
+
+
+def assemble_pairs(
+    tokens: np.ndarray, spans: PairSpans, max_seq_len: int, cls_id: int, sep_id: int, pad_id: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Token rows ``[CLS] A [SEP] B [SEP] pad…`` (N, max_seq_len), their lengths and segment-A lengths."""
+    count = len(spans)
+    length_a = spans.a_end - spans.a_start
+    length_b = spans.b_end - spans.b_start
+    rows = np.full(count * max_seq_len, pad_id, dtype=tokens.dtype)
+    row_base = np.arange(count, dtype=np.int64) * max_seq_len
+    rows[row_base] = cls_id
+    rows[concatenated_ranges(row_base + 1, length_a)] = tokens[concatenated_ranges(spans.a_start, length_a)]
+    rows[row_base + 1 + length_a] = sep_id
+    rows[concatenated_ranges(row_base + 2 + length_a, length_b)] = tokens[concatenated_ranges(spans.b_start, length_b)]
+    rows[row_base + 2 + length_a + length_b] = sep_id
+    lengths = length_a + length_b + SPECIAL_TOKENS_PER_PAIR
+    return rows.reshape(count, max_seq_len), lengths.astype(np.uint16), (length_a + 2).astype(np.uint16)

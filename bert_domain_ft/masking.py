@@ -1,0 +1,122 @@
+"""Masked-LM masking of whole batches of token rows, vectorised.
+
+Per row: ``num_to_predict = min(max_predictions, max(1, round(length * masked_lm_prob)))`` (``length`` counts the
+special tokens, as BERT does), never more than the row's maskable tokens. Candidates are the non-special tokens;
+they are taken in random order — whole words at a time with whole-word masking, skipping a word that would
+overshoot, exactly as BERT's create_pretraining_data. Of the chosen tokens 80% become the mask token, 10% a
+random non-special token, 10% stay as they are; labels hold the original tokens, positions ascend.
+
+The row-wise random order is an argsort of random keys, so an epoch is masked in a handful of numpy calls.
+
+    masked = mask_rows(rows, lengths, rng, MaskingTables.from_facts(tokenizer, facts), 0.15, 20, whole_word=False)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class MaskingTables:
+    """Per-vocabulary lookups masking needs; built once from the tokenizer, shared read-only by workers."""
+
+    is_special: np.ndarray  # (V,) bool
+    is_continuation: np.ndarray  # (V,) bool: "##" pieces that continue a word (WordPiece)
+    replacement_ids: np.ndarray  # (K,) ids a token may be replaced with: every non-special id
+    mask_id: int
+
+
+@dataclass(frozen=True)
+class MaskedRows:
+    input_ids: np.ndarray  # (N, L) rows with masks applied
+    positions: np.ndarray  # (N, P) uint16, ascending, padded with 0
+    labels: np.ndarray  # (N, P) original ids, padded with 0
+    counts: np.ndarray  # (N,) uint16 real entries per row
+
+
+def _word_starts(rows: np.ndarray, candidate: np.ndarray, tables: MaskingTables, whole_word: bool) -> np.ndarray:
+    """Where a maskable unit begins: every candidate token, or with whole words only the first piece."""
+    if not whole_word:
+        return candidate
+    continues = tables.is_continuation[rows] & candidate
+    previous_is_candidate = np.zeros_like(candidate)
+    previous_is_candidate[:, 1:] = candidate[:, :-1]
+    # A continuation piece right after [SEP] or a truncation cut has no word to join: it starts its own.
+    return candidate & ~(continues & previous_is_candidate)
+
+
+def _select(candidate: np.ndarray, word_start: np.ndarray, targets: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Boolean (N, L) selection: words in random order, each taken whole if it still fits under the row's target."""
+    count, width = candidate.shape
+    word_index = np.cumsum(word_start, axis=1) - 1  # word number of each token within its row
+    word_keys = rng.random((count, width))  # key of word w is word_keys[row, w]
+    token_keys = np.where(candidate, np.take_along_axis(word_keys, np.maximum(word_index, 0), axis=1), 2.0)
+    order = np.lexsort((np.broadcast_to(np.arange(width), (count, width)), token_keys), axis=1)
+    sorted_candidate = np.take_along_axis(candidate, order, axis=1)
+    sorted_word = np.take_along_axis(word_index, order, axis=1)
+    word_size = np.zeros((count, width + 1), dtype=np.int64)
+    np.add.at(word_size, (np.arange(count)[:, None], np.where(candidate, word_index, width)), 1)
+    running = np.cumsum(sorted_candidate, axis=1)
+    # A token is chosen when the whole of its word fits: cumulative count at the word's last piece ≤ target.
+    size_of_token_word = np.take_along_axis(word_size, np.where(sorted_candidate, sorted_word, width), axis=1)
+    is_first_piece = np.ones_like(sorted_candidate)
+    is_first_piece[:, 1:] = sorted_word[:, 1:] != sorted_word[:, :-1]
+    word_end_running = np.where(is_first_piece, running - 1 + size_of_token_word, 0)
+    word_end_running = np.maximum.accumulate(word_end_running, axis=1)
+    fits = sorted_candidate & (word_end_running <= targets[:, None])
+    # Prefix rule = BERT's rule until the first word that does not fit; rows where BERT would skip it and go on
+    # to smaller words are finished below, one at a time (rare: only whole-word masking can skip).
+    chosen_sorted = fits & (np.cumsum(~fits & sorted_candidate, axis=1) == 0)
+    chosen = np.zeros_like(candidate)
+    np.put_along_axis(chosen, order, chosen_sorted, axis=1)
+    unfinished = np.flatnonzero((chosen.sum(axis=1) < targets) & (candidate.sum(axis=1) > chosen.sum(axis=1)))
+    for row in unfinished:
+        taken = int(chosen[row].sum())
+        seen: set[int] = set()
+        for token in order[row]:
+            if not candidate[row, token]:
+                break
+            word = int(word_index[row, token])
+            if word in seen:
+                continue
+            seen.add(word)
+            size = int(word_size[row, word])
+            if chosen[row, token] or taken + size > targets[row]:
+                continue
+            chosen[row] |= candidate[row] & (word_index[row] == word)
+            taken += size
+    return chosen
+
+
+def mask_rows(
+    rows: np.ndarray,
+    lengths: np.ndarray,
+    rng: np.random.Generator,
+    tables: MaskingTables,
+    masked_lm_prob: float,
+    max_predictions: int,
+    whole_word: bool,
+) -> MaskedRows:
+    """Mask every row of ``rows`` (N, L); returns new arrays, ``rows`` is not modified."""
+    count, width = rows.shape
+    lengths = np.asarray(lengths, dtype=np.int64)
+    candidate = (np.arange(width)[None, :] < lengths[:, None]) & ~tables.is_special[rows]
+    targets = np.minimum(max_predictions, np.maximum(1, np.rint(lengths * masked_lm_prob).astype(np.int64)))
+    targets = np.minimum(targets, candidate.sum(axis=1))
+    chosen = _select(candidate, _word_starts(rows, candidate, tables, whole_word), targets, rng)
+    row_index, column = np.nonzero(chosen)  # row-major: positions ascend within each row
+    original = rows[row_index, column]
+    decision = rng.random(len(row_index))
+    replaced = tables.replacement_ids[rng.integers(0, len(tables.replacement_ids), len(row_index))]
+    new_values = np.where(decision < 0.8, tables.mask_id, np.where(decision < 0.9, original, replaced))
+    masked = rows.copy()
+    masked[row_index, column] = new_values.astype(rows.dtype)
+    counts = chosen.sum(axis=1)
+    slot = np.arange(len(row_index)) - np.repeat(np.cumsum(counts) - counts, counts)
+    positions = np.zeros((count, max_predictions), dtype=np.uint16)
+    labels = np.zeros((count, max_predictions), dtype=rows.dtype)
+    positions[row_index, slot] = column
+    labels[row_index, slot] = original
+    return MaskedRows(masked, positions, labels, counts.astype(np.uint16))

@@ -1,0 +1,369 @@
+"""Pregeneration: corpus → N epochs of masked NSP instances packed to ``max_seq_len`` (format: epoch_format.py).
+
+Steps: check the output directory → load the tokenizer → tokenize the corpus into a document store (in RAM, or on
+disk with ``reduce_memory``) → set documents aside for the held-out set → generate every epoch in shards, in
+``num_workers`` processes → write ``manifest.json`` last. ``resume`` keeps complete epochs and makes the rest;
+the result is byte-identical to an uninterrupted run, whatever ``num_workers`` is.
+
+    manifest = pregenerate(PregenerateConfig(train_corpus=Path("c.txt"), output_dir=Path("out"), bert_model="bert"))
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import shutil
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from . import epoch_writer
+from .atomic_files import os_errors_as_user_errors, write_json_atomic
+from .corpus import open_corpus_checked
+from .document_store import DocumentStore, build_document_store
+from .epoch_format import FORMAT_NAME, FORMAT_VERSION, HOLDOUT_DIRECTORY, MANIFEST_NAME, epoch_directory_name
+from .epoch_writer import GenerationContext, ShardTask
+from .errors import UserError
+from .instances import DocumentPool
+from .masking import MaskingTables
+from .tokenization import continuation_table, describe_tokenizer, load_tokenizer, special_table
+
+logger = logging.getLogger(__name__)
+
+GENERATION_RECORD = "generation.json"  # written first: lets --resume check it continues the same job
+STORE_DIRECTORY = "document_store.partial"
+
+
+@dataclass
+class PregenerateConfig:
+    train_corpus: Path
+    """Corpus file: one sentence per line, a blank line between documents (see ``bert-domain-ft prepare``)."""
+    output_dir: Path
+    """Directory for manifest.json and the epoch_XXX/ arrays."""
+    bert_model: str
+    """Model directory or hub id whose tokenizer is used (the model must later be trained on this data)."""
+    do_lower_case: bool | None = None
+    """None follows the tokenizer; True must agree with it (an error says so if not)."""
+    do_whole_word_mask: bool = False
+    """Mask all WordPiece pieces of a word together (needs a WordPiece tokenizer)."""
+    reduce_memory: bool = False
+    """Keep the tokenized corpus on disk as memmaps: peak RAM stays flat whatever the corpus size."""
+    num_workers: int = 1
+    """Processes generating shards in parallel; the output does not depend on it."""
+    epochs_to_generate: int = 3
+    """Epochs of data, each with fresh pairs and masks."""
+    max_seq_len: int = 128
+    """Tokens per instance, special tokens included."""
+    short_seq_prob: float = 0.1
+    """Probability that an instance aims at a random shorter length (teaches short inputs)."""
+    masked_lm_prob: float = 0.15
+    """Fraction of each instance's tokens to mask."""
+    max_predictions_per_seq: int = 20
+    """Upper bound on masked tokens per instance."""
+    seed: int = 42
+    """Seed of every random choice; same seed and corpus → identical bytes."""
+    holdout_fraction: float = 0.0
+    """Fraction of documents set aside (chosen by seed) for one held-out evaluation epoch."""
+    overwrite: bool = False
+    """Replace what an earlier run left in output_dir."""
+    resume: bool = False
+    """Keep complete epochs of an interrupted run with the same settings and generate only the missing ones."""
+    show_progress: bool = True
+    """tqdm progress bars."""
+
+    def __post_init__(self) -> None:
+        self.train_corpus = Path(self.train_corpus)
+        self.output_dir = Path(self.output_dir)
+        if self.epochs_to_generate < 1:
+            raise ValueError("--epochs_to_generate must be at least 1")
+        if self.num_workers < 1:
+            raise ValueError("--num_workers must be at least 1 (1 generates in this process)")
+        if not 8 <= self.max_seq_len <= 65535:
+            raise ValueError("--max_seq_len must be between 8 and 65535 (BERT uses 128 or 512)")
+        if not 0.0 <= self.short_seq_prob <= 1.0:
+            raise ValueError("--short_seq_prob must be between 0 and 1")
+        if not 0.0 < self.masked_lm_prob < 1.0:
+            raise ValueError("--masked_lm_prob must be between 0 and 1 (BERT uses 0.15)")
+        if not 1 <= self.max_predictions_per_seq <= self.max_seq_len:
+            raise ValueError("--max_predictions_per_seq must be between 1 and --max_seq_len")
+        if not 0.0 <= self.holdout_fraction < 1.0:
+            raise ValueError("--holdout_fraction must be in [0, 1), e.g. 0.05 for 5% of the documents")
+        if self.overwrite and self.resume:
+            raise ValueError("--overwrite and --resume contradict each other: choose one")
+
+    def generation_record(self, tokenizer_fingerprint: str) -> dict[str, Any]:
+        """What determines the bytes of the output (everything but workers, memory mode and progress)."""
+        record = {key: value for key, value in asdict(self).items() if key not in _NOT_AFFECTING_OUTPUT}
+        record["train_corpus"] = str(self.train_corpus)
+        record["corpus_bytes"] = self.train_corpus.stat().st_size
+        record["vocab_fingerprint"] = tokenizer_fingerprint
+        return record
+
+
+_NOT_AFFECTING_OUTPUT = {
+    "output_dir",
+    "num_workers",
+    "reduce_memory",
+    "overwrite",
+    "resume",
+    "show_progress",
+    "do_lower_case",
+}
+
+
+def _prepare_output_directory(config: PregenerateConfig) -> None:
+    output = config.output_dir
+    with os_errors_as_user_errors(output / MANIFEST_NAME):
+        if output.exists() and not output.is_dir():
+            raise UserError(f"{output}: exists and is not a directory; choose another --output_dir")
+        if output.exists() and any(output.iterdir()) and not (config.overwrite or config.resume):
+            raise UserError(
+                f"{output}: already holds data; pass --overwrite to replace it, --resume to finish an interrupted "
+                "run, or choose an empty --output_dir"
+            )
+        output.mkdir(parents=True, exist_ok=True)
+        if config.overwrite:
+            # The old manifest goes first, so the directory never looks complete while it is rewritten.
+            (output / MANIFEST_NAME).unlink(missing_ok=True)
+            (output / GENERATION_RECORD).unlink(missing_ok=True)
+
+
+def _check_resume(config: PregenerateConfig, record: dict[str, Any]) -> None:
+    path = config.output_dir / GENERATION_RECORD
+    if not path.exists():
+        if any(config.output_dir.glob("epoch_*")):
+            raise UserError(f"{path}: missing, so these epochs cannot be resumed safely; use --overwrite")
+        return
+    earlier = json.loads(path.read_text(encoding="utf-8"))
+    differing = sorted(key for key in set(record) | set(earlier) if record.get(key) != earlier.get(key))
+    if differing:
+        raise UserError(
+            f"{path}: the interrupted run used different settings ({', '.join(differing)}); "
+            "rerun with the same flags, or use --overwrite to start again"
+        )
+
+
+def _check_model_positions(config: PregenerateConfig) -> None:
+    config_path = Path(config.bert_model) / "config.json"
+    if not config_path.exists():
+        return
+    positions = json.loads(config_path.read_text(encoding="utf-8")).get("max_position_embeddings")
+    if positions is not None and config.max_seq_len > positions:
+        raise UserError(
+            f"{config_path}: the model has {positions} positions but --max_seq_len is {config.max_seq_len}; "
+            f"use --max_seq_len {positions} or less"
+        )
+
+
+def _split_documents(
+    store: DocumentStore, holdout_fraction: float, seed: int, corpus: Path
+) -> tuple[np.ndarray, np.ndarray]:
+    """Training and held-out document indices (each ascending); held-out ones chosen by seed."""
+    everything = np.arange(store.num_documents, dtype=np.int64)
+    if holdout_fraction == 0.0:
+        return everything, everything[:0]
+    count = int(round(store.num_documents * holdout_fraction))
+    if count < 2 or store.num_documents - count < 2:
+        raise UserError(
+            f"{corpus}: {store.num_documents} documents cannot give {holdout_fraction:.0%} held out with at least two "
+            "documents on each side (NSP needs two); change --holdout_fraction or add documents"
+        )
+    rng = np.random.default_rng([seed, epoch_writer.HOLDOUT_STREAM])
+    held_out = np.sort(rng.choice(store.num_documents, size=count, replace=False))
+    return np.setdiff1d(everything, held_out), held_out
+
+
+def _masking_tables(tokenizer: Any, facts: Any) -> MaskingTables:
+    special = special_table(facts)
+    return MaskingTables(
+        is_special=special,
+        is_continuation=continuation_table(tokenizer, facts),
+        replacement_ids=np.flatnonzero(~special),
+        mask_id=facts.mask_token_id,
+    )
+
+
+_worker_context: GenerationContext | None = None
+
+
+def _run_in_worker(task: ShardTask) -> dict[str, Any]:
+    assert _worker_context is not None
+    return epoch_writer.run_shard(task, _worker_context)
+
+
+def _run_tasks(tasks: list[ShardTask], context: GenerationContext, num_workers: int) -> Iterator[dict[str, Any]]:
+    """Results in task order; forked workers inherit ``context`` (memmaps included) instead of pickling it."""
+    global _worker_context
+    _worker_context = context
+    if num_workers == 1 or "fork" not in multiprocessing.get_all_start_methods():
+        if num_workers > 1:
+            logger.warning("this platform cannot fork: generating in one process")
+        for task in tasks:
+            yield epoch_writer.run_shard(task, context)
+        return
+    with multiprocessing.get_context("fork").Pool(num_workers) as pool:
+        yield from pool.imap(_run_in_worker, tasks)
+
+
+def _generate(
+    config: PregenerateConfig,
+    context: GenerationContext,
+    jobs: list[tuple[str, int, int]],
+    boundaries: dict[int, list[int]],
+) -> dict[str, dict[str, Any]]:
+    """Run every (directory name, stream, epoch) job; returns statistics by directory name."""
+    tasks: list[ShardTask] = []
+    shards_per_job: list[int] = []
+    token_counts = context.store.document_token_counts()
+    for name, stream, epoch in jobs:
+        partial = epoch_writer.fresh_partial_directory(config.output_dir / name)
+        cuts, pool = boundaries[stream], context.pools[stream]
+        for shard, (first, end) in enumerate(zip(cuts[:-1], cuts[1:])):
+            tokens = int(token_counts[pool.documents[first:end]].sum())
+            tasks.append(ShardTask(partial, stream, epoch, shard, first, end, tokens))
+        shards_per_job.append(len(cuts) - 1)
+    statistics: dict[str, dict[str, Any]] = {}
+    results = _run_tasks(tasks, context, config.num_workers)
+    with tqdm(
+        total=sum(t.num_tokens for t in tasks), unit="tok", unit_scale=True, disable=not config.show_progress
+    ) as bar:
+        for (name, stream, epoch), num_shards in zip(jobs, shards_per_job):
+            bar.set_description(f"generating {name}")
+            for _ in range(num_shards):
+                bar.update(next(results)["tokens"])
+            final = config.output_dir / name
+            extra = {"epoch": epoch if stream == epoch_writer.TRAINING_STREAM else None}
+            statistics[name] = epoch_writer.assemble_epoch(
+                final.with_name(name + ".partial"), final, num_shards, config.max_seq_len, extra
+            )
+            stats = statistics[name]
+            logger.info(
+                "%s: %d instances, packing fill %.1f%%, random next %.1f%%, %.1f masked tokens per instance",
+                name,
+                stats["num_instances"],
+                100 * stats["packing_fill"],
+                100 * stats["random_next_fraction"],
+                stats["mean_masked_per_instance"],
+            )
+    return statistics
+
+
+def pregenerate(config: PregenerateConfig) -> dict[str, Any]:
+    """Write ``config.epochs_to_generate`` epochs (and the held-out set) to ``config.output_dir``; return the manifest."""
+    open_corpus_checked(config.train_corpus)
+    _check_model_positions(config)
+    tokenizer = load_tokenizer(config.bert_model, config.do_lower_case)
+    facts = describe_tokenizer(tokenizer, config.bert_model)
+    if config.do_whole_word_mask and facts.continuation_prefix is None:
+        raise UserError(
+            f"{config.bert_model}: --do_whole_word_mask needs a WordPiece tokenizer (pieces marked '##'); this one is "
+            "not, so whole-word masking would do nothing: drop the flag"
+        )
+    _prepare_output_directory(config)
+    record = config.generation_record(facts.vocab_fingerprint)
+    if config.resume:
+        _check_resume(config, record)
+    write_json_atomic(config.output_dir / GENERATION_RECORD, record)
+    store_directory = config.output_dir / STORE_DIRECTORY if config.reduce_memory else None
+    if store_directory is not None:
+        shutil.rmtree(store_directory, ignore_errors=True)
+    try:
+        store = build_document_store(config.train_corpus, tokenizer, facts, store_directory, config.show_progress)
+        return _generate_all(config, store, tokenizer, facts, record)
+    finally:
+        if store_directory is not None:
+            shutil.rmtree(store_directory, ignore_errors=True)
+
+
+def _generate_all(
+    config: PregenerateConfig, store: DocumentStore, tokenizer: Any, facts: Any, record: dict[str, Any]
+) -> dict[str, Any]:
+    training, held_out = _split_documents(store, config.holdout_fraction, config.seed, config.train_corpus)
+    pools = {epoch_writer.TRAINING_STREAM: DocumentPool.from_documents(store, training)}
+    if len(held_out):
+        pools[epoch_writer.HOLDOUT_STREAM] = DocumentPool.from_documents(store, held_out)
+    context = GenerationContext(
+        store=store,
+        pools=pools,
+        tables=_masking_tables(tokenizer, facts),
+        seed=config.seed,
+        max_seq_len=config.max_seq_len,
+        short_seq_prob=config.short_seq_prob,
+        masked_lm_prob=config.masked_lm_prob,
+        max_predictions_per_seq=config.max_predictions_per_seq,
+        whole_word=config.do_whole_word_mask,
+        cls_id=facts.cls_token_id,
+        sep_id=facts.sep_token_id,
+        pad_id=facts.pad_token_id,
+    )
+    wanted = [(epoch_directory_name(e), epoch_writer.TRAINING_STREAM, e) for e in range(config.epochs_to_generate)]
+    if len(held_out):
+        wanted.append((HOLDOUT_DIRECTORY, epoch_writer.HOLDOUT_STREAM, 0))
+    statistics: dict[str, dict[str, Any]] = {}
+    jobs = []
+    for job in wanted:
+        done = epoch_writer.read_complete_epoch(config.output_dir / job[0]) if config.resume else None
+        if done is None:
+            jobs.append(job)
+        else:
+            statistics[job[0]] = done
+            logger.info("%s: complete from the interrupted run, kept", job[0])
+    boundaries = {stream: epoch_writer.shard_boundaries(store, pool) for stream, pool in pools.items()}
+    statistics.update(_generate(config, context, jobs, boundaries))
+    _remove_stale_epochs(config)
+    manifest = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "objective": "nsp",
+        "masking": "static",
+        "tokenizer": facts.to_json(),
+        "max_seq_len": config.max_seq_len,
+        "max_predictions_per_seq": config.max_predictions_per_seq,
+        "generation": record,
+        "corpus": {
+            "documents": store.num_documents,
+            "sentences": store.num_sentences,
+            "tokens": store.num_tokens,
+            "dropped_empty_sentences": store.dropped_empty_sentences,
+            "dropped_empty_documents": store.dropped_empty_documents,
+            "training_documents": int(len(training)),
+        },
+        "epochs": [
+            {
+                "index": e,
+                "directory": name,
+                "num_instances": statistics[name]["num_instances"],
+                "statistics": statistics[name],
+            }
+            for name, stream, e in wanted
+            if stream == epoch_writer.TRAINING_STREAM
+        ],
+        "holdout": None
+        if not len(held_out)
+        else {
+            "directory": HOLDOUT_DIRECTORY,
+            "documents": held_out.tolist(),
+            "num_instances": statistics[HOLDOUT_DIRECTORY]["num_instances"],
+            "statistics": statistics[HOLDOUT_DIRECTORY],
+        },
+    }
+    write_json_atomic(config.output_dir / MANIFEST_NAME, manifest)
+    return manifest
+
+
+def _remove_stale_epochs(config: PregenerateConfig) -> None:
+    """After --overwrite, epochs beyond the new count (or a held-out set no longer asked for) must not linger."""
+    keep = {epoch_directory_name(e) for e in range(config.epochs_to_generate)}
+    if config.holdout_fraction > 0:
+        keep.add(HOLDOUT_DIRECTORY)
+    for path in config.output_dir.iterdir():
+        stale_epoch = path.name.startswith("epoch_") and path.name not in keep
+        if path.is_dir() and (
+            stale_epoch or path.name.endswith(".partial") or (path.name == HOLDOUT_DIRECTORY and path.name not in keep)
+        ):
+            shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,177 @@
+"""The model's tokenizer, and the plain facts about it that later stages need.
+
+Pregeneration records ``TokenizerFacts`` in the manifest; training checks them against the model's tokenizer, so a
+mismatch between data and model is caught before the first step rather than as silent garbage.
+
+    tokenizer = load_tokenizer("path/to/bert", do_lower_case=None)
+    facts = describe_tokenizer(tokenizer, "path/to/bert")
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from .errors import UserError
+
+# uint16 halves the size of every token array when every id fits in it (BERT's 30522, RoBERTa's 50265).
+UINT16_VOCABULARY_LIMIT = 65536
+
+
+@dataclass(frozen=True)
+class TokenizerFacts:
+    """What the data format depends on. Stored verbatim under ``"tokenizer"`` in every manifest."""
+
+    name: str
+    vocab_size: int
+    vocab_fingerprint: str
+    do_lower_case: bool
+    cls_token_id: int
+    sep_token_id: int
+    mask_token_id: int
+    pad_token_id: int
+    special_token_ids: tuple[int, ...]
+    continuation_prefix: str | None  # "##" for WordPiece: what marks a piece that continues a word
+
+    @property
+    def token_dtype(self) -> np.dtype:
+        return np.dtype(np.uint16) if self.vocab_size <= UINT16_VOCABULARY_LIMIT else np.dtype(np.int32)
+
+    def to_json(self) -> dict[str, Any]:
+        value = asdict(self)
+        value["special_token_ids"] = list(self.special_token_ids)
+        value["token_dtype"] = self.token_dtype.name
+        return value
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> TokenizerFacts:
+        fields = {key: value[key] for key in cls.__dataclass_fields__}
+        fields["special_token_ids"] = tuple(fields["special_token_ids"])
+        return cls(**fields)
+
+
+def _quiet_transformers() -> None:
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+
+
+def load_tokenizer(name_or_path: str, do_lower_case: bool | None = None) -> Any:
+    """Load the fast (Rust) tokenizer of ``name_or_path`` (a local directory or a hub id).
+
+    ``do_lower_case=None`` follows the tokenizer; ``True``/``False`` must agree with it, or a ``UserError`` says
+    which side differs (the original scripts silently produced [UNK]-riddled data in that case).
+    """
+    _quiet_transformers()
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, use_fast=True)
+    except (OSError, ValueError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(
+            f"{name_or_path}: cannot load a tokenizer ({first_line}); give a local model directory "
+            "or a hub id that is available offline"
+        ) from None
+    if not getattr(tokenizer, "is_fast", False):
+        raise UserError(f"{name_or_path}: only a slow tokenizer is available; save it with tokenizer.json (fast)")
+    backend = tokenizer.backend_tokenizer
+    backend.no_truncation()
+    backend.no_padding()
+    lowercases = tokenizer_lowercases(tokenizer)
+    if do_lower_case is not None and do_lower_case != lowercases:
+        if do_lower_case:
+            raise UserError(
+                f"{name_or_path}: --do_lower_case was given but this tokenizer keeps case; "
+                "drop --do_lower_case or use an uncased model"
+            )
+        raise UserError(
+            f"{name_or_path}: this tokenizer lower-cases its input but lower-casing was turned off; "
+            "drop that setting or use a cased model"
+        )
+    return tokenizer
+
+
+def _normalizer_lowercases(normalizer: Any) -> bool:
+    if not isinstance(normalizer, dict):
+        return False
+    kind = normalizer.get("type")
+    if kind == "Lowercase":
+        return True
+    if kind == "BertNormalizer":
+        return bool(normalizer.get("lowercase", False))
+    if kind == "Sequence":
+        return any(_normalizer_lowercases(item) for item in normalizer.get("normalizers", []))
+    return False
+
+
+def tokenizer_lowercases(tokenizer: Any) -> bool:
+    """Whether the tokenizer lower-cases text before splitting it (read from its normalizer)."""
+    serialized = json.loads(tokenizer.backend_tokenizer.to_str())
+    return _normalizer_lowercases(serialized.get("normalizer"))
+
+
+def _continuation_prefix(tokenizer: Any) -> str | None:
+    model = json.loads(tokenizer.backend_tokenizer.to_str()).get("model", {})
+    if model.get("type") == "WordPiece":
+        return model.get("continuing_subword_prefix") or "##"
+    return None
+
+
+def vocabulary_fingerprint(tokenizer: Any) -> str:
+    """A short hash of the id → token mapping: equal fingerprints mean the ids in the data mean the same."""
+    ordered = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
+    digest = hashlib.sha256(json.dumps(ordered, ensure_ascii=False).encode("utf-8"))
+    return digest.hexdigest()[:16]
+
+
+def describe_tokenizer(tokenizer: Any, name: str) -> TokenizerFacts:
+    def required_id(attribute: str) -> int:
+        value = getattr(tokenizer, attribute, None)
+        if value is None:
+            raise UserError(f"{name}: the tokenizer has no {attribute.replace('_id', '')}; BERT pretraining needs one")
+        return int(value)
+
+    return TokenizerFacts(
+        name=name,
+        vocab_size=max(len(tokenizer), max(tokenizer.get_vocab().values()) + 1),  # ids may have gaps
+        vocab_fingerprint=vocabulary_fingerprint(tokenizer),
+        do_lower_case=tokenizer_lowercases(tokenizer),
+        cls_token_id=required_id("cls_token_id"),
+        sep_token_id=required_id("sep_token_id"),
+        mask_token_id=required_id("mask_token_id"),
+        pad_token_id=required_id("pad_token_id"),
+        special_token_ids=tuple(sorted(set(int(i) for i in tokenizer.all_special_ids))),
+        continuation_prefix=_continuation_prefix(tokenizer),
+    )
+
+
+def encode_sentences(tokenizer: Any, sentences: Sequence[str]) -> list[list[int]]:
+    """Token ids of each sentence, without special tokens, in one batched call to the Rust tokenizer."""
+    backend = tokenizer.backend_tokenizer
+    encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
+    return [encoding.ids for encoding in encode(list(sentences), add_special_tokens=False)]
+
+
+def continuation_table(tokenizer: Any, facts: TokenizerFacts) -> np.ndarray:
+    """Boolean table over token ids: true where the piece continues the previous word ("##ing")."""
+    table = np.zeros(facts.vocab_size, dtype=bool)
+    if facts.continuation_prefix is None:
+        return table
+    for token, token_id in tokenizer.get_vocab().items():
+        if token.startswith(facts.continuation_prefix) and token_id < facts.vocab_size:
+            table[token_id] = True
+    return table
+
+
+def special_table(facts: TokenizerFacts) -> np.ndarray:
+    """Boolean table over token ids: true for the tokenizer's special tokens (never masked, never a random pick)."""
+    table = np.zeros(facts.vocab_size, dtype=bool)
+    table[list(facts.special_token_ids)] = True
+    return table

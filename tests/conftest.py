@@ -1,0 +1,38 @@
+"""Shared fixtures: tiny tokenizer, corpus and BERTs (see tests/tiny_assets.py), built once per session."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import tiny_assets  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_assets.write_tokenizer(tmp_path_factory.mktemp("tokenizer"))
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """BertForPreTraining (MLM + NSP heads), 2 layers, hidden 64, with its tokenizer."""
+    return tiny_assets.write_tiny_bert(tmp_path_factory.mktemp("tiny_bert"), with_heads=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An encoder-only BertModel (no pretraining heads), like sentence-transformers checkpoints."""
+    return tiny_assets.write_tiny_bert(tmp_path_factory.mktemp("tiny_encoder"), with_heads=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_assets.write_corpus(tmp_path_factory.mktemp("corpus") / "corpus.txt")

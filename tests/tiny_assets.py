@@ -1,0 +1,94 @@
+"""Tiny, deterministic test assets: a WordPiece vocabulary, a synthetic corpus, and 2-layer BERTs.
+
+Everything is generated from a seed in a few hundred milliseconds, so tests need no download and no ../shared.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+WORDS = (
+    "the a of to and in is it that for on with as was by be at this are from or an which can not one all "
+    "kernel module driver memory page cache lock thread process file system device buffer queue timer "
+    "patient dose clinical note report court contract clause data model token layer value function "
+    "read write open close start stop call return run load save check map list set get send walk talk "
+    "fast slow new old small large first last each every other some many more most when then if so"
+).split()
+SUFFIXES = ["##s", "##ed", "##ing", "##er", "##ly"]
+PUNCTUATION = [".", ",", ";", ":", "?", "!", "(", ")", "-", "'"]
+
+
+def vocabulary() -> list[str]:
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    pieces = letters + ["##" + letter for letter in letters] + [str(digit) for digit in range(10)]
+    ordered = SPECIAL_TOKENS + PUNCTUATION + pieces + WORDS + SUFFIXES
+    return list(dict.fromkeys(ordered))  # "a" is both a letter and a word: ids must stay dense
+
+
+def write_tokenizer(directory: Path) -> Path:
+    """A lower-casing WordPiece (BERT) fast tokenizer saved with ``save_pretrained``."""
+    from transformers import BertTokenizerFast
+
+    directory.mkdir(parents=True, exist_ok=True)
+    vocab_file = directory / "vocab.txt"
+    vocab_file.write_text("\n".join(vocabulary()) + "\n", encoding="utf-8")
+    try:  # transformers 5 takes the vocabulary itself
+        tokenizer = BertTokenizerFast(vocab={token: i for i, token in enumerate(vocabulary())}, do_lower_case=True)
+    except TypeError:  # transformers 4 reads vocab.txt
+        tokenizer = BertTokenizerFast(vocab_file=str(vocab_file), do_lower_case=True)
+    tokenizer.save_pretrained(str(directory))
+    return directory
+
+
+def synthetic_sentence(rng: random.Random) -> str:
+    words = []
+    for _ in range(rng.randint(3, 14)):
+        word = rng.choice(WORDS)
+        if rng.random() < 0.25:
+            word += rng.choice(["s", "ed", "ing", "er", "ly"])  # several WordPiece pieces: whole-word tests
+        words.append(word)
+    words[0] = words[0].capitalize()
+    return " ".join(words) + rng.choice([".", ".", ".", "?", "!"])
+
+
+def write_corpus(
+    path: Path, num_documents: int = 120, seed: int = 0, min_sentences: int = 1, max_sentences: int = 12
+) -> Path:
+    """A corpus in the corpus format; documents have ``min_sentences``..``max_sentences`` sentences."""
+    rng = random.Random(seed)
+    documents = []
+    for _ in range(num_documents):
+        count = rng.randint(min_sentences, max_sentences)
+        documents.append("\n".join(synthetic_sentence(rng) for _ in range(count)))
+    path.write_text("\n\n".join(documents) + "\n", encoding="utf-8")
+    return path
+
+
+def tiny_bert_config(vocab_size: int, max_position_embeddings: int = 128):
+    from transformers import BertConfig
+
+    return BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=max_position_embeddings,
+        hidden_dropout_prob=0.1,
+        attention_probs_dropout_prob=0.1,
+    )
+
+
+def write_tiny_bert(directory: Path, with_heads: bool = True, seed: int = 0) -> Path:
+    """A random 2-layer, hidden-64 BERT and its tokenizer. ``with_heads=False`` saves an encoder-only BertModel."""
+    import torch
+    from transformers import BertForPreTraining, BertModel
+
+    write_tokenizer(directory)
+    torch.manual_seed(seed)
+    config = tiny_bert_config(len(vocabulary()))
+    model = BertForPreTraining(config) if with_heads else BertModel(config)
+    model.save_pretrained(str(directory), safe_serialization=True)
+    return directory
