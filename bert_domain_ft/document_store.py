@@ -17,6 +17,7 @@ nothing are dropped (and counted), and so are documents left with no sentence.
 from __future__ import annotations
 
 import json
+from itertools import chain
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -148,7 +149,7 @@ def build_document_store(
             counters["sentences"] += 1
             current_document_has_sentence = True
         if kept_ids:
-            flat = np.fromiter((i for ids in kept_ids for i in ids), dtype=np.int64, count=sum(kept_lengths))
+            flat = np.fromiter(chain.from_iterable(kept_ids), dtype=np.int64, count=sum(kept_lengths))
             if flat.size and int(flat.max()) >= facts.vocab_size:
                 raise ValueError(f"token id {int(flat.max())} outside the vocabulary of size {facts.vocab_size}")
             builder.append("tokens", flat.astype(facts.token_dtype))

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from .atomic_files import os_errors_as_user_errors, replace_directory, write_json_atomic
-from .document_store import DocumentStore
+from .document_store import DocumentStore, open_document_store
 from .epoch_format import EPOCH_DESCRIPTION_NAME, array_names, describe_arrays
 from .instances import DocumentPool, assemble_pairs, create_pair_spans
 from .masking import MaskingTables, mask_rows
@@ -36,6 +36,7 @@ class GenerationContext:
     """Everything a worker needs, read-only; inherited by forked workers (memmaps are shared, not copied)."""
 
     store: DocumentStore
+    store_directory: Path | None  # set when the store is on disk (--reduce_memory)
     pools: dict[int, DocumentPool]  # by stream: training documents, held-out documents
     tables: MaskingTables
     seed: int
@@ -72,11 +73,18 @@ def _shard_path(directory: Path, shard: int, name: str) -> Path:
     return directory / f"shard_{shard:05d}.{name}.npy"
 
 
+def _shard_store(context: GenerationContext) -> DocumentStore:
+    """The store for one shard. On disk, a fresh memmap per shard: its pages are unmapped when the shard is done,
+    so resident memory stays flat instead of growing to the size of the corpus as every page gets touched."""
+    return context.store if context.store_directory is None else open_document_store(context.store_directory)
+
+
 def run_shard(task: ShardTask, context: GenerationContext) -> dict[str, Any]:
     """Generate and mask the instances of one shard; write them beside the epoch; return counts."""
     rng = np.random.default_rng([context.seed, task.stream, task.epoch, task.shard])
+    store = _shard_store(context)
     spans = create_pair_spans(
-        context.store,
+        store,
         context.pools[task.stream],
         range(task.first_position, task.end_position),
         context.max_seq_len,
@@ -84,7 +92,7 @@ def run_shard(task: ShardTask, context: GenerationContext) -> dict[str, Any]:
         rng,
     )
     rows, lengths, segment_a_lengths = assemble_pairs(
-        context.store.tokens, spans, context.max_seq_len, context.cls_id, context.sep_id, context.pad_id
+        store.tokens, spans, context.max_seq_len, context.cls_id, context.sep_id, context.pad_id
     )
     masked = mask_rows(
         rows, lengths, rng, context.tables, context.masked_lm_prob, context.max_predictions_per_seq, context.whole_word

@@ -36,10 +36,8 @@ class MaskedRows:
     counts: np.ndarray  # (N,) uint16 real entries per row
 
 
-def _word_starts(rows: np.ndarray, candidate: np.ndarray, tables: MaskingTables, whole_word: bool) -> np.ndarray:
-    """Where a maskable unit begins: every candidate token, or with whole words only the first piece."""
-    if not whole_word:
-        return candidate
+def _word_starts(rows: np.ndarray, candidate: np.ndarray, tables: MaskingTables) -> np.ndarray:
+    """Where a word begins: a candidate that is not a continuation piece of the candidate before it."""
     continues = tables.is_continuation[rows] & candidate
     previous_is_candidate = np.zeros_like(candidate)
     previous_is_candidate[:, 1:] = candidate[:, :-1]
@@ -47,17 +45,27 @@ def _word_starts(rows: np.ndarray, candidate: np.ndarray, tables: MaskingTables,
     return candidate & ~(continues & previous_is_candidate)
 
 
-def _select(candidate: np.ndarray, word_start: np.ndarray, targets: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _select_tokens(candidate: np.ndarray, targets: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Boolean (N, L) selection of ``targets[row]`` random candidates per row (every word one token)."""
+    keys = np.where(candidate, rng.random(candidate.shape, dtype=np.float32), np.float32(2.0))
+    sorted_keys = np.sort(keys, axis=1)
+    threshold = np.take_along_axis(sorted_keys, np.maximum(targets - 1, 0)[:, None], axis=1)
+    return candidate & (keys <= threshold) & (targets[:, None] > 0)
+
+
+def _select_words(
+    candidate: np.ndarray, word_start: np.ndarray, targets: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
     """Boolean (N, L) selection: words in random order, each taken whole if it still fits under the row's target."""
     count, width = candidate.shape
     word_index = np.cumsum(word_start, axis=1) - 1  # word number of each token within its row
     word_keys = rng.random((count, width))  # key of word w is word_keys[row, w]
     token_keys = np.where(candidate, np.take_along_axis(word_keys, np.maximum(word_index, 0), axis=1), 2.0)
-    order = np.lexsort((np.broadcast_to(np.arange(width), (count, width)), token_keys), axis=1)
+    order = np.argsort(token_keys, axis=1, kind="stable")  # stable: a word's pieces stay in position order
     sorted_candidate = np.take_along_axis(candidate, order, axis=1)
     sorted_word = np.take_along_axis(word_index, order, axis=1)
-    word_size = np.zeros((count, width + 1), dtype=np.int64)
-    np.add.at(word_size, (np.arange(count)[:, None], np.where(candidate, word_index, width)), 1)
+    bins = np.where(candidate, word_index, width) + (width + 1) * np.arange(count)[:, None]
+    word_size = np.bincount(bins.ravel(), minlength=count * (width + 1)).reshape(count, width + 1)
     running = np.cumsum(sorted_candidate, axis=1)
     # A token is chosen when the whole of its word fits: cumulative count at the word's last piece ≤ target.
     size_of_token_word = np.take_along_axis(word_size, np.where(sorted_candidate, sorted_word, width), axis=1)
@@ -67,27 +75,38 @@ def _select(candidate: np.ndarray, word_start: np.ndarray, targets: np.ndarray, 
     word_end_running = np.maximum.accumulate(word_end_running, axis=1)
     fits = sorted_candidate & (word_end_running <= targets[:, None])
     # Prefix rule = BERT's rule until the first word that does not fit; rows where BERT would skip it and go on
-    # to smaller words are finished below, one at a time (rare: only whole-word masking can skip).
+    # to smaller words are finished below, one at a time (only a few rows: words of several pieces at the end).
     chosen_sorted = fits & (np.cumsum(~fits & sorted_candidate, axis=1) == 0)
     chosen = np.zeros_like(candidate)
     np.put_along_axis(chosen, order, chosen_sorted, axis=1)
     unfinished = np.flatnonzero((chosen.sum(axis=1) < targets) & (candidate.sum(axis=1) > chosen.sum(axis=1)))
     for row in unfinished:
-        taken = int(chosen[row].sum())
-        seen: set[int] = set()
-        for token in order[row]:
-            if not candidate[row, token]:
-                break
-            word = int(word_index[row, token])
-            if word in seen:
-                continue
-            seen.add(word)
-            size = int(word_size[row, word])
-            if chosen[row, token] or taken + size > targets[row]:
-                continue
-            chosen[row] |= candidate[row] & (word_index[row] == word)
-            taken += size
+        _finish_row(chosen[row], candidate[row], word_index[row], word_size[row], order[row], int(targets[row]))
     return chosen
+
+
+def _finish_row(
+    chosen: np.ndarray,
+    candidate: np.ndarray,
+    word_index: np.ndarray,
+    word_size: np.ndarray,
+    order: np.ndarray,
+    target: int,
+) -> None:
+    """Continue BERT's walk over one row's words in random order, skipping words that would overshoot."""
+    taken = int(chosen.sum())
+    seen: set[int] = set()
+    for token in order:
+        if not candidate[token] or taken == target:
+            break
+        word = int(word_index[token])
+        if word in seen:
+            continue
+        seen.add(word)
+        if chosen[token] or taken + int(word_size[word]) > target:
+            continue
+        chosen |= candidate & (word_index == word)
+        taken += int(word_size[word])
 
 
 def mask_rows(
@@ -105,7 +124,10 @@ def mask_rows(
     candidate = (np.arange(width)[None, :] < lengths[:, None]) & ~tables.is_special[rows]
     targets = np.minimum(max_predictions, np.maximum(1, np.rint(lengths * masked_lm_prob).astype(np.int64)))
     targets = np.minimum(targets, candidate.sum(axis=1))
-    chosen = _select(candidate, _word_starts(rows, candidate, tables, whole_word), targets, rng)
+    if whole_word:
+        chosen = _select_words(candidate, _word_starts(rows, candidate, tables), targets, rng)
+    else:
+        chosen = _select_tokens(candidate, targets, rng)
     row_index, column = np.nonzero(chosen)  # row-major: positions ascend within each row
     original = rows[row_index, column]
     decision = rng.random(len(row_index))

@@ -274,14 +274,19 @@ def pregenerate(config: PregenerateConfig) -> dict[str, Any]:
         shutil.rmtree(store_directory, ignore_errors=True)
     try:
         store = build_document_store(config.train_corpus, tokenizer, facts, store_directory, config.show_progress)
-        return _generate_all(config, store, tokenizer, facts, record)
+        return _generate_all(config, store, store_directory, tokenizer, facts, record)
     finally:
         if store_directory is not None:
             shutil.rmtree(store_directory, ignore_errors=True)
 
 
 def _generate_all(
-    config: PregenerateConfig, store: DocumentStore, tokenizer: Any, facts: Any, record: dict[str, Any]
+    config: PregenerateConfig,
+    store: DocumentStore,
+    store_directory: Path | None,
+    tokenizer: Any,
+    facts: Any,
+    record: dict[str, Any],
 ) -> dict[str, Any]:
     training, held_out = _split_documents(store, config.holdout_fraction, config.seed, config.train_corpus)
     pools = {epoch_writer.TRAINING_STREAM: DocumentPool.from_documents(store, training)}
@@ -289,6 +294,7 @@ def _generate_all(
         pools[epoch_writer.HOLDOUT_STREAM] = DocumentPool.from_documents(store, held_out)
     context = GenerationContext(
         store=store,
+        store_directory=store_directory,
         pools=pools,
         tables=_masking_tables(tokenizer, facts),
         seed=config.seed,

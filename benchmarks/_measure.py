@@ -1,0 +1,29 @@
+"""Shared by the benchmarks: run a Python snippet in a fresh process and read its wall time and peak RSS."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+_REPORT_PEAK = """
+import json as _json, resource as _resource
+_own = _resource.getrusage(_resource.RUSAGE_SELF).ru_maxrss
+_workers = _resource.getrusage(_resource.RUSAGE_CHILDREN).ru_maxrss
+print(_json.dumps({"peak_rss_mb": max(_own, _workers) / 1024, **globals().get("REPORT", {})}))
+"""
+
+
+def run_measured(code: str) -> dict[str, float]:
+    """Run ``code`` in a fresh ``python -c`` process: wall seconds, its peak RSS in MB (the largest of the
+    process and its workers), and whatever the snippet put in a dict named ``REPORT``.
+
+    A process per measurement, so that each peak RSS belongs to that job alone.
+    """
+    start = time.perf_counter()
+    completed = subprocess.run([sys.executable, "-c", code + _REPORT_PEAK], capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if completed.returncode != 0:
+        raise SystemExit(f"benchmark step failed:\n{completed.stderr[-3000:]}")
+    return {"seconds": seconds, **json.loads(completed.stdout.strip().splitlines()[-1])}
