@@ -18,12 +18,12 @@ import itertools
 import logging
 import os
 import unicodedata
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, BinaryIO
 
-from nltk.tokenize.punkt import PunktParameters
 from tqdm.auto import tqdm
 
 from .atomic_files import TEMPORARY_SUFFIX, fsync_directory, os_errors_as_user_errors
@@ -38,6 +38,9 @@ from .sentence_splitting import (
     train_punkt,
 )
 from .text_inputs import InputOptions, TextBlock, discover_input_files, iter_text_blocks
+
+if TYPE_CHECKING:
+    from nltk.tokenize.punkt import PunktParameters
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +103,9 @@ class PrepareConfig:
         try:
             ascii_compatible = "a\n".encode(self.encoding) == b"a\n"
         except LookupError:
-            raise ValueError(f"--encoding {self.encoding!r} is not a known encoding; use e.g. utf-8 or latin-1") from None
+            raise ValueError(
+                f"--encoding {self.encoding!r} is not a known encoding; use e.g. utf-8 or latin-1"
+            ) from None
         if not ascii_compatible:
             name = codecs.lookup(self.encoding).name
             raise ValueError(f"--encoding {name} is not ASCII-compatible; convert the files first (iconv -t utf-8)")
@@ -196,7 +201,9 @@ class _CorpusWriter:
         self.report.sentences_written += self.document_sentences
 
 
-def _write_sentences(blocks: Iterable[TextBlock], splitter: SentenceSplitter, config: PrepareConfig, writer: _CorpusWriter) -> None:
+def _write_sentences(
+    blocks: Iterable[TextBlock], splitter: SentenceSplitter, config: PrepareConfig, writer: _CorpusWriter
+) -> None:
     report = writer.report
     carry = ""  # the last, possibly unfinished, sentence of a paragraph that continues in the next block
     for block in blocks:
@@ -223,7 +230,11 @@ def _punkt_parameters(
 ) -> tuple[PunktParameters, dict[str, Any], Iterator[TextBlock]]:
     """The Punkt parameters to use, how they were obtained, and the block stream to go on with (sample replayed)."""
     if config.punkt == "pretrained":
-        return load_pretrained_punkt(config.punkt_language), {"source": "pretrained", "language": config.punkt_language}, blocks
+        return (
+            load_pretrained_punkt(config.punkt_language),
+            {"source": "pretrained", "language": config.punkt_language},
+            blocks,
+        )
     if config.punkt != "train":
         return load_punkt_parameters(Path(config.punkt)), {"source": "file", "path": str(config.punkt)}, blocks
     sample: list[TextBlock] = []  # held in memory (at most punkt_sample_bytes of text) and replayed for writing
@@ -247,54 +258,74 @@ def _describe_punkt_source(provenance: dict[str, Any]) -> str:
 
 
 @contextmanager
-def _temporary_output(path: Path) -> Iterator[tuple[BinaryIO, Path]]:
-    """A file open for writing beside ``path``; deleted if anything fails, else left for the caller to rename."""
+def _atomic_output(path: Path) -> Iterator[BinaryIO]:
+    """A binary file that appears as ``path`` only when the ``with`` body completes; deleted if anything fails.
+
+    Inputs turn their own read errors into ``UserError``, so an ``OSError`` here is a write error on ``path``.
+    """
     temporary = path.with_name(path.name + TEMPORARY_SUFFIX)
     try:
-        with os_errors_as_user_errors(path), open(temporary, "wb") as handle:
-            yield handle, temporary
-            handle.flush()
-            os.fsync(handle.fileno())
+        with os_errors_as_user_errors(path):
+            with open(temporary, "wb") as handle:
+                yield handle
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+    fsync_directory(path.parent)
 
 
 def _check_output_free(config: PrepareConfig) -> None:
     if config.overwrite:
         return
-    reused = config.punkt not in ("train", "pretrained") and Path(config.punkt).resolve() == config.punkt_parameters_path.resolve()
+    reused = (
+        config.punkt not in ("train", "pretrained")
+        and Path(config.punkt).resolve() == config.punkt_parameters_path.resolve()
+    )
     for path in (config.output, None if reused else config.punkt_parameters_path):
         if path is not None and path.exists():
-            raise UserError(at_location(path, None, "already exists; pass --overwrite to replace it or choose another --output"))
+            raise UserError(
+                at_location(path, None, "already exists; pass --overwrite to replace it or choose another --output")
+            )
 
 
 def prepare_corpus(config: PrepareConfig) -> PrepareReport:
     """Turn ``config.inputs`` into ``config.output`` in the corpus format; return (and log) what was done."""
     _check_output_free(config)
     assert config.glob is not None
-    files = discover_input_files(config.inputs, config.glob, exclude=[config.output, config.punkt_parameters_path])
-    report = PrepareReport(output=str(config.output), punkt_parameters=str(config.punkt_parameters_path), input_files=len(files))
+    # Our own outputs (and a temporary left by a crash) may sit inside an input directory: never read them back.
+    own_files = [config.output, config.output.with_name(config.output.name + TEMPORARY_SUFFIX)]
+    files = discover_input_files(config.inputs, config.glob, exclude=[*own_files, config.punkt_parameters_path])
+    report = PrepareReport(
+        output=str(config.output), punkt_parameters=str(config.punkt_parameters_path), input_files=len(files)
+    )
     options = InputOptions(config.text_field, config.doc_break == "paragraph", config.encoding)
     total_bytes = sum(path.stat().st_size for path in files)
-    with tqdm(total=total_bytes, unit="B", unit_scale=True, desc="preparing", disable=not config.show_progress) as progress:
+    progress = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="preparing", disable=not config.show_progress)
+    with progress, _atomic_output(config.output) as handle:
         raw_blocks = iter_text_blocks(files, options, on_bytes=progress.update)
         blocks = (dataclasses.replace(block, text=normalise_text(block.text)) for block in raw_blocks)
-        with _temporary_output(config.output) as (handle, temporary):
-            parameters, provenance, blocks = _punkt_parameters(config, blocks)
-            _write_sentences(blocks, SentenceSplitter(parameters), config, _CorpusWriter(handle, report))
+        parameters, provenance, blocks = _punkt_parameters(config, blocks)
+        _write_sentences(blocks, SentenceSplitter(parameters), config, _CorpusWriter(handle, report))
+        # Saved before the corpus appears, so a finished corpus always has the parameters that split it beside it.
+        if provenance["source"] != "file" or Path(config.punkt).resolve() != config.punkt_parameters_path.resolve():
+            save_punkt_parameters(config.punkt_parameters_path, parameters, provenance)
     report.punkt_source = _describe_punkt_source(provenance)
     report.abbreviations_known = len(parameters.abbrev_types)
-    if provenance["source"] != "file" or Path(config.punkt).resolve() != config.punkt_parameters_path.resolve():
-        save_punkt_parameters(config.punkt_parameters_path, parameters, provenance)
-    with os_errors_as_user_errors(config.output):
-        os.replace(temporary, config.output)
-    fsync_directory(config.output.parent)
     if report.documents_written < 2:
         report.warnings.append(
             f"only {report.documents_written} document(s) written; pregeneration needs at least two "
             "(use --doc_break paragraph, or give more files / records)"
         )
-    for line in report.format().splitlines():
-        logger.info("%s", line)
+        logger.warning("%s", report.warnings[-1])
+    logger.info(
+        "wrote %d documents, %d sentences to %s (%d duplicate and %d empty documents removed)",
+        report.documents_written,
+        report.sentences_written,
+        config.output,
+        report.duplicate_documents_removed,
+        report.empty_documents_dropped,
+    )
     return report

@@ -16,12 +16,13 @@ import re
 import unicodedata
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
-
-from nltk.tokenize.punkt import PunktParameters, PunktSentenceTokenizer, PunktTrainer
+from typing import TYPE_CHECKING, Any
 
 from .atomic_files import write_json_atomic
 from .errors import UserError, at_location
+
+if TYPE_CHECKING:  # nltk is imported where it is used: `bert-domain-ft --help` should not wait for it
+    from nltk.tokenize.punkt import PunktParameters
 
 # Punkt trains at roughly 1 MB/s on one core; 10 MB is enough to learn a domain's frequent abbreviations.
 DEFAULT_PUNKT_SAMPLE_BYTES = 10_000_000
@@ -39,6 +40,8 @@ def train_punkt(paragraphs: Iterable[str]) -> PunktParameters:
 
     Paragraphs are joined with blank lines so Punkt sees where paragraphs start (a strong sentence-start signal).
     """
+    from nltk.tokenize.punkt import PunktTrainer
+
     trainer = PunktTrainer()
     chunk: list[str] = []
     chunk_characters = 0
@@ -108,6 +111,8 @@ def punkt_parameters_from_json(value: Any, source: Path) -> PunktParameters:
     context = value.get("orthographic_context")
     if not isinstance(context, dict) or not all(type(flags) is int for flags in context.values()):
         raise invalid("'orthographic_context' must map words to integer flags")
+    from nltk.tokenize.punkt import PunktParameters
+
     parameters = PunktParameters()
     parameters.abbrev_types = set(value["abbreviations"])
     parameters.collocations = {(first, second) for first, second in collocations}
@@ -139,6 +144,8 @@ class SentenceSplitter:
     """Splits one paragraph of normalised text into sentences with the given Punkt parameters."""
 
     def __init__(self, parameters: PunktParameters):
+        from nltk.tokenize.punkt import PunktSentenceTokenizer
+
         self.parameters = parameters
         self._tokenizer = PunktSentenceTokenizer(parameters)
 

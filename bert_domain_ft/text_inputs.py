@@ -66,20 +66,24 @@ def discover_input_files(inputs: Sequence[Path], glob: str, exclude: Sequence[Pa
 def _read_lines(path: Path, encoding: str, on_bytes: Callable[[int], None]) -> Iterator[tuple[int, str]]:
     """(1-based line number, decoded line without its line end), reporting bytes read in coarse steps."""
     pending_bytes = 0
-    with open(path, "rb") as handle:
-        for line_number, raw in enumerate(handle, start=1):
-            pending_bytes += len(raw)
-            if pending_bytes >= PROGRESS_STEP_BYTES:
-                on_bytes(pending_bytes)
-                pending_bytes = 0
-            try:
-                yield line_number, raw.decode(encoding).rstrip("\r\n")
-            except UnicodeDecodeError as error:
-                problem = (
-                    f"byte {error.start + 1} of this line is not valid {encoding}; pass the file's real encoding "
-                    "with --encoding (e.g. --encoding latin-1) or re-encode it (iconv -t utf-8)"
-                )
-                raise UserError(at_location(path, line_number, problem)) from None
+    try:
+        with open(path, "rb") as handle:
+            for line_number, raw in enumerate(handle, start=1):
+                pending_bytes += len(raw)
+                if pending_bytes >= PROGRESS_STEP_BYTES:
+                    on_bytes(pending_bytes)
+                    pending_bytes = 0
+                try:
+                    text = raw.decode(encoding)
+                except UnicodeDecodeError as error:
+                    problem = (
+                        f"byte {error.start + 1} of this line is not valid {encoding}; pass the file's real encoding "
+                        "with --encoding (e.g. --encoding latin-1) or re-encode it (iconv -t utf-8)"
+                    )
+                    raise UserError(at_location(path, line_number, problem)) from None
+                yield line_number, text.rstrip("\r\n")
+    except OSError as error:  # the consumer's own errors never arrive here: only reading this file can raise
+        raise UserError(at_location(path, None, f"cannot read ({error.strerror}); check the file")) from None
     on_bytes(pending_bytes)
 
 
