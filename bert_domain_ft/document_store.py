@@ -17,8 +17,9 @@ nothing are dropped (and counted), and so are documents left with no sentence.
 from __future__ import annotations
 
 import json
-from itertools import chain
+import os
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from tqdm.auto import tqdm
 from .atomic_files import write_json_atomic
 from .corpus import iter_corpus_lines, require_two_documents
 from .npy_stream import NpyAppender
+from .ranges import concatenated_ranges
 from .tokenization import TokenizerFacts, encode_sentences
 
 SENTENCES_PER_BATCH = 4096
@@ -41,6 +43,28 @@ class DocumentStore:
     document_offsets: np.ndarray
     dropped_empty_sentences: int = 0
     dropped_empty_documents: int = 0
+    tokens_file: Path | None = None  # on-disk stores: read token runs with pread, not through the memmap
+
+    def read_ranges(self, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """The tokens of the runs ``[starts[i], starts[i] + lengths[i])``, concatenated.
+
+        On disk, each run is read with ``os.pread`` into private memory: touching a memmap at scattered places
+        lets the kernel map large chunks around every fault, and resident memory would grow to the whole file.
+        """
+        if self.tokens_file is None:
+            return self.tokens[concatenated_ranges(starts, lengths)]
+        output = np.empty(int(np.sum(lengths)), dtype=self.tokens.dtype)
+        itemsize = output.itemsize
+        view = memoryview(output).cast("B")
+        header = int(self.tokens.offset)  # type: ignore[attr-defined]
+        position = 0
+        with open(self.tokens_file, "rb", buffering=0) as handle:
+            descriptor = handle.fileno()
+            for start, length in zip(starts.tolist(), lengths.tolist()):
+                size = length * itemsize
+                view[position : position + size] = os.pread(descriptor, size, header + start * itemsize)
+                position += size
+        return output
 
     @property
     def num_documents(self) -> int:
@@ -212,4 +236,9 @@ def open_document_store(directory: Path) -> DocumentStore:
     arrays = [
         np.load(directory / f"{name}.npy", mmap_mode="r") for name in ("tokens", "sentence_offsets", "document_offsets")
     ]
-    return DocumentStore(*arrays, description["dropped_empty_sentences"], description["dropped_empty_documents"])
+    return DocumentStore(
+        *arrays,
+        description["dropped_empty_sentences"],
+        description["dropped_empty_documents"],
+        tokens_file=directory / "tokens.npy",
+    )

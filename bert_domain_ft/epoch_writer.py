@@ -21,10 +21,11 @@ import numpy as np
 
 from .atomic_files import os_errors_as_user_errors, replace_directory, write_json_atomic
 from .document_store import DocumentStore, open_document_store
-from .epoch_format import EPOCH_DESCRIPTION_NAME, array_names, describe_arrays
+from .epoch_format import EPOCH_DESCRIPTION_NAME, describe_arrays
 from .instances import DocumentPool, assemble_pairs, create_pair_spans
 from .masking import MaskingTables, mask_rows
 from .npy_stream import NpyAppender
+from .packing import pack_documents
 
 TOKENS_PER_SHARD = 1 << 18
 TRAINING_STREAM = 1
@@ -45,6 +46,9 @@ class GenerationContext:
     masked_lm_prob: float
     max_predictions_per_seq: int
     whole_word: bool
+    objective: str  # "nsp": BERT pairs; "mlm": packed contiguous text, no NSP labels
+    dynamic_masking: bool  # masks are drawn by the trainer per batch, not stored
+    cross_document: bool  # "mlm" only: a sequence may run on into the next document
     cls_id: int
     sep_id: int
     pad_id: int
@@ -59,14 +63,16 @@ class ShardTask:
     first_position: int  # pool positions [first_position, end_position)
     end_position: int
     num_tokens: int  # for progress
+    documents: np.ndarray | None = None  # "mlm": the shard's store documents in this epoch's order
 
 
-def shard_boundaries(store: DocumentStore, pool: DocumentPool, tokens_per_shard: int = TOKENS_PER_SHARD) -> list[int]:
-    """Pool positions where shards start (plus the end), cutting after ~``tokens_per_shard`` tokens."""
-    tokens = store.document_token_counts()[pool.documents]
+def shard_boundaries(store: DocumentStore, documents: np.ndarray) -> list[int]:
+    """Positions in ``documents`` where shards start (plus the end), cutting after ~``TOKENS_PER_SHARD`` tokens."""
+    tokens_per_shard = TOKENS_PER_SHARD
+    tokens = store.document_token_counts()[documents]
     cumulative = np.cumsum(tokens)
     cuts = np.searchsorted(cumulative, np.arange(tokens_per_shard, int(cumulative[-1]), tokens_per_shard), side="left")
-    return sorted({0, *(int(cut) + 1 for cut in cuts), len(pool.documents)})
+    return sorted({0, *(int(cut) + 1 for cut in cuts), len(documents)})
 
 
 def _shard_path(directory: Path, shard: int, name: str) -> Path:
@@ -83,54 +89,65 @@ def run_shard(task: ShardTask, context: GenerationContext) -> dict[str, Any]:
     """Generate and mask the instances of one shard; write them beside the epoch; return counts."""
     rng = np.random.default_rng([context.seed, task.stream, task.epoch, task.shard])
     store = _shard_store(context)
-    spans = create_pair_spans(
-        store,
-        context.pools[task.stream],
-        range(task.first_position, task.end_position),
-        context.max_seq_len,
-        context.short_seq_prob,
-        rng,
-    )
-    rows, lengths, segment_a_lengths = assemble_pairs(
-        store.tokens, spans, context.max_seq_len, context.cls_id, context.sep_id, context.pad_id
-    )
-    masked = mask_rows(
-        rows, lengths, rng, context.tables, context.masked_lm_prob, context.max_predictions_per_seq, context.whole_word
-    )
-    arrays = {
-        "input_ids": masked.input_ids,
-        "lengths": lengths,
-        "segment_a_lengths": segment_a_lengths,
-        "masked_positions": masked.positions,
-        "masked_labels": masked.labels,
-        "num_masked": masked.counts,
-        "is_random_next": spans.is_random_next.astype(np.uint8),
-    }
+    if context.objective == "mlm":
+        assert task.documents is not None
+        rows, lengths = pack_documents(
+            store, task.documents, context.max_seq_len, context.cross_document,
+            context.cls_id, context.sep_id, context.pad_id,
+        )  # fmt: skip
+        arrays = {"input_ids": rows, "lengths": lengths, "segment_a_lengths": lengths}
+    else:
+        spans = create_pair_spans(
+            store,
+            context.pools[task.stream],
+            range(task.first_position, task.end_position),
+            context.max_seq_len,
+            context.short_seq_prob,
+            rng,
+        )
+        rows, lengths, segment_a_lengths = assemble_pairs(
+            store, spans, context.max_seq_len, context.cls_id, context.sep_id, context.pad_id
+        )
+        arrays = {"input_ids": rows, "lengths": lengths, "segment_a_lengths": segment_a_lengths}
+        arrays["is_random_next"] = spans.is_random_next.astype(np.uint8)
+    if not context.dynamic_masking:
+        masked = mask_rows(
+            rows, lengths, rng, context.tables, context.masked_lm_prob, context.max_predictions_per_seq,
+            context.whole_word,
+        )  # fmt: skip
+        arrays.update(
+            input_ids=masked.input_ids, masked_positions=masked.positions, masked_labels=masked.labels,
+            num_masked=masked.counts,
+        )  # fmt: skip
     with os_errors_as_user_errors(task.directory):
         for name, array in arrays.items():
             np.save(_shard_path(task.directory, task.shard, name), array)
-    return {"instances": len(spans), "tokens": task.num_tokens}
+    return {"instances": len(rows), "tokens": task.num_tokens}
 
 
 def _statistics(directory: Path, max_seq_len: int) -> dict[str, Any]:
+    def mean_of(name: str) -> float | None:
+        path = directory / f"{name}.npy"
+        if not path.exists():
+            return None  # no NSP labels ("mlm") or no stored masks (dynamic masking)
+        values = np.load(path, mmap_mode="r")
+        return float(values.mean()) if len(values) else 0.0
+
     lengths = np.load(directory / "lengths.npy", mmap_mode="r")
-    num_masked = np.load(directory / "num_masked.npy", mmap_mode="r")
-    random_next = np.load(directory / "is_random_next.npy", mmap_mode="r")
     count = len(lengths)
     return {
         "num_instances": count,
         "packing_fill": float(lengths.sum(dtype=np.int64) / (count * max_seq_len)) if count else 0.0,
-        "random_next_fraction": float(random_next.mean()) if count else 0.0,
-        "mean_masked_per_instance": float(num_masked.mean()) if count else 0.0,
+        "random_next_fraction": mean_of("is_random_next"),
+        "mean_masked_per_instance": mean_of("num_masked"),
         "num_tokens": int(lengths.sum(dtype=np.int64)),
     }
 
 
 def assemble_epoch(
-    directory: Path, final: Path, num_shards: int, max_seq_len: int, extra: dict[str, Any]
+    directory: Path, final: Path, num_shards: int, names: tuple[str, ...], max_seq_len: int, extra: dict[str, Any]
 ) -> dict[str, Any]:
     """Concatenate the shards in ``directory`` into the epoch's arrays, describe them, rename to ``final``."""
-    names = array_names("nsp", "static")
     checksums: dict[str, str] = {}
     for name in names:
         first = np.load(_shard_path(directory, 0, name), mmap_mode="r")

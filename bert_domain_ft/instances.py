@@ -14,7 +14,7 @@ is four offsets. The Python loop walks sentences only; random documents, B lengt
 vectorised afterwards, and token arrays are gathered in one numpy pass.
 
     spans = create_pair_spans(store, pool, pool_positions=range(0, 50), max_seq_len=128, short_seq_prob=0.1, rng=rng)
-    input_ids, lengths, segment_a_lengths = assemble_pairs(store.tokens, spans, 128, cls_id, sep_id, pad_id)
+    input_ids, lengths, segment_a_lengths = assemble_pairs(store, spans, 128, cls_id, sep_id, pad_id)
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import numpy as np
 
 from .document_store import DocumentStore
 from .random_stream import UniformStream
+from .ranges import concatenated_ranges
 
 SPECIAL_TOKENS_PER_PAIR = 3  # [CLS], [SEP], [SEP]
 
@@ -122,9 +123,16 @@ def _random_b_ranges(
     start_sentence = store.document_offsets[documents] + (pick - cumsum[other])
     end_sentence_limit = store.document_offsets[documents + 1]
     b_start = store.sentence_offsets[start_sentence]
-    # First sentence boundary at or past the target length, but never beyond the document's end.
-    end_sentence = np.searchsorted(store.sentence_offsets, b_start + b_target, side="left")
-    end_sentence = np.minimum(end_sentence, end_sentence_limit)
+    # First sentence boundary at or past the target length, but never beyond the document's end. Walked forward
+    # from the start (a few sentences) rather than binary-searched over the whole corpus: with the store on disk a
+    # global search would touch pages all over the file and make resident memory grow with the corpus.
+    end_sentence = start_sentence + 1
+    active = np.flatnonzero(end_sentence < end_sentence_limit)
+    while len(active):
+        reached = store.sentence_offsets[end_sentence[active]] - b_start[active] >= b_target[active]
+        active = active[~reached]
+        end_sentence[active] += 1
+        active = active[end_sentence[active] < end_sentence_limit[active]]
     return b_start, store.sentence_offsets[end_sentence]
 
 
@@ -193,28 +201,19 @@ def create_pair_spans(
     return PairSpans(*truncated, is_random_next=is_random)
 
 
-def concatenated_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """``concatenate([arange(s, s + n) for s, n in zip(starts, lengths)])`` without a Python loop."""
-    total = int(lengths.sum())
-    if total == 0:
-        return np.zeros(0, dtype=np.int64)
-    run_starts = np.cumsum(lengths) - lengths
-    return np.repeat(starts - run_starts, lengths) + np.arange(total)
-
-
 def assemble_pairs(
-    tokens: np.ndarray, spans: PairSpans, max_seq_len: int, cls_id: int, sep_id: int, pad_id: int
+    store: DocumentStore, spans: PairSpans, max_seq_len: int, cls_id: int, sep_id: int, pad_id: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Token rows ``[CLS] A [SEP] B [SEP] pad…`` (N, max_seq_len), their lengths and segment-A lengths."""
     count = len(spans)
     length_a = spans.a_end - spans.a_start
     length_b = spans.b_end - spans.b_start
-    rows = np.full(count * max_seq_len, pad_id, dtype=tokens.dtype)
+    rows = np.full(count * max_seq_len, pad_id, dtype=store.tokens.dtype)
     row_base = np.arange(count, dtype=np.int64) * max_seq_len
     rows[row_base] = cls_id
-    rows[concatenated_ranges(row_base + 1, length_a)] = tokens[concatenated_ranges(spans.a_start, length_a)]
+    rows[concatenated_ranges(row_base + 1, length_a)] = store.read_ranges(spans.a_start, length_a)
     rows[row_base + 1 + length_a] = sep_id
-    rows[concatenated_ranges(row_base + 2 + length_a, length_b)] = tokens[concatenated_ranges(spans.b_start, length_b)]
+    rows[concatenated_ranges(row_base + 2 + length_a, length_b)] = store.read_ranges(spans.b_start, length_b)
     rows[row_base + 2 + length_a + length_b] = sep_id
     lengths = length_a + length_b + SPECIAL_TOKENS_PER_PAIR
     return rows.reshape(count, max_seq_len), lengths.astype(np.uint16), (length_a + 2).astype(np.uint16)

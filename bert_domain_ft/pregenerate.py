@@ -26,12 +26,19 @@ from . import epoch_writer
 from .atomic_files import os_errors_as_user_errors, write_json_atomic
 from .corpus import open_corpus_checked
 from .document_store import DocumentStore, build_document_store
-from .epoch_format import FORMAT_NAME, FORMAT_VERSION, HOLDOUT_DIRECTORY, MANIFEST_NAME, epoch_directory_name
+from .epoch_format import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    HOLDOUT_DIRECTORY,
+    MANIFEST_NAME,
+    array_names,
+    epoch_directory_name,
+)
 from .epoch_writer import GenerationContext, ShardTask
 from .errors import UserError
 from .instances import DocumentPool
 from .masking import MaskingTables
-from .tokenization import continuation_table, describe_tokenizer, load_tokenizer, special_table
+from .tokenization import TokenizerFacts, continuation_table, describe_tokenizer, load_tokenizer, special_table
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +52,16 @@ class PregenerateConfig:
     """Corpus file: one sentence per line, a blank line between documents (see ``bert-domain-ft prepare``)."""
     output_dir: Path
     """Directory for manifest.json and the epoch_XXX/ arrays."""
-    bert_model: str
+    bert_model: str | None = None
     """Model directory or hub id whose tokenizer is used (the model must later be trained on this data)."""
+    tokenizer: str | None = None
+    """A tokenizer directory other than the model's own (e.g. one trained with ``bert-domain-ft tokenizer``)."""
+    objective: str = "auto"
+    """"nsp" (BERT pairs), "mlm" (packed text, no NSP), or "auto": "nsp" for BERT models and WordPiece tokenizers."""
+    dynamic_masking: bool = False
+    """Store unmasked text; the trainer draws fresh masks for every batch (RoBERTa-style)."""
+    no_cross_document: bool = False
+    """"mlm" only: never let a sequence run on into the next document."""
     do_lower_case: bool | None = None
     """None follows the tokenizer; True must agree with it (an error says so if not)."""
     do_whole_word_mask: bool = False
@@ -77,6 +92,12 @@ class PregenerateConfig:
     """tqdm progress bars."""
 
     def __post_init__(self) -> None:
+        if self.bert_model is None and self.tokenizer is None:
+            raise ValueError("give --bert_model (its tokenizer is used) or --tokenizer")
+        if self.objective not in ("auto", "nsp", "mlm"):
+            raise ValueError("--objective must be auto, nsp or mlm")
+        if self.no_cross_document and self.objective == "nsp":
+            raise ValueError("--no_cross_document applies to --objective mlm (NSP pairs never cross documents)")
         self.train_corpus = Path(self.train_corpus)
         self.output_dir = Path(self.output_dir)
         if self.epochs_to_generate < 1:
@@ -148,11 +169,31 @@ def _check_resume(config: PregenerateConfig, record: dict[str, Any]) -> None:
         )
 
 
+def _model_config(model: str | None) -> dict[str, Any] | None:
+    path = Path(model) / "config.json" if model else None
+    return json.loads(path.read_text(encoding="utf-8")) if path is not None and path.is_file() else None
+
+
+def resolve_objective(requested: str, model: str | None, facts: TokenizerFacts) -> str:
+    """ "auto" means NSP for BERT (the only family with an NSP head) and MLM for everything else."""
+    if requested != "auto":
+        return requested
+    model_config = _model_config(model)
+    if model_config is not None:
+        is_bert = model_config.get("model_type") == "bert"
+    else:
+        is_bert = facts.continuation_prefix is not None  # no model yet: a WordPiece tokenizer means a BERT
+    if not is_bert:
+        logger.info("objective: masked LM only (this model has no next-sentence-prediction head)")
+    return "nsp" if is_bert else "mlm"
+
+
 def _check_model_positions(config: PregenerateConfig) -> None:
-    config_path = Path(config.bert_model) / "config.json"
-    if not config_path.exists():
+    model_config = _model_config(config.bert_model)
+    if model_config is None:
         return
-    positions = json.loads(config_path.read_text(encoding="utf-8")).get("max_position_embeddings")
+    config_path = Path(str(config.bert_model)) / "config.json"
+    positions = model_config.get("max_position_embeddings")
     if positions is not None and config.max_seq_len > positions:
         raise UserError(
             f"{config_path}: the model has {positions} positions but --max_seq_len is {config.max_seq_len}; "
@@ -210,46 +251,65 @@ def _run_tasks(tasks: list[ShardTask], context: GenerationContext, num_workers: 
         yield from pool.imap(_run_in_worker, tasks)
 
 
+EPOCH_ORDER_KEY = 7  # seed-sequence word for the per-epoch document order of "mlm" packing
+
+
+def _shard_tasks(
+    config: PregenerateConfig, context: GenerationContext, name: str, stream: int, epoch: int
+) -> list[ShardTask]:
+    """The shards of one epoch. "nsp" walks documents in corpus order (pairs are local to a document); "mlm"
+    packs documents in an order drawn per epoch, so sequences differ from epoch to epoch."""
+    pool = context.pools[stream]
+    documents = pool.documents
+    if context.objective == "mlm":
+        documents = np.random.default_rng([config.seed, stream, epoch, EPOCH_ORDER_KEY]).permutation(documents)
+    token_counts = context.store.document_token_counts()
+    partial = epoch_writer.fresh_partial_directory(config.output_dir / name)
+    cuts = epoch_writer.shard_boundaries(context.store, documents)
+    return [
+        ShardTask(
+            partial,
+            stream,
+            epoch,
+            shard,
+            first,
+            end,
+            int(token_counts[documents[first:end]].sum()),
+            documents[first:end] if context.objective == "mlm" else None,
+        )  # fmt: skip
+        for shard, (first, end) in enumerate(zip(cuts[:-1], cuts[1:]))
+    ]
+
+
+def _log_statistics(name: str, statistics: dict[str, Any]) -> None:
+    parts = [f"{statistics['num_instances']} instances", f"packing fill {100 * statistics['packing_fill']:.1f}%"]
+    if statistics["random_next_fraction"] is not None:
+        parts.append(f"random next {100 * statistics['random_next_fraction']:.1f}%")
+    if statistics["mean_masked_per_instance"] is not None:
+        parts.append(f"{statistics['mean_masked_per_instance']:.1f} masked tokens per instance")
+    logger.info("%s: %s", name, ", ".join(parts))
+
+
 def _generate(
-    config: PregenerateConfig,
-    context: GenerationContext,
-    jobs: list[tuple[str, int, int]],
-    boundaries: dict[int, list[int]],
+    config: PregenerateConfig, context: GenerationContext, jobs: list[tuple[str, int, int]]
 ) -> dict[str, dict[str, Any]]:
     """Run every (directory name, stream, epoch) job; returns statistics by directory name."""
-    tasks: list[ShardTask] = []
-    shards_per_job: list[int] = []
-    token_counts = context.store.document_token_counts()
-    for name, stream, epoch in jobs:
-        partial = epoch_writer.fresh_partial_directory(config.output_dir / name)
-        cuts, pool = boundaries[stream], context.pools[stream]
-        for shard, (first, end) in enumerate(zip(cuts[:-1], cuts[1:])):
-            tokens = int(token_counts[pool.documents[first:end]].sum())
-            tasks.append(ShardTask(partial, stream, epoch, shard, first, end, tokens))
-        shards_per_job.append(len(cuts) - 1)
+    tasks_per_job = [_shard_tasks(config, context, *job) for job in jobs]
+    names = array_names(context.objective, "dynamic" if context.dynamic_masking else "static")
     statistics: dict[str, dict[str, Any]] = {}
-    results = _run_tasks(tasks, context, config.num_workers)
-    with tqdm(
-        total=sum(t.num_tokens for t in tasks), unit="tok", unit_scale=True, disable=not config.show_progress
-    ) as bar:
-        for (name, stream, epoch), num_shards in zip(jobs, shards_per_job):
+    results = _run_tasks([task for tasks in tasks_per_job for task in tasks], context, config.num_workers)
+    total_tokens = sum(task.num_tokens for tasks in tasks_per_job for task in tasks)
+    with tqdm(total=total_tokens, unit="tok", unit_scale=True, disable=not config.show_progress) as bar:
+        for (name, stream, epoch), tasks in zip(jobs, tasks_per_job):
             bar.set_description(f"generating {name}")
-            for _ in range(num_shards):
+            for _ in tasks:
                 bar.update(next(results)["tokens"])
             final = config.output_dir / name
             extra = {"epoch": epoch if stream == epoch_writer.TRAINING_STREAM else None}
             statistics[name] = epoch_writer.assemble_epoch(
-                final.with_name(name + ".partial"), final, num_shards, config.max_seq_len, extra
+                final.with_name(name + ".partial"), final, len(tasks), names, config.max_seq_len, extra
             )
-            stats = statistics[name]
-            logger.info(
-                "%s: %d instances, packing fill %.1f%%, random next %.1f%%, %.1f masked tokens per instance",
-                name,
-                stats["num_instances"],
-                100 * stats["packing_fill"],
-                100 * stats["random_next_fraction"],
-                stats["mean_masked_per_instance"],
-            )
+            _log_statistics(name, statistics[name])
     return statistics
 
 
@@ -257,11 +317,14 @@ def pregenerate(config: PregenerateConfig) -> dict[str, Any]:
     """Write ``config.epochs_to_generate`` epochs (and the held-out set) to ``config.output_dir``; return the manifest."""
     open_corpus_checked(config.train_corpus)
     _check_model_positions(config)
-    tokenizer = load_tokenizer(config.bert_model, config.do_lower_case)
-    facts = describe_tokenizer(tokenizer, config.bert_model)
+    tokenizer_source = config.tokenizer or config.bert_model
+    assert tokenizer_source is not None
+    tokenizer = load_tokenizer(tokenizer_source, config.do_lower_case)
+    facts = describe_tokenizer(tokenizer, tokenizer_source)
+    objective = resolve_objective(config.objective, config.bert_model, facts)
     if config.do_whole_word_mask and facts.continuation_prefix is None:
         raise UserError(
-            f"{config.bert_model}: --do_whole_word_mask needs a WordPiece tokenizer (pieces marked '##'); this one is "
+            f"{tokenizer_source}: --do_whole_word_mask needs a WordPiece tokenizer (pieces marked '##'); this one is "
             "not, so whole-word masking would do nothing: drop the flag"
         )
     _prepare_output_directory(config)
@@ -274,7 +337,7 @@ def pregenerate(config: PregenerateConfig) -> dict[str, Any]:
         shutil.rmtree(store_directory, ignore_errors=True)
     try:
         store = build_document_store(config.train_corpus, tokenizer, facts, store_directory, config.show_progress)
-        return _generate_all(config, store, store_directory, tokenizer, facts, record)
+        return _generate_all(config, objective, store, store_directory, tokenizer, facts, record)
     finally:
         if store_directory is not None:
             shutil.rmtree(store_directory, ignore_errors=True)
@@ -282,6 +345,7 @@ def pregenerate(config: PregenerateConfig) -> dict[str, Any]:
 
 def _generate_all(
     config: PregenerateConfig,
+    objective: str,
     store: DocumentStore,
     store_directory: Path | None,
     tokenizer: Any,
@@ -303,6 +367,9 @@ def _generate_all(
         masked_lm_prob=config.masked_lm_prob,
         max_predictions_per_seq=config.max_predictions_per_seq,
         whole_word=config.do_whole_word_mask,
+        objective=objective,
+        dynamic_masking=config.dynamic_masking,
+        cross_document=not config.no_cross_document,
         cls_id=facts.cls_token_id,
         sep_id=facts.sep_token_id,
         pad_id=facts.pad_token_id,
@@ -319,14 +386,13 @@ def _generate_all(
         else:
             statistics[job[0]] = done
             logger.info("%s: complete from the interrupted run, kept", job[0])
-    boundaries = {stream: epoch_writer.shard_boundaries(store, pool) for stream, pool in pools.items()}
-    statistics.update(_generate(config, context, jobs, boundaries))
+    statistics.update(_generate(config, context, jobs))
     _remove_stale_epochs(config)
     manifest = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
-        "objective": "nsp",
-        "masking": "static",
+        "objective": objective,
+        "masking": "dynamic" if config.dynamic_masking else "static",
         "tokenizer": facts.to_json(),
         "max_seq_len": config.max_seq_len,
         "max_predictions_per_seq": config.max_predictions_per_seq,

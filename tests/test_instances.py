@@ -114,7 +114,7 @@ def test_assembled_rows_hold_cls_a_sep_b_sep_then_padding() -> None:
     store = synthetic_store(seed=6)
     pool = DocumentPool.from_documents(store, np.arange(store.num_documents))
     spans = create_pair_spans(store, pool, range(0, store.num_documents), 48, 0.1, np.random.default_rng(7))
-    rows, lengths, segment_a = assemble_pairs(store.tokens, spans, 48, cls_id=2, sep_id=3, pad_id=0)
+    rows, lengths, segment_a = assemble_pairs(store, spans, 48, cls_id=2, sep_id=3, pad_id=0)
     for i in range(len(spans)):
         a = store.tokens[spans.a_start[i] : spans.a_end[i]]
         b = store.tokens[spans.b_start[i] : spans.b_end[i]]

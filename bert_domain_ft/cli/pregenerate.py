@@ -16,7 +16,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train_corpus", type=Path, required=True, help="corpus file in the corpus format")
     parser.add_argument("--output_dir", type=Path, required=True, help="where manifest.json and epoch_XXX/ go")
     parser.add_argument(
-        "--bert_model", required=True, help="model directory or hub id whose tokenizer to use (the model to train)"
+        "--bert_model", help="model directory or hub id whose tokenizer to use (the model you will train)"
+    )
+    parser.add_argument(
+        "--tokenizer", help="tokenizer directory to use instead of the model's (e.g. from `bert-domain-ft tokenizer`)"
+    )
+    parser.add_argument(
+        "--objective",
+        choices=("auto", "nsp", "mlm"),
+        default="auto",
+        help="nsp: BERT sentence pairs with NSP labels; mlm: contiguous text packed full, no NSP; "
+        "auto: nsp for BERT models, mlm for models without an NSP head (RoBERTa, DistilBERT, …)",
+    )
+    parser.add_argument(
+        "--dynamic_masking",
+        action="store_true",
+        help="store unmasked text and let the trainer draw fresh masks every batch (RoBERTa-style)",
+    )
+    parser.add_argument(
+        "--no_cross_document",
+        action="store_true",
+        help="with --objective mlm: never let a sequence continue into the next document",
     )
     parser.add_argument(
         "--do_lower_case",
