@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
@@ -44,6 +45,7 @@ class DocumentStore:
     dropped_empty_sentences: int = 0
     dropped_empty_documents: int = 0
     tokens_file: Path | None = None  # on-disk stores: read token runs with pread, not through the memmap
+    corpus_document_offsets: np.ndarray | None = None  # (num_corpora + 1,): corpus c is documents [c] .. [c + 1] - 1
 
     def read_ranges(self, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """The tokens of the runs ``[starts[i], starts[i] + lengths[i])``, concatenated.
@@ -130,14 +132,14 @@ class _OffsetsBuilder:
 
 
 def build_document_store(
-    corpus_path: Path,
+    corpus_path: Path | Sequence[Path],
     tokenizer: Any,
     facts: TokenizerFacts,
     directory: Path | None = None,
     show_progress: bool = True,
 ) -> DocumentStore:
-    """Tokenize ``corpus_path`` in batches and return its document store (on disk under ``directory`` if given)."""
-    corpus_path = Path(corpus_path)
+    """Tokenize ``corpus_path`` (or several corpora, one after the other) in batches and return the document store
+    (on disk under ``directory`` if given). Each corpus must hold at least two documents."""
     builder = _OffsetsBuilder(facts.token_dtype, directory)
     counters = {"tokens": 0, "sentences": 0, "documents": 0, "empty_sentences": 0, "empty_documents": 0}
     current_document_has_sentence = False
@@ -183,42 +185,49 @@ def build_document_store(
             builder.append("document_offsets", np.asarray(document_ends, dtype=np.int64))
         pending.clear()
 
+    paths = [Path(corpus_path)] if isinstance(corpus_path, (str, Path)) else [Path(p) for p in corpus_path]
+    corpus_document_ends = [0]
     try:
+        total_bytes = sum(path.stat().st_size for path in paths if path.exists())
         with tqdm(
-            total=corpus_path.stat().st_size if corpus_path.exists() else None,
-            unit="B",
-            unit_scale=True,
-            desc="tokenizing",
-            disable=not show_progress,
+            total=total_bytes, unit="B", unit_scale=True, desc="tokenizing", disable=not show_progress
         ) as progress:
-            last_byte = 0
-            for line in iter_corpus_lines(corpus_path):
-                pending.append((line.text, line.starts_document))
-                if len(pending) >= SENTENCES_PER_BATCH:
+            for path in paths:
+                last_byte = 0
+                for line in iter_corpus_lines(path):
+                    pending.append((line.text, line.starts_document))
+                    if len(pending) >= SENTENCES_PER_BATCH:
+                        flush()
+                        progress.update(line.end_byte - last_byte)
+                        last_byte = line.end_byte
+                if pending:
                     flush()
-                    progress.update(line.end_byte - last_byte)
-                    last_byte = line.end_byte
-            if pending:
-                flush()
-            # The last document is closed by the end of the file, not by a blank line.
-            last_document_end: list[int] = []
-            close_document(last_document_end)
-            if last_document_end:
-                builder.append("document_offsets", np.asarray(last_document_end, dtype=np.int64))
-            progress.update(progress.total - last_byte if progress.total else 0)
-        require_two_documents(corpus_path, counters["documents"])
+                # The last document is closed by the end of the file, not by a blank line.
+                last_document_end: list[int] = []
+                close_document(last_document_end)
+                if last_document_end:
+                    builder.append("document_offsets", np.asarray(last_document_end, dtype=np.int64))
+                progress.update(path.stat().st_size - last_byte)
+                require_two_documents(path, counters["documents"] - corpus_document_ends[-1])
+                corpus_document_ends.append(counters["documents"])
     except BaseException:
         builder.abandon()
         raise
     tokens, sentence_offsets, document_offsets = builder.finish()
     store = DocumentStore(
-        tokens, sentence_offsets, document_offsets, counters["empty_sentences"], counters["empty_documents"]
+        tokens,
+        sentence_offsets,
+        document_offsets,
+        counters["empty_sentences"],
+        counters["empty_documents"],
+        corpus_document_offsets=np.asarray(corpus_document_ends, dtype=np.int64),
     )
     if directory is not None:
         write_json_atomic(
             directory / STORE_DESCRIPTION,
             {
-                "corpus": str(corpus_path),
+                "corpora": [str(path) for path in paths],
+                "corpus_document_offsets": corpus_document_ends,
                 "vocab_fingerprint": facts.vocab_fingerprint,
                 "num_tokens": store.num_tokens,
                 "num_sentences": store.num_sentences,
@@ -241,4 +250,5 @@ def open_document_store(directory: Path) -> DocumentStore:
         description["dropped_empty_sentences"],
         description["dropped_empty_documents"],
         tokens_file=directory / "tokens.npy",
+        corpus_document_offsets=np.asarray(description["corpus_document_offsets"], dtype=np.int64),
     )

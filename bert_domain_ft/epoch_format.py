@@ -12,6 +12,8 @@ P = ``max_predictions_per_seq``; "token dtype" is uint16 when the vocabulary has
     masked_labels     (N, P) token dtype  the original token at each masked position; rows padded with 0
     num_masked        (N,)   uint16       how many entries of the two rows above are real
     is_random_next    (N,)   uint8        1 where segment B was drawn from another document (NSP label 1)
+    corpus_ids        (N,)   uint8        which of several named corpora the instance comes from (only when the
+                                          manifest lists more than one; their sampling probabilities are there)
 
 uint16 for positions and lengths because no BERT has more than 65535 positions: it halves the file against int32.
 An epoch is ~0.7× the size of the text it came from at L=128 (the original JSON format was 10–20×).
@@ -47,20 +49,24 @@ EPOCH_DESCRIPTION_NAME = "epoch.json"
 HOLDOUT_DIRECTORY = "holdout"
 
 ARRAY_NAMES_STATIC_MASKS = ("masked_positions", "masked_labels", "num_masked")
-ALL_ARRAY_NAMES = ("input_ids", "lengths", "segment_a_lengths", *ARRAY_NAMES_STATIC_MASKS, "is_random_next")
+ALL_ARRAY_NAMES = (
+    "input_ids", "lengths", "segment_a_lengths", *ARRAY_NAMES_STATIC_MASKS, "is_random_next", "corpus_ids",
+)  # fmt: skip
 
 
 def epoch_directory_name(epoch_index: int) -> str:
     return f"epoch_{epoch_index:03d}"
 
 
-def array_names(objective: str, masking: str) -> tuple[str, ...]:
+def array_names(objective: str, masking: str, several_corpora: bool = False) -> tuple[str, ...]:
     """The arrays an epoch holds for this objective ("nsp" or "mlm") and masking ("static" or "dynamic")."""
     names = ["input_ids", "lengths", "segment_a_lengths"]
     if masking == "static":
         names += list(ARRAY_NAMES_STATIC_MASKS)
     if objective == "nsp":
         names.append("is_random_next")
+    if several_corpora:
+        names.append("corpus_ids")
     return tuple(names)
 
 
@@ -77,6 +83,7 @@ class EpochArrays:
     num_masked: np.ndarray | None
     is_random_next: np.ndarray | None
     statistics: dict[str, Any]
+    corpus_ids: np.ndarray | None = None
 
     @property
     def num_instances(self) -> int:
@@ -154,6 +161,7 @@ def open_epoch_directory(directory: Path, verify_checksum: bool = False) -> Epoc
         num_masked=arrays.get("num_masked"),
         is_random_next=arrays.get("is_random_next"),
         statistics=description["statistics"],
+        corpus_ids=arrays.get("corpus_ids"),
     )
 
 

@@ -1,7 +1,7 @@
 """Making one epoch: shards of documents become instances in worker processes, then one set of arrays.
 
 Work is cut into shards of whole documents (~256k tokens each; boundaries depend on the corpus only). Shard ``s``
-of epoch ``e`` draws from its own random stream ``SeedSequence([seed, stream, e, s])``, so the bytes of an epoch
+of corpus ``c`` in epoch ``e`` draws from its own random stream ``SeedSequence([seed, stream, e, c, s])``, so the bytes of an epoch
 do not depend on how many workers made it. A worker writes its shard's arrays into ``epoch_XXX.partial/``; once all
 shards of the epoch are in, they are concatenated in order into the final arrays (with SHA-256 checksums),
 ``epoch.json`` is written, and the directory is renamed to ``epoch_XXX``.
@@ -38,7 +38,7 @@ class GenerationContext:
 
     store: DocumentStore
     store_directory: Path | None  # set when the store is on disk (--reduce_memory)
-    pools: dict[int, DocumentPool]  # by stream: training documents, held-out documents
+    pools: dict[tuple[int, int], DocumentPool]  # by (stream, corpus): training or held-out documents of a corpus
     tables: MaskingTables
     seed: int
     max_seq_len: int
@@ -64,6 +64,8 @@ class ShardTask:
     end_position: int
     num_tokens: int  # for progress
     documents: np.ndarray | None = None  # "mlm": the shard's store documents in this epoch's order
+    corpus: int = 0  # which named corpus (pools are per stream and corpus)
+    corpus_shard: int = 0  # the shard's number within its corpus: part of its random stream
 
 
 def shard_boundaries(store: DocumentStore, documents: np.ndarray) -> list[int]:
@@ -87,7 +89,7 @@ def _shard_store(context: GenerationContext) -> DocumentStore:
 
 def run_shard(task: ShardTask, context: GenerationContext) -> dict[str, Any]:
     """Generate and mask the instances of one shard; write them beside the epoch; return counts."""
-    rng = np.random.default_rng([context.seed, task.stream, task.epoch, task.shard])
+    rng = np.random.default_rng([context.seed, task.stream, task.epoch, task.corpus, task.corpus_shard])
     store = _shard_store(context)
     if context.objective == "mlm":
         assert task.documents is not None
@@ -99,7 +101,7 @@ def run_shard(task: ShardTask, context: GenerationContext) -> dict[str, Any]:
     else:
         spans = create_pair_spans(
             store,
-            context.pools[task.stream],
+            context.pools[(task.stream, task.corpus)],
             range(task.first_position, task.end_position),
             context.max_seq_len,
             context.short_seq_prob,
@@ -119,6 +121,8 @@ def run_shard(task: ShardTask, context: GenerationContext) -> dict[str, Any]:
             input_ids=masked.input_ids, masked_positions=masked.positions, masked_labels=masked.labels,
             num_masked=masked.counts,
         )  # fmt: skip
+    if len({corpus for _, corpus in context.pools}) > 1:
+        arrays["corpus_ids"] = np.full(len(rows), task.corpus, dtype=np.uint8)
     with os_errors_as_user_errors(task.directory):
         for name, array in arrays.items():
             np.save(_shard_path(task.directory, task.shard, name), array)

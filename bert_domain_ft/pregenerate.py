@@ -38,6 +38,7 @@ from .epoch_writer import GenerationContext, ShardTask
 from .errors import UserError
 from .instances import DocumentPool
 from .masking import MaskingTables
+from .mixing import sampling_probabilities
 from .tokenization import TokenizerFacts, continuation_table, describe_tokenizer, load_tokenizer, special_table
 
 logger = logging.getLogger(__name__)
@@ -48,8 +49,9 @@ STORE_DIRECTORY = "document_store.partial"
 
 @dataclass
 class PregenerateConfig:
-    train_corpus: Path
-    """Corpus file: one sentence per line, a blank line between documents (see ``bert-domain-ft prepare``)."""
+    train_corpus: Path | dict[str, Path]
+    """Corpus file: one sentence per line, a blank line between documents (see ``bert-domain-ft prepare``); or
+    several named corpora ``{"zul": Path("train.zul"), …}`` mixed by ``sampling_exponent``."""
     output_dir: Path
     """Directory for manifest.json and the epoch_XXX/ arrays."""
     bert_model: str | None = None
@@ -88,6 +90,8 @@ class PregenerateConfig:
     """Replace what an earlier run left in output_dir."""
     resume: bool = False
     """Keep complete epochs of an interrupted run with the same settings and generate only the missing ones."""
+    sampling_exponent: float = 1.0
+    """Several corpora: corpus i is sampled ∝ (n_i/Σn)^α (1 = proportional, 0 = uniform, XLM-R used 0.3)."""
     show_progress: bool = True
     """tqdm progress bars."""
 
@@ -98,7 +102,14 @@ class PregenerateConfig:
             raise ValueError("--objective must be auto, nsp or mlm")
         if self.no_cross_document and self.objective == "nsp":
             raise ValueError("--no_cross_document applies to --objective mlm (NSP pairs never cross documents)")
-        self.train_corpus = Path(self.train_corpus)
+        if isinstance(self.train_corpus, dict):
+            if not self.train_corpus:
+                raise ValueError("--train_corpus names no corpus")
+            self.train_corpus = {str(name): Path(path) for name, path in self.train_corpus.items()}
+        else:
+            self.train_corpus = Path(self.train_corpus)
+        if self.sampling_exponent < 0:
+            raise ValueError("--sampling_exponent must be ≥ 0 (1 = proportional to size, 0 = uniform)")
         self.output_dir = Path(self.output_dir)
         if self.epochs_to_generate < 1:
             raise ValueError("--epochs_to_generate must be at least 1")
@@ -120,10 +131,16 @@ class PregenerateConfig:
     def generation_record(self, tokenizer_fingerprint: str) -> dict[str, Any]:
         """What determines the bytes of the output (everything but workers, memory mode and progress)."""
         record = {key: value for key, value in asdict(self).items() if key not in _NOT_AFFECTING_OUTPUT}
-        record["train_corpus"] = str(self.train_corpus)
-        record["corpus_bytes"] = self.train_corpus.stat().st_size
+        record["train_corpus"] = {name: str(path) for name, path in self.named_corpora()}
+        record["corpus_bytes"] = {name: path.stat().st_size for name, path in self.named_corpora()}
         record["vocab_fingerprint"] = tokenizer_fingerprint
         return record
+
+    def named_corpora(self) -> list[tuple[str, Path]]:
+        """(name, path) of every corpus; a single corpus is named "corpus"."""
+        if isinstance(self.train_corpus, dict):
+            return list(self.train_corpus.items())
+        return [("corpus", Path(self.train_corpus))]
 
 
 _NOT_AFFECTING_OUTPUT = {
@@ -202,21 +219,25 @@ def _check_model_positions(config: PregenerateConfig) -> None:
 
 
 def _split_documents(
-    store: DocumentStore, holdout_fraction: float, seed: int, corpus: Path
-) -> tuple[np.ndarray, np.ndarray]:
-    """Training and held-out document indices (each ascending); held-out ones chosen by seed."""
-    everything = np.arange(store.num_documents, dtype=np.int64)
-    if holdout_fraction == 0.0:
-        return everything, everything[:0]
-    count = int(round(store.num_documents * holdout_fraction))
-    if count < 2 or store.num_documents - count < 2:
-        raise UserError(
-            f"{corpus}: {store.num_documents} documents cannot give {holdout_fraction:.0%} held out with at least two "
-            "documents on each side (NSP needs two); change --holdout_fraction or add documents"
-        )
-    rng = np.random.default_rng([seed, epoch_writer.HOLDOUT_STREAM])
-    held_out = np.sort(rng.choice(store.num_documents, size=count, replace=False))
-    return np.setdiff1d(everything, held_out), held_out
+    store: DocumentStore, holdout_fraction: float, seed: int, corpora: list[tuple[str, Path]]
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per corpus, training and held-out document indices (ascending); held-out ones chosen by seed."""
+    assert store.corpus_document_offsets is not None
+    training, held_out = [], []
+    for corpus, (_, path) in enumerate(corpora):
+        first, end = (int(value) for value in store.corpus_document_offsets[corpus : corpus + 2])
+        everything = np.arange(first, end, dtype=np.int64)
+        count = int(round(len(everything) * holdout_fraction))
+        if holdout_fraction > 0 and (count < 2 or len(everything) - count < 2):
+            raise UserError(
+                f"{path}: {len(everything)} documents cannot give {holdout_fraction:.0%} held out with at least two "
+                "documents on each side (NSP needs two); change --holdout_fraction or add documents"
+            )
+        rng = np.random.default_rng([seed, epoch_writer.HOLDOUT_STREAM, corpus])
+        chosen = np.sort(first + rng.choice(len(everything), size=count, replace=False))
+        training.append(np.setdiff1d(everything, chosen))
+        held_out.append(chosen)
+    return training, held_out
 
 
 def _masking_tables(tokenizer: Any, facts: Any) -> MaskingTables:
@@ -257,28 +278,35 @@ EPOCH_ORDER_KEY = 7  # seed-sequence word for the per-epoch document order of "m
 def _shard_tasks(
     config: PregenerateConfig, context: GenerationContext, name: str, stream: int, epoch: int
 ) -> list[ShardTask]:
-    """The shards of one epoch. "nsp" walks documents in corpus order (pairs are local to a document); "mlm"
-    packs documents in an order drawn per epoch, so sequences differ from epoch to epoch."""
-    pool = context.pools[stream]
-    documents = pool.documents
-    if context.objective == "mlm":
-        documents = np.random.default_rng([config.seed, stream, epoch, EPOCH_ORDER_KEY]).permutation(documents)
+    """The shards of one epoch, corpus by corpus. "nsp" walks documents in corpus order (pairs are local to a
+    document); "mlm" packs documents in an order drawn per epoch, so sequences differ from epoch to epoch."""
     token_counts = context.store.document_token_counts()
     partial = epoch_writer.fresh_partial_directory(config.output_dir / name)
-    cuts = epoch_writer.shard_boundaries(context.store, documents)
-    return [
-        ShardTask(
-            partial,
-            stream,
-            epoch,
-            shard,
-            first,
-            end,
-            int(token_counts[documents[first:end]].sum()),
-            documents[first:end] if context.objective == "mlm" else None,
-        )  # fmt: skip
-        for shard, (first, end) in enumerate(zip(cuts[:-1], cuts[1:]))
-    ]
+    tasks: list[ShardTask] = []
+    for (pool_stream, corpus), pool in context.pools.items():
+        if pool_stream != stream:
+            continue
+        documents = pool.documents
+        if context.objective == "mlm":
+            order_seed = [config.seed, stream, epoch, corpus, EPOCH_ORDER_KEY]
+            documents = np.random.default_rng(order_seed).permutation(documents)
+        cuts = epoch_writer.shard_boundaries(context.store, documents)
+        for corpus_shard, (first, end) in enumerate(zip(cuts[:-1], cuts[1:])):
+            tasks.append(
+                ShardTask(
+                    directory=partial,
+                    stream=stream,
+                    epoch=epoch,
+                    shard=len(tasks),
+                    first_position=first,
+                    end_position=end,
+                    num_tokens=int(token_counts[documents[first:end]].sum()),
+                    documents=documents[first:end] if context.objective == "mlm" else None,
+                    corpus=corpus,
+                    corpus_shard=corpus_shard,
+                )  # fmt: skip
+            )
+    return tasks
 
 
 def _log_statistics(name: str, statistics: dict[str, Any]) -> None:
@@ -295,7 +323,8 @@ def _generate(
 ) -> dict[str, dict[str, Any]]:
     """Run every (directory name, stream, epoch) job; returns statistics by directory name."""
     tasks_per_job = [_shard_tasks(config, context, *job) for job in jobs]
-    names = array_names(context.objective, "dynamic" if context.dynamic_masking else "static")
+    several = len({corpus for _, corpus in context.pools}) > 1
+    names = array_names(context.objective, "dynamic" if context.dynamic_masking else "static", several)
     statistics: dict[str, dict[str, Any]] = {}
     results = _run_tasks([task for tasks in tasks_per_job for task in tasks], context, config.num_workers)
     total_tokens = sum(task.num_tokens for tasks in tasks_per_job for task in tasks)
@@ -315,7 +344,8 @@ def _generate(
 
 def pregenerate(config: PregenerateConfig) -> dict[str, Any]:
     """Write ``config.epochs_to_generate`` epochs (and the held-out set) to ``config.output_dir``; return the manifest."""
-    open_corpus_checked(config.train_corpus)
+    for _, path in config.named_corpora():
+        open_corpus_checked(path)
     _check_model_positions(config)
     tokenizer_source = config.tokenizer or config.bert_model
     assert tokenizer_source is not None
@@ -336,7 +366,8 @@ def pregenerate(config: PregenerateConfig) -> dict[str, Any]:
     if store_directory is not None:
         shutil.rmtree(store_directory, ignore_errors=True)
     try:
-        store = build_document_store(config.train_corpus, tokenizer, facts, store_directory, config.show_progress)
+        paths = [path for _, path in config.named_corpora()]
+        store = build_document_store(paths, tokenizer, facts, store_directory, config.show_progress)
         return _generate_all(config, objective, store, store_directory, tokenizer, facts, record)
     finally:
         if store_directory is not None:
@@ -352,10 +383,16 @@ def _generate_all(
     facts: Any,
     record: dict[str, Any],
 ) -> dict[str, Any]:
-    training, held_out = _split_documents(store, config.holdout_fraction, config.seed, config.train_corpus)
-    pools = {epoch_writer.TRAINING_STREAM: DocumentPool.from_documents(store, training)}
-    if len(held_out):
-        pools[epoch_writer.HOLDOUT_STREAM] = DocumentPool.from_documents(store, held_out)
+    corpora = config.named_corpora()
+    training, held_out = _split_documents(store, config.holdout_fraction, config.seed, corpora)
+    pools = {}
+    for corpus in range(len(corpora)):
+        pools[(epoch_writer.TRAINING_STREAM, corpus)] = DocumentPool.from_documents(store, training[corpus])
+        if config.holdout_fraction > 0:
+            pools[(epoch_writer.HOLDOUT_STREAM, corpus)] = DocumentPool.from_documents(store, held_out[corpus])
+    token_counts = store.document_token_counts()
+    training_tokens = np.array([token_counts[documents].sum() for documents in training])
+    probabilities = sampling_probabilities(training_tokens, config.sampling_exponent)
     context = GenerationContext(
         store=store,
         store_directory=store_directory,
@@ -375,7 +412,7 @@ def _generate_all(
         pad_id=facts.pad_token_id,
     )
     wanted = [(epoch_directory_name(e), epoch_writer.TRAINING_STREAM, e) for e in range(config.epochs_to_generate)]
-    if len(held_out):
+    if config.holdout_fraction > 0:
         wanted.append((HOLDOUT_DIRECTORY, epoch_writer.HOLDOUT_STREAM, 0))
     statistics: dict[str, dict[str, Any]] = {}
     jobs = []
@@ -397,13 +434,24 @@ def _generate_all(
         "max_seq_len": config.max_seq_len,
         "max_predictions_per_seq": config.max_predictions_per_seq,
         "generation": record,
+        "corpora": [
+            {
+                "name": corpus_name,
+                "path": str(path),
+                "documents": int(len(training[index]) + len(held_out[index])),
+                "training_tokens": int(training_tokens[index]),
+                "sampling_probability": float(probabilities[index]),
+            }
+            for index, (corpus_name, path) in enumerate(corpora)
+        ],
+        "sampling_exponent": config.sampling_exponent,
         "corpus": {
             "documents": store.num_documents,
             "sentences": store.num_sentences,
             "tokens": store.num_tokens,
             "dropped_empty_sentences": store.dropped_empty_sentences,
             "dropped_empty_documents": store.dropped_empty_documents,
-            "training_documents": int(len(training)),
+            "training_documents": int(sum(len(documents) for documents in training)),
         },
         "epochs": [
             {
@@ -416,10 +464,10 @@ def _generate_all(
             if stream == epoch_writer.TRAINING_STREAM
         ],
         "holdout": None
-        if not len(held_out)
+        if config.holdout_fraction == 0
         else {
             "directory": HOLDOUT_DIRECTORY,
-            "documents": held_out.tolist(),
+            "documents": np.concatenate(held_out).tolist(),
             "num_instances": statistics[HOLDOUT_DIRECTORY]["num_instances"],
             "statistics": statistics[HOLDOUT_DIRECTORY],
         },

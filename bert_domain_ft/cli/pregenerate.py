@@ -7,13 +7,27 @@ import argparse
 import sys
 from pathlib import Path
 
-from .common import config_from_arguments, run_guarded
+from ..errors import UserError
+from .common import config_from_arguments, run_command
+from .config_files import parse_with_config
 
 HELP = "Turn a corpus (one sentence per line, blank line between documents) into epochs of masked NSP instances."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--train_corpus", type=Path, required=True, help="corpus file in the corpus format")
+    parser.add_argument(
+        "--train_corpus",
+        nargs="+",
+        required=True,
+        help="corpus file in the corpus format; or several named corpora NAME=FILE …; or a directory of train.NAME "
+        "files (one corpus each)",
+    )
+    parser.add_argument(
+        "--sampling_exponent",
+        type=float,
+        default=1.0,
+        help="several corpora: corpus i is sampled ∝ (n_i/Σn)^α; 1 = proportional, 0 = uniform, XLM-R used 0.3",
+    )
     parser.add_argument("--output_dir", type=Path, required=True, help="where manifest.json and epoch_XXX/ go")
     parser.add_argument(
         "--bert_model", help="model directory or hub id whose tokenizer to use (the model you will train)"
@@ -76,10 +90,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no_progress", action="store_true", help="no progress bars (for logs)")
 
 
+def parse_corpora(values: list[str]) -> Path | dict[str, Path]:
+    """``FILE``, ``NAME=FILE …`` or a directory of ``train.NAME`` files → a path or named paths."""
+    if len(values) == 1 and "=" not in values[0]:
+        path = Path(values[0])
+        if not path.is_dir():
+            return path
+        named = {file.suffix.lstrip("."): file for file in sorted(path.glob("train.*")) if file.is_file()}
+        if not named:
+            raise UserError(f"{path}: a directory of corpora needs files named train.NAME (e.g. train.zul)")
+        return named
+    named = {}
+    for value in values:
+        name, separator, file = value.partition("=")
+        if not separator or not name or not file:
+            raise UserError(f"--train_corpus {value}: with several corpora give each as NAME=FILE")
+        if name in named:
+            raise UserError(f"--train_corpus: the name {name!r} is given twice")
+        named[name] = Path(file)
+    return named
+
+
 def run(arguments: argparse.Namespace) -> int:
     from ..pregenerate import PregenerateConfig, pregenerate
 
-    config = config_from_arguments(PregenerateConfig, arguments, show_progress=not arguments.no_progress)
+    config = config_from_arguments(
+        PregenerateConfig,
+        arguments,
+        train_corpus=parse_corpora(arguments.train_corpus),
+        show_progress=not arguments.no_progress,
+    )
     manifest = pregenerate(config)
     epochs = manifest["epochs"]
     print(
@@ -95,5 +135,5 @@ def classic_main(argv: list[str] | None = None) -> int:
         prog="pregenerate-training-data", description=HELP, formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
     add_arguments(parser)
-    arguments = parser.parse_args(argv if argv is not None else sys.argv[1:])
-    return run_guarded(lambda: run(arguments))
+    arguments = parse_with_config(parser, argv if argv is not None else sys.argv[1:])
+    return run_command(arguments, run)
