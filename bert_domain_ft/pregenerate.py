@@ -15,7 +15,7 @@ import logging
 import multiprocessing
 import shutil
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import epoch_writer
-from .atomic_files import os_errors_as_user_errors, write_json_atomic
+from .atomic_files import write_json_atomic
 from .corpus import open_corpus_checked
 from .document_store import DocumentStore, build_document_store
 from .epoch_format import (
@@ -39,151 +39,13 @@ from .errors import UserError
 from .instances import DocumentPool
 from .masking import MaskingTables
 from .mixing import sampling_probabilities
+from .output_directory import GENERATION_RECORD, check_resume, publish, remove_stale_epochs, working_directory
+from .pregenerate_config import PregenerateConfig
 from .tokenization import TokenizerFacts, continuation_table, describe_tokenizer, load_tokenizer, special_table
 
 logger = logging.getLogger(__name__)
 
-GENERATION_RECORD = "generation.json"  # written first: lets --resume check it continues the same job
 STORE_DIRECTORY = "document_store.partial"
-
-
-@dataclass
-class PregenerateConfig:
-    train_corpus: Path | dict[str, Path]
-    """Corpus file: one sentence per line, a blank line between documents (see ``bert-domain-ft prepare``); or
-    several named corpora ``{"zul": Path("train.zul"), …}`` mixed by ``sampling_exponent``."""
-    output_dir: Path
-    """Directory for manifest.json and the epoch_XXX/ arrays."""
-    bert_model: str | None = None
-    """Model directory or hub id whose tokenizer is used (the model must later be trained on this data)."""
-    tokenizer: str | None = None
-    """A tokenizer directory other than the model's own (e.g. one trained with ``bert-domain-ft tokenizer``)."""
-    objective: str = "auto"
-    """"nsp" (BERT pairs), "mlm" (packed text, no NSP), or "auto": "nsp" for BERT models and WordPiece tokenizers."""
-    dynamic_masking: bool = False
-    """Store unmasked text; the trainer draws fresh masks for every batch (RoBERTa-style)."""
-    no_cross_document: bool = False
-    """"mlm" only: never let a sequence run on into the next document."""
-    do_lower_case: bool | None = None
-    """None follows the tokenizer; True must agree with it (an error says so if not)."""
-    do_whole_word_mask: bool = False
-    """Mask all WordPiece pieces of a word together (needs a WordPiece tokenizer)."""
-    reduce_memory: bool = False
-    """Keep the tokenized corpus on disk as memmaps: peak RAM stays flat whatever the corpus size."""
-    num_workers: int = 1
-    """Processes generating shards in parallel; the output does not depend on it."""
-    epochs_to_generate: int = 3
-    """Epochs of data, each with fresh pairs and masks."""
-    max_seq_len: int = 128
-    """Tokens per instance, special tokens included."""
-    short_seq_prob: float = 0.1
-    """Probability that an instance aims at a random shorter length (teaches short inputs)."""
-    masked_lm_prob: float = 0.15
-    """Fraction of each instance's tokens to mask."""
-    max_predictions_per_seq: int = 20
-    """Upper bound on masked tokens per instance."""
-    seed: int = 42
-    """Seed of every random choice; same seed and corpus → identical bytes."""
-    holdout_fraction: float = 0.0
-    """Fraction of documents set aside (chosen by seed) for one held-out evaluation epoch."""
-    overwrite: bool = False
-    """Replace what an earlier run left in output_dir."""
-    resume: bool = False
-    """Keep complete epochs of an interrupted run with the same settings and generate only the missing ones."""
-    sampling_exponent: float = 1.0
-    """Several corpora: corpus i is sampled ∝ (n_i/Σn)^α (1 = proportional, 0 = uniform, XLM-R used 0.3)."""
-    show_progress: bool = True
-    """tqdm progress bars."""
-
-    def __post_init__(self) -> None:
-        if self.bert_model is None and self.tokenizer is None:
-            raise ValueError("give --bert_model (its tokenizer is used) or --tokenizer")
-        if self.objective not in ("auto", "nsp", "mlm"):
-            raise ValueError("--objective must be auto, nsp or mlm")
-        if self.no_cross_document and self.objective == "nsp":
-            raise ValueError("--no_cross_document applies to --objective mlm (NSP pairs never cross documents)")
-        if isinstance(self.train_corpus, dict):
-            if not self.train_corpus:
-                raise ValueError("--train_corpus names no corpus")
-            self.train_corpus = {str(name): Path(path) for name, path in self.train_corpus.items()}
-        else:
-            self.train_corpus = Path(self.train_corpus)
-        if self.sampling_exponent < 0:
-            raise ValueError("--sampling_exponent must be ≥ 0 (1 = proportional to size, 0 = uniform)")
-        self.output_dir = Path(self.output_dir)
-        if self.epochs_to_generate < 1:
-            raise ValueError("--epochs_to_generate must be at least 1")
-        if self.num_workers < 1:
-            raise ValueError("--num_workers must be at least 1 (1 generates in this process)")
-        if not 8 <= self.max_seq_len <= 65535:
-            raise ValueError("--max_seq_len must be between 8 and 65535 (BERT uses 128 or 512)")
-        if not 0.0 <= self.short_seq_prob <= 1.0:
-            raise ValueError("--short_seq_prob must be between 0 and 1")
-        if not 0.0 < self.masked_lm_prob < 1.0:
-            raise ValueError("--masked_lm_prob must be between 0 and 1 (BERT uses 0.15)")
-        if not 1 <= self.max_predictions_per_seq <= self.max_seq_len:
-            raise ValueError("--max_predictions_per_seq must be between 1 and --max_seq_len")
-        if not 0.0 <= self.holdout_fraction < 1.0:
-            raise ValueError("--holdout_fraction must be in [0, 1), e.g. 0.05 for 5% of the documents")
-        if self.overwrite and self.resume:
-            raise ValueError("--overwrite and --resume contradict each other: choose one")
-
-    def generation_record(self, tokenizer_fingerprint: str) -> dict[str, Any]:
-        """What determines the bytes of the output (everything but workers, memory mode and progress)."""
-        record = {key: value for key, value in asdict(self).items() if key not in _NOT_AFFECTING_OUTPUT}
-        record["train_corpus"] = {name: str(path) for name, path in self.named_corpora()}
-        record["corpus_bytes"] = {name: path.stat().st_size for name, path in self.named_corpora()}
-        record["vocab_fingerprint"] = tokenizer_fingerprint
-        return record
-
-    def named_corpora(self) -> list[tuple[str, Path]]:
-        """(name, path) of every corpus; a single corpus is named "corpus"."""
-        if isinstance(self.train_corpus, dict):
-            return list(self.train_corpus.items())
-        return [("corpus", Path(self.train_corpus))]
-
-
-_NOT_AFFECTING_OUTPUT = {
-    "output_dir",
-    "num_workers",
-    "reduce_memory",
-    "overwrite",
-    "resume",
-    "show_progress",
-    "do_lower_case",
-}
-
-
-def _prepare_output_directory(config: PregenerateConfig) -> None:
-    output = config.output_dir
-    with os_errors_as_user_errors(output / MANIFEST_NAME):
-        if output.exists() and not output.is_dir():
-            raise UserError(f"{output}: exists and is not a directory; choose another --output_dir")
-        if output.exists() and any(output.iterdir()) and not (config.overwrite or config.resume):
-            raise UserError(
-                f"{output}: already holds data; pass --overwrite to replace it, --resume to finish an interrupted "
-                "run, or choose an empty --output_dir"
-            )
-        output.mkdir(parents=True, exist_ok=True)
-        if config.overwrite:
-            # The old manifest goes first, so the directory never looks complete while it is rewritten.
-            (output / MANIFEST_NAME).unlink(missing_ok=True)
-            (output / GENERATION_RECORD).unlink(missing_ok=True)
-
-
-def _check_resume(config: PregenerateConfig, record: dict[str, Any]) -> None:
-    path = config.output_dir / GENERATION_RECORD
-    if not path.exists():
-        if any(config.output_dir.glob("epoch_*")):
-            raise UserError(f"{path}: missing, so these epochs cannot be resumed safely; use --overwrite")
-        return
-    earlier = json.loads(path.read_text(encoding="utf-8"))
-    differing = sorted(key for key in set(record) | set(earlier) if record.get(key) != earlier.get(key))
-    if differing:
-        raise UserError(
-            f"{path}: the interrupted run used different settings ({', '.join(differing)}); "
-            "rerun with the same flags, or use --overwrite to start again"
-        )
 
 
 def _model_config(model: str | None) -> dict[str, Any] | None:
@@ -357,10 +219,12 @@ def pregenerate(config: PregenerateConfig) -> dict[str, Any]:
             f"{tokenizer_source}: --do_whole_word_mask needs a WordPiece tokenizer (pieces marked '##'); this one is "
             "not, so whole-word masking would do nothing: drop the flag"
         )
-    _prepare_output_directory(config)
+    work = working_directory(config.output_dir, config.overwrite, config.resume)
+    final_output = config.output_dir
+    config = replace(config, output_dir=work)
     record = config.generation_record(facts.vocab_fingerprint)
     if config.resume:
-        _check_resume(config, record)
+        check_resume(config.output_dir, record)
     write_json_atomic(config.output_dir / GENERATION_RECORD, record)
     store_directory = config.output_dir / STORE_DIRECTORY if config.reduce_memory else None
     if store_directory is not None:
@@ -368,10 +232,13 @@ def pregenerate(config: PregenerateConfig) -> dict[str, Any]:
     try:
         paths = [path for _, path in config.named_corpora()]
         store = build_document_store(paths, tokenizer, facts, store_directory, config.show_progress)
-        return _generate_all(config, objective, store, store_directory, tokenizer, facts, record)
+        manifest = _generate_all(config, objective, store, store_directory, tokenizer, facts, record)
     finally:
         if store_directory is not None:
             shutil.rmtree(store_directory, ignore_errors=True)
+    if work != final_output:
+        publish(work, final_output)
+    return manifest
 
 
 def _generate_all(
@@ -424,7 +291,7 @@ def _generate_all(
             statistics[job[0]] = done
             logger.info("%s: complete from the interrupted run, kept", job[0])
     statistics.update(_generate(config, context, jobs))
-    _remove_stale_epochs(config)
+    remove_stale_epochs(config.output_dir, config.epochs_to_generate, config.holdout_fraction > 0)
     manifest = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -474,16 +341,3 @@ def _generate_all(
     }
     write_json_atomic(config.output_dir / MANIFEST_NAME, manifest)
     return manifest
-
-
-def _remove_stale_epochs(config: PregenerateConfig) -> None:
-    """After --overwrite, epochs beyond the new count (or a held-out set no longer asked for) must not linger."""
-    keep = {epoch_directory_name(e) for e in range(config.epochs_to_generate)}
-    if config.holdout_fraction > 0:
-        keep.add(HOLDOUT_DIRECTORY)
-    for path in config.output_dir.iterdir():
-        stale_epoch = path.name.startswith("epoch_") and path.name not in keep
-        if path.is_dir() and (
-            stale_epoch or path.name.endswith(".partial") or (path.name == HOLDOUT_DIRECTORY and path.name not in keep)
-        ):
-            shutil.rmtree(path, ignore_errors=True)
