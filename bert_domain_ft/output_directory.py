@@ -68,6 +68,7 @@ def publish(staging: Path, output: Path) -> None:
     user's that are not ours stay where they are."""
     with os_errors_as_user_errors(output):
         (output / MANIFEST_NAME).unlink(missing_ok=True)
+        new_entries = {entry.name for entry in staging.iterdir()}
         for entry in sorted(staging.iterdir()):
             if entry.name == MANIFEST_NAME:
                 continue
@@ -77,7 +78,7 @@ def publish(staging: Path, output: Path) -> None:
                 os.replace(entry, output / entry.name)
         for stale in output.iterdir():
             ours = stale.name.startswith("epoch_") or stale.name == HOLDOUT_DIRECTORY
-            if stale.is_dir() and ours and not (staging / stale.name).exists():
+            if stale.is_dir() and ours and stale.name not in new_entries:
                 shutil.rmtree(stale)
         os.replace(staging / MANIFEST_NAME, output / MANIFEST_NAME)
         staging.rmdir()

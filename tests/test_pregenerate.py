@@ -77,7 +77,9 @@ def test_instances_fit_and_have_the_bert_layout(generated: Path, tiny_tokenizer_
     assert np.all(special.sum(axis=1) == 3)
 
 
-def test_pairs_reconstruct_from_the_document_store(generated: Path, tiny_corpus: Path, tiny_tokenizer_dir: Path) -> None:
+def test_pairs_reconstruct_from_the_document_store(
+    generated: Path, tiny_corpus: Path, tiny_tokenizer_dir: Path
+) -> None:
     tokenizer = load_tokenizer(str(tiny_tokenizer_dir))
     store = build_document_store(tiny_corpus, tokenizer, describe_tokenizer(tokenizer, "tiny"), show_progress=False)
     documents = [store.document_tokens(d).tobytes() for d in range(store.num_documents)]
@@ -224,7 +226,24 @@ def test_an_output_directory_holding_data_is_refused_without_overwrite(
     assert (tmp_path / "keep.txt").read_text() == "user data"
 
 
-def test_lower_case_flag_must_agree_with_the_tokenizer(tiny_corpus: Path, tiny_tokenizer_dir: Path, tmp_path: Path) -> None:
+def test_overwrite_replaces_a_finished_run_completely(
+    tiny_corpus: Path, tiny_tokenizer_dir: Path, tmp_path: Path
+) -> None:
+    run(tiny_corpus, tiny_tokenizer_dir, tmp_path / "out", epochs_to_generate=3, seed=1)
+    run(tiny_corpus, tiny_tokenizer_dir, tmp_path / "out", epochs_to_generate=2, seed=2, overwrite=True)
+    run(tiny_corpus, tiny_tokenizer_dir, tmp_path / "fresh", epochs_to_generate=2, seed=2)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+        p.name for p in (tmp_path / "fresh").iterdir()
+    )
+    for epoch in (0, 1):
+        assert epoch_bytes(tmp_path / "out", epoch) == epoch_bytes(tmp_path / "fresh", epoch)
+    assert read_manifest(tmp_path / "out")["generation"]["seed"] == 2
+    assert not (tmp_path / "out.partial").exists()
+
+
+def test_lower_case_flag_must_agree_with_the_tokenizer(
+    tiny_corpus: Path, tiny_tokenizer_dir: Path, tmp_path: Path
+) -> None:
     cased = tmp_path / "cased"
     shutil.copytree(tiny_tokenizer_dir, cased)
     serialized = json.loads((cased / "tokenizer.json").read_text())
@@ -263,6 +282,8 @@ def test_invalid_settings_are_refused_up_front(options: dict, message: str, tmp_
         PregenerateConfig(train_corpus=tmp_path / "c.txt", output_dir=tmp_path / "o", bert_model="m", **options)
 
 
-def test_max_seq_len_above_the_model_positions_is_refused(tiny_corpus: Path, tiny_bert_dir: Path, tmp_path: Path) -> None:
+def test_max_seq_len_above_the_model_positions_is_refused(
+    tiny_corpus: Path, tiny_bert_dir: Path, tmp_path: Path
+) -> None:
     with pytest.raises(UserError, match="the model has 128 positions but --max_seq_len is 256"):
         run(tiny_corpus, tiny_bert_dir, tmp_path / "out", max_seq_len=256)
