@@ -14,7 +14,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from .common import run_guarded
+from .common import run_command
+from .config_files import add_config_arguments, parse_with_config
 
 COMMANDS = {
     "prepare": "bert_domain_ft.cli.prepare",
@@ -54,10 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         )
         module.add_arguments(sub)  # type: ignore[attr-defined]
+        add_config_arguments(sub)
         sub.set_defaults(_run=module.run)  # type: ignore[attr-defined]
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    arguments = build_parser().parse_args(argv if argv is not None else sys.argv[1:])
-    return run_guarded(lambda: arguments._run(arguments))
+    arguments = parse_with_config(build_parser(), argv if argv is not None else sys.argv[1:])
+    return run_command(arguments, arguments._run)

@@ -10,6 +10,7 @@ import dataclasses
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from ..errors import UserError
@@ -41,6 +42,26 @@ def run_guarded(action: Callable[[], Any]) -> int:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     return result if isinstance(result, int) else 0
+
+
+def run_command(arguments: argparse.Namespace, run: Callable[[argparse.Namespace], Any]) -> int:
+    """``run(arguments)`` under ``run_guarded``; after a successful run, a command with an ``output_dir`` gets its
+    effective configuration saved there as ``effective_config.yaml`` (reusable with ``--config``)."""
+
+    def action() -> int:
+        result = run(arguments)
+        status = result if isinstance(result, int) else 0
+        output_dir = getattr(arguments, "output_dir", None)
+        if status == 0 and output_dir is not None and Path(output_dir).is_dir():
+            from .config_files import effective_config, save_effective_config
+
+            try:
+                save_effective_config(Path(output_dir), effective_config(arguments))
+            except UserError as error:  # the run's own output is complete: say so rather than fail it
+                logging.getLogger(__name__).warning("effective configuration not saved: %s", error)
+        return status
+
+    return run_guarded(action)
 
 
 def config_from_arguments(config_class: type[ConfigT], arguments: argparse.Namespace, **overrides: Any) -> ConfigT:

@@ -1,0 +1,240 @@
+"""Config files (--config run.yaml / run.json) for every command: file + flags + defaults, flags winning."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bert_domain_ft.cli import build_parser, main
+from bert_domain_ft.cli.config_files import (
+    EFFECTIVE_CONFIG_NAME,
+    apply_config_file,
+    effective_config,
+    load_config_file,
+    parse_with_config,
+    save_effective_config,
+)
+from bert_domain_ft.cli.pregenerate import classic_main
+from bert_domain_ft.errors import UserError
+
+
+def toy_parser() -> argparse.ArgumentParser:
+    """Every kind of flag the commands use: typed, required, positional list, switch, choices, exclusive group."""
+    parser = argparse.ArgumentParser(prog="toy")
+    parser.add_argument("inputs", nargs="+", type=Path)
+    parser.add_argument("--output_dir", type=Path, required=True)
+    parser.add_argument("--learning_rate", type=float, default=3e-5)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--kind", choices=("wordpiece", "bpe"), default="wordpiece")
+    parser.add_argument("--no_progress", action="store_true")
+    parser.add_argument("--do_lower_case", action="store_true", default=None)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", type=Path)
+    source.add_argument("--corpus", type=Path)
+    return parser
+
+
+def write(path: Path, values: dict) -> Path:
+    path.write_text(json.dumps(values) if path.suffix == ".json" else yaml.safe_dump(values), encoding="utf-8")
+    return path
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    return parse_with_config(toy_parser(), argv)
+
+
+FULL = {"inputs": ["a.txt", "b.txt"], "output_dir": "out", "learning_rate": "1e-4", "seed": 7, "data": "pre"}
+
+
+def test_flags_on_the_command_line_override_the_file(tmp_path: Path) -> None:
+    config = write(tmp_path / "run.yaml", FULL)
+    arguments = parse(["--config", str(config), "--seed", "9", "c.txt"])
+    assert arguments.seed == 9 and arguments.inputs == [Path("c.txt")]
+    assert arguments.learning_rate == 1e-4 and arguments.output_dir == Path("out")  # from the file
+    assert arguments.kind == "wordpiece" and arguments.no_progress is False  # defaults
+
+
+def test_file_values_are_converted_with_each_flags_type_like_argparse(tmp_path: Path) -> None:
+    config = write(tmp_path / "run.yaml", {**FULL, "learning_rate": 5, "seed": "11", "no_progress": "yes"})
+    from_file = parse(["--config", str(config)])
+    flags = ["a.txt", "b.txt", "--output_dir", "out", "--learning_rate", "5", "--seed", "11", "--data", "pre"]
+    from_flags = parse([*flags, "--no_progress"])
+    assert from_file.learning_rate == 5.0 and isinstance(from_file.learning_rate, float)
+    assert from_file.seed == 11 and from_file.inputs == [Path("a.txt"), Path("b.txt")]
+    assert from_file.data == Path("pre") and from_file.no_progress is True
+    assert {**vars(from_file), "config": None} == vars(from_flags)
+
+
+def test_required_flags_positionals_and_groups_can_come_from_the_file(tmp_path: Path) -> None:
+    config = write(tmp_path / "run.json", FULL)
+    arguments = parse(["--config", str(config)])
+    assert arguments.output_dir == Path("out") and arguments.data == Path("pre")
+    partial = write(tmp_path / "partial.json", {"inputs": ["a.txt"], "data": "pre"})
+    with pytest.raises(SystemExit) as exited:  # --output_dir is in neither: still required
+        parse(["--config", str(partial)])
+    assert exited.value.code == 2
+
+
+def test_switches_take_true_or_false_and_null_means_the_default(tmp_path: Path) -> None:
+    base = {"inputs": ["a"], "output_dir": "o", "data": "d"}
+    off = parse(["--config", str(write(tmp_path / "off.yaml", {**base, "no_progress": False, "do_lower_case": False}))])
+    assert off.no_progress is False and off.do_lower_case is False
+    unset = parse(["--config", str(write(tmp_path / "null.yaml", {**base, "do_lower_case": None, "seed": None}))])
+    assert unset.do_lower_case is None and unset.seed == 42
+    with pytest.raises(UserError, match="key 'no_progress': expected true or false, got 'maybe'"):
+        apply_config_file(toy_parser(), ["--config", str(write(tmp_path / "bad.yaml", {"no_progress": "maybe"}))])
+
+
+def test_a_misspelled_key_names_the_closest_valid_one(tmp_path: Path) -> None:
+    config = write(tmp_path / "run.yaml", {"learning_rat": 0.1})
+    with pytest.raises(UserError) as caught:
+        apply_config_file(toy_parser(), ["--config", str(config)])
+    assert str(caught.value) == f"{config}: unknown key 'learning_rat'; did you mean 'learning_rate'?"
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"seed": "many"}, "key 'seed': 'many' is not a valid int"),
+        ({"kind": "bep"}, "key 'kind': 'bep' is not one of wordpiece, bpe"),
+        ({"seed": [1, 2]}, "key 'seed': expected a single value"),
+        ({"data": "d", "corpus": "c"}, "keys 'corpus' and 'data' exclude each other"),
+        ({"config": "other.yaml"}, "unknown key 'config'"),
+    ],
+)
+def test_bad_values_are_reported_with_their_key(tmp_path: Path, values: dict, message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        apply_config_file(toy_parser(), ["--config", str(write(tmp_path / "run.yaml", values))])
+
+
+def test_unreadable_files_are_user_errors_naming_the_file_and_line(tmp_path: Path) -> None:
+    broken_yaml, broken_json, a_list = tmp_path / "a.yaml", tmp_path / "b.json", tmp_path / "c.yaml"
+    broken_yaml.write_text("seed: 1\nkind: [unclosed\n")
+    broken_json.write_text('{\n"seed": 1,\n}')
+    a_list.write_text("- seed\n")
+    with pytest.raises(UserError, match=r"a\.yaml:\d+: not valid YAML"):
+        load_config_file(broken_yaml)
+    with pytest.raises(UserError, match=r"b\.json:3: not valid JSON"):
+        load_config_file(broken_json)
+    with pytest.raises(UserError, match="must hold a mapping"):
+        load_config_file(a_list)
+    with pytest.raises(UserError, match="config file not found"):
+        load_config_file(tmp_path / "missing.yaml")
+
+
+def test_a_flag_for_one_member_of_an_exclusive_group_overrides_the_files_other(tmp_path: Path) -> None:
+    arguments = parse(["--config", str(write(tmp_path / "run.yaml", FULL)), "--corpus", "raw.txt"])
+    assert arguments.corpus == Path("raw.txt") and arguments.data is None
+
+
+def test_print_config_prints_yaml_that_reads_back_to_the_same_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--config", str(write(tmp_path / "run.json", FULL)), "--seed", "5", "--no_progress"]
+    with pytest.raises(SystemExit) as exited:
+        parse([*argv, "--print_config"])
+    assert exited.value.code == 0
+    printed = capsys.readouterr().out
+    values = yaml.safe_load(printed)
+    assert values["seed"] == 5 and values["learning_rate"] == 1e-4 and values["inputs"] == ["a.txt", "b.txt"]
+    assert "config" not in values and "print_config" not in values
+    (tmp_path / "printed.yaml").write_text(printed)
+    assert vars(parse(["--config", str(tmp_path / "printed.yaml")])) == {
+        **vars(parse(argv)),
+        "config": tmp_path / "printed.yaml",
+    }
+
+
+def test_without_pyyaml_json_works_and_yaml_asks_for_pip_install_pyyaml(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "yaml", None)  # import yaml now fails
+    assert parse(["--config", str(write(tmp_path / "run.json", FULL))]).seed == 7
+    (tmp_path / "run.yaml").write_text("seed: 7\n")
+    with pytest.raises(UserError, match="pip install pyyaml"):
+        load_config_file(tmp_path / "run.yaml")
+    with pytest.raises(SystemExit):  # --print_config falls back to JSON, which is also YAML
+        parse(["--config", str(tmp_path / "run.json"), "--print_config"])
+    assert json.loads(capsys.readouterr().out)["seed"] == 7
+
+
+def test_json_and_yaml_files_give_the_same_run(tmp_path: Path) -> None:
+    from_json = parse(["--config", str(write(tmp_path / "run.json", FULL))])
+    from_yaml = parse(["--config", str(write(tmp_path / "run.yaml", FULL))])
+    assert {**vars(from_json), "config": None} == {**vars(from_yaml), "config": None}
+
+
+def test_every_command_accepts_a_config_file() -> None:
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert commands
+    for name, sub in commands.items():
+        assert {"--config", "--print_config"} <= set(sub._option_string_actions), name
+
+
+def test_save_effective_config_writes_a_file_that_reads_back(tmp_path: Path) -> None:
+    values = effective_config(argparse.Namespace(output_dir=Path("out"), seed=3, inputs=(Path("a"),), _run=print))
+    path = save_effective_config(tmp_path, values)
+    assert path == tmp_path / EFFECTIVE_CONFIG_NAME
+    assert load_config_file(path) == {"output_dir": "out", "seed": 3, "inputs": ["a"]}
+    assert sorted(p.name for p in tmp_path.iterdir()) == [EFFECTIVE_CONFIG_NAME]
+
+
+# End to end: the pregenerate command with the tiny corpus and tokenizer.
+
+
+def pregenerate_settings(tiny_corpus: Path, tiny_tokenizer_dir: Path) -> dict:
+    return {
+        "train_corpus": str(tiny_corpus),
+        "bert_model": str(tiny_tokenizer_dir),
+        "epochs_to_generate": 1,
+        "max_seq_len": 32,
+        "seed": 1,
+        "no_progress": True,
+    }
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".json"])
+def test_pregenerate_runs_from_a_config_file_and_saves_its_effective_config(
+    tiny_corpus: Path, tiny_tokenizer_dir: Path, tmp_path: Path, suffix: str
+) -> None:
+    config = write(tmp_path / f"run{suffix}", pregenerate_settings(tiny_corpus, tiny_tokenizer_dir))
+    output = tmp_path / "out"
+    assert main(["pregenerate", "--config", str(config), "--output_dir", str(output), "--seed", "5"]) == 0
+    manifest = json.loads((output / "manifest.json").read_text())
+    assert manifest["generation"]["seed"] == 5 and manifest["max_seq_len"] == 32
+    saved = load_config_file(output / EFFECTIVE_CONFIG_NAME)
+    assert saved["seed"] == 5 and saved["max_seq_len"] == 32 and saved["output_dir"] == str(output)
+    assert saved["train_corpus"] == [str(tiny_corpus)] and saved["holdout_fraction"] == 0.0  # a default
+    # The saved file reproduces the run: the same bytes again (written elsewhere: a flag overrides output_dir).
+    again = tmp_path / "again"
+    assert main(["pregenerate", "--config", str(output / EFFECTIVE_CONFIG_NAME), "--output_dir", str(again)]) == 0
+    for path in (output / "epoch_000").iterdir():
+        assert (again / "epoch_000" / path.name).read_bytes() == path.read_bytes()
+
+
+def test_the_classic_script_reads_config_files_too(tiny_corpus: Path, tiny_tokenizer_dir: Path, tmp_path: Path) -> None:
+    settings = {**pregenerate_settings(tiny_corpus, tiny_tokenizer_dir), "output_dir": str(tmp_path / "out")}
+    assert classic_main(["--config", str(write(tmp_path / "run.yaml", settings))]) == 0
+    assert (tmp_path / "out" / "manifest.json").exists() and (tmp_path / "out" / EFFECTIVE_CONFIG_NAME).exists()
+
+
+def test_a_misspelled_key_via_the_command_exits_2_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write(tmp_path / "run.yaml", {"max_seq_lenn": 64})
+    with pytest.raises(SystemExit) as exited:
+        main(["pregenerate", "--config", str(config)])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err == f"error: {config}: unknown key 'max_seq_lenn'; did you mean 'max_seq_len'?\n"
+
+
+def test_help_still_shows_the_defaults(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    with pytest.raises(SystemExit):
+        main(["pregenerate", "--config", str(tmp_path / "missing.yaml"), "--help"])
+    assert "--config FILE" in capsys.readouterr().out
