@@ -266,6 +266,7 @@ def _atomic_output(path: Path) -> Iterator[BinaryIO]:
     temporary = path.with_name(path.name + TEMPORARY_SUFFIX)
     try:
         with os_errors_as_user_errors(path):
+            path.parent.mkdir(parents=True, exist_ok=True)  # --output new/dir/corpus.txt just works
             with open(temporary, "wb") as handle:
                 yield handle
                 handle.flush()
