@@ -46,11 +46,14 @@ def _word_starts(rows: np.ndarray, candidate: np.ndarray, tables: MaskingTables)
 
 
 def _select_tokens(candidate: np.ndarray, targets: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Boolean (N, L) selection of ``targets[row]`` random candidates per row (every word one token)."""
+    """Boolean (N, L) selection of ``targets[row]`` random candidates per row (every word one token).
+
+    Ranks, not a threshold on the keys: float keys can tie, and a tie at the threshold would select too many."""
     keys = np.where(candidate, rng.random(candidate.shape, dtype=np.float32), np.float32(2.0))
-    sorted_keys = np.sort(keys, axis=1)
-    threshold = np.take_along_axis(sorted_keys, np.maximum(targets - 1, 0)[:, None], axis=1)
-    return candidate & (keys <= threshold) & (targets[:, None] > 0)
+    order = np.argsort(keys, axis=1, kind="stable")
+    chosen = np.zeros_like(candidate)
+    np.put_along_axis(chosen, order, np.arange(candidate.shape[1])[None, :] < targets[:, None], axis=1)
+    return chosen & candidate
 
 
 def _select_words(

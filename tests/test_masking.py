@@ -70,6 +70,28 @@ def test_special_tokens_and_padding_are_never_masked() -> None:
         assert np.array_equal(masked.input_ids[row, unmasked], rows[row, unmasked])
 
 
+class TiedKeys:
+    """A generator whose uniform draws are all equal: every selection key ties."""
+
+    def __init__(self) -> None:
+        self.generator = np.random.default_rng(0)
+
+    def random(self, size=None, dtype=np.float64):
+        return np.full(size, 0.5, dtype=dtype)
+
+    def integers(self, *arguments, **options):
+        return self.generator.integers(*arguments, **options)
+
+
+@pytest.mark.parametrize("whole_word", [False, True])
+def test_tied_random_keys_never_select_more_than_the_target(whole_word: bool) -> None:
+    rows, lengths = random_rows(300, 64)
+    masked = mask_rows(rows, lengths, TiedKeys(), tables(tuple(range(500, 1000))), 0.15, 6, whole_word=whole_word)
+    expected = np.minimum(6, np.maximum(1, np.rint(lengths * 0.15)))
+    assert np.all(masked.counts <= expected)
+    assert whole_word or np.array_equal(masked.counts, expected)
+
+
 def test_input_rows_are_not_modified() -> None:
     rows, lengths = random_rows(50, 32)
     before = rows.copy()
