@@ -15,7 +15,7 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from .errors import UserError
 
@@ -55,20 +55,31 @@ def fsync_directory(directory: Path) -> None:
         os.close(descriptor)
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
+@contextmanager
+def atomic_output(path: Path) -> Iterator[BinaryIO]:
+    """A binary file that appears as ``path`` only when the ``with`` body completes; deleted if anything fails.
+
+    The parent directory is created if needed. An ``OSError`` inside becomes a ``UserError`` naming ``path``.
+    """
     path = Path(path)
     temporary = path.with_name(path.name + TEMPORARY_SUFFIX)
-    with os_errors_as_user_errors(path):
-        try:
+    try:
+        with os_errors_as_user_errors(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
             with open(temporary, "wb") as handle:
-                handle.write(data)
+                yield handle
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(temporary, path)
-        except BaseException:
-            temporary.unlink(missing_ok=True)
-            raise
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
     fsync_directory(path.parent)
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    with atomic_output(path) as handle:
+        handle.write(data)
 
 
 def write_text_atomic(path: Path, text: str) -> None:

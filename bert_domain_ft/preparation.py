@@ -16,17 +16,15 @@ import dataclasses
 import hashlib
 import itertools
 import logging
-import os
 import unicodedata
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from tqdm.auto import tqdm
 
-from .atomic_files import TEMPORARY_SUFFIX, fsync_directory, os_errors_as_user_errors
+from .atomic_files import TEMPORARY_SUFFIX, atomic_output
 from .errors import UserError, at_location
 from .sentence_splitting import (
     DEFAULT_PUNKT_SAMPLE_BYTES,
@@ -257,27 +255,6 @@ def _describe_punkt_source(provenance: dict[str, Any]) -> str:
     return f"loaded from {provenance['path']}"
 
 
-@contextmanager
-def _atomic_output(path: Path) -> Iterator[BinaryIO]:
-    """A binary file that appears as ``path`` only when the ``with`` body completes; deleted if anything fails.
-
-    Inputs turn their own read errors into ``UserError``, so an ``OSError`` here is a write error on ``path``.
-    """
-    temporary = path.with_name(path.name + TEMPORARY_SUFFIX)
-    try:
-        with os_errors_as_user_errors(path):
-            path.parent.mkdir(parents=True, exist_ok=True)  # --output new/dir/corpus.txt just works
-            with open(temporary, "wb") as handle:
-                yield handle
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    fsync_directory(path.parent)
-
-
 def _check_output_free(config: PrepareConfig) -> None:
     if config.overwrite:
         return
@@ -305,7 +282,7 @@ def prepare_corpus(config: PrepareConfig) -> PrepareReport:
     options = InputOptions(config.text_field, config.doc_break == "paragraph", config.encoding)
     total_bytes = sum(path.stat().st_size for path in files)
     progress = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="preparing", disable=not config.show_progress)
-    with progress, _atomic_output(config.output) as handle:
+    with progress, atomic_output(config.output) as handle:
         raw_blocks = iter_text_blocks(files, options, on_bytes=progress.update)
         blocks = (dataclasses.replace(block, text=normalise_text(block.text)) for block in raw_blocks)
         parameters, provenance, blocks = _punkt_parameters(config, blocks)
