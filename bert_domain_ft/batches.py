@@ -41,7 +41,9 @@ def collate_rows(epoch: EpochArrays, indices: np.ndarray) -> dict[str, torch.Ten
         slots = max(1, int(counts.max()))
         real = np.arange(slots)[None, :] < counts[:, None]
         batch["masked_lm_positions"] = np.where(real, epoch.masked_positions[order, :slots], 0).astype(np.int64)
-        batch["masked_lm_labels"] = np.where(real, epoch.masked_labels[order, :slots], IGNORE_INDEX).astype(np.int64)
+        # Widen before inserting -100: uint16 labels would wrap it to 65436.
+        labels = np.asarray(epoch.masked_labels[order, :slots], dtype=np.int64)
+        batch["masked_lm_labels"] = np.where(real, labels, IGNORE_INDEX)
     if epoch.is_random_next is not None:
         batch["next_sentence_label"] = np.asarray(epoch.is_random_next[order], dtype=np.int64)
     if restore is not None:

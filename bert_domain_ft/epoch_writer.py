@@ -112,7 +112,8 @@ def run_shard(task: ShardTask, context: GenerationContext) -> dict[str, Any]:
         )
         arrays = {"input_ids": rows, "lengths": lengths, "segment_a_lengths": segment_a_lengths}
         arrays["is_random_next"] = spans.is_random_next.astype(np.uint8)
-    if not context.dynamic_masking:
+    # The held-out set is always masked once, here: evaluation must see the same masks every time.
+    if not context.dynamic_masking or task.stream == HOLDOUT_STREAM:
         masked = mask_rows(
             rows, lengths, rng, context.tables, context.masked_lm_prob, context.max_predictions_per_seq,
             context.whole_word,

@@ -186,7 +186,11 @@ def _generate(
     """Run every (directory name, stream, epoch) job; returns statistics by directory name."""
     tasks_per_job = [_shard_tasks(config, context, *job) for job in jobs]
     several = len({corpus for _, corpus in context.pools}) > 1
-    names = array_names(context.objective, "dynamic" if context.dynamic_masking else "static", several)
+
+    def names_for(stream: int) -> tuple[str, ...]:
+        static = not context.dynamic_masking or stream == epoch_writer.HOLDOUT_STREAM
+        return array_names(context.objective, "static" if static else "dynamic", several)
+
     statistics: dict[str, dict[str, Any]] = {}
     results = _run_tasks([task for tasks in tasks_per_job for task in tasks], context, config.num_workers)
     total_tokens = sum(task.num_tokens for tasks in tasks_per_job for task in tasks)
@@ -198,7 +202,7 @@ def _generate(
             final = config.output_dir / name
             extra = {"epoch": epoch if stream == epoch_writer.TRAINING_STREAM else None}
             statistics[name] = epoch_writer.assemble_epoch(
-                final.with_name(name + ".partial"), final, len(tasks), names, config.max_seq_len, extra
+                final.with_name(name + ".partial"), final, len(tasks), names_for(stream), config.max_seq_len, extra
             )
             _log_statistics(name, statistics[name])
     return statistics

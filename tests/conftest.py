@@ -36,3 +36,11 @@ def tiny_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tiny_assets.write_corpus(tmp_path_factory.mktemp("corpus") / "corpus.txt")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread() -> None:
+    """Tiny models gain nothing from a second thread and lose a lot when the cores are shared."""
+    import torch
+
+    torch.set_num_threads(1)

@@ -74,13 +74,29 @@ def test_sequences_cross_documents_only_after_the_separator(
     assert apart["epochs"][0]["statistics"]["packing_fill"] < crossing["epochs"][0]["statistics"]["packing_fill"]
     # The same tokens go into both: packing loses nothing.
     assert crossing["epochs"][0]["statistics"]["num_tokens"] - 2 * cross_epoch.num_instances == (
-        apart["epochs"][0]["statistics"]["num_tokens"] - 2 * apart_epoch.num_instances + crossing["corpus"]["documents"] - 1
+        apart["epochs"][0]["statistics"]["num_tokens"]
+        - 2 * apart_epoch.num_instances
+        + crossing["corpus"]["documents"]
+        - 1
     )
 
 
-def test_mlm_epochs_differ_and_the_holdout_is_written(tiny_corpus: Path, tiny_tokenizer_dir: Path, tmp_path: Path) -> None:
+def test_mlm_epochs_differ_and_the_holdout_is_written(
+    tiny_corpus: Path, tiny_tokenizer_dir: Path, tmp_path: Path
+) -> None:
     manifest = generate(tiny_corpus, tiny_tokenizer_dir, tmp_path, objective="mlm", holdout_fraction=0.1)
     first, second = (np.asarray(open_epoch(tmp_path, manifest, e).input_ids) for e in (0, 1))
     assert not np.array_equal(first, second)
     assert open_holdout(tmp_path) is not None and manifest["holdout"]["num_instances"] > 0
     assert read_manifest(tmp_path)["masking"] == "static"
+
+
+def test_dynamic_masking_still_masks_the_holdout_once(
+    tiny_corpus: Path, tiny_tokenizer_dir: Path, tmp_path: Path
+) -> None:
+    manifest = generate(
+        tiny_corpus, tiny_tokenizer_dir, tmp_path, objective="mlm", dynamic_masking=True, holdout_fraction=0.1
+    )
+    assert open_epoch(tmp_path, manifest, 0).masked_positions is None
+    holdout = open_holdout(tmp_path)
+    assert holdout is not None and holdout.masked_positions is not None and holdout.num_masked.min() >= 1
