@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import itertools
 import json
 import logging
 import re
 import sys
 import sysconfig
 import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
 
 from tqdm.auto import tqdm
 
@@ -37,7 +38,9 @@ DESCRIPTION_FILE = "stdlib_docstrings.json"
 MAX_SENTENCE_CHARACTERS = 600  # longer "sentences" (tables, run-on lists) are cut at a safe point
 MIN_PARAGRAPH_WORDS = 3  # shorter paragraphs are headings or bare names, not prose
 # Directories of the library that are tests, demos, bundled third-party code or GUI resources: not its prose.
-_SKIPPED_PARTS = frozenset({"site-packages", "dist-packages", "test", "tests", "idle_test", "turtledemo", "__pycache__"})
+_SKIPPED_PARTS = frozenset(
+    {"site-packages", "dist-packages", "test", "tests", "idle_test", "turtledemo", "__pycache__"}
+)
 _DOCTEST_LINE = re.compile(r"^\s*(>>>|\.\.\.)(\s|$)")
 _RULE_LINE = re.compile(r"^\s*([-=~^*+#`:_.])\1{2,}\s*$")  # "=====" underlines and separators
 _DOCSTRING_OWNERS = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
@@ -129,12 +132,16 @@ def build_demo_corpus(
     """
     stdlib = Path(stdlib) if stdlib is not None else stdlib_directory()
     modules = stdlib_modules(stdlib) if stdlib.is_dir() else []
-    documents = [paragraphs for paragraphs in iter_module_paragraphs(modules, show_progress) if paragraphs]
-    documents = documents[:max_documents] if max_documents is not None else documents
+    with_prose = (paragraphs for paragraphs in iter_module_paragraphs(modules, show_progress) if paragraphs)
+    documents = list(itertools.islice(with_prose, max_documents))
     if len(documents) < 2:
         raise UserError(
-            at_location(stdlib, None, "no Python source files with docstrings here (a zipped standard library?); "
-                        "give the demo your own text with --corpus FILE")
+            at_location(
+                stdlib,
+                None,
+                "no Python source files with docstrings here (a zipped standard library?); "
+                "give the demo your own text with --corpus FILE",
+            )
         )
     splitter = SentenceSplitter(train_punkt(paragraph for paragraphs in documents for paragraph in paragraphs))
     text, sentences = _corpus_text(documents, splitter)

@@ -11,7 +11,6 @@ positions only (``pretraining_model.pretraining_losses``): memory stays bounded 
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -22,10 +21,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .batches import collate_rows
 from .epoch_format import EpochArrays, open_holdout
 from .errors import UserError
 from .pretraining_model import pretraining_losses
+from .training.data import collate_pregenerated  # collate_rows + a guard on unused label slots
 
 # The keys of an evaluation record, in display order (also the keys of the training loop's "eval" records).
 METRIC_KEYS = ("mlm_loss", "perplexity", "mlm_accuracy", "nsp_loss", "nsp_accuracy")
@@ -82,8 +81,8 @@ def first_instances(epoch: EpochArrays, count: int | None) -> EpochArrays:
 def _check_evaluable(epoch: EpochArrays) -> None:
     if epoch.masked_positions is None:
         raise UserError(
-            f"{epoch.directory}: instances have no fixed masks (dynamic masking); evaluate the held-out set, "
-            "which is always masked once, or pregenerate with static masking"
+            f"{epoch.directory}: instances have no fixed masks (pregenerated with --dynamic_masking), so metrics "
+            "would change from run to run; evaluate data pregenerated without --dynamic_masking"
         )
     if epoch.num_instances == 0:
         raise UserError(f"{epoch.directory}: holds no instances; use a larger corpus or --holdout_fraction")
@@ -155,7 +154,7 @@ def evaluate_pretraining(
         ):
             for start in tqdm(starts, desc="evaluating", unit="batch", disable=not show_progress):
                 rows = np.arange(start, min(start + batch_size, epoch.num_instances))
-                batch = {name: tensor.to(device) for name, tensor in collate_rows(epoch, rows).items()}
+                batch = {name: tensor.to(device) for name, tensor in collate_pregenerated(epoch, rows).items()}
                 totals.add(pretraining_losses(model, batch))
     finally:
         model.train(was_training)
@@ -279,4 +278,31 @@ def print_before_after(
     file: TextIO | None = None,
 ) -> None:
     """Print ``format_before_after_table`` (to stdout unless ``file`` is given)."""
-    print(format_before_after_table(before, after), file=file if file is not None else sys.stdout, flush=True)
+    print(format_before_after_table(before, after), file=file, flush=True)
+
+
+def run_before_after(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The first and last held-out evaluations logged in ``run_dir/metrics.jsonl`` (None with fewer than two).
+
+    Read from the log rather than kept in memory, so a resumed run still compares against its step-0 evaluation.
+    """
+    from .plotting import read_run_metrics
+
+    try:
+        evaluations = read_run_metrics(Path(run_dir)).evaluations
+    except UserError:
+        return None
+    if len(evaluations) < 2:
+        return None
+    return evaluations[0], evaluations[-1]
+
+
+def print_run_before_after(run_dir: Path, file: TextIO | None = None) -> bool:
+    """Print the before/after table of a finished run; ``False`` (nothing printed) when it was not evaluated."""
+    pair = run_before_after(run_dir)
+    if pair is None:
+        return False
+    before, after = pair
+    print(f"held-out evaluation, step {before['step']} → step {after['step']}:", file=file)
+    print_before_after(before, after, file)
+    return True

@@ -1,7 +1,7 @@
 """Training curves of a finetune run as one PNG: MLM loss, NSP loss, accuracies and learning rate against steps.
 
 Reads ``metrics.jsonl`` of a run directory (one JSON object a line: ``"kind": "train"`` records with step, lr,
-mlm_loss, nsp_loss, nsp_acc; ``"kind": "eval"`` records with step and the held-out metrics of
+mlm_loss, mlm_acc, nsp_loss, nsp_acc; ``"kind": "eval"`` records with step and the held-out metrics of
 ``bert_domain_ft.evaluation``). matplotlib is an optional extra, imported only here and only when plotting, and
 drawn with the Agg canvas (no display, no global pyplot state).
 
@@ -150,6 +150,8 @@ def _draw_accuracy_and_rate(grid: Any, metrics: RunMetrics) -> None:
     accuracy, rate = grid[1][0], grid[1][1]
     train_steps, train_nsp = series(metrics.train, "nsp_acc", "nsp_accuracy")
     _plot_train(accuracy, train_steps, 100 * train_nsp, "training NSP", "tab:cyan")
+    train_steps, train_mlm = series(metrics.train, "mlm_acc", "mlm_accuracy")
+    _plot_train(accuracy, train_steps, 100 * train_mlm, "training MLM", "tab:olive")
     eval_steps, eval_nsp = series(metrics.evaluations, "nsp_accuracy")
     _plot_eval(accuracy, eval_steps, 100 * eval_nsp, "held-out NSP", "tab:red")
     eval_steps, eval_mlm = series(metrics.evaluations, "mlm_accuracy")
@@ -181,5 +183,17 @@ def plot_run(run_dir: Path, output: Path | None = None) -> Path:
     run_dir = Path(run_dir)
     metrics = read_run_metrics(run_dir)
     output = Path(output) if output is not None else run_dir / PLOT_FILE
-    write_bytes_atomic(output, draw_run(metrics, run_dir.resolve().name))
+    title = "/".join(run_dir.resolve().parts[-2:])  # "experiment/model" says more than "model"
+    write_bytes_atomic(output, draw_run(metrics, title))
     return output
+
+
+def plot_run_if_possible(run_dir: Path) -> Path | None:
+    """``plot_run`` at the end of a training run: a missing matplotlib or empty log is a warning, not a failure."""
+    try:
+        path = plot_run(run_dir)
+    except UserError as error:
+        logger.warning("no training curves: %s", error)
+        return None
+    logger.info("training curves: %s", path)
+    return path

