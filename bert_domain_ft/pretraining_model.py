@@ -150,7 +150,13 @@ def pretraining_losses(model: nn.Module, batch: dict[str, torch.Tensor], with_ns
 
 
 def head_parameters(model: nn.Module, heads: tuple[str, ...]) -> list[nn.Parameter]:
-    """Parameters that belong only to the named heads (the tied word-embedding matrix is the encoder's)."""
+    """Parameters that belong only to the named heads (the tied word-embedding matrix is the encoder's).
+
+    For a model other than a BERT (RoBERTa, DistilBERT, …: any ``AutoModelForMaskedLM``) the MLM head is every
+    parameter outside ``model.base_model``, and there is no NSP head."""
+    if not hasattr(model, "bert"):
+        encoder = {id(parameter) for parameter in model.base_model.parameters()}
+        return [p for p in model.parameters() if id(p) not in encoder] if MLM_HEAD in heads else []
     encoder_ids = {id(parameter) for parameter in model.bert.embeddings.parameters()}
     selected: list[nn.Parameter] = []
     if MLM_HEAD in heads:

@@ -1,0 +1,211 @@
+"""``bert-domain-ft finetune`` and the classic ``finetune-on-pregenerated`` script: flags → FinetuneConfig → finetune.
+
+Accepts every flag of the original ``finetune_on_pregenerated.py`` plus the new ones. Launch several processes
+with ``torchrun --nproc_per_node N -m bert_domain_ft finetune …`` (add ``--nnodes`` for several machines).
+
+    bert-domain-ft finetune --pregenerated_data epochs/ --bert_model bert-base-uncased --output_dir out/ --epochs 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..training.config import FinetuneConfig
+from .common import config_from_arguments, run_command
+from .config_files import parse_with_config
+
+HELP = "continue pretraining a BERT on pregenerated epochs (masked LM + NSP) and save the adapted model"
+
+_DEFAULTS = {field.name: field.default for field in dataclasses.fields(FinetuneConfig)}
+
+
+def _add_data_and_model(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("data and model")
+    group.add_argument(
+        "--pregenerated_data",
+        type=Path,
+        required=True,
+        default=argparse.SUPPRESS,
+        help="output directory of `pregenerate` (or of the original script: its epoch_N.json files are converted once)",
+    )
+    group.add_argument(
+        "--output_dir",
+        type=Path,
+        required=True,
+        default=argparse.SUPPRESS,
+        help="where the model, metrics and checkpoints go",
+    )
+    group.add_argument(
+        "--bert_model", required=True, default=argparse.SUPPRESS, help="local model directory or hub id to start from"
+    )
+    group.add_argument(
+        "--do_lower_case",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="insist the tokenizer lower-cases (default: follow the tokenizer; a mismatch is an error)",
+    )
+    group.add_argument(
+        "--reduce_memory", action="store_true", help="accepted for compatibility; epochs are always memory-mapped"
+    )
+    group.add_argument("--verify_checksums", action="store_true", help="check every epoch array's SHA-256 first")
+
+
+def _add_optimisation(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("optimisation")
+    group.add_argument(
+        "--epochs",
+        type=int,
+        default=_DEFAULTS["epochs"],
+        help="training epochs (data epochs are reused in turn when fewer were pregenerated)",
+    )
+    group.add_argument(
+        "--train_batch_size",
+        type=int,
+        default=_DEFAULTS["train_batch_size"],
+        help="total sequences per optimizer step in each process, as in the original script: it is "
+        "divided by --gradient_accumulation_steps into micro-batches; with N processes the global "
+        "batch is N times this",
+    )
+    group.add_argument(
+        "--gradient_accumulation_steps",
+        type=int,
+        default=_DEFAULTS["gradient_accumulation_steps"],
+        help="micro-batches accumulated per optimizer step",
+    )
+    group.add_argument("--learning_rate", type=float, default=_DEFAULTS["learning_rate"], help="peak AdamW rate")
+    group.add_argument(
+        "--warmup_proportion",
+        type=float,
+        default=_DEFAULTS["warmup_proportion"],
+        help="share of steps with linear warm-up; linear decay follows",
+    )
+    group.add_argument(
+        "--weight_decay",
+        type=float,
+        default=_DEFAULTS["weight_decay"],
+        help="AdamW weight decay (never on biases and LayerNorm weights)",
+    )
+    group.add_argument("--adam_epsilon", type=float, default=_DEFAULTS["adam_epsilon"], help="AdamW epsilon")
+    group.add_argument(
+        "--max_grad_norm",
+        type=float,
+        default=_DEFAULTS["max_grad_norm"],
+        help="clip gradients to this L2 norm (0: no clipping)",
+    )
+    group.add_argument("--seed", type=int, default=_DEFAULTS["seed"], help="seed of python, numpy, torch and order")
+
+
+def _add_hardware(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("precision and hardware")
+    group.add_argument("--fp16", action="store_true", help="float16 autocast with a gradient scaler (CUDA)")
+    group.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CUDA, or a CPU with bf16 units)")
+    group.add_argument(
+        "--loss_scale",
+        type=float,
+        default=_DEFAULTS["loss_scale"],
+        help="with --fp16: 0 for dynamic loss scaling, a positive power of 2 for a static scale",
+    )
+    group.add_argument(
+        "--stock_kernels",
+        action="store_true",
+        help="on the CPU, keep transformers' attention and dropout instead of the memory-light attention and "
+        "faster dropout masks (same results, more memory, slower)",
+    )
+    group.add_argument("--no_cuda", action="store_true", help="train on the CPU even when a GPU is available")
+    group.add_argument(
+        "--local_rank",
+        type=int,
+        default=_DEFAULTS["local_rank"],
+        help="set by torch.distributed.launch; with torchrun the LOCAL_RANK variable is used",
+    )
+
+
+def _add_run_control(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("checkpoints, logging and evaluation")
+    group.add_argument(
+        "--save_steps",
+        type=int,
+        default=_DEFAULTS["save_steps"],
+        help="also checkpoint every this many steps (0: at the end of each epoch and of the run)",
+    )
+    group.add_argument(
+        "--save_total_limit",
+        type=int,
+        default=_DEFAULTS["save_total_limit"],
+        help="keep only the newest this-many checkpoints (0: keep all)",
+    )
+    group.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output_dir")
+    group.add_argument(
+        "--overwrite_output_dir",
+        action="store_true",
+        help="delete the checkpoints and metrics of an earlier run in --output_dir",
+    )
+    group.add_argument(
+        "--stop_after_steps",
+        type=int,
+        default=_DEFAULTS["stop_after_steps"],
+        help="stop with a checkpoint after this many steps (the schedule still spans all epochs; "
+        "continue with --resume); 0 runs to the end",
+    )
+    group.add_argument(
+        "--logging_steps",
+        type=int,
+        default=_DEFAULTS["logging_steps"],
+        help="write a metrics.jsonl record every this many steps",
+    )
+    group.add_argument(
+        "--holdout_data",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help="pregenerated directory whose held-out set is evaluated (default: the training data's)",
+    )
+    group.add_argument(
+        "--eval_steps",
+        type=int,
+        default=_DEFAULTS["eval_steps"],
+        help="evaluate every this many steps, besides before the first and at the end (0: only those)",
+    )
+    group.add_argument(
+        "--eval_batch_size", type=int, default=_DEFAULTS["eval_batch_size"], help="sequences per evaluation batch"
+    )
+    group.add_argument("--no_eval", action="store_true", help="do not evaluate on held-out data")
+    group.add_argument("--no_progress", action="store_true", help="hide progress bars")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_data_and_model(parser)
+    _add_optimisation(parser)
+    _add_hardware(parser)
+    _add_run_control(parser)
+
+
+def config_from(arguments: argparse.Namespace) -> FinetuneConfig:
+    return config_from_arguments(
+        FinetuneConfig,
+        arguments,
+        do_eval=not arguments.no_eval,
+        show_progress=not arguments.no_progress,
+        cpu_kernels=not arguments.stock_kernels,
+    )
+
+
+def run(arguments: argparse.Namespace) -> int:
+    config = config_from(arguments)
+    from ..training.recipe import finetune  # imports torch: only once the flags are known to be fine
+
+    finetune(config)
+    return 0
+
+
+def classic_main(argv: Sequence[str] | None = None) -> int:
+    """The ``finetune-on-pregenerated`` console script (the original script's name and flags)."""
+    parser = argparse.ArgumentParser(
+        prog="finetune-on-pregenerated", description=HELP, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    add_arguments(parser)
+    arguments = parse_with_config(parser, argv if argv is not None else sys.argv[1:])
+    return run_command(arguments, run)

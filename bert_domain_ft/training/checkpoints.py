@@ -1,0 +1,227 @@
+"""Checkpoints that make a run resumable exactly: model, optimizer, scheduler, scaler, RNG states, data position.
+
+``output_dir/checkpoint-STEP/`` holds the model (``save_pretrained``, safetensors, so it loads on its own), the
+tokenizer, ``optimizer.pt``, ``scheduler.pt``, ``scaler.pt``, ``rng_state.pt`` (one entry per process) and
+``training_state.json`` (position in the data and the settings that must match on resume). It is written as
+``checkpoint-STEP.partial`` and renamed when complete, so a ``checkpoint-STEP`` directory is always whole.
+Everything is read back with ``torch.load(weights_only=True)``.
+
+    manager = CheckpointManager(output_dir, context, model, optimizer, scheduler, precision, run_settings)
+    manager.save(position); position = manager.load(latest_checkpoint(output_dir))
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import re
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..atomic_files import TEMPORARY_SUFFIX, os_errors_as_user_errors, replace_directory, write_json_atomic
+from ..errors import UserError
+from ..pretraining_model import quiet_transformers
+from .attention import stock_attention
+from .distributed import DistributedContext, barrier, gather_objects
+from .precision import Precision
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_PREFIX = "checkpoint-"
+STATE_FILE = "training_state.json"
+OPTIMIZER_FILE = "optimizer.pt"
+SCHEDULER_FILE = "scheduler.pt"
+SCALER_FILE = "scaler.pt"
+RNG_FILE = "rng_state.pt"
+_CHECKPOINT_NAME = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
+
+
+@dataclass(frozen=True)
+class TrainingPosition:
+    """Where training stands: after ``global_step`` optimizer steps, ``batch_in_epoch`` micro-batches into
+    training epoch ``epoch`` (0-based), in training phase ``phase``."""
+
+    global_step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    phase: str = "train"
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> TrainingPosition:
+        return cls(**{key: value[key] for key in cls.__dataclass_fields__})
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """Python, numpy, torch (and CUDA) generator states, in types ``torch.load(weights_only=True)`` accepts."""
+    numpy_state = np.random.get_state(legacy=False)
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy_key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
+        "numpy_pos": int(numpy_state["state"]["pos"]),
+        "numpy_gauss": (int(numpy_state["has_gauss"]), float(numpy_state["gauss"])),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    has_gauss, gauss = state["numpy_gauss"]
+    np.random.set_state(
+        {
+            "bit_generator": "MT19937",
+            "state": {"key": state["numpy_key"].numpy().astype(np.uint32), "pos": state["numpy_pos"]},
+            "has_gauss": has_gauss,
+            "gauss": gauss,
+        }
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def checkpoint_directories(output_dir: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints in ``output_dir`` as (step, path), oldest first (``.partial`` ones are ignored)."""
+    if not Path(output_dir).is_dir():
+        return []
+    found = []
+    for path in Path(output_dir).iterdir():
+        match = _CHECKPOINT_NAME.match(path.name)
+        if match and path.is_dir() and (path / STATE_FILE).exists():
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    found = checkpoint_directories(output_dir)
+    return found[-1][1] if found else None
+
+
+def prune_checkpoints(output_dir: Path, keep: int) -> list[Path]:
+    """Delete all but the newest ``keep`` checkpoints (``keep`` 0 keeps all); returns the deleted ones."""
+    found = checkpoint_directories(output_dir)
+    doomed = [path for _, path in found[:-keep]] if keep > 0 else []
+    for path in doomed:
+        shutil.rmtree(path, ignore_errors=True)
+    return doomed
+
+
+def load_model_weights(model: nn.Module, directory: Path) -> None:
+    """Load ``save_pretrained`` safetensors (single file or sharded) into ``model``; tied copies may be absent."""
+    from safetensors.torch import load_file
+
+    single = directory / "model.safetensors"
+    if single.exists():
+        files = [single]
+    else:
+        index = json.loads((directory / "model.safetensors.index.json").read_text(encoding="utf-8"))
+        files = [directory / name for name in sorted(set(index["weight_map"].values()))]
+    state: dict[str, torch.Tensor] = {}
+    for path in files:
+        state.update(load_file(str(path)))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = set(getattr(model, "_tied_weights_keys", None) or ())
+    untied_missing = [key for key in missing if key not in tied]
+    if untied_missing or unexpected:
+        raise UserError(
+            f"{directory}: checkpoint does not match the model (missing {untied_missing[:3]}, unexpected "
+            f"{list(unexpected)[:3]}); resume with the same --bert_model"
+        )
+
+
+class CheckpointManager:
+    """Saves and restores everything a run needs to continue bit-for-bit; only rank 0 writes."""
+
+    def __init__(
+        self,
+        output_dir: Path,
+        context: DistributedContext,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        precision: Precision,
+        run_settings: dict[str, Any],
+        save_total_limit: int = 0,
+        tokenizer: Any | None = None,
+    ):
+        self.output_dir = Path(output_dir)
+        self.context = context
+        self.model = model
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.precision = precision
+        self.run_settings = run_settings
+        self.save_total_limit = save_total_limit
+        self.tokenizer = tokenizer
+
+    def save(self, position: TrainingPosition) -> Path:
+        """Write ``checkpoint-<global_step>``; every process must call it (RNG states are gathered)."""
+        rng_states = gather_objects(self.context, capture_rng_state())
+        final = self.output_dir / f"{CHECKPOINT_PREFIX}{position.global_step}"
+        if self.context.is_main:
+            temporary = final.with_name(final.name + TEMPORARY_SUFFIX)
+            with os_errors_as_user_errors(temporary):
+                shutil.rmtree(temporary, ignore_errors=True)
+                temporary.mkdir(parents=True)
+                self._write_contents(temporary, position, rng_states)
+            replace_directory(temporary, final)
+            for path in prune_checkpoints(self.output_dir, self.save_total_limit):
+                logger.info("removed old checkpoint %s (--save_total_limit %d)", path.name, self.save_total_limit)
+            logger.info("saved %s", final)
+        barrier(self.context)
+        return final
+
+    def _write_contents(self, directory: Path, position: TrainingPosition, rng_states: list[Any]) -> None:
+        with quiet_transformers(), stock_attention(self.model):
+            self.model.save_pretrained(str(directory))  # safetensors (the default since transformers 4.35)
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(str(directory))
+        torch.save(self.optimizer.state_dict(), directory / OPTIMIZER_FILE)
+        torch.save(self.scheduler.state_dict(), directory / SCHEDULER_FILE)
+        if self.precision.scaler is not None:
+            torch.save(self.precision.scaler.state_dict(), directory / SCALER_FILE)
+        torch.save(rng_states, directory / RNG_FILE)
+        # Written last: its presence marks the directory as complete even before the rename.
+        write_json_atomic(directory / STATE_FILE, {"position": position.to_json(), "settings": self.run_settings})
+
+    def check_settings(self, directory: Path, saved: dict[str, Any]) -> None:
+        differing = [
+            f"{key} {saved.get(key)} → {value}" for key, value in self.run_settings.items() if saved.get(key) != value
+        ]
+        if differing:
+            raise UserError(
+                f"{directory}: cannot resume exactly, settings changed ({'; '.join(differing)}); "
+                "resume with the original settings or start a new --output_dir"
+            )
+
+    def load(self, directory: Path) -> TrainingPosition:
+        """Restore model, optimizer, scheduler, scaler and this process's RNG state; return the position."""
+        state_path = directory / STATE_FILE
+        try:
+            state = json.loads(state_path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as error:
+            raise UserError(
+                f"{state_path}: unreadable ({error}); delete this checkpoint to resume from an older one"
+            ) from None
+        self.check_settings(directory, state["settings"])
+        device = self.context.device
+        load_model_weights(self.model, directory)
+        self.optimizer.load_state_dict(torch.load(directory / OPTIMIZER_FILE, map_location=device, weights_only=True))
+        self.scheduler.load_state_dict(torch.load(directory / SCHEDULER_FILE, weights_only=True))
+        if self.precision.scaler is not None and (directory / SCALER_FILE).exists():
+            self.precision.scaler.load_state_dict(torch.load(directory / SCALER_FILE, weights_only=True))
+        rng_states = torch.load(directory / RNG_FILE, weights_only=True)
+        restore_rng_state(rng_states[self.context.rank])
+        return TrainingPosition.from_json(state["position"])

@@ -1,0 +1,81 @@
+"""Checks that pregenerated data fits the model it is about to train, before the first step.
+
+Token ids only mean something with the vocabulary they were made with, so the manifest's tokenizer facts are
+compared with the model's tokenizer; a difference is one ``UserError`` saying which side differs and what to do.
+
+    check_data_matches_model(data_dir, manifest, describe_tokenizer(tokenizer, name), max_positions=512,
+                             model_vocab_size=30522)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..epoch_format import MANIFEST_NAME
+from ..errors import UserError
+from ..tokenization import TokenizerFacts
+
+SUPPORTED_OBJECTIVES = ("nsp", "mlm")
+SUPPORTED_MASKING = ("static", "dynamic")
+_SPECIAL_IDS = ("cls_token_id", "sep_token_id", "mask_token_id", "pad_token_id")
+
+
+def check_data_matches_model(
+    data_dir: Path, manifest: dict[str, Any], model_facts: TokenizerFacts, max_positions: int, model_vocab_size: int
+) -> None:
+    """Raise ``UserError`` unless the data's tokenizer, sequence length and format suit the model."""
+    where = Path(data_dir) / MANIFEST_NAME
+    data = manifest["tokenizer"]
+    model_name = model_facts.name
+    if data["vocab_fingerprint"] != model_facts.vocab_fingerprint:
+        raise UserError(
+            f"{where}: the data was pregenerated with the vocabulary of {data['name']} ({data['vocab_size']} tokens, "
+            f"fingerprint {data['vocab_fingerprint']}) but {model_name} has a different one "
+            f"({model_facts.vocab_size} tokens, fingerprint {model_facts.vocab_fingerprint}); pregenerate the data "
+            f"again with --bert_model {model_name}"
+        )
+    if bool(data["do_lower_case"]) != model_facts.do_lower_case:
+        data_case = "lower-cased" if data["do_lower_case"] else "cased (not lower-cased)"
+        model_case = "lower-cases" if model_facts.do_lower_case else "keeps case"
+        raise UserError(
+            f"{where}: the data is {data_case} but the tokenizer of {model_name} {model_case}; "
+            f"pregenerate the data again with --bert_model {model_name}"
+        )
+    for name in _SPECIAL_IDS:
+        if int(data[name]) != getattr(model_facts, name):
+            raise UserError(
+                f"{where}: the data uses {name} {data[name]} but the tokenizer of {model_name} uses "
+                f"{getattr(model_facts, name)}; pregenerate the data again with --bert_model {model_name}"
+            )
+    check_lengths(where, manifest, model_name, max_positions, model_vocab_size, model_facts.vocab_size)
+    check_format(where, manifest)
+
+
+def check_lengths(
+    where: Path, manifest: dict[str, Any], model_name: str, max_positions: int, model_vocab: int, tokenizer_vocab: int
+) -> None:
+    max_seq_len = int(manifest["max_seq_len"])
+    if max_seq_len > max_positions:
+        raise UserError(
+            f"{where}: the data has max_seq_len {max_seq_len} but {model_name} has only {max_positions} positions "
+            f"(max_position_embeddings); pregenerate the data with --max_seq_len {max_positions} or less"
+        )
+    if tokenizer_vocab > model_vocab:
+        raise UserError(
+            f"{model_name}: its tokenizer has {tokenizer_vocab} tokens but the model's embedding matrix only "
+            f"{model_vocab}; resize the model's embeddings to the tokenizer and save it again"
+        )
+
+
+def check_format(where: Path, manifest: dict[str, Any]) -> None:
+    if manifest.get("objective") not in SUPPORTED_OBJECTIVES:
+        raise UserError(
+            f"{where}: objective {manifest.get('objective')!r} is not one of {SUPPORTED_OBJECTIVES}; "
+            "pregenerate the data again with this version"
+        )
+    if manifest.get("masking") not in SUPPORTED_MASKING:
+        raise UserError(
+            f"{where}: masking {manifest.get('masking')!r} is not one of {SUPPORTED_MASKING}; "
+            "pregenerate the data again with this version"
+        )

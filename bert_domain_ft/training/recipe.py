@@ -1,0 +1,315 @@
+"""The finetune stage: continue a BERT's pretraining on pregenerated epochs and save the adapted model.
+
+A recipe: ``finetune`` builds each piece with a private ``_setup_*`` function (tokenizer and data, model,
+optimizer and schedule, precision, checkpoints, evaluation), runs ``TrainingLoop`` and saves the result with
+``save_pretrained`` (safetensors) plus the tokenizer, ``training_args.json`` and ``metrics.jsonl``. Stages with
+another source of batches reuse the public half: ``seed_everything``, ``prepare_output_dir``,
+``load_training_model`` and ``train_and_save(config, context, loaded, source, tokenizer, with_nsp)``.
+
+    output_dir = finetune(FinetuneConfig(pregenerated_data=Path("epochs"), output_dir=Path("out"), bert_model="bert"))
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from ..atomic_files import TEMPORARY_SUFFIX, os_errors_as_user_errors, write_json_atomic
+from ..dynamic_masking import DynamicMasking
+from ..epoch_format import MANIFEST_NAME, open_epoch, open_holdout, read_manifest
+from ..errors import UserError
+from ..pretraining_model import LoadedModel, head_parameters, load_pretraining_model, quiet_transformers
+from ..tokenization import TokenizerFacts, describe_tokenizer, load_tokenizer
+from .attention import enable_light_attention, stock_attention
+from .checkpoints import CHECKPOINT_PREFIX, CheckpointManager, TrainingPosition, latest_checkpoint
+from .compatibility import check_data_matches_model
+from .config import FinetuneConfig
+from .data import EpochSource, PregeneratedSource
+from .distributed import DistributedContext, barrier, cleanup, init_distributed
+from .dropout import use_fast_dropout
+from .feed_forward import use_recomputed_activation
+from .legacy_format import convert_legacy_directory, is_legacy_directory
+from .loop import Evaluator, LoopSettings, TrainingLoop, TrainingSetup, total_optimizer_steps
+from .metrics import METRICS_FILE, MetricsLog
+from .objective import PretrainingObjective
+from .optimization import build_optimizer, build_scheduler, parameter_groups, warmup_steps_for
+from .precision import setup_precision
+
+logger = logging.getLogger(__name__)
+
+ARGUMENTS_FILE = "training_args.json"
+# Files whose presence means output_dir already holds a run (or a model) that must not be silently overwritten.
+_RUN_MARKERS = (METRICS_FILE, ARGUMENTS_FILE, "model.safetensors", "config.json")
+
+
+def finetune(config: FinetuneConfig) -> Path:
+    """Train as ``config`` says (resuming when asked) and return ``config.output_dir`` holding the model."""
+    context = init_distributed(config.no_cuda, config.local_rank)
+    try:
+        seed_everything(config.seed)
+        prepare_output_dir(config, context)
+        tokenizer, facts, saveable_tokenizer = _setup_tokenizer(config)
+        data_dir, manifest = _setup_data(config, context, tokenizer, facts)
+        loaded = load_training_model(config, context)
+        model_config = loaded.model.config
+        check_data_matches_model(
+            data_dir, manifest, facts, model_config.max_position_embeddings, model_config.vocab_size
+        )
+        masking = None
+        if manifest["masking"] == "dynamic":  # masked per batch, from the seed: resumable, fresh every epoch
+            masking = DynamicMasking.from_manifest(manifest, seed=config.seed, tokenizer=tokenizer)
+        source = PregeneratedSource(data_dir, manifest, config.epochs, masking=masking)
+        evaluate = _setup_evaluation(config, context, data_dir, tokenizer)
+        with_nsp = manifest["objective"] == "nsp"
+        train_and_save(config, context, loaded, source, saveable_tokenizer, with_nsp, evaluate)
+        return config.output_dir
+    finally:
+        cleanup(context)
+
+
+def train_and_save(
+    config: FinetuneConfig,
+    context: DistributedContext,
+    loaded: LoadedModel,
+    source: EpochSource,
+    tokenizer: Any,
+    with_nsp: bool,
+    evaluate: Evaluator | None = None,
+) -> TrainingPosition:
+    """The training half of the recipe for any ``EpochSource``: optimizer, schedule, precision, checkpoints,
+    resume, the loop, and the final ``save_pretrained`` (+ tokenizer) when the last epoch is done.
+
+    Call it after ``init_distributed``, ``seed_everything``, ``prepare_output_dir`` and loading the model onto
+    its device (e.g. ``load_training_model``).
+    """
+    settings = _loop_settings(config)
+    setup = _setup_training(config, context, loaded, source, tokenizer, with_nsp, settings)
+    setup.evaluate = evaluate
+    start = _resume_position(config, setup)
+    if context.is_main:
+        write_json_atomic(config.output_dir / ARGUMENTS_FILE, config.to_json())
+    position = TrainingLoop(setup, settings).run(start)
+    if position.epoch >= config.epochs:
+        _save_final(config, context, loaded.model, tokenizer)
+        if context.is_main:
+            from ..evaluation import print_run_before_after
+            from ..plotting import plot_run_if_possible
+
+            print_run_before_after(config.output_dir)
+            plot_run_if_possible(config.output_dir)
+    return position
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices); fresh heads and dropout then start reproducibly."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def prepare_output_dir(config: FinetuneConfig, context: DistributedContext) -> None:
+    """Refuse to mix runs in one directory unless --resume or --overwrite_output_dir says what to do."""
+    output_dir = config.output_dir
+    previous = [path.name for path in output_dir.iterdir()] if output_dir.is_dir() else []
+    checkpoints = [name for name in previous if name.startswith(CHECKPOINT_PREFIX)]
+    occupied = checkpoints + [name for name in previous if name in _RUN_MARKERS]
+    if occupied and not (config.resume or config.overwrite_output_dir):
+        raise UserError(
+            f"{output_dir}: already holds a run or a model ({', '.join(sorted(occupied)[:3])}); pass --resume to "
+            "continue it, --overwrite_output_dir to start over, or choose another --output_dir"
+        )
+    if context.is_main:
+        if config.overwrite_output_dir and occupied:
+            logger.warning("--overwrite_output_dir: deleting %s from %s", ", ".join(sorted(occupied)), output_dir)
+            for name in occupied:
+                path = output_dir / name
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+        with os_errors_as_user_errors(output_dir / ARGUMENTS_FILE):
+            output_dir.mkdir(parents=True, exist_ok=True)
+    barrier(context)
+
+
+def _setup_tokenizer(config: FinetuneConfig) -> tuple[Any, TokenizerFacts, Any]:
+    """(tokenizer, its facts, the transformers tokenizer that is saved next to the model)."""
+    tokenizer = load_tokenizer(config.bert_model, config.do_lower_case)
+    facts = describe_tokenizer(tokenizer, config.bert_model)
+    from transformers import AutoTokenizer
+
+    with quiet_transformers():
+        saveable = AutoTokenizer.from_pretrained(config.bert_model)
+    return tokenizer, facts, saveable
+
+
+def _setup_data(
+    config: FinetuneConfig, context: DistributedContext, tokenizer: Any, facts: TokenizerFacts
+) -> tuple[Path, dict[str, Any]]:
+    """The memmap data directory and its manifest; data in the original JSON format is converted first (once)."""
+    if config.reduce_memory:
+        logger.info("--reduce_memory: nothing to do, epochs are always memory-mapped")
+    data_dir = config.pregenerated_data
+    if not data_dir.is_dir():
+        raise UserError(f"{data_dir}: no such directory; give the output directory of `bert-domain-ft pregenerate`")
+    if is_legacy_directory(data_dir):
+        if context.is_main:
+            convert_legacy_directory(data_dir, tokenizer, facts, show_progress=config.show_progress)
+        barrier(context)
+        data_dir = convert_legacy_directory(data_dir, tokenizer, facts, show_progress=False)
+    manifest = read_manifest(data_dir)
+    if config.verify_checksums and context.is_main:
+        for index in range(min(len(manifest["epochs"]), config.epochs)):
+            open_epoch(data_dir, manifest, index, verify_checksum=True)
+        logger.info("%s: checksums verified", data_dir / MANIFEST_NAME)
+    return data_dir, manifest
+
+
+def load_training_model(config: FinetuneConfig, context: DistributedContext) -> LoadedModel:
+    """``BertForPreTraining`` of --bert_model on this process's device, with the CPU kernels when on a CPU."""
+    loaded = load_pretraining_model(config.bert_model)
+    loaded.model.to(context.device)
+    if config.cpu_kernels and context.device.type == "cpu":
+        if not enable_light_attention(loaded.model):
+            logger.info("this transformers version cannot plug in the memory-light attention; using its own")
+        use_fast_dropout(loaded.model)
+        use_recomputed_activation(loaded.model)
+    return loaded
+
+
+def _loop_settings(config: FinetuneConfig) -> LoopSettings:
+    return LoopSettings(
+        epochs=config.epochs,
+        micro_batch_size=config.micro_batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        max_grad_norm=config.max_grad_norm,
+        seed=config.seed,
+        logging_steps=config.logging_steps,
+        save_steps=config.save_steps,
+        eval_steps=config.eval_steps,
+        stop_after_steps=config.stop_after_steps,
+        show_progress=config.show_progress,
+    )
+
+
+def _setup_objective(loaded: LoadedModel, context: DistributedContext, with_nsp: bool) -> torch.nn.Module:
+    """The loss module, DDP-wrapped when there are several processes."""
+    if not with_nsp:
+        # MLM-only data leaves the NSP head unused; freezing it keeps it out of the optimizer and of DDP.
+        for parameter in head_parameters(loaded.model, ("nsp",)):
+            parameter.requires_grad_(False)
+    objective = PretrainingObjective(loaded.model, with_nsp=with_nsp)
+    if context.is_distributed:
+        device_ids = [context.device.index] if context.device.type == "cuda" else None
+        objective = DistributedDataParallel(objective, device_ids=device_ids)
+    return objective
+
+
+def _setup_optimization(
+    config: FinetuneConfig, model: torch.nn.Module, total_steps: int, device: torch.device
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """AdamW over the decay / no-decay groups and the warm-up + linear-decay schedule over ``total_steps``."""
+    groups = parameter_groups(model, config.learning_rate, config.weight_decay)
+    optimizer = build_optimizer(groups, config.learning_rate, config.adam_epsilon, device)
+    warmup_steps = warmup_steps_for(total_steps, config.warmup_proportion)
+    logger.info("%d optimizer steps, the first %d warming up", total_steps, warmup_steps)
+    return optimizer, build_scheduler(optimizer, total_steps, warmup_steps)
+
+
+def _setup_training(
+    config: FinetuneConfig,
+    context: DistributedContext,
+    loaded: LoadedModel,
+    source: EpochSource,
+    tokenizer: Any,
+    with_nsp: bool,
+    settings: LoopSettings,
+) -> TrainingSetup:
+    objective = _setup_objective(loaded, context, with_nsp)
+    total_steps = total_optimizer_steps(source, settings, context.world_size)
+    optimizer, scheduler = _setup_optimization(config, loaded.model, total_steps, context.device)
+    precision = setup_precision(context.device, config.fp16, config.bf16, config.loss_scale)
+    logger.info(
+        "%d sequences per step on %d process(es), %s on %s",
+        config.train_batch_size * context.world_size,
+        context.world_size,
+        precision.name,
+        context.device,
+    )
+    # What must not change between a checkpoint and its resumption (the data order and schedule depend on it).
+    run_settings = {
+        "world_size": context.world_size,
+        "micro_batch_size": config.micro_batch_size,
+        "gradient_accumulation_steps": config.gradient_accumulation_steps,
+        "epochs": config.epochs,
+        "seed": config.seed,
+        "total_steps": total_steps,
+    }
+    checkpoints = CheckpointManager(
+        config.output_dir, context, loaded.model, optimizer, scheduler, precision, run_settings,
+        config.save_total_limit, tokenizer,
+    )  # fmt: skip
+    metrics = MetricsLog(config.output_dir / METRICS_FILE, enabled=context.is_main)
+    return TrainingSetup(
+        objective, loaded.model, optimizer, scheduler, precision, context, source, checkpoints, metrics,
+        fresh_heads=loaded.fresh_heads,
+    )  # fmt: skip
+
+
+def _setup_evaluation(
+    config: FinetuneConfig, context: DistributedContext, data_dir: Path, tokenizer: Any
+) -> Evaluator | None:
+    """The evaluator called by the loop before the first step, every --eval_steps and at the end, or None.
+
+    The held-out set is the pregenerated ``holdout/`` (or ``--holdout_data``); logits only at masked positions.
+    """
+    if not config.do_eval:
+        return None
+    holdout = open_holdout(config.holdout_data or data_dir)
+    if holdout is None:
+        return None
+    from ..evaluation import build_evaluator
+
+    autocast_dtype = torch.bfloat16 if config.bf16 else torch.float16 if config.fp16 else None
+    return build_evaluator(holdout, config.eval_batch_size, context.device, autocast_dtype)
+
+
+def _resume_position(config: FinetuneConfig, setup: TrainingSetup) -> TrainingPosition:
+    if not config.resume:
+        return TrainingPosition()
+    checkpoint = latest_checkpoint(config.output_dir)
+    if checkpoint is None:
+        logger.warning("--resume: no checkpoint in %s, starting from the beginning", config.output_dir)
+        return TrainingPosition()
+    position = setup.checkpoints.load(checkpoint)
+    setup.metrics.truncate_after(position.global_step)
+    logger.info(
+        "resuming from %s: step %d, epoch %d, micro-batch %d",
+        checkpoint.name,
+        position.global_step,
+        position.epoch + 1,
+        position.batch_in_epoch,
+    )
+    return position
+
+
+def _save_final(config: FinetuneConfig, context: DistributedContext, model: torch.nn.Module, tokenizer: Any) -> None:
+    """``save_pretrained`` model and tokenizer into output_dir; each file appears whole (temp dir + rename)."""
+    if context.is_main:
+        temporary = config.output_dir / (".final-model" + TEMPORARY_SUFFIX)
+        with os_errors_as_user_errors(temporary):
+            shutil.rmtree(temporary, ignore_errors=True)
+            temporary.mkdir()
+            with quiet_transformers(), stock_attention(model):
+                model.save_pretrained(str(temporary))  # safetensors (the default since transformers 4.35)
+                tokenizer.save_pretrained(str(temporary))
+            for path in temporary.iterdir():
+                os.replace(path, config.output_dir / path.name)
+            temporary.rmdir()
+        logger.info("saved the adapted model to %s", config.output_dir)
+    barrier(context)

@@ -1,0 +1,216 @@
+"""The finetune stage end to end on the tiny BERT: outputs, metrics, exact resume, refusals, seams."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from training_helpers import (
+    assert_identical_weights,
+    load_weights,
+    make_pregenerated,
+    one_torch_thread,
+    quick_config,
+    read_metrics,
+)
+
+from bert_domain_ft.errors import UserError
+from bert_domain_ft.training import recipe
+from bert_domain_ft.training.checkpoints import checkpoint_directories
+from bert_domain_ft.training.recipe import finetune
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _single_thread() -> Iterator[None]:
+    with one_torch_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory, tiny_corpus: Path, tiny_bert_dir: Path) -> Path:
+    return make_pregenerated(tiny_corpus, tiny_bert_dir, tmp_path_factory.mktemp("data") / "pregenerated")
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory, data_dir: Path, tiny_encoder_dir: Path) -> Path:
+    """Two epochs from an encoder-only checkpoint (fresh heads), checkpoints every 2 steps, keep 2."""
+    output = tmp_path_factory.mktemp("run") / "out"
+    options = {"epochs": 2, "train_batch_size": 64, "save_steps": 2, "save_total_limit": 2}
+    config = quick_config(data_dir, tiny_encoder_dir, output, **options)
+    assert finetune(config) == output
+    return output
+
+
+def test_output_dir_holds_model_tokenizer_arguments_and_metrics(finished_run: Path) -> None:
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "training_args.json", "metrics.jsonl"):
+        assert (finished_run / name).is_file(), name
+    arguments = json.loads((finished_run / "training_args.json").read_text())
+    assert arguments["epochs"] == 2 and arguments["learning_rate"] == 3e-5
+    assert len(checkpoint_directories(finished_run)) == 2  # --save_total_limit 2
+    assert not list(finished_run.glob("*.partial"))
+
+
+def test_output_loads_with_auto_classes_and_sequence_classification(finished_run: Path) -> None:
+    from transformers import AutoModelForMaskedLM, AutoModelForPreTraining, BertForSequenceClassification
+
+    pretraining = AutoModelForPreTraining.from_pretrained(finished_run)
+    masked_lm = AutoModelForMaskedLM.from_pretrained(finished_run)
+    classifier = BertForSequenceClassification.from_pretrained(finished_run, num_labels=3)
+    saved = load_weights(finished_run)
+    trained = saved["bert.encoder.layer.0.attention.self.query.weight"]
+    assert torch.equal(pretraining.bert.encoder.layer[0].attention.self.query.weight, trained)
+    assert torch.equal(masked_lm.bert.encoder.layer[0].attention.self.query.weight, trained)
+    assert torch.equal(classifier.bert.encoder.layer[0].attention.self.query.weight, trained)
+
+
+def test_training_changes_the_encoder(finished_run: Path, tiny_encoder_dir: Path) -> None:
+    before = load_weights(tiny_encoder_dir)
+    after = load_weights(finished_run)
+    name = "encoder.layer.1.output.dense.weight"
+    assert not torch.equal(before[name], after[f"bert.{name}"])
+
+
+def test_metrics_log_train_records_with_losses_accuracy_lr_and_throughput(finished_run: Path) -> None:
+    records = [record for record in read_metrics(finished_run) if record["kind"] == "train"]
+    steps = [record["step"] for record in records]
+    assert steps == sorted(set(steps)) and steps[0] == 2
+    total = json.loads((checkpoint_directories(finished_run)[-1][1] / "training_state.json").read_text())
+    assert steps[-1] == total["settings"]["total_steps"] == total["position"]["global_step"]
+    for record in records:
+        for key in ("epoch", "lr", "mlm_loss", "nsp_loss", "nsp_acc", "sequences_per_second"):
+            assert isinstance(record[key], float), key
+        assert 0.0 <= record["nsp_acc"] <= 1.0 and record["mlm_loss"] > 0 and record["lr"] > 0
+    assert records[-1]["epoch"] == 2.0
+
+
+def test_stop_then_resume_gives_bit_identical_weights_to_a_straight_run(
+    tmp_path: Path, data_dir: Path, tiny_bert_dir: Path
+) -> None:
+    options = {"epochs": 2, "gradient_accumulation_steps": 2, "train_batch_size": 64}  # 5 steps per epoch
+    straight = finetune(quick_config(data_dir, tiny_bert_dir, tmp_path / "straight", **options))
+    interrupted = tmp_path / "interrupted"
+    finetune(quick_config(data_dir, tiny_bert_dir, interrupted, stop_after_steps=3, **options))
+    assert not (interrupted / "model.safetensors").exists()  # stopped mid-epoch: only checkpoint-3
+    assert [step for step, _ in checkpoint_directories(interrupted)] == [3]
+    finetune(quick_config(data_dir, tiny_bert_dir, interrupted, resume=True, **options))
+    assert_identical_weights(load_weights(straight), load_weights(interrupted))
+    steps = [record["step"] for record in read_metrics(interrupted)]
+    assert len(steps) == len(set(steps))  # one record per logged step, as if never stopped
+
+
+def test_resume_with_different_batch_settings_is_refused(tmp_path: Path, data_dir: Path, tiny_bert_dir: Path) -> None:
+    finetune(quick_config(data_dir, tiny_bert_dir, tmp_path / "out", stop_after_steps=1))
+    with pytest.raises(UserError, match="settings changed.*micro_batch_size"):
+        finetune(quick_config(data_dir, tiny_bert_dir, tmp_path / "out", resume=True, train_batch_size=16))
+
+
+def test_existing_run_is_refused_without_resume_or_overwrite(
+    tmp_path: Path, data_dir: Path, tiny_bert_dir: Path
+) -> None:
+    finetune(quick_config(data_dir, tiny_bert_dir, tmp_path / "out", stop_after_steps=1))
+    with pytest.raises(UserError, match="--resume.*--overwrite_output_dir"):
+        finetune(quick_config(data_dir, tiny_bert_dir, tmp_path / "out", stop_after_steps=1))
+    finetune(quick_config(data_dir, tiny_bert_dir, tmp_path / "out", stop_after_steps=2, overwrite_output_dir=True))
+    assert [step for step, _ in checkpoint_directories(tmp_path / "out")] == [2]
+
+
+def _altered_copy(data_dir: Path, destination: Path, **changes: object) -> Path:
+    shutil.copytree(data_dir, destination)
+    manifest = json.loads((destination / "manifest.json").read_text())
+    for key, value in changes.items():
+        section, _, field = key.partition("__")
+        (manifest[section] if field else manifest)[field or section] = value
+    (destination / "manifest.json").write_text(json.dumps(manifest))
+    return destination
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"tokenizer__vocab_fingerprint": "0123456789abcdef"}, "vocabulary of .* fingerprint 0123456789abcdef"),
+        ({"tokenizer__do_lower_case": False}, "data is cased .* lower-cases"),
+        ({"max_seq_len": 512}, "max_seq_len 512 but .* only 128 positions"),
+        ({"masking": "rolling"}, "masking 'rolling' is not one of"),
+    ],
+)
+def test_data_that_does_not_fit_the_model_is_one_clear_error(
+    tmp_path: Path, data_dir: Path, tiny_bert_dir: Path, changes: dict[str, object], message: str
+) -> None:
+    altered = _altered_copy(data_dir, tmp_path / "data", **changes)
+    with pytest.raises(UserError, match=message):
+        finetune(quick_config(altered, tiny_bert_dir, tmp_path / "out"))
+    assert not (tmp_path / "out" / "metrics.jsonl").exists()
+
+
+def test_encoder_only_checkpoint_gives_one_warning_line(
+    tmp_path: Path, data_dir: Path, tiny_encoder_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING):
+        finetune(quick_config(data_dir, tiny_encoder_dir, tmp_path / "out", stop_after_steps=1))
+    head_warnings = [record for record in caplog.records if "initialised at random" in record.getMessage()]
+    assert len(head_warnings) == 1 and "\n" not in head_warnings[0].getMessage()
+    assert not [record for record in caplog.records if record.name.startswith("transformers")]
+
+
+def test_evaluator_runs_first_every_eval_steps_and_last_without_disturbing_training(
+    tmp_path: Path, data_dir: Path, tiny_bert_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[bool] = []
+
+    def evaluate(model: torch.nn.Module) -> dict[str, float]:
+        calls.append(model.training)
+        torch.rand(1000)  # uses the global RNG: training must not notice
+        return {"mlm_loss": 1.5}
+
+    monkeypatch.setattr(recipe, "_setup_evaluation", lambda *arguments: evaluate)
+    evaluated = finetune(quick_config(data_dir, tiny_bert_dir, tmp_path / "with_eval", eval_steps=4))
+    monkeypatch.setattr(recipe, "_setup_evaluation", lambda *arguments: None)
+    plain = finetune(quick_config(data_dir, tiny_bert_dir, tmp_path / "plain"))
+    records = read_metrics(evaluated)
+    eval_steps = [record["step"] for record in records if record["kind"] == "eval"]
+    last_step = max(record["step"] for record in records)
+    expected = [0, *range(4, last_step + 1, 4)] + ([last_step] if last_step % 4 else [])
+    assert eval_steps == expected and len(calls) == len(expected) and not any(calls)  # always in eval mode
+    assert all(record["mlm_loss"] == 1.5 for record in records if record["kind"] == "eval")
+    assert_identical_weights(load_weights(evaluated), load_weights(plain))
+
+
+def test_mlm_only_data_trains_without_nsp_and_leaves_the_nsp_head_alone(
+    tmp_path: Path, tiny_corpus: Path, tiny_bert_dir: Path
+) -> None:
+    data = make_pregenerated(tiny_corpus, tiny_bert_dir, tmp_path / "mlm_data", epochs=1, objective="mlm")
+    output = finetune(quick_config(data, tiny_bert_dir, tmp_path / "out"))
+    records = [record for record in read_metrics(output) if record["kind"] == "train"]
+    assert records and all("nsp_loss" not in record for record in records)
+    before, after = load_weights(tiny_bert_dir), load_weights(output)
+    assert torch.equal(before["cls.seq_relationship.weight"], after["cls.seq_relationship.weight"])
+    assert not torch.equal(
+        before["cls.predictions.transform.dense.weight"], after["cls.predictions.transform.dense.weight"]
+    )
+
+
+def test_bf16_autocast_trains_on_the_cpu(tmp_path: Path, data_dir: Path, tiny_bert_dir: Path) -> None:
+    output = finetune(quick_config(data_dir, tiny_bert_dir, tmp_path / "out", bf16=True, stop_after_steps=2))
+    records = [record for record in read_metrics(output) if record["kind"] == "train"]
+    assert records and all(0 < record["mlm_loss"] < 20 for record in records)
+    weights = load_weights(output / "checkpoint-2")
+    assert all(tensor.dtype == torch.float32 for tensor in weights.values())  # master weights stay fp32
+
+
+def test_fp16_without_cuda_is_a_user_error(tmp_path: Path, data_dir: Path, tiny_bert_dir: Path) -> None:
+    with pytest.raises(UserError, match="--fp16 needs a CUDA GPU; on the CPU use --bf16"):
+        finetune(quick_config(data_dir, tiny_bert_dir, tmp_path / "out", fp16=True))
+
+
+def test_dynamically_masked_data_trains_with_batch_time_masks(
+    tmp_path: Path, tiny_corpus: Path, tiny_bert_dir: Path
+) -> None:
+    data = make_pregenerated(tiny_corpus, tiny_bert_dir, tmp_path / "data", epochs=1, dynamic_masking=True)
+    output = finetune(quick_config(data, tiny_bert_dir, tmp_path / "out", epochs=2, train_batch_size=64))
+    records = [record for record in read_metrics(output) if record["kind"] == "train"]
+    assert records[-1]["epoch"] == 2.0 and all(0 < record["mlm_loss"] < 20 for record in records)

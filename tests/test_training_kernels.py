@@ -1,0 +1,156 @@
+"""CPU kernels: the memory-light attention and fast dropout compute the same functions and gradients as stock."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from training_helpers import load_weights
+
+from bert_domain_ft.pretraining_model import load_pretraining_model, pretraining_losses
+from bert_domain_ft.training.attention import (
+    IMPLEMENTATION,
+    enable_light_attention,
+    light_attention_forward,
+    stock_attention,
+)
+from bert_domain_ft.training.dropout import FastDropout, keep_mask, use_fast_dropout
+from bert_domain_ft.training.feed_forward import use_recomputed_activation
+
+
+class _Module(torch.nn.Module):
+    training = True
+
+
+def _inputs(seed: int = 0) -> tuple[torch.Tensor, ...]:
+    generator = torch.Generator().manual_seed(seed)
+    shape = (2, 3, 7, 4)  # (batch, heads, length, head size)
+    return tuple(torch.randn(shape, generator=generator, requires_grad=True) for _ in range(3))
+
+
+def _reference(query, key, value, mask, keep, scale):  # type: ignore[no-untyped-def]
+    scores = query @ key.transpose(-1, -2) * query.shape[-1] ** -0.5
+    if mask is not None:
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    probabilities = torch.softmax(scores, dim=-1)
+    if keep is not None:
+        probabilities = probabilities * keep * scale
+    return (probabilities @ value).transpose(1, 2)
+
+
+@pytest.mark.parametrize("dropout_p", [0.0, 0.3])
+@pytest.mark.parametrize("padded", [False, True])
+def test_output_and_gradients_match_the_textbook_attention(dropout_p: float, padded: bool) -> None:
+    query, key, value = _inputs()
+    mask = None
+    if padded:
+        mask = torch.ones(2, 1, 7, 7, dtype=torch.bool)
+        mask[1, :, :, 5:] = False  # the second sequence has 5 real tokens
+    torch.manual_seed(11)
+    ours = light_attention_forward(_Module(), query, key, value, mask, dropout=dropout_p)[0]
+    torch.manual_seed(11)  # the same keep-mask draw as inside the function
+    keep, scale = keep_mask((2, 3, 7, 7), dropout_p) if dropout_p else (None, 1.0)
+    reference = _reference(query, key, value, mask, keep, scale)
+    torch.testing.assert_close(ours, reference)
+    upstream = torch.randn_like(ours)
+    ours_gradients = torch.autograd.grad(ours, (query, key, value), upstream)
+    reference_gradients = torch.autograd.grad(reference, (query, key, value), upstream)
+    for mine, theirs in zip(ours_gradients, reference_gradients):
+        torch.testing.assert_close(mine, theirs)
+
+
+def test_bf16_autocast_stays_close_to_fp32() -> None:
+    query, key, value = _inputs(seed=3)
+    exact = light_attention_forward(_Module(), query, key, value, None)[0]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = light_attention_forward(_Module(), query.bfloat16(), key.bfloat16(), value.bfloat16(), None)[0]
+    low.float().sum().backward()
+    torch.testing.assert_close(low.float(), exact, atol=0.05, rtol=0.05)
+    assert query.grad is not None and torch.isfinite(query.grad).all()
+
+
+def test_bert_losses_gradients_and_weights_are_unchanged_by_the_kernels(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    model = load_pretraining_model(str(tiny_bert_dir)).model.eval()  # no dropout: both must agree exactly
+    generator = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(5, 100, (3, 16), generator=generator)
+    attention_mask = torch.ones(3, 16, dtype=torch.long)
+    attention_mask[2, 10:] = 0
+    batch = {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "token_type_ids": torch.zeros_like(input_ids),
+        "masked_lm_positions": torch.tensor([[1, 2], [3, 4], [5, 6]]),
+        "masked_lm_labels": torch.tensor([[7, 8], [9, 10], [11, 12]]),
+        "next_sentence_label": torch.tensor([0, 1, 0]),
+    }
+
+    def loss_and_gradients() -> tuple[float, list[torch.Tensor]]:
+        model.zero_grad()
+        loss = pretraining_losses(model, batch).loss
+        loss.backward()
+        return loss.item(), [parameter.grad.clone() for parameter in model.parameters()]
+
+    stock_loss, stock_gradients = loss_and_gradients()
+    assert enable_light_attention(model) and model.config._attn_implementation == IMPLEMENTATION
+    assert use_recomputed_activation(model) == model.config.num_hidden_layers
+    light_loss, light_gradients = loss_and_gradients()
+    assert light_loss == pytest.approx(stock_loss, rel=1e-6)
+    for stock, light in zip(stock_gradients, light_gradients):
+        torch.testing.assert_close(light, stock, rtol=1e-4, atol=1e-6)
+    names = set(model.state_dict())
+    with stock_attention(model):
+        model.save_pretrained(str(tmp_path))
+    assert set(load_weights(tmp_path)) <= names and len(load_weights(tmp_path)) > 10
+    assert IMPLEMENTATION not in json.dumps(json.loads((tmp_path / "config.json").read_text()))
+    assert model.config._attn_implementation == IMPLEMENTATION
+
+
+def test_saves_far_less_for_backward_than_the_stock_attention() -> None:
+    query, key, value = (torch.randn(2, 3, 128, 32, requires_grad=True) for _ in range(3))  # BERT-like L and d
+    saved: list[int] = []
+
+    def count(tensor: torch.Tensor) -> torch.Tensor:
+        if tensor.data_ptr() not in {query.data_ptr(), key.data_ptr(), value.data_ptr()}:
+            saved.append(tensor.untyped_storage().nbytes())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(count, lambda tensor: tensor):
+        torch.nn.functional.scaled_dot_product_attention(query, key, value, dropout_p=0.1)
+    stock = sum(saved)
+    saved.clear()
+    with torch.autograd.graph.saved_tensors_hooks(count, lambda tensor: tensor):
+        light_attention_forward(_Module(), query, key, value, None, dropout=0.1)
+    # Ours: a 1-byte (B, h, L, L) keep mask and the (B, h, L, d) output; stock: 3 float (B, h, L, L) tensors.
+    assert sum(saved) * 5 <= stock
+
+
+def test_keep_masks_are_reproducible_from_torch_seed_and_drop_at_the_asked_rate() -> None:
+    torch.manual_seed(5)
+    first, scale = keep_mask((64, 1000), 0.1)
+    torch.manual_seed(5)
+    again, _ = keep_mask((64, 1000), 0.1)
+    assert torch.equal(first, again) and first.dtype == torch.uint8
+    assert 1 - first.float().mean().item() == pytest.approx(0.1, abs=0.005)
+    assert scale == pytest.approx(1 / 0.9, rel=1e-4)
+    assert not torch.equal(first, keep_mask((64, 1000), 0.1)[0])  # the next draw differs
+
+
+def test_fast_dropout_masks_and_scales_in_training_and_is_identity_in_eval(tiny_bert_dir: Path) -> None:
+    dropout = FastDropout(0.25)
+    inputs = torch.randn(8, 16, 32, requires_grad=True)
+    torch.manual_seed(2)
+    outputs = dropout(inputs)
+    torch.manual_seed(2)
+    keep, scale = keep_mask((8, 16, 32), 0.25)
+    torch.testing.assert_close(outputs, inputs * keep * scale)
+    outputs.sum().backward()
+    torch.testing.assert_close(inputs.grad, keep * scale * torch.ones_like(inputs))
+    assert torch.equal(dropout.eval()(inputs), inputs)
+
+    model = load_pretraining_model(str(tiny_bert_dir)).model
+    before = {name for name, _ in model.state_dict().items()}
+    assert use_fast_dropout(model) > 0
+    assert not [m for m in model.modules() if type(m) is torch.nn.Dropout]
+    assert {name for name, _ in model.state_dict().items()} == before

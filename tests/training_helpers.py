@@ -1,0 +1,77 @@
+"""Helpers shared by the training tests: tiny pregenerated data, quiet configs, weight comparison."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from bert_domain_ft.pregenerate import PregenerateConfig, pregenerate
+from bert_domain_ft.training.config import FinetuneConfig
+
+
+@contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Tiny models run fastest on one thread, and OpenMP spinning on a busy 2-core machine costs 10x."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def make_pregenerated(
+    corpus: Path, bert_dir: Path, output_dir: Path, epochs: int = 2, max_seq_len: int = 64, **options: Any
+) -> Path:
+    """Pregenerate ``epochs`` epochs of the tiny corpus for the tiny BERT (a few hundred instances each)."""
+    config = PregenerateConfig(
+        train_corpus=corpus,
+        output_dir=output_dir,
+        bert_model=str(bert_dir),
+        epochs_to_generate=epochs,
+        max_seq_len=max_seq_len,
+        show_progress=False,
+        **options,
+    )
+    pregenerate(config)
+    return output_dir
+
+
+def quick_config(data: Path, model: Path, output_dir: Path, **overrides: Any) -> FinetuneConfig:
+    """A fast CPU configuration: small batches, no progress bars, no evaluation."""
+    values: dict[str, Any] = {
+        "pregenerated_data": data,
+        "output_dir": output_dir,
+        "bert_model": str(model),
+        "epochs": 1,
+        "train_batch_size": 32,
+        "logging_steps": 2,
+        "show_progress": False,
+        "no_cuda": True,
+    }
+    values.update(overrides)
+    return FinetuneConfig(**values)
+
+
+def read_metrics(output_dir: Path) -> list[dict[str, Any]]:
+    lines = (output_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def load_weights(directory: Path) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    return load_file(str(directory / "model.safetensors"))
+
+
+def assert_identical_weights(first: dict[str, Any], second: dict[str, Any]) -> None:
+    import torch
+
+    assert first.keys() == second.keys()
+    differing = [name for name in first if not torch.equal(first[name], second[name])]
+    assert not differing, f"{len(differing)} tensors differ, e.g. {differing[:3]}"
