@@ -221,6 +221,7 @@ def build_document_store(
         counters["empty_sentences"],
         counters["empty_documents"],
         corpus_document_offsets=np.asarray(corpus_document_ends, dtype=np.int64),
+        tokens_file=None if directory is None else directory / "tokens.npy",
     )
     if directory is not None:
         write_json_atomic(

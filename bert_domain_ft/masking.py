@@ -8,7 +8,7 @@ random non-special token, 10% stay as they are; labels hold the original tokens,
 
 The row-wise random order is an argsort of random keys, so an epoch is masked in a handful of numpy calls.
 
-    masked = mask_rows(rows, lengths, rng, MaskingTables.from_facts(tokenizer, facts), 0.15, 20, whole_word=False)
+    masked = mask_rows(rows, lengths, rng, tables, masked_lm_prob=0.15, max_predictions=20, whole_word=False)
 """
 
 from __future__ import annotations
