@@ -129,8 +129,10 @@ def _check_array(path: Path, expected: dict[str, Any], verify_checksum: bool) ->
         raise UserError(f"{path}: missing; the pregenerated data is incomplete, pregenerate it again")
     try:
         array = np.load(path, mmap_mode="r")
-    except ValueError as error:
-        raise UserError(f"{path}: unreadable ({error}); the file is damaged, pregenerate the data again") from None
+    except (ValueError, EOFError, OSError) as error:  # EOFError: an empty file; ValueError: a cut header or data
+        raise UserError(
+            f"{path}: unreadable ({error}); the file is truncated or damaged, pregenerate the data again"
+        ) from None
     if list(array.shape) != list(expected["shape"]) or array.dtype.name != expected["dtype"]:
         raise UserError(
             f"{path}: shape {list(array.shape)} {array.dtype.name} but the manifest says "
@@ -146,7 +148,12 @@ def open_epoch_directory(directory: Path, verify_checksum: bool = False) -> Epoc
     description_path = directory / EPOCH_DESCRIPTION_NAME
     if not description_path.exists():
         raise UserError(f"{description_path}: missing; this epoch is incomplete, pregenerate it again (--resume)")
-    description = json.loads(description_path.read_text(encoding="utf-8"))
+    try:
+        description = json.loads(description_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UserError(
+            f"{description_path}: not valid JSON ({error}); the file is damaged, pregenerate the data again"
+        ) from None
     arrays = {
         name: _check_array(directory / f"{name}.npy", expected, verify_checksum)
         for name, expected in description["arrays"].items()

@@ -18,7 +18,7 @@ from ..training.config import FinetuneConfig
 from .common import config_from_arguments, run_command
 from .config_files import parse_with_config
 
-HELP = "continue pretraining a BERT on pregenerated epochs (masked LM + NSP) and save the adapted model"
+HELP = "continue pretraining a model on pregenerated epochs (masked LM, + NSP for BERT), or pretrain one from scratch"
 
 _DEFAULTS = {field.name: field.default for field in dataclasses.fields(FinetuneConfig)}
 
@@ -40,7 +40,9 @@ def _add_data_and_model(parser: argparse.ArgumentParser) -> None:
         help="where the model, metrics and checkpoints go",
     )
     group.add_argument(
-        "--bert_model", required=True, default=argparse.SUPPRESS, help="local model directory or hub id to start from"
+        "--bert_model",
+        default=argparse.SUPPRESS,
+        help="model directory or hub id to start from: BERT, RoBERTa, XLM-R, DistilBERT, DeBERTa… (or --from_scratch)",
     )
     group.add_argument(
         "--do_lower_case",
@@ -51,7 +53,14 @@ def _add_data_and_model(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--reduce_memory", action="store_true", help="accepted for compatibility; epochs are always memory-mapped"
     )
-    group.add_argument("--verify_checksums", action="store_true", help="check every epoch array's SHA-256 first")
+    group.add_argument(
+        "--verify",
+        "--verify_checksums",
+        dest="verify_checksums",
+        action="store_true",
+        help="before training, check every epoch array's SHA-256 against the manifest (reads all data once); "
+        "sizes and shapes are always checked",
+    )
 
 
 def _add_optimisation(parser: argparse.ArgumentParser) -> None:
@@ -97,6 +106,39 @@ def _add_optimisation(parser: argparse.ArgumentParser) -> None:
         help="clip gradients to this L2 norm (0: no clipping)",
     )
     group.add_argument("--seed", type=int, default=_DEFAULTS["seed"], help="seed of python, numpy, torch and order")
+    _add_fresh_heads(group)
+
+
+def steps_or_auto(text: str) -> int | None:
+    """``--head_warmup_steps``: a whole number of steps, or ``auto`` (None)."""
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of steps or 'auto', got {text!r}") from None
+
+
+def _add_fresh_heads(group: argparse._ArgumentGroup) -> None:
+    group.add_argument(
+        "--head_warmup_steps",
+        type=steps_or_auto,
+        default="auto",
+        help="when the checkpoint lacks its MLM/NSP head: first train only the new heads, encoder frozen, for "
+        "this many steps; auto = 10%% of the main steps (20 to 1000); 0 turns it off",
+    )
+    group.add_argument(
+        "--head_learning_rate",
+        type=float,
+        default=_DEFAULTS["head_learning_rate"],
+        help="learning rate of the head warm-up (new heads start from nothing)",
+    )
+    group.add_argument(
+        "--layerwise_lr_decay",
+        type=float,
+        default=_DEFAULTS["layerwise_lr_decay"],
+        help="layer l of L trains at learning_rate × D^(L−l), embeddings lowest (ULMFiT); 1 is off, 0.8-0.95 usual",
+    )
 
 
 def _add_hardware(parser: argparse.ArgumentParser) -> None:
@@ -176,11 +218,56 @@ def _add_run_control(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no_progress", action="store_true", help="hide progress bars")
 
 
+def _add_model_selection(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("choosing a checkpoint")
+    group.add_argument(
+        "--save_best",
+        action="store_true",
+        help="keep the best model as OUTPUT_DIR/best/: lowest held-out MLM loss, or best probe accuracy with a probe",
+    )
+    group.add_argument("--probe_train", type=Path, help="labelled sentences (CSV/JSON lines: text, label) to probe "
+                       "every checkpoint with a downstream classifier (see `bert-domain-ft probe`)")  # fmt: skip
+    group.add_argument("--probe_test", type=Path, help="labelled test sentences of the probe, same classes")
+    group.add_argument("--probe_seeds", type=int, default=_DEFAULTS["probe_seeds"], help="probe classifiers per model")
+    group.add_argument("--probe_epochs", type=int, default=_DEFAULTS["probe_epochs"], help="probe training epochs")
+
+
+def _add_objective_and_new_models(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("objective, tokenizer, models from scratch, several corpora")
+    group.add_argument(
+        "--objective",
+        choices=("auto", "nsp", "mlm"),
+        default=_DEFAULTS["objective"],
+        help="nsp: masked LM + next-sentence prediction (BERT); mlm: masked LM only; auto: the data's objective, "
+        "or mlm when the model has no NSP head",
+    )
+    group.add_argument("--tokenizer", help="tokenizer directory to use instead of the model's (saved with the model)")
+    group.add_argument(
+        "--from_scratch",
+        action="store_true",
+        help="train a randomly initialised --model_type model (with --tokenizer) instead of --bert_model",
+    )
+    group.add_argument("--model_type", help="with --from_scratch: bert, roberta, distilbert, deberta-v2, …")
+    group.add_argument(
+        "--config_overrides",
+        default=_DEFAULTS["config_overrides"],
+        help="with --from_scratch: the new model's size, e.g. hidden_size=256,num_hidden_layers=4,"
+        "num_attention_heads=4,intermediate_size=1024",
+    )
+    group.add_argument(
+        "--batch_from_one_corpus",
+        action="store_true",
+        help="data from several corpora: each batch from a single corpus (default: corpora mixed within a batch)",
+    )
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     _add_data_and_model(parser)
+    _add_objective_and_new_models(parser)
     _add_optimisation(parser)
     _add_hardware(parser)
     _add_run_control(parser)
+    _add_model_selection(parser)
 
 
 def config_from(arguments: argparse.Namespace) -> FinetuneConfig:

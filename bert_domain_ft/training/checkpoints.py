@@ -29,6 +29,7 @@ from ..atomic_files import TEMPORARY_SUFFIX, os_errors_as_user_errors, replace_d
 from ..errors import UserError
 from ..pretraining_model import quiet_transformers
 from .attention import stock_attention
+from .disk_errors import save_tensors, storage_errors_as_os_errors
 from .distributed import DistributedContext, barrier, gather_objects
 from .precision import Precision
 
@@ -168,14 +169,21 @@ class CheckpointManager:
 
     def save(self, position: TrainingPosition) -> Path:
         """Write ``checkpoint-<global_step>``; every process must call it (RNG states are gathered)."""
+        self._refuse_non_finite_weights(position.global_step)
         rng_states = gather_objects(self.context, capture_rng_state())
         final = self.output_dir / f"{CHECKPOINT_PREFIX}{position.global_step}"
         if self.context.is_main:
             temporary = final.with_name(final.name + TEMPORARY_SUFFIX)
-            with os_errors_as_user_errors(temporary):
-                shutil.rmtree(temporary, ignore_errors=True)
-                temporary.mkdir(parents=True)
-                self._write_contents(temporary, position, rng_states)
+            try:
+                with os_errors_as_user_errors(temporary), storage_errors_as_os_errors():
+                    shutil.rmtree(temporary, ignore_errors=True)
+                    temporary.mkdir(parents=True)
+                    self._write_contents(temporary, position, rng_states)
+            except BaseException as error:
+                shutil.rmtree(temporary, ignore_errors=True)  # no half checkpoint left taking space on a full disk
+                if isinstance(error, UserError):
+                    raise UserError(f"{error}; {self.last_good_checkpoint_note()}") from error
+                raise
             replace_directory(temporary, final)
             for path in prune_checkpoints(self.output_dir, self.save_total_limit):
                 logger.info("removed old checkpoint %s (--save_total_limit %d)", path.name, self.save_total_limit)
@@ -188,13 +196,30 @@ class CheckpointManager:
             self.model.save_pretrained(str(directory))  # safetensors (the default since transformers 4.35)
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(str(directory))
-        torch.save(self.optimizer.state_dict(), directory / OPTIMIZER_FILE)
-        torch.save(self.scheduler.state_dict(), directory / SCHEDULER_FILE)
+        save_tensors(self.optimizer.state_dict(), directory / OPTIMIZER_FILE)
+        save_tensors(self.scheduler.state_dict(), directory / SCHEDULER_FILE)
         if self.precision.scaler is not None:
-            torch.save(self.precision.scaler.state_dict(), directory / SCALER_FILE)
-        torch.save(rng_states, directory / RNG_FILE)
+            save_tensors(self.precision.scaler.state_dict(), directory / SCALER_FILE)
+        save_tensors(rng_states, directory / RNG_FILE)
         # Written last: its presence marks the directory as complete even before the rename.
         write_json_atomic(directory / STATE_FILE, {"position": position.to_json(), "settings": self.run_settings})
+
+    def last_good_checkpoint_note(self, resume_hint: bool = True) -> str:
+        """Where the run can continue from, for error messages (the newest complete checkpoint, if any)."""
+        latest = latest_checkpoint(self.output_dir)
+        if latest is None:
+            return "no checkpoint was written yet"
+        return f"the last good checkpoint is {latest}" + (" (continue from it with --resume)" if resume_hint else "")
+
+    def _refuse_non_finite_weights(self, step: int) -> None:
+        """Never write NaN/inf weights as a checkpoint: --resume would continue from garbage."""
+        with torch.no_grad():
+            finite = torch.stack([torch.isfinite(parameter).all() for parameter in self.model.parameters()]).all()
+        if not bool(finite):
+            raise UserError(
+                f"the weights hold NaN or inf at step {step}, so no checkpoint was written; "
+                f"{self.last_good_checkpoint_note(resume_hint=False)}; try a lower --learning_rate"
+            )
 
     def check_settings(self, directory: Path, saved: dict[str, Any]) -> None:
         differing = [

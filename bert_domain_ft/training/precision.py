@@ -47,14 +47,25 @@ class Precision:
         if self.scaler is not None:
             self.scaler.unscale_(optimizer)
 
-    def step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Take the optimizer step (the fp16 scaler skips it when the gradients overflowed)."""
+    def step(self, optimizer: torch.optim.Optimizer) -> bool:
+        """Take the optimizer step; ``False`` when the fp16 scaler skipped it because the gradients overflowed."""
         if self.scaler is None:
             optimizer.step()
-            return
+            return True
+        scale_before = self.scaler.get_scale()
         self.scaler.step(optimizer)
-        # A static scale is put back after every step; the dynamic one grows and shrinks as the scaler decides.
-        self.scaler.update(self.static_scale)
+        # The dynamic update lowers the scale exactly when it found inf/NaN gradients (and skipped the step);
+        # otherwise it keeps or grows it. This reads the skip without the scaler's private per-optimizer state.
+        self.scaler.update()
+        skipped = self.scaler.get_scale() < scale_before
+        if self.static_scale is not None:  # a static scale is put back after every step
+            self.scaler.update(self.static_scale)
+        return not skipped
+
+    @property
+    def loss_scale(self) -> float:
+        """The current fp16 loss scale (1.0 without a scaler)."""
+        return float(self.scaler.get_scale()) if self.scaler is not None else 1.0
 
 
 def bf16_supported(device: torch.device) -> bool:
@@ -63,16 +74,21 @@ def bf16_supported(device: torch.device) -> bool:
     return device.type == "cpu" and torch.backends.mkldnn.is_available()
 
 
+def check_precision_supported(device: torch.device, fp16: bool, bf16: bool) -> None:
+    """Refuse --fp16/--bf16 on a device that cannot do it (called before any data or model is loaded)."""
+    if fp16 and device.type != "cuda":
+        raise UserError("--fp16 needs a CUDA GPU; on the CPU use --bf16 (or drop --fp16)")
+    if bf16 and not fp16 and not bf16_supported(device):
+        raise UserError(f"--bf16 is not supported on this {device.type} device; drop --bf16")
+
+
 def setup_precision(device: torch.device, fp16: bool, bf16: bool, loss_scale: float) -> Precision:
     """The ``Precision`` for the flags, or a ``UserError`` when the device cannot do it."""
+    check_precision_supported(device, fp16, bf16)
     if fp16:
-        if device.type != "cuda":
-            raise UserError("--fp16 needs a CUDA GPU; on the CPU use --bf16 (or drop --fp16)")
         static = float(loss_scale) if loss_scale > 0 else None
         scaler = torch.amp.GradScaler("cuda", init_scale=static if static is not None else 2.0**16)
         return Precision("cuda", torch.float16, scaler, static)
     if bf16:
-        if not bf16_supported(device):
-            raise UserError(f"--bf16 is not supported on this {device.type} device; drop --bf16")
         return Precision(device.type, torch.bfloat16, None)
     return Precision(device.type, None, None)
