@@ -1,8 +1,9 @@
-"""Held-out evaluation of a BERT pretraining model: masked-LM loss, perplexity, MLM accuracy, NSP accuracy.
+"""Held-out evaluation of a pretraining model: masked-LM loss, perplexity, MLM accuracy (NSP accuracy for BERT).
 
 Losses and correct counts are summed exactly over fixed, consecutive batches with the model in eval mode, so the
 same model on the same data gives the same numbers every time. The MLM logits are computed at the masked
-positions only (``pretraining_model.pretraining_losses``): memory stays bounded whatever the vocabulary size.
+positions only (``masked_lm.model_losses``, any masked-LM model): memory stays bounded whatever the vocabulary.
+Data from several corpora is evaluated in batches of one corpus each, giving exact results per corpus too.
 
     result = evaluate_pretraining(model, open_holdout(Path("pregenerated")), batch_size=64, device="cpu")
     print(format_result_table(result))
@@ -11,7 +12,7 @@ positions only (``pretraining_model.pretraining_losses``): memory stays bounded 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
@@ -21,9 +22,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .epoch_format import EpochArrays, open_holdout
+from .corpus_results import batches_by_corpus, corpus_names, flatten_corpus_metrics, format_corpus_table
+from .epoch_format import EpochArrays, open_holdout, read_manifest
 from .errors import UserError
-from .pretraining_model import pretraining_losses
+from .masked_lm import model_losses
 from .training.data import collate_pregenerated  # collate_rows + a guard on unused label slots
 
 # The keys of an evaluation record, in display order (also the keys of the training loop's "eval" records).
@@ -41,13 +43,15 @@ class EvaluationResult:
     nsp_accuracy: float | None  # fraction (0..1) of instances whose is-random-next prediction is right
     num_instances: int
     num_masked_tokens: int
+    corpora: dict[str, dict[str, Any]] | None = None  # several corpora: each one's metrics (these keys), by name
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     def metrics(self) -> dict[str, float]:
-        """The numeric metrics without the ``None`` ones (what the training loop logs)."""
-        return {key: value for key, value in self.to_json().items() if value is not None}
+        """The numeric metrics without the ``None`` ones (what the training loop logs); per corpus as "name/key"."""
+        values = {key: value for key, value in self.to_json().items() if value is not None and key != "corpora"}
+        return {**values, **flatten_corpus_metrics(self.corpora or {})}
 
 
 def perplexity_of(loss: float) -> float:
@@ -75,6 +79,7 @@ def first_instances(epoch: EpochArrays, count: int | None) -> EpochArrays:
         masked_labels=head(epoch.masked_labels),
         num_masked=head(epoch.num_masked),
         is_random_next=head(epoch.is_random_next),
+        corpus_ids=head(epoch.corpus_ids),
     )
 
 
@@ -98,8 +103,10 @@ class _Totals:
         self.nsp_loss_sum = 0.0
         self.nsp_correct = 0
         self.nsp_count = 0
+        self.instances = 0
 
-    def add(self, output: Any) -> None:
+    def add(self, output: Any, instances: int = 0) -> None:
+        self.instances += instances
         self.mlm_loss_sum += float(output.mlm_loss_sum)
         self.mlm_correct += int(output.mlm_correct)
         self.mlm_count += int(output.mlm_count)
@@ -133,18 +140,21 @@ def evaluate_pretraining(
     device: torch.device | str,
     autocast_dtype: torch.dtype | None = None,
     show_progress: bool = True,
+    names: Sequence[str] | None = None,
 ) -> EvaluationResult:
-    """Masked-LM and NSP metrics of ``model`` (a ``BertForPreTraining``) over every instance of ``epoch``.
+    """Masked-LM (and, for a ``BertForPreTraining`` on NSP data, NSP) metrics of ``model`` over ``epoch``.
 
     The model is put in eval mode for the pass (no dropout) and returned to the mode it was in. ``autocast_dtype``
-    (e.g. ``torch.bfloat16``) runs the forward pass under autocast; losses are still summed in float64.
+    (e.g. ``torch.bfloat16``) runs the forward pass under autocast; losses are still summed in float64. When the
+    instances come from several corpora the result also holds each corpus's metrics, under ``names`` (the
+    manifest's corpus names; ``corpus_<i>`` by default).
     """
     _check_evaluable(epoch)
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     device = torch.device(device)
-    totals = _Totals()
-    starts = range(0, epoch.num_instances, batch_size)
+    totals, per_corpus = _Totals(), {}
+    batches = list(batches_by_corpus(epoch.corpus_ids, epoch.num_instances, batch_size))
     was_training = model.training
     model.eval()
     try:
@@ -152,13 +162,22 @@ def evaluate_pretraining(
             torch.inference_mode(),
             torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None),
         ):
-            for start in tqdm(starts, desc="evaluating", unit="batch", disable=not show_progress):
-                rows = np.arange(start, min(start + batch_size, epoch.num_instances))
+            for corpus, rows in tqdm(batches, desc="evaluating", unit="batch", disable=not show_progress):
                 batch = {name: tensor.to(device) for name, tensor in collate_pregenerated(epoch, rows).items()}
-                totals.add(pretraining_losses(model, batch))
+                output = model_losses(model, batch)
+                totals.add(output)
+                if corpus is not None:  # every batch is within one corpus: its sums are that corpus's
+                    per_corpus.setdefault(corpus, _Totals()).add(output, instances=len(rows))
     finally:
         model.train(was_training)
-    return totals.result(epoch.num_instances, epoch.directory)
+    result = totals.result(epoch.num_instances, epoch.directory)
+    if not per_corpus:
+        return result
+    labels = list(names) if names is not None else corpus_names(None, max(per_corpus) + 1)
+    corpora = {
+        labels[corpus]: sums.result(sums.instances, epoch.directory) for corpus, sums in sorted(per_corpus.items())
+    }
+    return replace(result, corpora={name: corpus.metrics() for name, corpus in corpora.items()})
 
 
 def build_evaluator(
@@ -168,16 +187,19 @@ def build_evaluator(
     autocast_dtype: torch.dtype | None = None,
     max_instances: int | None = None,
     show_progress: bool = False,
+    names: Sequence[str] | None = None,
 ) -> Callable[[nn.Module], dict[str, float]]:
     """The ``evaluate(model) -> metrics`` callable the training loop calls before, during and after training.
 
-    ``max_instances`` evaluates only the first instances (always the same ones), to bound the time per call.
+    ``max_instances`` evaluates only the first instances (always the same ones), to bound the time per call;
+    ``names`` are the corpus names of data from several corpora (per-corpus keys "name/mlm_loss", …).
     """
     subset = first_instances(holdout, max_instances)
     _check_evaluable(subset)
 
     def evaluate(model: nn.Module) -> dict[str, float]:
-        return evaluate_pretraining(model, subset, batch_size, device, autocast_dtype, show_progress).metrics()
+        result = evaluate_pretraining(model, subset, batch_size, device, autocast_dtype, show_progress, names)
+        return result.metrics()
 
     return evaluate
 
@@ -193,7 +215,8 @@ def holdout_evaluator(
     holdout = open_holdout(Path(pregenerated_dir))
     if holdout is None:
         return None
-    return build_evaluator(holdout, batch_size, device, autocast_dtype, max_instances)
+    names = corpus_names(read_manifest(Path(pregenerated_dir)), 0)
+    return build_evaluator(holdout, batch_size, device, autocast_dtype, max_instances, names=names or None)
 
 
 # ---------------------------------------------------------------------------------------------------- formatting
@@ -248,7 +271,8 @@ def format_result_table(result: EvaluationResult | Mapping[str, Any], title: str
     rows = [[title, "value"]]
     rows += [[_LABELS[key], _format_value(key, values.get(key))] for key in METRIC_KEYS if values.get(key) is not None]
     summary = f"{int(values['num_instances']):,} instances, {int(values['num_masked_tokens']):,} masked tokens"
-    return _render(rows) + "\n" + summary
+    table = _render(rows) + "\n" + summary
+    return table + "\n\nper corpus:\n" + format_corpus_table(values["corpora"]) if values.get("corpora") else table
 
 
 def format_before_after_table(

@@ -19,10 +19,12 @@ import torch
 from torch import nn
 
 from .atomic_files import write_json_atomic
+from .corpus_results import corpus_names
 from .epoch_format import EpochArrays, open_epoch, open_holdout, read_manifest
 from .errors import UserError
 from .evaluation import EvaluationResult, evaluate_pretraining, first_instances
-from .pretraining_model import load_pretraining_model
+from .model_loading import checkpoint_model_type, load_model_for_objective, usable_positions
+from .pretraining_model import LoadedModel
 from .tokenization import describe_tokenizer, load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -34,7 +36,11 @@ EVALUATION_SEED = 20_240_917
 @dataclass
 class EvaluateConfig:
     model: str
-    """Directory (or hub id) of the BERT to evaluate; pretraining heads it lacks start at random (seeded)."""
+    """Directory (or hub id) of the model to evaluate (BERT, RoBERTa, DistilBERT… any masked-LM model);
+    pretraining heads it lacks start at random (seeded)."""
+    tokenizer: str | None = None
+    """Tokenizer directory the data was made with, when it is not the model's own (e.g. a model trained from
+    scratch with ``--tokenizer``; finetune saves it next to the model, so usually not needed)."""
     data: Path | None = None
     """Pregenerated directory whose held-out set (``--holdout_fraction``) is evaluated."""
     corpus: Path | None = None
@@ -78,11 +84,13 @@ def choose_device(no_cuda: bool) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() and not no_cuda else "cpu")
 
 
-def check_model_fits_data(model: nn.Module, model_name: str, manifest: dict[str, Any], directory: Path) -> None:
+def check_model_fits_data(
+    model: nn.Module, model_name: str, manifest: dict[str, Any], directory: Path, tokenizer: str | None = None
+) -> None:
     """The data's token ids must mean the same to the model, and its sequences must fit the model's positions."""
     data_tokenizer = manifest["tokenizer"]
     try:
-        model_facts = describe_tokenizer(load_tokenizer(model_name), model_name)
+        model_facts = describe_tokenizer(load_tokenizer(tokenizer or model_name), tokenizer or model_name)
     except UserError:
         model_facts = None  # a bare checkpoint without tokenizer files: the vocabulary size is all we can check
     if model_facts is not None and model_facts.vocab_fingerprint != data_tokenizer["vocab_fingerprint"]:
@@ -95,11 +103,17 @@ def check_model_fits_data(model: nn.Module, model_name: str, manifest: dict[str,
             f"{directory}: token ids reach {data_tokenizer['vocab_size'] - 1} but {model_name} has "
             f"{model.config.vocab_size} embeddings; pregenerate with this model's tokenizer"
         )
-    if manifest["max_seq_len"] > model.config.max_position_embeddings:
+    if manifest["max_seq_len"] > usable_positions(model.config):
         raise UserError(
-            f"{directory}: sequences of {manifest['max_seq_len']} tokens but {model_name} has "
-            f"{model.config.max_position_embeddings} positions; pregenerate with a smaller --max_seq_len"
+            f"{directory}: sequences of {manifest['max_seq_len']} tokens but {model_name} takes at most "
+            f"{usable_positions(model.config)}; pregenerate with a smaller --max_seq_len"
         )
+
+
+def load_for_evaluation(model_name: str, manifest: dict[str, Any]) -> LoadedModel:
+    """A BERT as ``BertForPreTraining`` (NSP metrics on NSP data), any other model as ``AutoModelForMaskedLM``."""
+    is_bert = checkpoint_model_type(model_name) in (None, "bert")
+    return load_model_for_objective(model_name, manifest["objective"] if is_bert else "mlm")
 
 
 def _open_evaluation_set(directory: Path, manifest: dict[str, Any], epoch: int | None) -> EpochArrays:
@@ -118,16 +132,19 @@ def _evaluate_directory(config: EvaluateConfig, directory: Path, epoch: int | No
     manifest = read_manifest(directory)
     evaluation_set = first_instances(_open_evaluation_set(directory, manifest, epoch), config.max_instances)
     torch.manual_seed(EVALUATION_SEED)  # heads missing from the checkpoint start the same way every time
-    loaded = load_pretraining_model(config.model)
+    loaded = load_for_evaluation(config.model, manifest)
     if loaded.fresh_heads:
         logger.warning(
             "the %s head(s) are untrained: their metrics measure a random start", "/".join(loaded.fresh_heads)
         )
-    check_model_fits_data(loaded.model, config.model, manifest, directory)
+    check_model_fits_data(loaded.model, config.model, manifest, directory, config.tokenizer)
     device = choose_device(config.no_cuda)
     model = loaded.model.to(device)
     autocast_dtype = torch.bfloat16 if config.bf16 else None
-    return evaluate_pretraining(model, evaluation_set, config.batch_size, device, autocast_dtype, config.show_progress)
+    names = corpus_names(manifest, 0) or None  # several corpora: results per corpus, by name
+    return evaluate_pretraining(
+        model, evaluation_set, config.batch_size, device, autocast_dtype, config.show_progress, names
+    )
 
 
 def _pregenerate_corpus(config: EvaluateConfig, output_dir: Path) -> None:
@@ -139,6 +156,7 @@ def _pregenerate_corpus(config: EvaluateConfig, output_dir: Path) -> None:
             train_corpus=config.corpus,
             output_dir=output_dir,
             bert_model=config.model,
+            tokenizer=config.tokenizer,
             epochs_to_generate=1,
             max_seq_len=config.max_seq_len,
             seed=EVALUATION_SEED,

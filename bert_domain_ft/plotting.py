@@ -2,7 +2,8 @@
 
 Reads ``metrics.jsonl`` of a run directory (one JSON object a line: ``"kind": "train"`` records with step, lr,
 mlm_loss, mlm_acc, nsp_loss, nsp_acc; ``"kind": "eval"`` records with step and the held-out metrics of
-``bert_domain_ft.evaluation``). matplotlib is an optional extra, imported only here and only when plotting, and
+``bert_domain_ft.evaluation``; ``"kind": "head_warmup"`` records of the heads-only phase, drawn left of step 0;
+``"kind": "probe"`` records of the downstream probe, drawn with the accuracies). matplotlib is an optional extra, imported only here and only when plotting, and
 drawn with the Agg canvas (no display, no global pyplot state).
 
     png_path = plot_run(Path("finetuned_lm"))   # -> finetuned_lm/training_curves.png
@@ -38,6 +39,8 @@ class RunMetrics:
 
     train: list[dict[str, Any]] = field(default_factory=list)
     evaluations: list[dict[str, Any]] = field(default_factory=list)
+    head_warmup: list[dict[str, Any]] = field(default_factory=list)  # "kind": "head_warmup", by warmup_step
+    probes: list[dict[str, Any]] = field(default_factory=list)  # "kind": "probe": downstream accuracy per step
 
 
 def _parse_lines(path: Path) -> list[dict[str, Any]]:
@@ -76,7 +79,13 @@ def read_run_metrics(run_dir: Path) -> RunMetrics:
     evaluations = [record for record in records if record.get("kind") == "eval"]
     if not train and not evaluations:
         raise UserError(at_location(path, None, "holds no training or evaluation records yet; plot after a few steps"))
-    return RunMetrics(train=_latest_per_step(train), evaluations=_latest_per_step(evaluations))
+    warmup = {int(r.get("warmup_step", 0)): r for r in records if r.get("kind") == "head_warmup"}
+    return RunMetrics(
+        train=_latest_per_step(train),
+        evaluations=_latest_per_step(evaluations),
+        head_warmup=[warmup[step] for step in sorted(warmup)],
+        probes=_latest_per_step([record for record in records if record.get("kind") == "probe"]),
+    )
 
 
 def series(records: list[dict[str, Any]], *keys: str) -> tuple[np.ndarray, np.ndarray]:
@@ -136,8 +145,26 @@ def _finish(axes: Any, title: str, ylabel: str) -> None:
         axes.text(0.5, 0.5, "not logged in this run", ha="center", va="center", transform=axes.transAxes)
 
 
+def warmup_series(records: list[dict[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:
+    """(x, values) of head warm-up records, x = warmup_step − warmup_steps: the phase sits left of step 0."""
+    points = [
+        (int(r["warmup_step"]) - int(r.get("warmup_steps", r["warmup_step"])), float(r[key]))
+        for r in records
+        if isinstance(r.get(key), (int, float)) and math.isfinite(r[key]) and "warmup_step" in r
+    ]
+    return np.asarray([x for x, _ in points], dtype=np.int64), np.asarray([v for _, v in points], dtype=np.float64)
+
+
+def _plot_warmup(axes: Any, metrics: RunMetrics, key: str) -> None:
+    steps, values = warmup_series(metrics.head_warmup, key)
+    if steps.size:
+        axes.plot(steps, values, color="tab:gray", linewidth=1.4, label="head warm-up, encoder frozen (steps < 0)")
+
+
 def _draw_losses(grid: Any, metrics: RunMetrics) -> None:
     mlm, nsp = grid[0][0], grid[0][1]
+    _plot_warmup(mlm, metrics, "mlm_loss")
+    _plot_warmup(nsp, metrics, "nsp_loss")
     _plot_train(mlm, *series(metrics.train, "mlm_loss"), "training", "tab:blue")
     _plot_eval(mlm, *series(metrics.evaluations, "mlm_loss"), "held-out", "tab:red")
     _finish(mlm, "Masked-LM loss", "cross-entropy (nats/token)")
@@ -156,6 +183,19 @@ def _draw_accuracy_and_rate(grid: Any, metrics: RunMetrics) -> None:
     _plot_eval(accuracy, eval_steps, 100 * eval_nsp, "held-out NSP", "tab:red")
     eval_steps, eval_mlm = series(metrics.evaluations, "mlm_accuracy")
     _plot_eval(accuracy, eval_steps, 100 * eval_mlm, "held-out MLM", "tab:purple")
+    probes = [r for r in metrics.probes if isinstance(r.get("accuracy_mean"), (int, float))]
+    if probes:  # the downstream probe: mean ± std over its seeds
+        accuracy.errorbar(
+            [r["step"] for r in probes],
+            [100 * r["accuracy_mean"] for r in probes],
+            yerr=[100 * float(r.get("accuracy_std") or 0.0) for r in probes],
+            color="black",
+            marker="s",
+            markersize=4,
+            capsize=3,
+            linewidth=1.2,
+            label="downstream probe (± std over seeds)",
+        )
     _finish(accuracy, "Accuracy", "accuracy (%)")
     lr_steps, learning_rates = series(metrics.train, "lr", "learning_rate")
     if lr_steps.size:

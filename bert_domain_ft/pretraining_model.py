@@ -84,7 +84,7 @@ def load_pretraining_model(name_or_path: str) -> LoadedModel:
     try:
         with quiet_transformers():
             model, loading_info = BertForPreTraining.from_pretrained(name_or_path, output_loading_info=True)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, RuntimeError) as error:  # RuntimeError: weights of another shape than the config
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise UserError(f"{name_or_path}: cannot load the model ({first_line}); give a BERT model directory") from None
     fresh = _fresh_heads(set(loading_info.get("missing_keys", ())))

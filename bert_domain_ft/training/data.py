@@ -24,6 +24,7 @@ from ..batches import RowMasker, collate_rows
 from ..dynamic_masking import DynamicMasking
 from ..epoch_format import EpochArrays, open_epoch
 from ..errors import UserError
+from .corpus_mixing import CorpusMixing
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +33,11 @@ BatchFetcher = Callable[[np.ndarray], Batch]
 
 
 class EpochSource(Protocol):
-    """Training epoch ``e`` (0-based) → its size and a fetcher from instance indices to a batch."""
+    """Training epoch ``e`` (0-based) → its size and a fetcher from instance indices to a batch.
+
+    A source may also define ``epoch_order(epoch) -> np.ndarray | None`` to choose the order in which the epoch is
+    cut into global batches instead of the usual shuffle (see ``source_order``; the simple stage groups lengths).
+    """
 
     def epoch_size(self, epoch: int) -> int:
         """Number of instances in training epoch ``epoch``."""
@@ -47,7 +52,8 @@ class PregeneratedSource:
     """Epochs of a pregenerated directory; training epoch ``e`` reads data epoch ``e mod generated``.
 
     Data pregenerated with dynamic masking is masked per batch by ``masking`` (deterministically from the seed,
-    the training epoch and the batch's instances, so resume and prefetching see the same masks).
+    the training epoch and the batch's instances, so resume and prefetching see the same masks). Data from
+    several corpora is drawn with the manifest's sampling probabilities by ``mixing`` (``epoch_order``).
     """
 
     def __init__(
@@ -57,11 +63,13 @@ class PregeneratedSource:
         training_epochs: int,
         verify_checksum: bool = False,
         masking: DynamicMasking | None = None,
+        mixing: CorpusMixing | None = None,
     ):
         self.directory = Path(directory)
         self.manifest = manifest
         self.verify_checksum = verify_checksum
         self.masking = masking
+        self.mixing = mixing
         self.generated = len(manifest["epochs"])
         if self.generated == 0:
             raise UserError(f"{self.directory}: the manifest lists no epochs; pregenerate the data again")
@@ -96,6 +104,13 @@ class PregeneratedSource:
         masker = self.masking.for_epoch(epoch) if self.masking is not None else None  # the *training* epoch
         return lambda indices: collate_pregenerated(arrays, indices, masker)
 
+    def epoch_order(self, epoch: int) -> np.ndarray | None:
+        """With several corpora and a ``mixing``: the corpus-sampled order of training epoch ``epoch``; else None."""
+        if self.mixing is None or len(self.manifest.get("corpora") or []) < 2:
+            return None
+        arrays = open_epoch(self.directory, self.manifest, self.data_epoch(epoch))
+        return self.mixing.order(arrays.corpus_ids, self.manifest, epoch)
+
 
 def collate_pregenerated(arrays: EpochArrays, indices: np.ndarray, masker: RowMasker | None = None) -> Batch:
     """The batch of rows ``indices`` of an epoch (``batches.collate_rows``; ``masker`` masks unmasked data)."""
@@ -122,22 +137,39 @@ def epoch_permutation(seed: int, epoch: int, num_instances: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(num_instances)
 
 
+def source_order(source: EpochSource, epoch: int) -> np.ndarray | None:
+    """The instance order a source chooses for epoch ``epoch`` (a permutation, e.g. batches of similar length, or
+    a sample drawn by corpus probabilities; deterministic in the seed), when it has an ``epoch_order(epoch)``
+    method and it returns one; else None."""
+    choose = getattr(source, "epoch_order", None)
+    return None if choose is None else choose(epoch)
+
+
 def plan_epoch(
-    num_instances: int, micro_batch_size: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1
+    num_instances: int,
+    micro_batch_size: int,
+    seed: int,
+    epoch: int,
+    rank: int = 0,
+    world_size: int = 1,
+    order: np.ndarray | None = None,
 ) -> list[np.ndarray]:
     """This process's micro-batches (arrays of instance indices) for training epoch ``epoch``.
 
-    The shuffled order is cut into global batches of ``micro_batch_size × world_size``; process ``rank`` takes
-    every ``world_size``-th instance of each. Together the processes see every instance exactly once, in the same
-    number of micro-batches: a last global batch too small to give every process one instance is merged into
-    the one before it.
+    The shuffled order (or ``order``, the source's own, see ``source_order``) is cut into global batches of
+    ``micro_batch_size × world_size``; process ``rank`` takes every ``world_size``-th instance of each. Together
+    the processes see every instance exactly once, in the same number of micro-batches: a last global batch too
+    small to give every process one instance is merged into the one before it.
     """
     if num_instances < world_size:
         raise UserError(
             f"an epoch has {num_instances} instances, fewer than the {world_size} processes; "
             "pregenerate more data or use fewer processes"
         )
-    order = epoch_permutation(seed, epoch, num_instances)
+    if order is None:
+        order = epoch_permutation(seed, epoch, num_instances)
+    elif len(order) != num_instances:
+        raise ValueError(f"the source's order has {len(order)} instances, its epoch {num_instances}")
     global_batch = micro_batch_size * world_size
     starts = list(range(0, num_instances, global_batch))
     if len(starts) > 1 and num_instances - starts[-1] < world_size:

@@ -141,6 +141,16 @@ def decoder_cross_entropy(
     return _DecoderCrossEntropy.apply(hidden, decoder.weight, bias, labels, CHUNK_ROWS)
 
 
+def projection_cross_entropy(
+    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed loss, correct count) of ``hidden @ weight.T + bias`` (M, V) against ``labels`` (M,), for heads whose
+    projection is a bare weight (DeBERTa-v2 projects onto the word embeddings) or has no bias."""
+    if bias is None:
+        bias = torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device)
+    return _DecoderCrossEntropy.apply(hidden, weight, bias, labels, CHUNK_ROWS)
+
+
 def fused_pretraining_losses(
     model: nn.Module, batch: dict[str, torch.Tensor], with_nsp: bool = True
 ) -> PretrainingOutput:

@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -22,11 +23,12 @@ from tqdm.auto import tqdm
 
 from ..pretraining_model import PretrainingOutput
 from .checkpoints import CheckpointManager, TrainingPosition, capture_rng_state, restore_rng_state
-from .data import Batch, EpochSource, micro_batches_per_epoch, optimizer_steps_per_epoch, plan_epoch
+from .data import Batch, EpochSource, micro_batches_per_epoch, optimizer_steps_per_epoch, plan_epoch, source_order
 from .distributed import DistributedContext, barrier
 from .metrics import MetricsLog, MetricsWindow
 from .precision import Precision
 from .prefetch import BatchPrefetcher
+from .step_health import StepHealth
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +67,10 @@ class TrainingSetup:
     metrics: MetricsLog
     evaluate: Evaluator | None = None
     fresh_heads: tuple[str, ...] = ()  # heads initialised at random (for a heads-only warm-up phase)
+    # Called on the main process after each evaluation with (global step, its metrics), e.g. to keep the best model.
+    on_evaluated: Callable[[int, dict[str, float]], None] | None = None
+    # Called on every process after each checkpoint with (its directory, global step), e.g. to probe it.
+    on_checkpoint: Callable[[Path, int], None] | None = None
 
 
 def total_optimizer_steps(source: EpochSource, settings: LoopSettings, world_size: int) -> int:
@@ -92,6 +98,7 @@ class TrainingLoop:
         self.last_evaluated_step = -1
         self.last_grad_norm: torch.Tensor | None = None
         self.last_learning_rate = 0.0  # of the step just taken (the scheduler has already moved on)
+        self.health = StepHealth(setup.precision, setup.checkpoints)  # NaN stop, fp16 skipped steps
         self.progress: tqdm | None = None
 
     def run(self, start: TrainingPosition) -> TrainingPosition:
@@ -127,7 +134,10 @@ class TrainingLoop:
         """Train epoch ``epoch`` from micro-batch ``first_batch``; ``True`` when asked to stop early."""
         settings, context = self.settings, self.context
         size = self.setup.source.epoch_size(epoch)
-        plan = plan_epoch(size, settings.micro_batch_size, settings.seed, epoch, context.rank, context.world_size)
+        order = source_order(self.setup.source, epoch)  # None: the usual shuffle of (seed, epoch)
+        plan = plan_epoch(
+            size, settings.micro_batch_size, settings.seed, epoch, context.rank, context.world_size, order
+        )
         accumulation = settings.gradient_accumulation_steps
         self.progress.set_description(f"epoch {epoch + 1}/{settings.epochs}")
         fetch = self.setup.source.open_epoch(epoch)
@@ -159,6 +169,7 @@ class TrainingLoop:
                 output = objective(batch)
             self.setup.precision.backward(output.loss / group_size)
         self.window.add(output, sequences=int(batch["input_ids"].shape[0]))
+        self.health.add_loss(output.loss)
         return output
 
     def _optimizer_step(self) -> None:
@@ -167,8 +178,11 @@ class TrainingLoop:
         if self.settings.max_grad_norm > 0:
             parameters = [p for group in setup.optimizer.param_groups for p in group["params"]]
             self.last_grad_norm = torch.nn.utils.clip_grad_norm_(parameters, self.settings.max_grad_norm)
-        setup.precision.step(setup.optimizer)
-        self.last_learning_rate = float(setup.optimizer.param_groups[0]["lr"])
+        step = self.position.global_step + 1
+        self.health.check_before_step(step, self.last_grad_norm if self.settings.max_grad_norm > 0 else None)
+        self.health.after_step(step, taken=setup.precision.step(setup.optimizer))
+        # The peak rate (with --layerwise_lr_decay the lower layers' groups run at a fraction of it).
+        self.last_learning_rate = max(float(group["lr"]) for group in setup.optimizer.param_groups)
         setup.scheduler.step()
         setup.optimizer.zero_grad(set_to_none=True)
 
@@ -200,6 +214,8 @@ class TrainingLoop:
         record.update({"lr": learning_rate, **summary})
         if self.last_grad_norm is not None:
             record["grad_norm"] = float(self.last_grad_norm)
+        if self.setup.precision.scaler is not None:  # fp16: steps the scaler skipped since the previous record
+            record["skipped_steps"] = self.health.take_window_skips()
         self.setup.metrics.append(record)
         postfix = {"mlm": f"{summary['mlm_loss']:.3f}", "lr": f"{learning_rate:.2e}"}
         if "nsp_loss" in summary:
@@ -225,12 +241,16 @@ class TrainingLoop:
                 restore_rng_state(rng_state)
             step = self.position.global_step
             self.setup.metrics.append({"kind": "eval", "step": step, "epoch": self._epoch_progress(), **results})
+            if self.setup.on_evaluated is not None:
+                self.setup.on_evaluated(step, results)
             logger.info("evaluation at step %d: %s", step, ", ".join(f"{k} {v:.4g}" for k, v in results.items()))
         barrier(self.context)
         self.window.started += time.perf_counter() - started  # keep sequences/s about training only
 
     def _save(self) -> None:
         started = time.perf_counter()
-        self.setup.checkpoints.save(self.position)
+        directory = self.setup.checkpoints.save(self.position)
+        if self.setup.on_checkpoint is not None:  # timed with the save: not counted as training time
+            self.setup.on_checkpoint(directory, self.position.global_step)
         self.last_saved_step = self.position.global_step
         self.window.started += time.perf_counter() - started

@@ -11,6 +11,7 @@ multipliers, so other phases (head warm-up, layer-wise decay) build their groups
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -61,6 +62,31 @@ def parameter_groups(
             }
         groups[key]["params"].append(parameter)
     return list(groups.values())
+
+
+_LAYER_INDEX = re.compile(r"(?:^|\.)(?:encoder|transformer)\.layers?\.(\d+)\.")
+_EMBEDDINGS = re.compile(r"(?:^|\.)embeddings\.")
+
+
+def layer_depth(name: str, num_layers: int) -> int:
+    """Depth l of a parameter: 0 for the embeddings, i + 1 for encoder layer i, ``num_layers`` for everything
+    above the encoder (pooler, heads)."""
+    match = _LAYER_INDEX.search(name)
+    if match:
+        return int(match.group(1)) + 1
+    return 0 if _EMBEDDINGS.search(name) else num_layers
+
+
+def layerwise_lr_multiplier(model: nn.Module, decay: float) -> Callable[[str], float]:
+    """ULMFiT's discriminative fine-tuning as a ``parameter_groups`` multiplier: a parameter at depth l
+    (``layer_depth``) of a model with L encoder layers trains at ``decay ** (L - l)`` times the learning rate."""
+    depths = [_LAYER_INDEX.search(name) for name, _ in model.named_parameters()]
+    num_layers = 1 + max((int(match.group(1)) for match in depths if match), default=-1)
+
+    def multiplier(name: str) -> float:
+        return decay ** (num_layers - layer_depth(name, num_layers))
+
+    return multiplier
 
 
 FUSED_ADAMW_DEVICES = ("cuda", "cpu", "xpu", "mps")

@@ -3,7 +3,7 @@
 A recipe: ``finetune`` builds each piece with a private ``_setup_*`` function (tokenizer and data, model,
 optimizer and schedule, precision, checkpoints, evaluation), runs ``TrainingLoop`` and saves the result with
 ``save_pretrained`` (safetensors) plus the tokenizer, ``training_args.json`` and ``metrics.jsonl``. Stages with
-another source of batches reuse the public half: ``seed_everything``, ``prepare_output_dir``,
+another source of batches reuse the public half: ``seed_everything``, ``prepare_output_dir``, ``setup_tokenizer``,
 ``load_training_model`` and ``train_and_save(config, context, loaded, source, tokenizer, with_nsp)``.
 
     output_dir = finetune(FinetuneConfig(pregenerated_data=Path("epochs"), output_dir=Path("out"), bert_model="bert"))
@@ -26,22 +26,34 @@ from ..atomic_files import TEMPORARY_SUFFIX, os_errors_as_user_errors, write_jso
 from ..dynamic_masking import DynamicMasking
 from ..epoch_format import MANIFEST_NAME, open_epoch, open_holdout, read_manifest
 from ..errors import UserError
-from ..pretraining_model import LoadedModel, head_parameters, load_pretraining_model, quiet_transformers
+from ..model_loading import usable_positions
+from ..pretraining_model import LoadedModel, head_parameters, quiet_transformers
 from ..tokenization import TokenizerFacts, describe_tokenizer, load_tokenizer
 from .attention import enable_light_attention, stock_attention
 from .checkpoints import CHECKPOINT_PREFIX, CheckpointManager, TrainingPosition, latest_checkpoint
 from .compatibility import check_data_matches_model
 from .config import FinetuneConfig
+from .corpus_mixing import CorpusMixing
 from .data import EpochSource, PregeneratedSource
+from .disk_errors import storage_errors_as_os_errors
 from .distributed import DistributedContext, barrier, cleanup, init_distributed
 from .dropout import use_fast_dropout
 from .feed_forward import use_recomputed_activation
+from .head_warmup import warm_up_fresh_heads
 from .legacy_format import convert_legacy_directory, is_legacy_directory
 from .loop import Evaluator, LoopSettings, TrainingLoop, TrainingSetup, total_optimizer_steps
 from .metrics import METRICS_FILE, MetricsLog
+from .model_setup import build_training_model, resolve_training_objective
 from .objective import PretrainingObjective
-from .optimization import build_optimizer, build_scheduler, parameter_groups, warmup_steps_for
-from .precision import setup_precision
+from .optimization import (
+    build_optimizer,
+    build_scheduler,
+    layerwise_lr_multiplier,
+    parameter_groups,
+    warmup_steps_for,
+)
+from .precision import check_precision_supported, setup_precision
+from .selection import attach_model_selection
 
 logger = logging.getLogger(__name__)
 
@@ -54,21 +66,23 @@ def finetune(config: FinetuneConfig) -> Path:
     """Train as ``config`` says (resuming when asked) and return ``config.output_dir`` holding the model."""
     context = init_distributed(config.no_cuda, config.local_rank)
     try:
+        check_precision_supported(context.device, config.fp16, config.bf16)  # before reading (--verify) any data
         seed_everything(config.seed)
         prepare_output_dir(config, context)
-        tokenizer, facts, saveable_tokenizer = _setup_tokenizer(config)
+        tokenizer, facts, saveable_tokenizer = setup_tokenizer(config)
         data_dir, manifest = _setup_data(config, context, tokenizer, facts)
-        loaded = load_training_model(config, context)
+        objective = resolve_training_objective(config, manifest)
+        loaded = load_training_model(config, context, objective, int(manifest["max_seq_len"]))
         model_config = loaded.model.config
-        check_data_matches_model(
-            data_dir, manifest, facts, model_config.max_position_embeddings, model_config.vocab_size
-        )
+        check_data_matches_model(data_dir, manifest, facts, usable_positions(model_config), model_config.vocab_size)
         masking = None
         if manifest["masking"] == "dynamic":  # masked per batch, from the seed: resumable, fresh every epoch
             masking = DynamicMasking.from_manifest(manifest, seed=config.seed, tokenizer=tokenizer)
-        source = PregeneratedSource(data_dir, manifest, config.epochs, masking=masking)
+        # Several corpora: drawn by their sampling probabilities, per optimizer step of all processes.
+        mixing = CorpusMixing(config.seed, config.train_batch_size * context.world_size, config.batch_from_one_corpus)
+        source = PregeneratedSource(data_dir, manifest, config.epochs, masking=masking, mixing=mixing)
         evaluate = _setup_evaluation(config, context, data_dir, tokenizer)
-        with_nsp = manifest["objective"] == "nsp"
+        with_nsp = objective == "nsp"
         train_and_save(config, context, loaded, source, saveable_tokenizer, with_nsp, evaluate)
         return config.output_dir
     finally:
@@ -83,19 +97,23 @@ def train_and_save(
     tokenizer: Any,
     with_nsp: bool,
     evaluate: Evaluator | None = None,
+    arguments: dict[str, Any] | None = None,
 ) -> TrainingPosition:
     """The training half of the recipe for any ``EpochSource``: optimizer, schedule, precision, checkpoints,
     resume, the loop, and the final ``save_pretrained`` (+ tokenizer) when the last epoch is done.
 
     Call it after ``init_distributed``, ``seed_everything``, ``prepare_output_dir`` and loading the model onto
-    its device (e.g. ``load_training_model``).
+    its device (e.g. ``load_training_model``). ``arguments`` is what ``training_args.json`` records (default:
+    ``config.to_json()``; a stage with settings of its own passes all of them).
     """
     settings = _loop_settings(config)
     setup = _setup_training(config, context, loaded, source, tokenizer, with_nsp, settings)
     setup.evaluate = evaluate
     start = _resume_position(config, setup)
     if context.is_main:
-        write_json_atomic(config.output_dir / ARGUMENTS_FILE, config.to_json())
+        write_json_atomic(config.output_dir / ARGUMENTS_FILE, arguments or config.to_json())
+    attach_model_selection(config, context, setup, tokenizer, start)  # --save_best, --probe_train/--probe_test
+    warm_up_fresh_heads(setup, settings, config, with_nsp, start)  # fresh heads first train alone
     position = TrainingLoop(setup, settings).run(start)
     if position.epoch >= config.epochs:
         _save_final(config, context, loaded.model, tokenizer)
@@ -137,14 +155,17 @@ def prepare_output_dir(config: FinetuneConfig, context: DistributedContext) -> N
     barrier(context)
 
 
-def _setup_tokenizer(config: FinetuneConfig) -> tuple[Any, TokenizerFacts, Any]:
-    """(tokenizer, its facts, the transformers tokenizer that is saved next to the model)."""
-    tokenizer = load_tokenizer(config.bert_model, config.do_lower_case)
-    facts = describe_tokenizer(tokenizer, config.bert_model)
+def setup_tokenizer(config: FinetuneConfig) -> tuple[Any, TokenizerFacts, Any]:
+    """(tokenizer, its facts, the transformers tokenizer that is saved next to the model): --tokenizer's, or the
+    model's own."""
+    name = config.tokenizer or config.bert_model
+    assert name is not None  # the config requires one of them
+    tokenizer = load_tokenizer(name, config.do_lower_case)
+    facts = describe_tokenizer(tokenizer, name)
     from transformers import AutoTokenizer
 
     with quiet_transformers():
-        saveable = AutoTokenizer.from_pretrained(config.bert_model)
+        saveable = AutoTokenizer.from_pretrained(name)
     return tokenizer, facts, saveable
 
 
@@ -163,19 +184,29 @@ def _setup_data(
         barrier(context)
         data_dir = convert_legacy_directory(data_dir, tokenizer, facts, show_progress=False)
     manifest = read_manifest(data_dir)
-    if config.verify_checksums and context.is_main:
-        for index in range(min(len(manifest["epochs"]), config.epochs)):
-            open_epoch(data_dir, manifest, index, verify_checksum=True)
+    # Every epoch gets the fast size/shape/dtype check up front (a truncated file is refused before training);
+    # --verify also compares each array's SHA-256 with its epoch.json (reads all the data once).
+    verify = config.verify_checksums and context.is_main
+    for index in range(min(len(manifest["epochs"]), config.epochs)):
+        open_epoch(data_dir, manifest, index, verify_checksum=verify)
+    if verify:
         logger.info("%s: checksums verified", data_dir / MANIFEST_NAME)
     return data_dir, manifest
 
 
-def load_training_model(config: FinetuneConfig, context: DistributedContext) -> LoadedModel:
-    """``BertForPreTraining`` of --bert_model on this process's device, with the CPU kernels when on a CPU."""
-    loaded = load_pretraining_model(config.bert_model)
+def load_training_model(
+    config: FinetuneConfig, context: DistributedContext, objective: str = "nsp", max_seq_len: int = 512
+) -> LoadedModel:
+    """The model to train on this process's device, with the CPU kernels when on a CPU: ``BertForPreTraining``
+    of --bert_model for "nsp" (and for a BERT on "mlm"), any other ``AutoModelForMaskedLM`` for "mlm", or, with
+    --from_scratch, a new --model_type model for --tokenizer and sequences of ``max_seq_len``."""
+    check_precision_supported(context.device, config.fp16, config.bf16)  # stages calling this before their data
+    loaded = build_training_model(config, objective, max_seq_len)
     loaded.model.to(context.device)
     if config.cpu_kernels and context.device.type == "cpu":
-        if not enable_light_attention(loaded.model):
+        # The light attention plugs into transformers' attention interface, which not every model type uses.
+        supported = getattr(loaded.model, "_supports_attention_backend", False)
+        if not supported or not enable_light_attention(loaded.model):
             logger.info("this transformers version cannot plug in the memory-light attention; using its own")
         use_fast_dropout(loaded.model)
         use_recomputed_activation(loaded.model)
@@ -214,7 +245,12 @@ def _setup_optimization(
     config: FinetuneConfig, model: torch.nn.Module, total_steps: int, device: torch.device
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     """AdamW over the decay / no-decay groups and the warm-up + linear-decay schedule over ``total_steps``."""
-    groups = parameter_groups(model, config.learning_rate, config.weight_decay)
+    multiplier = None
+    if config.layerwise_lr_decay < 1.0:
+        multiplier = layerwise_lr_multiplier(model, config.layerwise_lr_decay)
+        logger.info("layer-wise learning rates: × %g per layer below the top (embeddings × %.3g)",
+                    config.layerwise_lr_decay, multiplier("bert.embeddings.word_embeddings.weight"))  # fmt: skip
+    groups = parameter_groups(model, config.learning_rate, config.weight_decay, lr_multiplier=multiplier)
     optimizer = build_optimizer(groups, config.learning_rate, config.adam_epsilon, device)
     warmup_steps = warmup_steps_for(total_steps, config.warmup_proportion)
     logger.info("%d optimizer steps, the first %d warming up", total_steps, warmup_steps)
@@ -249,6 +285,7 @@ def _setup_training(
         "epochs": config.epochs,
         "seed": config.seed,
         "total_steps": total_steps,
+        "batch_from_one_corpus": config.batch_from_one_corpus,
     }
     checkpoints = CheckpointManager(
         config.output_dir, context, loaded.model, optimizer, scheduler, precision, run_settings,
@@ -270,13 +307,15 @@ def _setup_evaluation(
     """
     if not config.do_eval:
         return None
-    holdout = open_holdout(config.holdout_data or data_dir)
+    holdout = open_holdout(config.holdout_data or data_dir, verify_checksum=config.verify_checksums)
     if holdout is None:
         return None
+    from ..corpus_results import corpus_names
     from ..evaluation import build_evaluator
 
     autocast_dtype = torch.bfloat16 if config.bf16 else torch.float16 if config.fp16 else None
-    return build_evaluator(holdout, config.eval_batch_size, context.device, autocast_dtype)
+    names = corpus_names(read_manifest(config.holdout_data or data_dir), 0) or None  # several corpora: per corpus
+    return build_evaluator(holdout, config.eval_batch_size, context.device, autocast_dtype, names=names)
 
 
 def _resume_position(config: FinetuneConfig, setup: TrainingSetup) -> TrainingPosition:
@@ -302,14 +341,18 @@ def _save_final(config: FinetuneConfig, context: DistributedContext, model: torc
     """``save_pretrained`` model and tokenizer into output_dir; each file appears whole (temp dir + rename)."""
     if context.is_main:
         temporary = config.output_dir / (".final-model" + TEMPORARY_SUFFIX)
-        with os_errors_as_user_errors(temporary):
-            shutil.rmtree(temporary, ignore_errors=True)
-            temporary.mkdir()
-            with quiet_transformers(), stock_attention(model):
-                model.save_pretrained(str(temporary))  # safetensors (the default since transformers 4.35)
-                tokenizer.save_pretrained(str(temporary))
-            for path in temporary.iterdir():
-                os.replace(path, config.output_dir / path.name)
-            temporary.rmdir()
+        try:
+            with os_errors_as_user_errors(temporary), storage_errors_as_os_errors():
+                shutil.rmtree(temporary, ignore_errors=True)
+                temporary.mkdir()
+                with quiet_transformers(), stock_attention(model):
+                    model.save_pretrained(str(temporary))  # safetensors (the default since transformers 4.35)
+                    tokenizer.save_pretrained(str(temporary))
+                for path in temporary.iterdir():
+                    os.replace(path, config.output_dir / path.name)
+                temporary.rmdir()
+        except BaseException:
+            shutil.rmtree(temporary, ignore_errors=True)  # the checkpoints of the run are intact: --resume saves again
+            raise
         logger.info("saved the adapted model to %s", config.output_dir)
     barrier(context)

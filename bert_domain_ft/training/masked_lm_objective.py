@@ -1,0 +1,36 @@
+"""The fused masked-LM loss (``fused_head``) for any ``AutoModelForMaskedLM`` whose head ``masked_lm`` recognises.
+
+The encoder runs as usual; the hidden states at the masked positions go through the head's ``transform`` and then
+the fused projection + cross-entropy, so neither the (B × L × V) nor the (M × V) logit tensor outlives a chunk.
+A model whose head is not recognised trains on the full-logit loss instead (``masked_lm.full_logit_losses``).
+
+    output = fused_masked_lm_losses(model, batch)       # a PretrainingOutput without NSP
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..masked_lm import encoder_inputs, full_logit_losses, masked_lm_head
+from ..pretraining_model import PretrainingOutput, gather_masked_hidden
+from .fused_head import projection_cross_entropy
+
+
+def fused_masked_lm_losses(model: nn.Module, batch: dict[str, torch.Tensor]) -> PretrainingOutput:
+    """Masked-LM losses of any masked-LM model, with the vocabulary projection fused into the cross-entropy."""
+    head = masked_lm_head(model)
+    if head is None:
+        return full_logit_losses(model, batch)
+    sequence_output = head.encoder(**encoder_inputs(head.encoder, batch))[0]
+    hidden, labels = gather_masked_hidden(sequence_output, batch["masked_lm_positions"], batch["masked_lm_labels"])
+    loss_sum, correct = projection_cross_entropy(head.transform(hidden), head.weight, head.bias, labels)
+    return PretrainingOutput(
+        mlm_loss=loss_sum / max(labels.numel(), 1),
+        nsp_loss=None,
+        mlm_loss_sum=loss_sum.detach(),
+        mlm_correct=correct,
+        mlm_count=torch.tensor(labels.numel(), device=labels.device),
+        nsp_correct=None,
+        nsp_count=None,
+    )
