@@ -12,7 +12,9 @@ sequences/s and peak RSS (while training: VmHWM after the last timed step) of
 and, for (b) and (c), the share of step time spent waiting for data. Every variant runs in its own process (RSS
 is per variant) and rounds interleave the variants (drifting machine load hits all alike). Speed targets use
 each variant's best round (other processes can only slow a round down; medians are printed too), memory and
-data-wait targets the worst round; the machine's load average is printed with every round. All variants train
+data-wait targets the worst round; the machine's load average is printed with every round. Sequences per CPU
+second (all threads' CPU time per step, median) is printed too: with --threads 1 it is what an idle machine's
+sequences/s would be, whatever else runs. All variants train
 on the same pregenerated epoch (made first from a slice of the corpus).
 Targets: (b) ≥ 1.8× (a); (c) ≥ 3× (a); data wait ≤ 3% of step time; our peak RSS ≤ 50% of the baseline's.
 """
@@ -94,9 +96,9 @@ def run_baseline(data: str, model: str, warmup: int, steps: int) -> dict[str, An
         rows = torch.arange(labels.shape[0])[:, None].expand_as(real)
         labels[rows[real], batch["masked_lm_positions"][real]] = batch["masked_lm_labels"][real]
         batches.append((batch, labels))
-    seconds = []
+    seconds, cpu_seconds = [], []
     for batch, labels in batches:
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         inputs = {key: batch[key] for key in ("input_ids", "attention_mask", "token_type_ids")}
         output = network(**inputs, labels=labels, next_sentence_label=batch["next_sentence_label"])
         output.loss.backward()
@@ -104,12 +106,19 @@ def run_baseline(data: str, model: str, warmup: int, steps: int) -> dict[str, An
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         seconds.append(time.perf_counter() - started)
-    step = statistics.median(seconds[warmup:])
-    return {"sequences_per_second": BATCH_SIZE / step, "train_peak_rss_mb": peak_rss_mb(), "data_wait_share": 0.0}
+        cpu_seconds.append(time.process_time() - cpu_started)
+    return {
+        "sequences_per_second": BATCH_SIZE / statistics.median(seconds[warmup:]),
+        "sequences_per_cpu_second": BATCH_SIZE / statistics.median(cpu_seconds[warmup:]),
+        "train_peak_rss_mb": peak_rss_mb(),
+        "data_wait_share": 0.0,
+    }
 
 
 def run_ours(data: str, model: str, warmup: int, steps: int, bf16: bool, work: str) -> dict[str, Any]:
     """``finetune`` itself, stopped after warmup + steps; per-step records give speed, wait share and RSS."""
+    import time
+
     from bert_domain_ft.training import metrics
     from bert_domain_ft.training.config import FinetuneConfig
     from bert_domain_ft.training.recipe import finetune
@@ -118,7 +127,8 @@ def run_ours(data: str, model: str, warmup: int, steps: int, bf16: bool, work: s
     append = metrics.MetricsLog.append
 
     def recording_append(self: metrics.MetricsLog, record: dict[str, Any]) -> None:
-        records.append({**record, "peak_rss_mb": peak_rss_mb()})  # before any checkpoint is written
+        # VmHWM before any checkpoint is written; CPU time of all threads (the prefetch thread included).
+        records.append({**record, "peak_rss_mb": peak_rss_mb(), "cpu_time": time.process_time()})
         append(self, record)
 
     metrics.MetricsLog.append = recording_append  # type: ignore[method-assign]
@@ -135,8 +145,11 @@ def run_ours(data: str, model: str, warmup: int, steps: int, bf16: bool, work: s
         do_eval=False,
     )
     finetune(config)
-    measured = [record for record in records if record["kind"] == "train" and record["step"] > warmup]
+    train = [record for record in records if record["kind"] == "train"]
+    measured = [record for record in train if record["step"] > warmup]
+    cpu_per_step = [later["cpu_time"] - earlier["cpu_time"] for earlier, later in zip(train, train[1:])][warmup - 1 :]
     return {
+        "sequences_per_cpu_second": BATCH_SIZE / statistics.median(cpu_per_step),
         "sequences_per_second": statistics.median(record["sequences_per_second"] for record in measured),
         "data_wait_share": statistics.mean(record["data_wait_share"] for record in measured),
         "train_peak_rss_mb": measured[-1]["peak_rss_mb"],
@@ -162,6 +175,7 @@ def summarize(results: list[dict[str, float]]) -> dict[str, float]:
     return {
         "best": max(speeds),
         "median": statistics.median(speeds),
+        "cpu": statistics.median(result["sequences_per_cpu_second"] for result in results),
         "rss": max(result["train_peak_rss_mb"] for result in results),
         "wait": max(result["data_wait_share"] for result in results),
     }
@@ -170,14 +184,14 @@ def summarize(results: list[dict[str, float]]) -> dict[str, float]:
 def report(results: dict[str, list[dict[str, float]]]) -> None:
     summary = {variant: summarize(results[variant]) for variant in VARIANTS}
     base = summary["baseline"]
-    print(f"\n{'variant':10s} {'best seq/s':>10s} {'× (a)':>6s} {'median':>7s} {'× (a)':>6s} "
-          f"{'peak RSS MB':>11s} {'÷ (a)':>6s} {'data wait':>9s}")  # fmt: skip
+    print(f"\n{'variant':10s} {'best seq/s':>10s} {'× (a)':>6s} {'median':>7s} {'× (a)':>6s} {'seq/CPU-s':>9s} "
+          f"{'× (a)':>6s} {'peak RSS MB':>11s} {'÷ (a)':>6s} {'data wait':>9s}")  # fmt: skip
     for variant in VARIANTS:
         row = summary[variant]
         print(
             f"{variant:10s} {row['best']:10.2f} {row['best'] / base['best']:6.2f} {row['median']:7.2f} "
-            f"{row['median'] / base['median']:6.2f} {row['rss']:11.0f} {row['rss'] / base['rss']:6.2f} "
-            f"{row['wait']:9.2%}"
+            f"{row['median'] / base['median']:6.2f} {row['cpu']:9.2f} {row['cpu'] / base['cpu']:6.2f} "
+            f"{row['rss']:11.0f} {row['rss'] / base['rss']:6.2f} {row['wait']:9.2%}"
         )
     ours = [summary[variant] for variant in VARIANTS[1:]]
     targets = [

@@ -92,6 +92,8 @@ def check_model_fits_data(
     try:
         model_facts = describe_tokenizer(load_tokenizer(tokenizer or model_name), tokenizer or model_name)
     except UserError:
+        if tokenizer is not None:  # asked for by name: it must load
+            raise
         model_facts = None  # a bare checkpoint without tokenizer files: the vocabulary size is all we can check
     if model_facts is not None and model_facts.vocab_fingerprint != data_tokenizer["vocab_fingerprint"]:
         raise UserError(

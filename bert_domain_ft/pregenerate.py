@@ -26,6 +26,7 @@ from . import epoch_writer
 from .atomic_files import write_json_atomic
 from .corpus import open_corpus_checked
 from .document_store import DocumentStore, build_document_store
+from .dynamic_masking import masking_tables
 from .epoch_format import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -37,11 +38,10 @@ from .epoch_format import (
 from .epoch_writer import GenerationContext, ShardTask
 from .errors import UserError
 from .instances import DocumentPool
-from .masking import MaskingTables
 from .mixing import sampling_probabilities
 from .output_directory import GENERATION_RECORD, check_resume, publish, remove_stale_epochs, working_directory
 from .pregenerate_config import PregenerateConfig
-from .tokenization import TokenizerFacts, continuation_table, describe_tokenizer, load_tokenizer, special_table
+from .tokenization import TokenizerFacts, describe_tokenizer, load_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -100,16 +100,6 @@ def _split_documents(
         training.append(np.setdiff1d(everything, chosen))
         held_out.append(chosen)
     return training, held_out
-
-
-def _masking_tables(tokenizer: Any, facts: Any) -> MaskingTables:
-    special = special_table(facts)
-    return MaskingTables(
-        is_special=special,
-        is_continuation=continuation_table(tokenizer, facts),
-        replacement_ids=np.flatnonzero(~special),
-        mask_id=facts.mask_token_id,
-    )
 
 
 _worker_context: GenerationContext | None = None
@@ -268,7 +258,7 @@ def _generate_all(
         store=store,
         store_directory=store_directory,
         pools=pools,
-        tables=_masking_tables(tokenizer, facts),
+        tables=masking_tables(facts, tokenizer),
         seed=config.seed,
         max_seq_len=config.max_seq_len,
         short_seq_prob=config.short_seq_prob,

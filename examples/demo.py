@@ -53,7 +53,7 @@ class DemoSettings:
     max_documents: int | None  # only the first N standard-library modules
     epochs: int  # passes over the training data (each pass sees freshly masked pairs)
     batch_size: int  # sequences per optimizer step
-    learning_rate: float  # peak; high enough for fresh heads to learn within minutes
+    learning_rate: float  # peak of the main phase (the fresh heads are warmed up before it, at their own rate)
     max_seq_len: int  # tokens per instance
     holdout_fraction: float  # share of documents held out for evaluation
     bf16: bool  # bfloat16 autocast
@@ -75,7 +75,7 @@ def parse_settings(argv: Sequence[str] | None) -> DemoSettings:
     parser.add_argument("--max_documents", type=int, help="use only the first N standard-library modules")
     parser.add_argument("--epochs", type=int, default=2, help="passes over the training data (default 2)")
     parser.add_argument("--batch_size", type=int, default=32, help="sequences per optimizer step (default 32)")
-    parser.add_argument("--learning_rate", type=float, default=3e-4, help="peak learning rate (default 3e-4)")
+    parser.add_argument("--learning_rate", type=float, default=1e-4, help="peak learning rate (default 1e-4)")
     parser.add_argument("--max_seq_len", type=int, default=128, help="tokens per instance (default 128)")
     parser.add_argument("--holdout_fraction", type=float, default=0.1, help="documents held out (default 0.1)")
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_MAX_DOCUMENTS} modules and one epoch")

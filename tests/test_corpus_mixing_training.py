@@ -97,7 +97,6 @@ def test_the_mixed_order_depends_only_on_seed_and_epoch(mixed_data: Path) -> Non
     assert source_order(unmixed, 0) is None, "without a mixing the usual shuffle (every instance once) is used"
 
 
-@pytest.mark.slow
 def test_finetune_with_batch_from_one_corpus_trains_on_single_corpus_steps_and_evaluates_per_corpus(
     mixed_data: Path, tiny_bert_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -41,11 +41,16 @@ def test_demo_on_another_bert_prints_the_before_after_table(
 ):
     output = tmp_path / "demo"
     arguments = ["--bert_model", str(tiny_bert_dir), "--corpus", str(tiny_corpus), "--output_dir", str(output)]
-    assert demo.main([*arguments, "--epochs", "1", "--learning_rate", "2e-3", "--no_progress"]) == 0
+    probe = ["--probe_seeds", "2", "--probe_epochs", "1"]  # the tiny BERT learns nothing more from more
+    assert demo.main([*arguments, "--epochs", "1", "--learning_rate", "2e-3", *probe, "--no_progress"]) == 0
     printed = capsys.readouterr().out
     table = printed[printed.index("held-out  ") :]
     assert table.splitlines()[0].split()[1:] == ["before", "after", "change"]
     assert all(label in table for label in ("MLM loss", "perplexity", "NSP accuracy"))
+    probe_table = printed[printed.index("probe  ") :].splitlines()  # base vs adapted, measured: no claims
+    assert probe_table[0].split() == ["probe", "accuracy", "(2", "seeds)", "macro-F1", "vs", "base"]
+    assert [line.split()[0] for line in probe_table[2:4]] == ["base", "adapted"]
+    assert (output / "probe" / "probe_results.json").is_file() and (output / "probe" / "test.csv").is_file()
     assert (output / "model" / "model.safetensors").is_file()
     assert f"model:    {output / 'model'}" in printed
     assert (output / "model" / "training_curves.png").stat().st_size > 0

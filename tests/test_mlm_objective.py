@@ -220,7 +220,6 @@ def _roberta_config(data: Path, model: Path, output_dir: Path, **overrides: Any)
     return quick_config(data, model, output_dir, **values)
 
 
-@pytest.mark.slow
 def test_a_roberta_encoder_gets_its_fresh_head_warmed_up_then_adapts_and_saves_a_masked_lm(
     roberta_data: Path, roberta_encoder_dir: Path, tmp_path: Path
 ) -> None:
@@ -244,7 +243,6 @@ def test_a_roberta_encoder_gets_its_fresh_head_warmed_up_then_adapts_and_saves_a
     assert result.perplexity == pytest.approx(math.exp(result.mlm_loss))
 
 
-@pytest.mark.slow
 def test_a_stopped_and_resumed_roberta_run_with_dynamic_masks_ends_bit_identical(
     roberta_data: Path, roberta_encoder_dir: Path, tmp_path: Path
 ) -> None:

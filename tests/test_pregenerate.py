@@ -287,3 +287,14 @@ def test_max_seq_len_above_the_model_positions_is_refused(
 ) -> None:
     with pytest.raises(UserError, match="the model has 128 positions but --max_seq_len is 256"):
         run(tiny_corpus, tiny_bert_dir, tmp_path / "out", max_seq_len=256)
+
+
+def test_the_data_stages_do_not_import_torch() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, bert_domain_ft.pregenerate, bert_domain_ft.preparation, bert_domain_ft.corpus_check; "
+        "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'torch imported'"
+    )
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0

@@ -125,7 +125,7 @@ def _add_fresh_heads(group: argparse._ArgumentGroup) -> None:
         type=steps_or_auto,
         default="auto",
         help="when the checkpoint lacks its MLM/NSP head: first train only the new heads, encoder frozen, for "
-        "this many steps; auto = 10%% of the main steps (20 to 1000); 0 turns it off",
+        "this many steps; auto = 20%% of the main steps (50 to 1000); 0 turns it off",
     )
     group.add_argument(
         "--head_learning_rate",

@@ -62,11 +62,11 @@ class FinetuneConfig:
     """Gradients are clipped to this global L2 norm before each step (0 turns clipping off)."""
     head_warmup_steps: int | None = None
     """Steps that first train only the pretraining heads the checkpoint lacks, encoder frozen (no backward through
-    it), before the main schedule. None: automatic (10% of the main steps, at least 20, at most 1000); 0: off.
+    it), before the main schedule. None: automatic (20% of the main steps, at least 50, at most 1000); 0: off.
     Skipped when the checkpoint has its heads; not counted in the main steps."""
-    head_learning_rate: float = 1e-3
+    head_learning_rate: float = 3e-3
     """Learning rate of the head warm-up (linear ramp over its first 10%, then constant): new heads start from
-    nothing, so it is ~30× BERT's usual rate; the encoder is frozen, so it cannot be torn."""
+    nothing, so it is ~100× BERT's usual rate; the encoder is frozen, so it cannot be torn."""
     layerwise_lr_decay: float = 1.0
     """ULMFiT's discriminative fine-tuning: encoder layer l of L trains at learning_rate × decay^(L − l), the
     embeddings (l = 0) lowest, pooler and heads at learning_rate. 1.0 is off; 0.8-0.95 are usual."""

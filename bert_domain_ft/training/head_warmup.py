@@ -14,7 +14,7 @@ checkpoint is written during the phase: a run killed in it starts over, a run re
 after the phase) does not repeat it.
 
     plan = plan_head_warmup(requested=None, fresh_heads=("mlm", "nsp"), with_nsp=True, main_steps=600)
-    HeadWarmup(setup, settings, plan, learning_rate=1e-3, weight_decay=0.01).run()
+    HeadWarmup(setup, settings, plan, learning_rate=3e-3, weight_decay=0.01).run()
 """
 
 from __future__ import annotations
@@ -48,10 +48,13 @@ from .optimization import build_optimizer, parameter_groups
 
 logger = logging.getLogger(__name__)
 
-AUTO_FRACTION = 0.1  # automatic length: this share of the main run's optimizer steps …
-AUTO_MIN_STEPS = 20  # … but at least this many (a head needs a few steps to learn anything) …
-AUTO_MAX_STEPS = 1000  # … and at most this many (enough for a head; long runs should not wait longer)
-DEFAULT_HEAD_LEARNING_RATE = 1e-3  # new heads start from nothing: 10-30× BERT's usual rate
+# Automatic length: this share of the main run's optimizer steps, at least AUTO_MIN_STEPS, at most AUTO_MAX_STEPS.
+# A warm-up step costs about a quarter of a full one (forward only through the encoder), so 20% adds ~5% to a run.
+# Measured on MiniLM-L6 with the demo corpus (cached encoder features, lr 3e-3): a fresh MLM head's held-out loss
+# goes 10.8 → 6.7 in 26 steps, 6.5 in 60, 6.3 in 160: most of the way in the first few dozen steps.
+AUTO_FRACTION = 0.2
+AUTO_MIN_STEPS = 50
+AUTO_MAX_STEPS = 1000
 RAMP_FRACTION = 0.1  # share of the warm-up over which its learning rate rises linearly; then constant
 
 
