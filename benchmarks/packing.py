@@ -49,7 +49,9 @@ def main() -> None:
     print(f"corpus: {arguments.corpus} ({store.num_documents} documents, {store.num_sentences} sentences)")
     print(f"{'instances':<34}{'fill @128':>10}{'fill @512':>10}{'vs line-by-line @128':>22}")
     baseline = {length: line_by_line_fill(store.sentence_lengths(), length) for length in (128, 512)}
-    print(f"{'line-by-line padding (baseline)':<34}{100 * baseline[128]:>9.1f}%{100 * baseline[512]:>9.1f}%{'1.00x':>22}")
+    print(
+        f"{'line-by-line padding (baseline)':<34}{100 * baseline[128]:>9.1f}%{100 * baseline[512]:>9.1f}%{'1.00x':>22}"
+    )
     with tempfile.TemporaryDirectory() as scratch:
         for label, options in variants.items():
             fills = {}

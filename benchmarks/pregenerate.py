@@ -83,14 +83,22 @@ def main() -> None:
     print(f"corpus: {arguments.corpus} ({size_mb:.1f} MB, {tokenizer_only['tokens'] / 1e6:.2f} M tokens)")
     print(f"tokenizer alone:                 {base:6.2f} s   1.00x   peak {tokenizer_only['peak_rss_mb']:.0f} MB")
     for label, result in (("pregenerate 1 epoch", one_epoch), ("pregenerate 3 epochs", three_epochs)):
-        print(f"{label:<32} {result['seconds']:6.2f} s   {result['seconds'] / base:.2f}x   "
-              f"peak {result['peak_rss_mb']:.0f} MB")
-    print(f"3 epochs, --reduce_memory:       {three_reduced['seconds']:6.2f} s   "
-          f"{three_reduced['seconds'] / base:.2f}x   peak {three_reduced['peak_rss_mb']:.0f} MB")
-    print(f"3 epochs, --reduce_memory, 4x corpus: peak {three_reduced_x4['peak_rss_mb']:.0f} MB "
-          f"({three_reduced_x4['peak_rss_mb'] / three_reduced['peak_rss_mb']:.2f}x the 1x peak)")
-    print(f"packing fill (3 epochs):         {100 * three_epochs['packing_fill']:.1f}%  "
-          f"({three_epochs['instances']:.0f} instances)")
+        print(
+            f"{label:<32} {result['seconds']:6.2f} s   {result['seconds'] / base:.2f}x   "
+            f"peak {result['peak_rss_mb']:.0f} MB"
+        )
+    print(
+        f"3 epochs, --reduce_memory:       {three_reduced['seconds']:6.2f} s   "
+        f"{three_reduced['seconds'] / base:.2f}x   peak {three_reduced['peak_rss_mb']:.0f} MB"
+    )
+    print(
+        f"3 epochs, --reduce_memory, 4x corpus: peak {three_reduced_x4['peak_rss_mb']:.0f} MB "
+        f"({three_reduced_x4['peak_rss_mb'] / three_reduced['peak_rss_mb']:.2f}x the 1x peak)"
+    )
+    print(
+        f"packing fill (3 epochs):         {100 * three_epochs['packing_fill']:.1f}%  "
+        f"({three_epochs['instances']:.0f} instances)"
+    )
 
 
 if __name__ == "__main__":
