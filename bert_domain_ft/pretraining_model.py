@@ -141,12 +141,18 @@ def pretraining_losses(model: nn.Module, batch: dict[str, torch.Tensor], with_ns
         nsp_count=None,
     )
     if with_nsp and "next_sentence_label" in batch:
-        nsp_logits = model.cls.seq_relationship(pooled_output).float()
-        nsp_labels = batch["next_sentence_label"]
-        output.nsp_loss = F.cross_entropy(nsp_logits, nsp_labels)
-        output.nsp_correct = (nsp_logits.argmax(dim=-1) == nsp_labels).sum()
-        output.nsp_count = torch.tensor(nsp_labels.numel(), device=nsp_labels.device)
+        add_nsp_statistics(output, model, pooled_output, batch["next_sentence_label"])
     return output
+
+
+def add_nsp_statistics(
+    output: PretrainingOutput, model: nn.Module, pooled_output: torch.Tensor, nsp_labels: torch.Tensor
+) -> None:
+    """Fill ``output``'s NSP loss and counts from BERT's pooled output (B, H) and labels (B,)."""
+    nsp_logits = model.cls.seq_relationship(pooled_output).float()
+    output.nsp_loss = F.cross_entropy(nsp_logits, nsp_labels)
+    output.nsp_correct = (nsp_logits.argmax(dim=-1) == nsp_labels).sum()
+    output.nsp_count = torch.tensor(nsp_labels.numel(), device=nsp_labels.device)
 
 
 def head_parameters(model: nn.Module, heads: tuple[str, ...]) -> list[nn.Parameter]:

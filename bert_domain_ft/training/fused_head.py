@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..pretraining_model import IGNORE_INDEX, PretrainingOutput, gather_masked_hidden
+from ..pretraining_model import IGNORE_INDEX, PretrainingOutput, add_nsp_statistics, gather_masked_hidden
 
 CHUNK_ROWS = 128  # masked tokens per chunk: 128 × 30522 floats = 16 MB of logits at a time
 
@@ -177,9 +177,5 @@ def fused_pretraining_losses(
         nsp_count=None,
     )
     if with_nsp and "next_sentence_label" in batch:
-        nsp_logits = model.cls.seq_relationship(pooled_output).float()
-        nsp_labels = batch["next_sentence_label"]
-        output.nsp_loss = F.cross_entropy(nsp_logits, nsp_labels)
-        output.nsp_correct = (nsp_logits.argmax(dim=-1) == nsp_labels).sum()
-        output.nsp_count = torch.tensor(nsp_labels.numel(), device=nsp_labels.device)
+        add_nsp_statistics(output, model, pooled_output, batch["next_sentence_label"])
     return output
