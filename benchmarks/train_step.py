@@ -143,6 +143,7 @@ def run_ours(data: str, model: str, warmup: int, steps: int, bf16: bool, work: s
         bf16=bf16,
         show_progress=False,
         do_eval=False,
+        head_warmup_steps=0,  # the baseline has none: measure the main training step only
     )
     finetune(config)
     train = [record for record in records if record["kind"] == "train"]

@@ -95,12 +95,14 @@ def draw_probe_chart(results: Sequence[ProbeResult], subtitle: str = "") -> byte
         bars = axes.bar(
             [p + offset for p in positions], means, bar_width, yerr=errors, capsize=4, color=color, label=label
         )
-        axes.bar_label(bars, labels=[f"{mean:.1f}" for mean in means], padding=3, fontsize="small")
+        # Inside the bars, so the error bars above them stay readable.
+        labels = [f"{mean:.1f}" for mean in means]
+        axes.bar_label(bars, labels=labels, label_type="center", color="white", fontsize="small", fontweight="bold")
     axes.set_xticks(positions, [_short(result.label) for result in results], rotation=15 if len(results) > 3 else 0)
     axes.set_ylabel("test score (%), mean ± std over seeds")
-    axes.set_ylim(0, 105)
+    axes.set_ylim(0, 115)  # room for the legend above 100%
     axes.grid(True, axis="y", alpha=0.3)
-    axes.legend(fontsize="small", loc="lower right")
+    axes.legend(fontsize="small", loc="upper center", ncols=2)
     axes.set_title("Downstream probe" + (f"\n{subtitle}" if subtitle else ""), fontsize="medium")
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")

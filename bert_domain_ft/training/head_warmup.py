@@ -5,7 +5,8 @@ initialised heads. Training everything at once sends the random head's gradients
 it worse for downstream tasks than before adaptation (ULMFiT's gradual unfreezing answers the same problem). So
 before the usual schedule, only ``head_parameters(model, fresh_heads)`` train for a few hundred steps at
 ``--head_learning_rate``. The encoder runs under ``torch.no_grad()``: no activations kept, no backward pass
-through it, a warm-up step costs about a third of a full one. A checkpoint that has its heads skips the phase.
+through it: a warm-up step costs about half a full one (MiniLM-L6, batch 32 × 128, bf16, one CPU thread: 1.5 s
+against 2.9 s; the rest is the vocabulary projection). A checkpoint that has its heads skips the phase.
 
 Warm-up steps are not counted in the run's ``global_step`` (the main schedule, checkpoints, --eval_steps and
 --stop_after_steps are unchanged); they are logged to ``metrics.jsonl`` as ``"kind": "head_warmup"`` records
@@ -49,7 +50,7 @@ from .optimization import build_optimizer, parameter_groups
 logger = logging.getLogger(__name__)
 
 # Automatic length: this share of the main run's optimizer steps, at least AUTO_MIN_STEPS, at most AUTO_MAX_STEPS.
-# A warm-up step costs about a quarter of a full one (forward only through the encoder), so 20% adds ~5% to a run.
+# A warm-up step costs about half a full one (forward only through the encoder), so 20% adds ~10% to a run.
 # Measured on MiniLM-L6 with the demo corpus (cached encoder features, lr 3e-3): a fresh MLM head's held-out loss
 # goes 10.8 → 6.7 in 26 steps, 6.5 in 60, 6.3 in 160: most of the way in the first few dozen steps.
 AUTO_FRACTION = 0.2
