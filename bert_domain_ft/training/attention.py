@@ -50,6 +50,8 @@ class _LightAttention(torch.autograd.Function):
     back and forth costs more on a CPU than the small float32 matmuls over (B, h, L, d) inputs. Every constant
     factor (score scaling, dropout scale) is applied to (B, h, L, d) tensors, L/d times smaller than the scores,
     and the softmax backward's row sums come from the output (Σ_j dP∘P = Σ_d dO∘O, as in FlashAttention).
+    The output is returned in the (B, L, h, d) layout the caller needs: the output projection then saves the
+    very tensor saved here, not a second copy of it (one hidden-state tensor less per layer).
     The keep-mask comes from ``dropout.keep_mask`` (4.5× faster than torch's CPU Bernoulli sampler).
     """
 
@@ -65,6 +67,7 @@ class _LightAttention(torch.autograd.Function):
             output = torch.matmul(probabilities, value.float())
             if keep is not None:
                 output.mul_(scale)
+            output = output.transpose(1, 2).contiguous()  # (B, L, h, d)
         ctx.save_for_backward(query, key, value, mask, keep, output)
         ctx.scale, ctx.scaling = scale, scaling
         return output.to(query.dtype)
@@ -73,13 +76,14 @@ class _LightAttention(torch.autograd.Function):
     def backward(ctx: Any, grad_output: torch.Tensor):  # type: ignore[override]
         query, key, value, mask, keep, output = ctx.saved_tensors
         with torch.autocast(device_type=query.device.type, enabled=False):
-            q, k, v, grad = query.float(), key.float(), value.float(), grad_output.float()
+            q, k, v = query.float(), key.float(), value.float()
+            grad = grad_output.float().transpose(1, 2).contiguous()  # (B, h, L, d), used twice
             probabilities = _probabilities(q * ctx.scaling, k, mask)
             # Gradient of the dropped probabilities without the dropout scale, which goes on the small results.
             grad_scores = torch.matmul(grad, v.transpose(-1, -2))
             if keep is not None:
                 grad_scores.mul_(keep)
-            row_sums = (grad * output).sum(dim=-1, keepdim=True).div_(ctx.scale)
+            row_sums = (grad_output.float() * output).sum(dim=-1, keepdim=True).transpose(1, 2).div_(ctx.scale)
             grad_scores.sub_(row_sums).mul_(probabilities)  # softmax backward: P ∘ (dP - Σ dP∘P)
             if keep is not None:
                 probabilities.mul_(keep)
@@ -103,8 +107,7 @@ def light_attention_forward(
     """transformers attention-interface entry: (B, h, L, d) inputs → (B, L, h, d) output, no weights."""
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
-    output = _LightAttention.apply(query, key, value, attention_mask, float(dropout), float(scaling))
-    return output.transpose(1, 2).contiguous(), None
+    return _LightAttention.apply(query, key, value, attention_mask, float(dropout), float(scaling)), None
 
 
 def _register() -> bool:

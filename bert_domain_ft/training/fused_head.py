@@ -50,6 +50,18 @@ def pad_rows(rows: torch.Tensor, labels: torch.Tensor, multiple: int) -> tuple[t
     return F.pad(rows, (0, 0, 0, padding)), F.pad(labels, (0, padding), value=IGNORE_INDEX)
 
 
+def constant_shape_rows(hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The masked rows padded to whole chunks, so that every step allocates the same tensor sizes.
+
+    The number of masked tokens changes from batch to batch. Left as it is, the last chunk's logits (up to
+    16 MB) get a new size every step; glibc cannot reuse the freed block for it and the heap only grows: the
+    resident set of a MiniLM fp32 run climbed from 1.04 to 1.60 GB over 40 steps. Padded, it stays flat after
+    a few steps. Under autocast a constant shape also keeps oneDNN to one cached copy of the reordered weight
+    (~22 MB per distinct shape). Padded rows carry IGNORE_INDEX: no loss, no gradient.
+    """
+    return pad_rows(hidden, labels, CHUNK_ROWS)
+
+
 Gradients = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
@@ -97,9 +109,8 @@ def _low_precision_gradients(
 class _DecoderCrossEntropy(torch.autograd.Function):
     """(Σ cross-entropy of hidden @ weightᵀ + bias against labels, number of correct argmax predictions).
 
-    Rows labelled IGNORE_INDEX contribute nothing. Under autocast every chunk has the same shape (padded): oneDNN
-    caches a reordered copy of the weight per matmul shape, and a new masked-token count every batch would grow
-    that cache by ~22 MB a step.
+    Rows labelled IGNORE_INDEX contribute nothing. Callers pad the rows (``constant_shape_rows``) so that every
+    chunk has the same shape.
     """
 
     @staticmethod
@@ -163,8 +174,7 @@ def fused_pretraining_losses(
     sequence_output, pooled_output = encoder_output[0], encoder_output[1]
     hidden, labels = gather_masked_hidden(sequence_output, batch["masked_lm_positions"], batch["masked_lm_labels"])
     count = labels.numel()
-    if torch.is_autocast_enabled(hidden.device.type):  # constant shapes for oneDNN (see _DecoderCrossEntropy)
-        hidden, labels = pad_rows(hidden, labels, CHUNK_ROWS)
+    hidden, labels = constant_shape_rows(hidden, labels)
     predictions = model.cls.predictions
     loss_sum, correct = decoder_cross_entropy(predictions.transform(hidden), predictions.decoder, labels)
     output = PretrainingOutput(

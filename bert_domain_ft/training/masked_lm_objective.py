@@ -14,7 +14,7 @@ from torch import nn
 
 from ..masked_lm import encoder_inputs, full_logit_losses, masked_lm_head
 from ..pretraining_model import PretrainingOutput, gather_masked_hidden
-from .fused_head import projection_cross_entropy
+from .fused_head import constant_shape_rows, projection_cross_entropy
 
 
 def fused_masked_lm_losses(model: nn.Module, batch: dict[str, torch.Tensor]) -> PretrainingOutput:
@@ -24,13 +24,15 @@ def fused_masked_lm_losses(model: nn.Module, batch: dict[str, torch.Tensor]) -> 
         return full_logit_losses(model, batch)
     sequence_output = head.encoder(**encoder_inputs(head.encoder, batch))[0]
     hidden, labels = gather_masked_hidden(sequence_output, batch["masked_lm_positions"], batch["masked_lm_labels"])
+    count = labels.numel()
+    hidden, labels = constant_shape_rows(hidden, labels)  # same allocation sizes every step
     loss_sum, correct = projection_cross_entropy(head.transform(hidden), head.weight, head.bias, labels)
     return PretrainingOutput(
-        mlm_loss=loss_sum / max(labels.numel(), 1),
+        mlm_loss=loss_sum / max(count, 1),
         nsp_loss=None,
         mlm_loss_sum=loss_sum.detach(),
         mlm_correct=correct,
-        mlm_count=torch.tensor(labels.numel(), device=labels.device),
+        mlm_count=torch.tensor(count, device=labels.device),
         nsp_correct=None,
         nsp_count=None,
     )
