@@ -1,6 +1,6 @@
 """Training-step throughput and memory: the plain BertForPreTraining step against our loop, in one run.
 
-    python benchmarks/train_step.py [--model DIR] [--corpus FILE] [--steps 10] [--rounds 2]
+    python benchmarks/train_step.py [--model DIR] [--corpus FILE] [--steps 20] [--warmup 5] [--rounds 2]
 
 With a BERT of MiniLM-L6-H384 shape (default: the real one), batch 16, max_seq_len 128, on this CPU, measures
 sequences/s and peak RSS (while training: VmHWM after the last timed step) of
@@ -14,8 +14,9 @@ is per variant) and rounds interleave the variants (drifting machine load hits a
 each variant's best round (other processes can only slow a round down; medians are printed too), memory and
 data-wait targets the worst round; the machine's load average is printed with every round. Sequences per CPU
 second (all threads' CPU time per step, median) is printed too: with --threads 1 it is what an idle machine's
-sequences/s would be, whatever else runs. All variants train
-on the same pregenerated epoch (made first from a slice of the corpus).
+sequences/s would be, whatever else runs. "growth MB" is how much the peak rose over the timed steps: a
+training step that keeps allocating different sizes grows the heap step after step (it should stay near 0).
+All variants train on the same pregenerated epoch (made first from a slice of the corpus).
 Targets: (b) ≥ 1.8× (a); (c) ≥ 3× (a); data wait ≤ 3% of step time; our peak RSS ≤ 50% of the baseline's.
 """
 
@@ -96,7 +97,7 @@ def run_baseline(data: str, model: str, warmup: int, steps: int) -> dict[str, An
         rows = torch.arange(labels.shape[0])[:, None].expand_as(real)
         labels[rows[real], batch["masked_lm_positions"][real]] = batch["masked_lm_labels"][real]
         batches.append((batch, labels))
-    seconds, cpu_seconds = [], []
+    seconds, cpu_seconds, peaks = [], [], []
     for batch, labels in batches:
         started, cpu_started = time.perf_counter(), time.process_time()
         inputs = {key: batch[key] for key in ("input_ids", "attention_mask", "token_type_ids")}
@@ -107,10 +108,12 @@ def run_baseline(data: str, model: str, warmup: int, steps: int) -> dict[str, An
         optimizer.zero_grad(set_to_none=True)
         seconds.append(time.perf_counter() - started)
         cpu_seconds.append(time.process_time() - cpu_started)
+        peaks.append(peak_rss_mb())
     return {
         "sequences_per_second": BATCH_SIZE / statistics.median(seconds[warmup:]),
         "sequences_per_cpu_second": BATCH_SIZE / statistics.median(cpu_seconds[warmup:]),
         "train_peak_rss_mb": peak_rss_mb(),
+        "rss_growth_mb": peaks[-1] - peaks[warmup],
         "data_wait_share": 0.0,
     }
 
@@ -154,6 +157,7 @@ def run_ours(data: str, model: str, warmup: int, steps: int, bf16: bool, work: s
         "sequences_per_second": statistics.median(record["sequences_per_second"] for record in measured),
         "data_wait_share": statistics.mean(record["data_wait_share"] for record in measured),
         "train_peak_rss_mb": measured[-1]["peak_rss_mb"],
+        "rss_growth_mb": measured[-1]["peak_rss_mb"] - measured[0]["peak_rss_mb"],
     }
 
 
@@ -179,6 +183,7 @@ def summarize(results: list[dict[str, float]]) -> dict[str, float]:
         "cpu": statistics.median(result["sequences_per_cpu_second"] for result in results),
         "rss": max(result["train_peak_rss_mb"] for result in results),
         "wait": max(result["data_wait_share"] for result in results),
+        "growth": max(result["rss_growth_mb"] for result in results),
     }
 
 
@@ -186,13 +191,13 @@ def report(results: dict[str, list[dict[str, float]]]) -> None:
     summary = {variant: summarize(results[variant]) for variant in VARIANTS}
     base = summary["baseline"]
     print(f"\n{'variant':10s} {'best seq/s':>10s} {'× (a)':>6s} {'median':>7s} {'× (a)':>6s} {'seq/CPU-s':>9s} "
-          f"{'× (a)':>6s} {'peak RSS MB':>11s} {'÷ (a)':>6s} {'data wait':>9s}")  # fmt: skip
+          f"{'× (a)':>6s} {'peak RSS MB':>11s} {'÷ (a)':>6s} {'growth MB':>9s} {'data wait':>9s}")  # fmt: skip
     for variant in VARIANTS:
         row = summary[variant]
         print(
             f"{variant:10s} {row['best']:10.2f} {row['best'] / base['best']:6.2f} {row['median']:7.2f} "
             f"{row['median'] / base['median']:6.2f} {row['cpu']:9.2f} {row['cpu'] / base['cpu']:6.2f} "
-            f"{row['rss']:11.0f} {row['rss'] / base['rss']:6.2f} {row['wait']:9.2%}"
+            f"{row['rss']:11.0f} {row['rss'] / base['rss']:6.2f} {row['growth']:9.0f} {row['wait']:9.2%}"
         )
     ours = [summary[variant] for variant in VARIANTS[1:]]
     targets = [
@@ -209,8 +214,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="BERT directory (default: the MiniLM-L6-H384 in the venv)")
     parser.add_argument("--corpus", type=Path, default=Path(DEFAULT_CORPUS), help="text in the corpus format")
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per variant and round")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per variant and round")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (the heap settles meanwhile)")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved repetitions of all variants")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads per process")
     arguments = parser.parse_args()

@@ -10,6 +10,7 @@ import torch
 from training_helpers import load_weights
 
 from bert_domain_ft.pretraining_model import load_pretraining_model, pretraining_losses
+from bert_domain_ft.training import attention
 from bert_domain_ft.training.attention import (
     IMPLEMENTATION,
     enable_light_attention,
@@ -154,3 +155,52 @@ def test_fast_dropout_masks_and_scales_in_training_and_is_identity_in_eval(tiny_
     assert use_fast_dropout(model) > 0
     assert not [m for m in model.modules() if type(m) is torch.nn.Dropout]
     assert {name for name, _ in model.state_dict().items()} == before
+
+
+def test_chunk_slices_cover_every_item_once_within_the_byte_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(attention, "CHUNK_BYTES", 1000)
+    slices = attention.chunk_slices(23, 300)  # 3 items fit in 1000 bytes
+    assert [(s.start, s.stop) for s in slices] == [
+        (0, 3),
+        (3, 6),
+        (6, 9),
+        (9, 12),
+        (12, 15),
+        (15, 18),
+        (18, 21),
+        (21, 24),
+    ]
+    assert [i for s in slices for i in range(23)[s]] == list(range(23))
+    assert attention.chunk_slices(4, 5000) == [slice(0, 1), slice(1, 2), slice(2, 3), slice(3, 4)]  # ≥ 1 item
+
+
+@pytest.mark.parametrize("mask_kind", ["none", "per_sequence", "broadcast"])
+@pytest.mark.parametrize("dropout_p", [0.0, 0.3])
+def test_attention_in_chunks_of_sequences_equals_the_textbook_attention(
+    monkeypatch: pytest.MonkeyPatch, mask_kind: str, dropout_p: float
+) -> None:
+    batch, heads, length, size = 5, 2, 6, 4
+    monkeypatch.setattr(attention, "CHUNK_BYTES", 2 * heads * length * length * 4)  # chunks of 2, 2 and 1 sequences
+    generator = torch.Generator().manual_seed(4)
+    query, key, value = (
+        torch.randn(batch, heads, length, size, generator=generator, requires_grad=True) for _ in range(3)
+    )
+    mask = None
+    if mask_kind == "per_sequence":
+        mask = torch.ones(batch, 1, length, length, dtype=torch.bool)
+        mask[1, :, :, 4:] = False
+        mask[4, :, :, 2:] = False
+    elif mask_kind == "broadcast":
+        mask = torch.ones(1, 1, length, length, dtype=torch.bool).tril()
+    torch.manual_seed(3)
+    ours = light_attention_forward(_Module(), query, key, value, mask, dropout=dropout_p)[0]
+    torch.manual_seed(3)
+    keep, scale = keep_mask((batch, heads, length, length), dropout_p) if dropout_p else (None, 1.0)
+    reference = _reference(query, key, value, mask, keep, scale)
+    torch.testing.assert_close(ours, reference)
+    upstream = torch.randn_like(ours)
+    for mine, theirs in zip(
+        torch.autograd.grad(ours, (query, key, value), upstream),
+        torch.autograd.grad(reference, (query, key, value), upstream),
+    ):
+        torch.testing.assert_close(mine, theirs)

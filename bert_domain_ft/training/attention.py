@@ -5,6 +5,8 @@ The stock attention with dropout (torch's SDPA falls back to its math kernel whe
 ~36 MB per layer at B=16, L=128, 12 heads. This version saves only q, k, v, its output and a 1-byte keep-mask
 (1/4 of one such tensor) and recomputes scores and softmax from q and k in backward: the same function and
 gradients, ~200 MB less activation memory for a 6-layer MiniLM at batch 16 × 128, and a slightly faster step.
+It works on a few sequences at a time (``chunk_slices``), so that none of its temporaries outgrows a hidden-state
+tensor and the heap stays compact.
 
 It is plugged in through transformers' attention registry, and only for training: ``stock_attention`` puts the
 model's own implementation back while it is saved, so a saved config never names it.
@@ -43,8 +45,30 @@ def _probabilities(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | 
     return torch.softmax(scores, dim=-1)
 
 
+# Sequences per chunk: a chunk's (c, h, Lq, Lk) float32 scores hold at most this many bytes.
+CHUNK_BYTES = 4 << 20  # 4 MiB; one (16 × 128) × 384 float32 hidden-state tensor is 3 MiB
+
+
+def chunk_slices(count: int, bytes_per_item: int) -> list[slice]:
+    """Consecutive slices of ``range(count)`` holding at most ``CHUNK_BYTES`` each (at least one item).
+
+    Why the attention runs a few sequences at a time: glibc reuses a freed heap block only for a request that
+    fits in it. A MiniLM step at batch 16 × 128 saves dozens of 3 MiB activations; whole-batch (B, h, L, L)
+    score and probability temporaries (12 MiB, several per layer) left holes that the next requests did not
+    line up with, and the heap grew ~300 MB past the live data. In chunks of at most 4 MiB the same fp32 step
+    peaks at 1.16 GB instead of 1.27 GB resident, at the same speed (the matmuls stay batched over (c, h)).
+    """
+    size = max(1, CHUNK_BYTES // max(bytes_per_item, 1))
+    return [slice(start, start + size) for start in range(0, count, size)]
+
+
+def _mask_rows(mask: torch.Tensor | None, rows: slice) -> torch.Tensor | None:
+    """The mask of the chunk ``rows`` (a mask broadcast over the batch is shared by every chunk)."""
+    return mask if mask is None or mask.shape[0] == 1 else mask[rows]
+
+
 class _LightAttention(torch.autograd.Function):
-    """softmax(q kᵀ · scaling + mask) with inverted dropout, times v.
+    """softmax(q kᵀ · scaling + mask) with inverted dropout, times v; a few sequences at a time (``chunking``).
 
     All arithmetic is float32 whatever the input dtype: under bf16 autocast, casting the (B, h, L, L) tensors
     back and forth costs more on a CPU than the small float32 matmuls over (B, h, L, d) inputs. Every constant
@@ -57,17 +81,21 @@ class _LightAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, query, key, value, mask, dropout_p: float, scaling: float):  # type: ignore[override]
+        batch, heads, query_length, head_size = query.shape
+        key_length = key.shape[2]
+        keep, scale = None, 1.0
+        if dropout_p > 0.0:
+            # uint8, not bool: multiplying float by uint8 takes torch's fast path, by bool a converting copy.
+            keep, scale = keep_mask((batch, heads, query_length, key_length), dropout_p)
+        output = torch.empty((batch, query_length, heads, head_size), dtype=torch.float32, device=query.device)
         with torch.autocast(device_type=query.device.type, enabled=False):
-            probabilities = _probabilities(query.float() * scaling, key.float(), mask)
-            keep, scale = None, 1.0
-            if dropout_p > 0.0:
-                # uint8, not bool: multiplying float by uint8 takes torch's fast path, by bool a converting copy.
-                keep, scale = keep_mask(tuple(probabilities.shape), dropout_p)
-                probabilities.mul_(keep)
-            output = torch.matmul(probabilities, value.float())
+            for rows in chunk_slices(batch, heads * query_length * key_length * 4):
+                probabilities = _probabilities(query[rows].float() * scaling, key[rows].float(), _mask_rows(mask, rows))
+                if keep is not None:
+                    probabilities.mul_(keep[rows])
+                output[rows] = torch.matmul(probabilities, value[rows].float()).transpose(1, 2)
             if keep is not None:
                 output.mul_(scale)
-            output = output.transpose(1, 2).contiguous()  # (B, L, h, d)
         ctx.save_for_backward(query, key, value, mask, keep, output)
         ctx.scale, ctx.scaling = scale, scaling
         return output.to(query.dtype)
@@ -75,22 +103,26 @@ class _LightAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_output: torch.Tensor):  # type: ignore[override]
         query, key, value, mask, keep, output = ctx.saved_tensors
+        grads = [torch.empty(tensor.shape, dtype=torch.float32, device=tensor.device) for tensor in (query, key, value)]
+        grad_query, grad_key, grad_value = grads
+        factor = ctx.scaling * ctx.scale
         with torch.autocast(device_type=query.device.type, enabled=False):
-            q, k, v = query.float(), key.float(), value.float()
-            grad = grad_output.float().transpose(1, 2).contiguous()  # (B, h, L, d), used twice
-            probabilities = _probabilities(q * ctx.scaling, k, mask)
-            # Gradient of the dropped probabilities without the dropout scale, which goes on the small results.
-            grad_scores = torch.matmul(grad, v.transpose(-1, -2))
-            if keep is not None:
-                grad_scores.mul_(keep)
-            row_sums = (grad_output.float() * output).sum(dim=-1, keepdim=True).transpose(1, 2).div_(ctx.scale)
-            grad_scores.sub_(row_sums).mul_(probabilities)  # softmax backward: P ∘ (dP - Σ dP∘P)
-            if keep is not None:
-                probabilities.mul_(keep)
-            grad_value = torch.matmul(probabilities.transpose(-1, -2), grad).mul_(ctx.scale)
-            factor = ctx.scaling * ctx.scale
-            grad_query = torch.matmul(grad_scores, k).mul_(factor)
-            grad_key = torch.matmul(grad_scores.transpose(-1, -2), q).mul_(factor)
+            for rows in chunk_slices(query.shape[0], query.shape[1] * query.shape[2] * key.shape[2] * 4):
+                q, k, v = query[rows].float(), key[rows].float(), value[rows].float()
+                grad_rows = grad_output[rows].float()
+                grad = grad_rows.transpose(1, 2).contiguous()  # (c, h, L, d), used twice
+                probabilities = _probabilities(q * ctx.scaling, k, _mask_rows(mask, rows))
+                # Gradient of the dropped probabilities without the dropout scale, which goes on the small results.
+                grad_scores = torch.matmul(grad, v.transpose(-1, -2))
+                if keep is not None:
+                    grad_scores.mul_(keep[rows])
+                row_sums = (grad_rows * output[rows]).sum(dim=-1, keepdim=True).transpose(1, 2).div_(ctx.scale)
+                grad_scores.sub_(row_sums).mul_(probabilities)  # softmax backward: P ∘ (dP - Σ dP∘P)
+                if keep is not None:
+                    probabilities.mul_(keep[rows])
+                grad_value[rows] = torch.matmul(probabilities.transpose(-1, -2), grad).mul_(ctx.scale)
+                grad_query[rows] = torch.matmul(grad_scores, k).mul_(factor)
+                grad_key[rows] = torch.matmul(grad_scores.transpose(-1, -2), q).mul_(factor)
         return grad_query.to(query.dtype), grad_key.to(key.dtype), grad_value.to(value.dtype), None, None, None
 
 
