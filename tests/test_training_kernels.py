@@ -11,6 +11,7 @@ from training_helpers import load_weights
 
 from bert_domain_ft.pretraining_model import load_pretraining_model, pretraining_losses
 from bert_domain_ft.training import attention
+from bert_domain_ft.training.allocator import keep_freed_memory, release_free_memory
 from bert_domain_ft.training.attention import (
     IMPLEMENTATION,
     enable_light_attention,
@@ -18,7 +19,11 @@ from bert_domain_ft.training.attention import (
     stock_attention,
 )
 from bert_domain_ft.training.dropout import FastDropout, keep_mask, use_fast_dropout
-from bert_domain_ft.training.feed_forward import use_recomputed_activation
+from bert_domain_ft.training.feed_forward import (
+    RecomputedFeedForward,
+    use_recomputed_activation,
+    use_recomputed_feed_forward,
+)
 
 
 class _Module(torch.nn.Module):
@@ -204,3 +209,82 @@ def test_attention_in_chunks_of_sequences_equals_the_textbook_attention(
         torch.autograd.grad(reference, (query, key, value), upstream),
     ):
         torch.testing.assert_close(mine, theirs)
+
+
+def _feed_forward(bias: bool) -> tuple[torch.nn.Linear, torch.nn.Linear]:
+    torch.manual_seed(8)
+    return torch.nn.Linear(6, 24, bias=bias), torch.nn.Linear(24, 6, bias=bias)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_recomputed_feed_forward_in_chunks_of_rows_equals_the_plain_block(
+    monkeypatch: pytest.MonkeyPatch, bias: bool
+) -> None:
+    monkeypatch.setattr(attention, "CHUNK_BYTES", 4 * 4 * 24)  # 4 rows a chunk: 11 rows → 4 + 4 + 3
+    first, second = _feed_forward(bias)
+    block = RecomputedFeedForward(first, torch.nn.functional.gelu, second)
+    inputs = torch.randn(1, 11, 6, requires_grad=True)
+    saved: list[torch.Tensor] = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        ours = block(inputs)
+    # Only the input and the parameters are kept: no (rows × 24) pre-activation or activation.
+    parameters = {parameter.data_ptr() for parameter in (*first.parameters(), *second.parameters())}
+    assert all(t.data_ptr() in parameters or t.shape[-1] != 24 for t in saved)
+    reference = second(torch.nn.functional.gelu(first(inputs)))
+    torch.testing.assert_close(ours, reference)
+    upstream = torch.randn_like(ours)
+    wrt = [inputs, *first.parameters(), *second.parameters()]
+    for mine, theirs in zip(torch.autograd.grad(ours, wrt, upstream), torch.autograd.grad(reference, wrt, upstream)):
+        torch.testing.assert_close(mine, theirs)
+    assert [name for name, _ in block.named_parameters()] == [name for name, _ in second.named_parameters()]
+
+
+def test_recomputed_feed_forward_under_bf16_autocast_stays_close_to_fp32(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(attention, "CHUNK_BYTES", 4 * 4 * 24)
+    first, second = _feed_forward(True)
+    block = RecomputedFeedForward(first, torch.nn.functional.gelu, second)
+    inputs = torch.randn(2, 7, 6)
+    exact = block(inputs)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = block(inputs)
+    assert low.dtype == torch.bfloat16
+    torch.testing.assert_close(low.float(), exact, atol=0.05, rtol=0.05)
+    low.float().sum().backward()
+    assert first.weight.grad is not None and first.weight.grad.dtype == torch.float32
+    assert torch.isfinite(first.weight.grad).all() and torch.isfinite(second.weight.grad).all()
+
+
+def test_both_feed_forward_variants_keep_bert_losses_and_gradients(tiny_bert_dir: Path) -> None:
+    results = []
+    for switch in (None, use_recomputed_activation, use_recomputed_feed_forward):
+        model = load_pretraining_model(str(tiny_bert_dir)).model.eval()
+        names = set(model.state_dict())
+        if switch is not None:
+            assert switch(model) == model.config.num_hidden_layers
+        assert set(model.state_dict()) == names
+        generator = torch.Generator().manual_seed(1)
+        input_ids = torch.randint(5, 100, (2, 12), generator=generator)
+        batch = {
+            "input_ids": input_ids,
+            "attention_mask": torch.ones_like(input_ids),
+            "token_type_ids": torch.zeros_like(input_ids),
+            "masked_lm_positions": torch.tensor([[1, 2], [3, 4]]),
+            "masked_lm_labels": torch.tensor([[7, 8], [9, 10]]),
+            "next_sentence_label": torch.tensor([0, 1]),
+        }
+        loss = pretraining_losses(model, batch).loss
+        loss.backward()
+        results.append((loss.item(), [parameter.grad.clone() for parameter in model.parameters()]))
+    for loss, gradients in results[1:]:
+        assert loss == pytest.approx(results[0][0], rel=1e-6)
+        for mine, stock in zip(gradients, results[0][1]):
+            torch.testing.assert_close(mine, stock, rtol=1e-4, atol=1e-6)
+
+
+def test_allocator_settings_apply_on_glibc_and_memory_can_be_released() -> None:
+    import platform
+
+    applied = keep_freed_memory()
+    assert applied == (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
+    release_free_memory()  # callable anywhere; a no-op off glibc
+    assert torch.zeros(1024, 1024).sum().item() == 0.0  # allocation still works after both

@@ -154,8 +154,9 @@ def _add_hardware(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--stock_kernels",
         action="store_true",
-        help="on the CPU, keep transformers' attention and dropout instead of the memory-light attention and "
-        "faster dropout masks (same results, more memory, slower)",
+        help="on the CPU, keep transformers' attention, dropout and feed-forward blocks and glibc's default malloc "
+        "settings instead of the memory-light kernels and step-to-step memory reuse (same results, more memory, "
+        "slower)",
     )
     group.add_argument("--no_cuda", action="store_true", help="train on the CPU even when a GPU is available")
     group.add_argument(

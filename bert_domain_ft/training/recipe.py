@@ -29,6 +29,7 @@ from ..errors import UserError
 from ..model_loading import usable_positions
 from ..pretraining_model import LoadedModel, head_parameters, quiet_transformers
 from ..tokenization import TokenizerFacts, describe_tokenizer, load_tokenizer
+from .allocator import keep_freed_memory, release_free_memory
 from .attention import enable_light_attention, stock_attention
 from .checkpoints import CHECKPOINT_PREFIX, CheckpointManager, TrainingPosition, latest_checkpoint
 from .compatibility import check_data_matches_model
@@ -38,7 +39,7 @@ from .data import EpochSource, PregeneratedSource
 from .disk_errors import storage_errors_as_os_errors
 from .distributed import DistributedContext, barrier, cleanup, init_distributed
 from .dropout import use_fast_dropout
-from .feed_forward import use_recomputed_activation
+from .feed_forward import use_recomputed_activation, use_recomputed_feed_forward
 from .head_warmup import warm_up_fresh_heads
 from .legacy_format import convert_legacy_directory, is_legacy_directory
 from .loop import Evaluator, LoopSettings, TrainingLoop, TrainingSetup, total_optimizer_steps
@@ -115,6 +116,7 @@ def train_and_save(
     attach_model_selection(config, context, setup, tokenizer, start)  # --save_best, --probe_train/--probe_test
     warm_up_fresh_heads(setup, settings, config, with_nsp, start)  # fresh heads first train alone
     position = TrainingLoop(setup, settings).run(start)
+    release_free_memory()  # what the steps kept for reuse goes back before saving and evaluating
     if position.epoch >= config.epochs:
         _save_final(config, context, loaded.model, tokenizer)
         if context.is_main:
@@ -209,7 +211,9 @@ def load_training_model(
         if not supported or not enable_light_attention(loaded.model):
             logger.info("this transformers version cannot plug in the memory-light attention; using its own")
         use_fast_dropout(loaded.model)
-        use_recomputed_activation(loaded.model)
+        # float32 recomputes the feed-forward's pre-activation (less memory); bf16 keeps it (half the size).
+        (use_recomputed_activation if config.bf16 else use_recomputed_feed_forward)(loaded.model)
+        keep_freed_memory()  # each step reuses the memory the last one freed (see allocator.py)
     return loaded
 
 
