@@ -9,6 +9,7 @@ import torch
 
 from bert_domain_ft.errors import UserError
 from bert_domain_ft.pretraining_model import IGNORE_INDEX, load_pretraining_model, pretraining_losses
+from bert_domain_ft.training import fused_head
 from bert_domain_ft.training.fused_head import fused_pretraining_losses
 from bert_domain_ft.training.optimization import (
     build_optimizer,
@@ -113,8 +114,15 @@ def _random_batch(vocab_size: int, generator: torch.Generator) -> dict[str, torc
     }
 
 
-@pytest.mark.parametrize("losses", [pretraining_losses, fused_pretraining_losses], ids=["gathered", "fused"])
-def test_masked_position_loss_and_gradients_equal_the_full_logit_loss(model: torch.nn.Module, losses) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize(
+    ("losses", "chunk_rows"),
+    [(pretraining_losses, 128), (fused_pretraining_losses, 128), (fused_pretraining_losses, 5)],
+    ids=["gathered", "fused", "fused-in-chunks-of-5"],  # 13 masked rows padded to 32: 6 chunks of 5, then 2
+)
+def test_masked_position_loss_and_gradients_equal_the_full_logit_loss(  # type: ignore[no-untyped-def]
+    model: torch.nn.Module, losses, chunk_rows: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fused_head, "CHUNK_ROWS", chunk_rows)
     model.eval()  # no dropout: the two passes must see the same network
     batch = _random_batch(model.config.vocab_size, torch.Generator().manual_seed(0))
     full_labels = torch.full_like(batch["input_ids"], IGNORE_INDEX)

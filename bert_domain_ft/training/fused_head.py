@@ -24,12 +24,23 @@ CHUNK_ROWS = 128  # masked tokens per chunk: 128 × 30522 floats = 16 MB of logi
 
 
 def _chunk_gradient(
-    chunk: torch.Tensor, matrix: torch.Tensor, bias: torch.Tensor, targets: torch.Tensor
+    chunk: torch.Tensor,
+    matrix: torch.Tensor,
+    bias: torch.Tensor,
+    targets: torch.Tensor,
+    workspace: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(summed loss, correct count, d loss / d logits) of one chunk; rows labelled IGNORE_INDEX count for nothing."""
+    """(summed loss, correct count, d loss / d logits) of one chunk; rows labelled IGNORE_INDEX count for nothing.
+
+    With a float32 ``workspace`` of at least the chunk's rows, the logits (and the returned gradient) live in it.
+    """
     real = targets != IGNORE_INDEX
     targets = targets.clamp(min=0)
-    logits = torch.matmul(chunk, matrix.t()).float().add_(bias.float())  # (c, V)
+    if workspace is None:
+        logits = torch.matmul(chunk, matrix.t()).float()
+    else:
+        logits = torch.matmul(chunk, matrix.t(), out=workspace[: chunk.shape[0]])
+    logits.add_(bias.float())  # (c, V)
     maxima = logits.max(dim=-1, keepdim=True).values
     target_logits = logits.gather(1, targets[:, None])
     probabilities = logits.sub_(maxima).exp_()
@@ -50,16 +61,22 @@ def pad_rows(rows: torch.Tensor, labels: torch.Tensor, multiple: int) -> tuple[t
     return F.pad(rows, (0, 0, 0, padding)), F.pad(labels, (0, padding), value=IGNORE_INDEX)
 
 
-def constant_shape_rows(hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The masked rows padded to whole chunks, so that every step allocates the same tensor sizes.
+FLOAT32_ROW_MULTIPLE = 32  # float32 rows are padded to a multiple of this (few distinct sizes, little waste)
 
-    The number of masked tokens changes from batch to batch. Left as it is, the last chunk's logits (up to
-    16 MB) get a new size every step; glibc cannot reuse the freed block for it and the heap only grows: the
-    resident set of a MiniLM fp32 run climbed from 1.04 to 1.60 GB over 40 steps. Padded, it stays flat after
-    a few steps. Under autocast a constant shape also keeps oneDNN to one cached copy of the reordered weight
-    (~22 MB per distinct shape). Padded rows carry IGNORE_INDEX: no loss, no gradient.
+
+def constant_shape_rows(hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The masked rows padded so that steps allocate the same few tensor sizes.
+
+    The number of masked tokens changes from batch to batch. Left as it was, the last chunk's logits (up to
+    16 MB) got a new size every step; glibc could not reuse the freed block for it and the heap only grew: the
+    resident set of a MiniLM fp32 run climbed from 1.04 to 1.60 GB over 40 steps. Now float32 logits always
+    live in one chunk-sized buffer and the rows are padded to a multiple of 32 (a handful of sizes for the
+    small per-row tensors, ≤ 31 wasted rows); under autocast the rows are padded to whole chunks, which also
+    keeps oneDNN to one cached copy of the reordered weight (~22 MB per distinct shape). Padded rows carry
+    IGNORE_INDEX: no loss, no gradient.
     """
-    return pad_rows(hidden, labels, CHUNK_ROWS)
+    autocast = torch.is_autocast_enabled(hidden.device.type)
+    return pad_rows(hidden, labels, CHUNK_ROWS if autocast else FLOAT32_ROW_MULTIPLE)
 
 
 Gradients = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
@@ -68,19 +85,30 @@ Gradients = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.
 def _chunked_gradients(
     inputs: torch.Tensor, matrix: torch.Tensor, bias: torch.Tensor, labels: torch.Tensor, chunk_rows: int
 ) -> Gradients:
-    """float32: (loss, correct, d/d hidden, d/d weight, d/d bias), the weight gradient accumulated in place."""
+    """float32: (loss, correct, d/d hidden, d/d weight, d/d bias), the weight gradient accumulated in place.
+
+    Every chunk's logits go to one (chunk_rows, V) workspace: a single allocation of one size, whatever the
+    number of masked tokens, and no rows computed beyond the real ones but for the padding to 32.
+    """
     grad_hidden = torch.empty(inputs.shape, dtype=torch.float32, device=inputs.device)
-    grad_weight = torch.zeros(matrix.shape, dtype=torch.float32, device=matrix.device)
+    # Written by the first chunk's product, not zero-filled first: one pass less over a vocabulary-sized tensor.
+    grad_weight = torch.empty(matrix.shape, dtype=torch.float32, device=matrix.device)
     grad_bias = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device)
     loss_sum = torch.zeros((), dtype=torch.float32, device=inputs.device)
     correct = torch.zeros((), dtype=torch.int64, device=inputs.device)
+    workspace = torch.empty((chunk_rows, matrix.shape[0]), dtype=torch.float32, device=inputs.device)
+    if inputs.shape[0] == 0:
+        grad_weight.zero_()
     for start in range(0, inputs.shape[0], chunk_rows):
         rows = slice(start, start + chunk_rows)
-        loss, right, grad_logits = _chunk_gradient(inputs[rows], matrix, bias, labels[rows])
+        loss, right, grad_logits = _chunk_gradient(inputs[rows], matrix, bias, labels[rows], workspace)
         loss_sum += loss
         correct += right
         grad_hidden[rows] = torch.matmul(grad_logits, matrix)
-        grad_weight.addmm_(grad_logits.t(), inputs[rows])  # no temporary of the weight's size
+        if start == 0:
+            torch.matmul(grad_logits.t(), inputs[rows], out=grad_weight)
+        else:
+            grad_weight.addmm_(grad_logits.t(), inputs[rows])  # no temporary of the weight's size
         grad_bias += grad_logits.sum(dim=0)
     return loss_sum, correct, grad_hidden, grad_weight, grad_bias
 
