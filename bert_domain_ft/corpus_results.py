@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from .text_table import render_table
+
 # Per-corpus columns of the table (the overall table above it has NSP rows when there are NSP labels).
 CORPUS_COLUMNS = (("mlm_loss", "MLM loss"), ("perplexity", "perplexity"), ("mlm_accuracy", "MLM accuracy"))
 
@@ -71,11 +73,4 @@ def format_corpus_table(corpora: Mapping[str, Mapping[str, Any]]) -> str:
     for name, values in corpora.items():
         cells = [_cell(key, float(values[key])) for key, _ in CORPUS_COLUMNS]
         rows.append([name, f"{int(values['num_instances']):,}", *cells])
-    widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
-    lines = []
-    for index, row in enumerate(rows):
-        cells = [row[0].ljust(widths[0])] + [cell.rjust(width) for cell, width in zip(row[1:], widths[1:])]
-        lines.append("  ".join(cells).rstrip())
-        if index == 0:
-            lines.append("  ".join("-" * width for width in widths))
-    return "\n".join(lines)
+    return render_table(rows)

@@ -26,6 +26,7 @@ from .corpus_results import batches_by_corpus, corpus_names, flatten_corpus_metr
 from .epoch_format import EpochArrays, open_holdout, read_manifest
 from .errors import UserError
 from .masked_lm import model_losses
+from .text_table import render_table
 from .training.data import collate_pregenerated  # collate_rows + a guard on unused label slots
 
 # The keys of an evaluation record, in display order (also the keys of the training loop's "eval" records).
@@ -254,24 +255,13 @@ def _as_mapping(result: EvaluationResult | Mapping[str, Any]) -> Mapping[str, An
     return result.to_json() if isinstance(result, EvaluationResult) else result
 
 
-def _render(rows: list[list[str]]) -> str:
-    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
-    lines = []
-    for index, row in enumerate(rows):
-        cells = [row[0].ljust(widths[0])] + [cell.rjust(width) for cell, width in zip(row[1:], widths[1:])]
-        lines.append("  ".join(cells).rstrip())
-        if index == 0:
-            lines.append("  ".join("-" * width for width in widths))
-    return "\n".join(lines)
-
-
 def format_result_table(result: EvaluationResult | Mapping[str, Any], title: str = "held-out set") -> str:
     """A two-column table of the metrics, headed by how many instances and masked tokens they cover."""
     values = _as_mapping(result)
     rows = [[title, "value"]]
     rows += [[_LABELS[key], _format_value(key, values.get(key))] for key in METRIC_KEYS if values.get(key) is not None]
     summary = f"{int(values['num_instances']):,} instances, {int(values['num_masked_tokens']):,} masked tokens"
-    table = _render(rows) + "\n" + summary
+    table = render_table(rows) + "\n" + summary
     return table + "\n\nper corpus:\n" + format_corpus_table(values["corpora"]) if values.get("corpora") else table
 
 
@@ -293,7 +283,7 @@ def format_before_after_table(
                 _format_change(key, value_before, value_after),
             ]
         )
-    return _render(rows)
+    return render_table(rows)
 
 
 def print_before_after(

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from .atomic_files import write_bytes_atomic, write_json_atomic
 from .errors import UserError
+from .text_table import render_table
 
 if TYPE_CHECKING:
     from .probe import ProbeResult
@@ -46,14 +47,7 @@ def format_probe_table(results: Sequence[ProbeResult], title: str = "model") -> 
         if with_change:
             row.append(f"{100 * (result.accuracy_mean - results[0].accuracy_mean):+.2f} pts")
         rows.append(row)
-    widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
-    lines = []
-    for index, row in enumerate(rows):
-        cells = [row[0].ljust(widths[0])] + [cell.rjust(width) for cell, width in zip(row[1:], widths[1:])]
-        lines.append("  ".join(cells).rstrip())
-        if index == 0:
-            lines.append("  ".join("-" * width for width in widths))
-    return "\n".join(lines)
+    return render_table(rows)
 
 
 def write_probe_json(path: Path, results: Sequence[ProbeResult]) -> None:

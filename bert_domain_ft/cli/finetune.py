@@ -63,7 +63,8 @@ def _add_data_and_model(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_optimisation(parser: argparse.ArgumentParser) -> None:
+def add_optimisation_arguments(parser: argparse.ArgumentParser) -> None:
+    """Epochs, batch size, learning rate and schedule flags: shared by ``finetune`` and ``simple``."""
     group = parser.add_argument_group("optimisation")
     group.add_argument(
         "--epochs",
@@ -141,7 +142,8 @@ def _add_fresh_heads(group: argparse._ArgumentGroup) -> None:
     )
 
 
-def _add_hardware(parser: argparse.ArgumentParser) -> None:
+def add_hardware_arguments(parser: argparse.ArgumentParser) -> None:
+    """Precision, CPU kernels and device flags: shared by ``finetune`` and ``simple``."""
     group = parser.add_argument_group("precision and hardware")
     group.add_argument("--fp16", action="store_true", help="float16 autocast with a gradient scaler (CUDA)")
     group.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CUDA, or a CPU with bf16 units)")
@@ -265,8 +267,8 @@ def _add_objective_and_new_models(parser: argparse.ArgumentParser) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     _add_data_and_model(parser)
     _add_objective_and_new_models(parser)
-    _add_optimisation(parser)
-    _add_hardware(parser)
+    add_optimisation_arguments(parser)
+    add_hardware_arguments(parser)
     _add_run_control(parser)
     _add_model_selection(parser)
 

@@ -18,7 +18,7 @@ from ..simple_config import SimpleConfig
 from ..training.config import FinetuneConfig
 from .common import config_from_arguments, run_command
 from .config_files import parse_with_config
-from .finetune import _add_hardware, _add_optimisation
+from .finetune import add_hardware_arguments, add_optimisation_arguments
 
 HELP = "continue pretraining a BERT on a corpus in one command: sentence pairs and masks made on the fly"
 
@@ -106,8 +106,8 @@ def _add_run_control(parser: argparse.ArgumentParser) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     _add_data(parser)
-    _add_optimisation(parser)
-    _add_hardware(parser)
+    add_optimisation_arguments(parser)
+    add_hardware_arguments(parser)
     _add_run_control(parser)
 
 
