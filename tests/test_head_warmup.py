@@ -85,7 +85,7 @@ def test_a_checkpoint_with_heads_skips_the_warm_up(
     with caplog.at_level(logging.INFO, logger="bert_domain_ft.training.head_warmup"):
         finetune(quick_config(data_dir, tiny_bert_dir, tmp_path / "run"))
     assert all(torch.equal(warmup_only["before"][k], warmup_only["after"][k]) for k in warmup_only["before"])
-    assert "no head warm-up: the checkpoint has trained pretraining heads" in caplog.text
+    assert "no head warm-up: no pretraining head starts fresh on a trained encoder" in caplog.text
     assert not (tmp_path / "run" / "metrics.jsonl").exists()  # nothing was logged: no warm-up records
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from training_helpers import (
 )
 
 from bert_domain_ft.cli import finetune as finetune_cli
+from bert_domain_ft.errors import UserError
 from bert_domain_ft.plotting import read_run_metrics
 from bert_domain_ft.training.best_model import BEST_DIRECTORY, BEST_INFO_FILE, BestModelKeeper
 from bert_domain_ft.training.checkpoints import checkpoint_directories
@@ -111,3 +114,22 @@ def test_finetune_flags_reach_the_config(tmp_path: Path) -> None:
     assert config.save_best and config.probe_train == Path("a.csv") and config.probe_seeds == 2
     with pytest.raises(SystemExit):
         parser.parse_args(required + ["--head_warmup_steps", "some"])
+
+
+def test_a_full_disk_while_saving_a_better_model_keeps_the_previous_best(tmp_path: Path) -> None:
+    from safetensors import SafetensorError
+
+    keeper = BestModelKeeper(tmp_path, MetricsLog(tmp_path / "metrics.jsonl"), "mlm_loss", higher_is_better=False)
+    keeper.consider(step=10, value=3.0, write=lambda directory: (directory / "model.safetensors").write_bytes(b"v1"))
+
+    def full_disk(directory: Path) -> None:
+        (directory / "model.safetensors").write_bytes(b"half")
+        raise SafetensorError(f"Error while serializing: {os.strerror(errno.ENOSPC)} (os error {errno.ENOSPC})")
+
+    with pytest.raises(UserError) as raised:
+        keeper.consider(step=20, value=2.0, write=full_disk)
+    message = str(raised.value)
+    assert "\n" not in message and "disk is full" in message and "previous best model" in message
+    assert (tmp_path / BEST_DIRECTORY / "model.safetensors").read_bytes() == b"v1"
+    assert not (tmp_path / f"{BEST_DIRECTORY}.partial").exists()
+    assert keeper.best_step == 10

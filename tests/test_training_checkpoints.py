@@ -101,6 +101,30 @@ def test_resume_with_other_settings_names_what_changed(tmp_path: Path, tiny_bert
         changed.load(path)
 
 
+def test_resume_with_another_learning_rate_is_refused_not_silently_ignored(tmp_path: Path, tiny_bert_dir: Path) -> None:
+    path = _manager(tiny_bert_dir, tmp_path, settings={"learning_rate": 3e-5}).save(TrainingPosition(global_step=1))
+    changed = _manager(tiny_bert_dir, tmp_path, settings={"learning_rate": 1e-4})
+    with pytest.raises(UserError, match="learning_rate 3e-05 → 0.0001"):
+        changed.load(path)
+    older = _manager(tiny_bert_dir, tmp_path / "older")  # a checkpoint written before the key was recorded
+    older.run_settings = dict(SETTINGS)
+    older_path = older.save(TrainingPosition(global_step=1))
+    assert (
+        _manager(tiny_bert_dir, tmp_path / "older", settings={"learning_rate": 1e-4}).load(older_path).global_step == 1
+    )
+
+
+def test_a_save_removes_partial_checkpoints_left_by_an_interrupted_run(tmp_path: Path, tiny_bert_dir: Path) -> None:
+    stale = tmp_path / "checkpoint-7.partial"
+    stale.mkdir(parents=True)
+    (stale / "model.safetensors").write_bytes(b"half")
+    unrelated = tmp_path / "notes.partial"
+    unrelated.mkdir()
+    _manager(tiny_bert_dir, tmp_path).save(TrainingPosition(global_step=8))
+    assert not stale.exists() and unrelated.exists()
+    assert [step for step, _ in checkpoint_directories(tmp_path)] == [8]
+
+
 def test_optimizer_state_is_read_with_weights_only(tmp_path: Path, tiny_bert_dir: Path) -> None:
     path = _manager(tiny_bert_dir, tmp_path).save(TrainingPosition(global_step=1))
     for name in ("optimizer.pt", "scheduler.pt", "rng_state.pt"):

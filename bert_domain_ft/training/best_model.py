@@ -22,9 +22,11 @@ from typing import Any
 from torch import nn
 
 from ..atomic_files import TEMPORARY_SUFFIX, os_errors_as_user_errors, replace_directory, write_json_atomic
+from ..errors import UserError
 from ..pretraining_model import quiet_transformers
 from .attention import stock_attention
 from .checkpoints import OPTIMIZER_FILE, RNG_FILE, SCALER_FILE, SCHEDULER_FILE, STATE_FILE
+from .disk_errors import storage_errors_as_os_errors
 from .metrics import MetricsLog
 
 logger = logging.getLogger(__name__)
@@ -89,10 +91,17 @@ class BestModelKeeper:
         if not self.is_better(value):
             return False
         temporary = self.directory.with_name(self.directory.name + TEMPORARY_SUFFIX)
-        with os_errors_as_user_errors(temporary):
-            shutil.rmtree(temporary, ignore_errors=True)
-            temporary.mkdir(parents=True)
-            write(temporary)
+        try:
+            # safetensors and torch report a full disk in their own exception types: read as the OSError it is.
+            with os_errors_as_user_errors(temporary), storage_errors_as_os_errors():
+                shutil.rmtree(temporary, ignore_errors=True)
+                temporary.mkdir(parents=True)
+                write(temporary)
+        except BaseException as error:
+            shutil.rmtree(temporary, ignore_errors=True)  # no half-written model left taking space
+            if isinstance(error, UserError) and self.best_step is not None:
+                raise UserError(f"{error}; the previous best model in {self.directory} is intact") from error
+            raise
         write_json_atomic(temporary / BEST_INFO_FILE, {"step": step, "metric": self.metric, "value": value})
         replace_directory(temporary, self.directory)
         self.best_value, self.best_step = value, step

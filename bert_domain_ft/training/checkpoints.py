@@ -119,6 +119,19 @@ def prune_checkpoints(output_dir: Path, keep: int) -> list[Path]:
     return doomed
 
 
+def remove_stale_partials(output_dir: Path) -> list[Path]:
+    """Delete ``checkpoint-STEP.partial`` directories (a run killed while writing one leaves it behind); call
+    it only between saves. Returns the deleted ones."""
+    stale = [
+        path
+        for path in Path(output_dir).glob(f"{CHECKPOINT_PREFIX}*{TEMPORARY_SUFFIX}")
+        if path.is_dir() and _CHECKPOINT_NAME.match(path.name[: -len(TEMPORARY_SUFFIX)])
+    ]
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return stale
+
+
 def load_model_weights(model: nn.Module, directory: Path) -> None:
     """Load ``save_pretrained`` safetensors (single file or sharded) into ``model``; tied copies may be absent."""
     from safetensors.torch import load_file
@@ -185,6 +198,8 @@ class CheckpointManager:
                     raise UserError(f"{error}; {self.last_good_checkpoint_note()}") from error
                 raise
             replace_directory(temporary, final)
+            for path in remove_stale_partials(self.output_dir):
+                logger.info("removed %s, left by an interrupted run", path.name)
             for path in prune_checkpoints(self.output_dir, self.save_total_limit):
                 logger.info("removed old checkpoint %s (--save_total_limit %d)", path.name, self.save_total_limit)
             logger.info("saved %s", final)
@@ -222,8 +237,11 @@ class CheckpointManager:
             )
 
     def check_settings(self, directory: Path, saved: dict[str, Any]) -> None:
+        # A key missing from ``saved`` was not recorded by the version that wrote the checkpoint: not compared.
         differing = [
-            f"{key} {saved.get(key)} → {value}" for key, value in self.run_settings.items() if saved.get(key) != value
+            f"{key} {saved[key]} → {value}"
+            for key, value in self.run_settings.items()
+            if key in saved and saved[key] != value
         ]
         if differing:
             raise UserError(

@@ -83,7 +83,7 @@ def plan_head_warmup(
     heads = tuple(head for head in fresh_heads if head == MLM_HEAD or (head == NSP_HEAD and with_nsp))
     names = " and ".join(head.upper() for head in heads)
     if not heads:
-        return HeadWarmupPlan(0, (), "no head warm-up: the checkpoint has trained pretraining heads")
+        return HeadWarmupPlan(0, (), "no head warm-up: no pretraining head starts fresh on a trained encoder")
     if requested == 0:
         return HeadWarmupPlan(0, heads, f"no head warm-up (--head_warmup_steps 0): the fresh {names} train at once")
     if requested is not None:

@@ -290,6 +290,11 @@ def _setup_training(
         "seed": config.seed,
         "total_steps": total_steps,
         "batch_from_one_corpus": config.batch_from_one_corpus,
+        # The schedule and optimizer state come from the checkpoint: a changed rate would be silently ignored.
+        "learning_rate": config.learning_rate,
+        "warmup_proportion": config.warmup_proportion,
+        "weight_decay": config.weight_decay,
+        "layerwise_lr_decay": config.layerwise_lr_decay,
     }
     checkpoints = CheckpointManager(
         config.output_dir, context, loaded.model, optimizer, scheduler, precision, run_settings,
