@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .pretraining_model import PretrainingOutput, gather_masked_hidden, mlm_statistics, pretraining_losses
+from .pretraining_model import PretrainingOutput, gather_masked_hidden, pretraining_losses
 
 logger = logging.getLogger(__name__)
 
@@ -196,16 +196,7 @@ def masked_lm_head(model: nn.Module) -> MaskedLMHead | None:
 
 def output_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> PretrainingOutput:
     """The ``PretrainingOutput`` (no NSP) of masked-LM logits (M, V) against their labels (M,)."""
-    mlm_loss, mlm_loss_sum, mlm_correct = mlm_statistics(logits, labels)
-    return PretrainingOutput(
-        mlm_loss=mlm_loss,
-        nsp_loss=None,
-        mlm_loss_sum=mlm_loss_sum,
-        mlm_correct=mlm_correct,
-        mlm_count=torch.tensor(labels.numel(), device=labels.device),
-        nsp_correct=None,
-        nsp_count=None,
-    )
+    return PretrainingOutput.from_mlm_logits(logits, labels)
 
 
 def full_logit_losses(model: nn.Module, batch: dict[str, torch.Tensor]) -> PretrainingOutput:

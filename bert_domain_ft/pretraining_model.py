@@ -55,6 +55,23 @@ class PretrainingOutput:
     def loss(self) -> torch.Tensor:
         return self.mlm_loss if self.nsp_loss is None else self.mlm_loss + self.nsp_loss
 
+    @classmethod
+    def masked_lm_only(
+        cls,
+        mlm_loss: torch.Tensor,
+        mlm_loss_sum: torch.Tensor,
+        mlm_correct: torch.Tensor,
+        count: int,
+        device: torch.device,
+    ) -> PretrainingOutput:
+        """Masked-LM figures over ``count`` real masked tokens; NSP left empty (see ``add_nsp_statistics``)."""
+        return cls(mlm_loss, None, mlm_loss_sum, mlm_correct, torch.tensor(count, device=device), None, None)
+
+    @classmethod
+    def from_mlm_logits(cls, logits: torch.Tensor, labels: torch.Tensor) -> PretrainingOutput:
+        """Masked-LM figures of logits (M, V) against their labels (M,); NSP left empty."""
+        return cls.masked_lm_only(*mlm_statistics(logits, labels), labels.numel(), labels.device)
+
 
 @contextmanager
 def quiet_transformers() -> Iterator[None]:
@@ -129,17 +146,7 @@ def pretraining_losses(model: nn.Module, batch: dict[str, torch.Tensor], with_ns
     )
     sequence_output, pooled_output = encoder_output[0], encoder_output[1]
     hidden, labels = gather_masked_hidden(sequence_output, batch["masked_lm_positions"], batch["masked_lm_labels"])
-    mlm_logits = model.cls.predictions(hidden)
-    mlm_loss, mlm_loss_sum, mlm_correct = mlm_statistics(mlm_logits, labels)
-    output = PretrainingOutput(
-        mlm_loss=mlm_loss,
-        nsp_loss=None,
-        mlm_loss_sum=mlm_loss_sum,
-        mlm_correct=mlm_correct,
-        mlm_count=torch.tensor(labels.numel(), device=labels.device),
-        nsp_correct=None,
-        nsp_count=None,
-    )
+    output = PretrainingOutput.from_mlm_logits(model.cls.predictions(hidden), labels)
     if with_nsp and "next_sentence_label" in batch:
         add_nsp_statistics(output, model, pooled_output, batch["next_sentence_label"])
     return output

@@ -205,14 +205,8 @@ def fused_pretraining_losses(
     hidden, labels = constant_shape_rows(hidden, labels)
     predictions = model.cls.predictions
     loss_sum, correct = decoder_cross_entropy(predictions.transform(hidden), predictions.decoder, labels)
-    output = PretrainingOutput(
-        mlm_loss=loss_sum / max(count, 1),
-        nsp_loss=None,
-        mlm_loss_sum=loss_sum.detach(),
-        mlm_correct=correct,
-        mlm_count=torch.tensor(count, device=labels.device),
-        nsp_correct=None,
-        nsp_count=None,
+    output = PretrainingOutput.masked_lm_only(
+        loss_sum / max(count, 1), loss_sum.detach(), correct, count, labels.device
     )
     if with_nsp and "next_sentence_label" in batch:
         add_nsp_statistics(output, model, pooled_output, batch["next_sentence_label"])

@@ -37,7 +37,6 @@ from ..pretraining_model import (
     PretrainingOutput,
     gather_masked_hidden,
     head_parameters,
-    mlm_statistics,
 )
 from .checkpoints import TrainingPosition, capture_rng_state, restore_rng_state
 from .config import FinetuneConfig
@@ -129,16 +128,7 @@ class HeadWarmupObjective(nn.Module):
                 token_type_ids=batch["token_type_ids"],
             )[0]
         hidden, labels = gather_masked_hidden(sequence_output, batch["masked_lm_positions"], batch["masked_lm_labels"])
-        mlm_loss, mlm_loss_sum, mlm_correct = mlm_statistics(self.model.cls.predictions(hidden), labels)
-        output = PretrainingOutput(
-            mlm_loss=mlm_loss,
-            nsp_loss=None,
-            mlm_loss_sum=mlm_loss_sum,
-            mlm_correct=mlm_correct,
-            mlm_count=torch.tensor(labels.numel(), device=labels.device),
-            nsp_correct=None,
-            nsp_count=None,
-        )
+        output = PretrainingOutput.from_mlm_logits(self.model.cls.predictions(hidden), labels)
         if self.with_nsp and "next_sentence_label" in batch and bert.pooler is not None:
             logits = self.model.cls.seq_relationship(bert.pooler(sequence_output)).float()
             nsp_labels = batch["next_sentence_label"]

@@ -27,12 +27,4 @@ def fused_masked_lm_losses(model: nn.Module, batch: dict[str, torch.Tensor]) -> 
     count = labels.numel()
     hidden, labels = constant_shape_rows(hidden, labels)  # same allocation sizes every step
     loss_sum, correct = projection_cross_entropy(head.transform(hidden), head.weight, head.bias, labels)
-    return PretrainingOutput(
-        mlm_loss=loss_sum / max(count, 1),
-        nsp_loss=None,
-        mlm_loss_sum=loss_sum.detach(),
-        mlm_correct=correct,
-        mlm_count=torch.tensor(count, device=labels.device),
-        nsp_correct=None,
-        nsp_count=None,
-    )
+    return PretrainingOutput.masked_lm_only(loss_sum / max(count, 1), loss_sum.detach(), correct, count, labels.device)
