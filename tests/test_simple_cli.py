@@ -108,3 +108,30 @@ def test_unusable_corpora_exit_2_with_one_error_line(
     assert dispatcher_main(["simple", *flags, "--no_cuda", "--no_progress"]) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("error: ") and message in last
+
+
+def test_save_best_without_a_probe_is_refused_saying_what_to_add() -> None:
+    flags = ["--train_corpus", "c.txt", "--bert_model", "m", "--output_dir", "o", "--save_best"]
+    with pytest.raises(UserError, match="give --probe_train and --probe_test"):
+        simple_cli.config_from(_parse(flags))
+
+
+def test_simple_probes_the_base_model_and_its_checkpoints_and_keeps_the_best(
+    tmp_path: Path, tiny_corpus: Path, tiny_encoder_dir: Path
+) -> None:
+    from test_probe import labelled_rows, write_csv
+    from training_helpers import read_metrics
+
+    train = write_csv(tmp_path / "train.csv", labelled_rows(8, seed=1))
+    test = write_csv(tmp_path / "test.csv", labelled_rows(4, seed=2))
+    output = tmp_path / "out"
+    flags = ["--train_corpus", str(tiny_corpus), "--bert_model", str(tiny_encoder_dir), "--output_dir", str(output)]
+    flags += ["--max_seq_len", "48", "--train_batch_size", "16", "--stop_after_steps", "2", "--no_cuda"]
+    flags += ["--no_progress", "--save_best", "--probe_train", str(train), "--probe_test", str(test)]
+    flags += ["--probe_seeds", "1", "--probe_epochs", "1"]
+    assert dispatcher_main(["simple", *flags]) == 0
+    probes = [record for record in read_metrics(output) if record.get("kind") == "probe"]
+    assert [record["step"] for record in probes] == [0, 2]
+    assert probes[0]["model"] == str(tiny_encoder_dir)
+    assert (output / "best" / "model.safetensors").is_file()
+    assert '"metric": "probe_accuracy"' in (output / "best" / "best.json").read_text()

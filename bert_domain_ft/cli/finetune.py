@@ -221,7 +221,8 @@ def _add_run_control(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no_progress", action="store_true", help="hide progress bars")
 
 
-def _add_model_selection(parser: argparse.ArgumentParser) -> None:
+def add_model_selection_arguments(parser: argparse.ArgumentParser) -> None:
+    """--save_best and the checkpoint probe flags: shared by ``finetune`` and ``simple``."""
     group = parser.add_argument_group("choosing a checkpoint")
     group.add_argument(
         "--save_best",
@@ -270,7 +271,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_optimisation_arguments(parser)
     add_hardware_arguments(parser)
     _add_run_control(parser)
-    _add_model_selection(parser)
+    add_model_selection_arguments(parser)
 
 
 def config_from(arguments: argparse.Namespace) -> FinetuneConfig:

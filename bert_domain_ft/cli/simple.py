@@ -18,7 +18,7 @@ from ..simple_config import SimpleConfig
 from ..training.config import FinetuneConfig
 from .common import config_from_arguments, run_command
 from .config_files import parse_with_config
-from .finetune import add_hardware_arguments, add_optimisation_arguments
+from .finetune import add_hardware_arguments, add_model_selection_arguments, add_optimisation_arguments
 
 HELP = "continue pretraining a BERT on a corpus in one command: sentence pairs and masks made on the fly"
 
@@ -109,6 +109,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_optimisation_arguments(parser)
     add_hardware_arguments(parser)
     _add_run_control(parser)
+    add_model_selection_arguments(parser)
 
 
 def _epochs(arguments: argparse.Namespace) -> int:
@@ -122,6 +123,10 @@ def _epochs(arguments: argparse.Namespace) -> int:
 
 
 def config_from(arguments: argparse.Namespace) -> SimpleConfig:
+    if arguments.save_best and arguments.probe_train is None:
+        # finetune's other yardstick, the held-out MLM loss, needs pregenerated data with --holdout_fraction.
+        raise UserError("--save_best: simple has no held-out set, so the best model is the best by a probe; "
+                        "give --probe_train and --probe_test (labelled sentences, see `bert-domain-ft probe`)")  # fmt: skip
     training = config_from_arguments(
         FinetuneConfig,
         arguments,
