@@ -38,6 +38,12 @@ def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tiny_assets.write_corpus(tmp_path_factory.mktemp("corpus") / "corpus.txt")
 
 
+@pytest.fixture(scope="session")
+def roberta_encoder_dir(tiny_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An encoder-only RoBERTa (no MLM head) with a BPE tokenizer of its own, for the MLM-only paths."""
+    return tiny_assets.write_tiny_roberta_encoder(tmp_path_factory.mktemp("roberta"), tiny_corpus)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def one_torch_thread() -> None:
     """Tiny models gain nothing from a second thread and lose a lot when the cores are shared."""

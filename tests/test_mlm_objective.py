@@ -167,32 +167,6 @@ def test_roberta_positions_start_after_the_padding_id() -> None:
 
 
 @pytest.fixture(scope="module")
-def roberta_encoder_dir(tiny_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An encoder-only RoBERTa (no MLM head, like many published checkpoints) with a BPE tokenizer of its own."""
-    import shutil
-
-    from transformers import AutoConfig, RobertaModel
-
-    from bert_domain_ft.tokenizer_training import TokenizerTrainingConfig, train_tokenizer
-
-    root = tmp_path_factory.mktemp("roberta")
-    tokenizer = train_tokenizer(
-        TokenizerTrainingConfig(
-            corpus=tiny_corpus, output=root / "tok", kind="bpe", vocab_size=400, show_progress=False
-        )
-    )
-    config = AutoConfig.for_model(
-        "roberta", vocab_size=400, max_position_embeddings=66, pad_token_id=1, bos_token_id=0, eos_token_id=2,
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    RobertaModel(config).save_pretrained(root / "model")
-    for path in tokenizer.iterdir():
-        shutil.copy(path, root / "model" / path.name)
-    return root / "model"
-
-
-@pytest.fixture(scope="module")
 def roberta_data(tiny_corpus: Path, roberta_encoder_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from bert_domain_ft.pregenerate import PregenerateConfig, pregenerate
 

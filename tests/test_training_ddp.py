@@ -19,16 +19,25 @@ WORKER = Path(__file__).with_name("training_ddp_worker.py")
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    ("model_fixture", "probe_weight"),
+    [
+        ("tiny_bert_dir", "bert.encoder.layer.0.output.dense.weight"),  # MLM + NSP
+        ("roberta_encoder_dir", "roberta.encoder.layer.0.output.dense.weight"),  # MLM only, fresh head warmed up
+    ],
+    ids=["bert", "roberta"],
+)
 def test_two_gloo_processes_end_identical_and_share_each_epoch_exactly(
-    tmp_path: Path, tiny_corpus: Path, tiny_bert_dir: Path
+    tmp_path: Path, tiny_corpus: Path, model_fixture: str, probe_weight: str, request: pytest.FixtureRequest
 ) -> None:
-    data = make_pregenerated(tiny_corpus, tiny_bert_dir, tmp_path / "data", epochs=1, max_seq_len=32)
+    model_dir = request.getfixturevalue(model_fixture)
+    data = make_pregenerated(tiny_corpus, model_dir, tmp_path / "data", epochs=1, max_seq_len=32)
     reports = tmp_path / "reports"
     reports.mkdir()
     # One OpenMP thread per process: two processes on two cores must not oversubscribe them.
     environment = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parent))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(WORKER)]
-    command += [str(data), str(tiny_bert_dir), str(tmp_path / "out"), str(reports)]
+    command += [str(data), str(model_dir), str(tmp_path / "out"), str(reports)]
     result = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
 
@@ -36,9 +45,7 @@ def test_two_gloo_processes_end_identical_and_share_each_epoch_exactly(
     assert first.keys() == second.keys()
     assert all(torch.equal(first[name], second[name]) for name in first)
     trained = load_file(str(tmp_path / "out" / "model.safetensors"))
-    assert torch.equal(
-        trained["bert.encoder.layer.0.output.dense.weight"], first["bert.encoder.layer.0.output.dense.weight"]
-    )
+    assert torch.equal(trained[probe_weight], first[probe_weight])
 
     num_instances = read_manifest(data)["epochs"][0]["num_instances"]
     seen = [json.loads((reports / f"indices-rank{rank}.json").read_text()) for rank in (0, 1)]

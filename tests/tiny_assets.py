@@ -92,3 +92,27 @@ def write_tiny_bert(directory: Path, with_heads: bool = True, seed: int = 0) -> 
     model = BertForPreTraining(config) if with_heads else BertModel(config)
     model.save_pretrained(str(directory), safe_serialization=True)
     return directory
+
+
+def write_tiny_roberta_encoder(root: Path, corpus: Path) -> Path:
+    """An encoder-only RoBERTa (no MLM head, like many published checkpoints) with a BPE tokenizer trained on
+    ``corpus``; returns the model directory."""
+    import shutil
+
+    import torch
+    from transformers import AutoConfig, RobertaModel
+
+    from bert_domain_ft.tokenizer_training import TokenizerTrainingConfig, train_tokenizer
+
+    tokenizer = train_tokenizer(
+        TokenizerTrainingConfig(corpus=corpus, output=root / "tok", kind="bpe", vocab_size=400, show_progress=False)
+    )
+    config = AutoConfig.for_model(
+        "roberta", vocab_size=400, max_position_embeddings=66, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    RobertaModel(config).save_pretrained(root / "model")
+    for path in tokenizer.iterdir():
+        shutil.copy(path, root / "model" / path.name)
+    return root / "model"

@@ -39,6 +39,7 @@ def main() -> None:
     run = TrainingLoop.run
 
     def run_and_keep_weights(self: TrainingLoop, start):  # type: ignore[no-untyped-def]
+        seen.clear()  # a fresh head's warm-up reads batches first: count the main training's reads only
         position = run(self, start)
         # Clones: tied tensors share storage, which safetensors refuses.
         weights = {name: tensor.detach().clone() for name, tensor in self.setup.model.state_dict().items()}
