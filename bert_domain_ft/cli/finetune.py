@@ -221,14 +221,16 @@ def _add_run_control(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no_progress", action="store_true", help="hide progress bars")
 
 
-def add_model_selection_arguments(parser: argparse.ArgumentParser) -> None:
-    """--save_best and the checkpoint probe flags: shared by ``finetune`` and ``simple``."""
+def add_model_selection_arguments(parser: argparse.ArgumentParser, held_out: bool = True) -> None:
+    """--save_best and the checkpoint probe flags: shared by ``finetune`` and ``simple`` (``held_out=False``: a
+    stage without a held-out set, whose best model is the best by probe)."""
     group = parser.add_argument_group("choosing a checkpoint")
-    group.add_argument(
-        "--save_best",
-        action="store_true",
-        help="keep the best model as OUTPUT_DIR/best/: lowest held-out MLM loss, or best probe accuracy with a probe",
+    best_by = (
+        "lowest held-out MLM loss, or best probe accuracy with a probe"
+        if held_out
+        else ("best probe accuracy (needs --probe_train and --probe_test)")
     )
+    group.add_argument("--save_best", action="store_true", help=f"keep the best model as OUTPUT_DIR/best/: {best_by}")
     group.add_argument("--probe_train", type=Path, help="labelled sentences (CSV/JSON lines: text, label) to probe "
                        "every checkpoint with a downstream classifier (see `bert-domain-ft probe`)")  # fmt: skip
     group.add_argument("--probe_test", type=Path, help="labelled test sentences of the probe, same classes")

@@ -109,7 +109,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_optimisation_arguments(parser)
     add_hardware_arguments(parser)
     _add_run_control(parser)
-    add_model_selection_arguments(parser)
+    add_model_selection_arguments(parser, held_out=False)
 
 
 def _epochs(arguments: argparse.Namespace) -> int:

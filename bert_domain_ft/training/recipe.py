@@ -206,15 +206,21 @@ def load_training_model(
     loaded = build_training_model(config, objective, max_seq_len)
     loaded.model.to(context.device)
     if config.cpu_kernels and context.device.type == "cpu":
-        # The light attention plugs into transformers' attention interface, which not every model type uses.
-        supported = getattr(loaded.model, "_supports_attention_backend", False)
-        if not supported or not enable_light_attention(loaded.model):
-            logger.info("this transformers version cannot plug in the memory-light attention; using its own")
-        use_fast_dropout(loaded.model)
-        # float32 recomputes the feed-forward's pre-activation (less memory); bf16 keeps it (half the size).
-        (use_recomputed_activation if config.bf16 else use_recomputed_feed_forward)(loaded.model)
+        use_cpu_kernels(loaded.model, config.bf16)
         keep_freed_memory()  # each step reuses the memory the last one freed (see allocator.py)
     return loaded
+
+
+def use_cpu_kernels(model: torch.nn.Module, bf16: bool) -> None:
+    """The CPU training kernels: memory-light attention, fast dropout masks and, for the feed-forward blocks,
+    the recomputed pre-activation in float32 (less memory) or the recomputed activation in bf16 (where the
+    pre-activation is half the size and the extra matmul costs relatively more)."""
+    # The light attention plugs into transformers' attention interface, which not every model type uses.
+    supported = getattr(model, "_supports_attention_backend", False)
+    if not supported or not enable_light_attention(model):
+        logger.info("this transformers version cannot plug in the memory-light attention; using its own")
+    use_fast_dropout(model)
+    (use_recomputed_activation if bf16 else use_recomputed_feed_forward)(model)
 
 
 def _loop_settings(config: FinetuneConfig) -> LoopSettings:
