@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_probe import labelled_rows, write_csv
+from test_probe import small_probe_files
 from training_helpers import (
     assert_identical_weights,
     load_weights,
@@ -78,8 +78,7 @@ def test_a_resumed_keeper_only_replaces_best_with_a_better_model(tmp_path: Path)
 def test_the_probe_runs_on_the_base_model_and_every_checkpoint_and_picks_the_best(
     data_dir: Path, tiny_encoder_dir: Path, tmp_path: Path
 ) -> None:
-    train = write_csv(tmp_path / "train.csv", labelled_rows(8, seed=1))
-    test = write_csv(tmp_path / "test.csv", labelled_rows(4, seed=2))
+    train, test = small_probe_files(tmp_path)
     output = tmp_path / "run"
     options = {"probe_train": train, "probe_test": test, "probe_seeds": 2, "probe_epochs": 2}
     finetune(quick_config(data_dir, tiny_encoder_dir, output, save_steps=3, save_best=True, do_eval=False, **options))

@@ -47,6 +47,13 @@ def write_csv(path: Path, rows: list[tuple[str, str]]) -> Path:
     return path
 
 
+def small_probe_files(directory: Path) -> tuple[Path, Path]:
+    """A train (8 per class) and a test (4 per class) CSV in ``directory``: enough for a quick probe in a run."""
+    return write_csv(directory / "train.csv", labelled_rows(8, seed=1)), write_csv(
+        directory / "test.csv", labelled_rows(4, seed=2)
+    )
+
+
 @pytest.fixture(scope="module")
 def probe_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     directory = tmp_path_factory.mktemp("probe_data")

@@ -119,11 +119,10 @@ def test_save_best_without_a_probe_is_refused_saying_what_to_add() -> None:
 def test_simple_probes_the_base_model_and_its_checkpoints_and_keeps_the_best(
     tmp_path: Path, tiny_corpus: Path, tiny_encoder_dir: Path
 ) -> None:
-    from test_probe import labelled_rows, write_csv
+    from test_probe import small_probe_files
     from training_helpers import read_metrics
 
-    train = write_csv(tmp_path / "train.csv", labelled_rows(8, seed=1))
-    test = write_csv(tmp_path / "test.csv", labelled_rows(4, seed=2))
+    train, test = small_probe_files(tmp_path)
     output = tmp_path / "out"
     flags = ["--train_corpus", str(tiny_corpus), "--bert_model", str(tiny_encoder_dir), "--output_dir", str(output)]
     flags += ["--max_seq_len", "48", "--train_batch_size", "16", "--stop_after_steps", "2", "--no_cuda"]
