@@ -9,7 +9,7 @@ import argparse
 import dataclasses
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -62,6 +62,25 @@ def run_command(arguments: argparse.Namespace, run: Callable[[argparse.Namespace
         return status
 
     return run_guarded(action)
+
+
+def run_classic_script(
+    prog: str,
+    description: str,
+    add_arguments: Callable[[argparse.ArgumentParser], None],
+    run: Callable[[argparse.Namespace], Any],
+    argv: Sequence[str] | None,
+) -> int:
+    """A console script named after an original ``lm_finetuning`` script: its own parser (flags and ``--config``),
+    then ``run_command``."""
+    from .config_files import parse_with_config
+
+    parser = argparse.ArgumentParser(
+        prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    add_arguments(parser)
+    arguments = parse_with_config(parser, list(argv) if argv is not None else sys.argv[1:])
+    return run_command(arguments, run)
 
 
 def config_from_arguments(config_class: type[ConfigT], arguments: argparse.Namespace, **overrides: Any) -> ConfigT:

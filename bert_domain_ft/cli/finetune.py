@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from ..training.config import FinetuneConfig
-from .common import config_from_arguments, run_command
-from .config_files import parse_with_config
+from .common import config_from_arguments, run_classic_script
 
 HELP = "continue pretraining a model on pregenerated epochs (masked LM, + NSP for BERT), or pretrain one from scratch"
 
@@ -296,9 +294,4 @@ def run(arguments: argparse.Namespace) -> int:
 
 def classic_main(argv: Sequence[str] | None = None) -> int:
     """The ``finetune-on-pregenerated`` console script (the original script's name and flags)."""
-    parser = argparse.ArgumentParser(
-        prog="finetune-on-pregenerated", description=HELP, formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
-    add_arguments(parser)
-    arguments = parse_with_config(parser, argv if argv is not None else sys.argv[1:])
-    return run_command(arguments, run)
+    return run_classic_script("finetune-on-pregenerated", HELP, add_arguments, run, argv)

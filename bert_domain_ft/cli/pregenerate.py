@@ -4,12 +4,10 @@ original lm_finetuning example, plus ours)."""
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from ..errors import UserError
-from .common import config_from_arguments, run_command
-from .config_files import parse_with_config
+from .common import config_from_arguments, run_classic_script
 
 HELP = "Turn a corpus (one sentence per line, blank line between documents) into epochs of masked NSP instances."
 
@@ -131,9 +129,4 @@ def run(arguments: argparse.Namespace) -> int:
 
 def classic_main(argv: list[str] | None = None) -> int:
     """Entry point of ``pregenerate-training-data``: the original example's flags work unchanged."""
-    parser = argparse.ArgumentParser(
-        prog="pregenerate-training-data", description=HELP, formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
-    add_arguments(parser)
-    arguments = parse_with_config(parser, argv if argv is not None else sys.argv[1:])
-    return run_command(arguments, run)
+    return run_classic_script("pregenerate-training-data", HELP, add_arguments, run, argv)

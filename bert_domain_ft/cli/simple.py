@@ -9,15 +9,13 @@ Accepts every flag of the original ``simple_lm_finetuning.py`` (``--num_train_ep
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import UserError
 from ..simple_config import SimpleConfig
 from ..training.config import FinetuneConfig
-from .common import config_from_arguments, run_command
-from .config_files import parse_with_config
+from .common import config_from_arguments, run_classic_script
 from .finetune import add_hardware_arguments, add_model_selection_arguments, add_optimisation_arguments
 
 HELP = "continue pretraining a BERT on a corpus in one command: sentence pairs and masks made on the fly"
@@ -149,9 +147,4 @@ def run(arguments: argparse.Namespace) -> int:
 
 def classic_main(argv: Sequence[str] | None = None) -> int:
     """The ``simple-lm-finetuning`` console script (the original script's name and flags)."""
-    parser = argparse.ArgumentParser(
-        prog="simple-lm-finetuning", description=HELP, formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
-    add_arguments(parser)
-    arguments = parse_with_config(parser, list(argv) if argv is not None else sys.argv[1:])
-    return run_command(arguments, run)
+    return run_classic_script("simple-lm-finetuning", HELP, add_arguments, run, argv)
