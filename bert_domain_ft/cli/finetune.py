@@ -226,7 +226,7 @@ def add_model_selection_arguments(parser: argparse.ArgumentParser, held_out: boo
     best_by = (
         "lowest held-out MLM loss, or best probe accuracy with a probe"
         if held_out
-        else ("best probe accuracy (needs --probe_train and --probe_test)")
+        else "best probe accuracy (needs --probe_train and --probe_test)"
     )
     group.add_argument("--save_best", action="store_true", help=f"keep the best model as OUTPUT_DIR/best/: {best_by}")
     group.add_argument("--probe_train", type=Path, help="labelled sentences (CSV/JSON lines: text, label) to probe "

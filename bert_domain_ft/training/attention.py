@@ -68,7 +68,7 @@ def _mask_rows(mask: torch.Tensor | None, rows: slice) -> torch.Tensor | None:
 
 
 class _LightAttention(torch.autograd.Function):
-    """softmax(q kᵀ · scaling + mask) with inverted dropout, times v; a few sequences at a time (``chunking``).
+    """softmax(q kᵀ · scaling + mask) with inverted dropout, times v; a few sequences at a time (``chunk_slices``).
 
     All arithmetic is float32 whatever the input dtype: under bf16 autocast, casting the (B, h, L, L) tensors
     back and forth costs more on a CPU than the small float32 matmuls over (B, h, L, d) inputs. Every constant
@@ -89,7 +89,8 @@ class _LightAttention(torch.autograd.Function):
             keep, scale = keep_mask((batch, heads, query_length, key_length), dropout_p)
         output = torch.empty((batch, query_length, heads, head_size), dtype=torch.float32, device=query.device)
         with torch.autocast(device_type=query.device.type, enabled=False):
-            for rows in chunk_slices(batch, heads * query_length * key_length * 4):
+            chunks = chunk_slices(batch, heads * query_length * key_length * 4)
+            for rows in chunks:
                 probabilities = _probabilities(query[rows].float() * scaling, key[rows].float(), _mask_rows(mask, rows))
                 if keep is not None:
                     probabilities.mul_(keep[rows])
@@ -97,17 +98,18 @@ class _LightAttention(torch.autograd.Function):
             if keep is not None:
                 output.mul_(scale)
         ctx.save_for_backward(query, key, value, mask, keep, output)
-        ctx.scale, ctx.scaling = scale, scaling
+        ctx.scale, ctx.scaling, ctx.chunks = scale, scaling, chunks
         return output.to(query.dtype)
 
     @staticmethod
     def backward(ctx: Any, grad_output: torch.Tensor):  # type: ignore[override]
         query, key, value, mask, keep, output = ctx.saved_tensors
-        grads = [torch.empty(tensor.shape, dtype=torch.float32, device=tensor.device) for tensor in (query, key, value)]
-        grad_query, grad_key, grad_value = grads
+        grad_query, grad_key, grad_value = (
+            torch.empty(tensor.shape, dtype=torch.float32, device=tensor.device) for tensor in (query, key, value)
+        )
         factor = ctx.scaling * ctx.scale
         with torch.autocast(device_type=query.device.type, enabled=False):
-            for rows in chunk_slices(query.shape[0], query.shape[1] * query.shape[2] * key.shape[2] * 4):
+            for rows in ctx.chunks:
                 q, k, v = query[rows].float(), key[rows].float(), value[rows].float()
                 grad_rows = grad_output[rows].float()
                 grad = grad_rows.transpose(1, 2).contiguous()  # (c, h, L, d), used twice

@@ -31,10 +31,6 @@ from .attention import chunk_slices
 Activation = Callable[[torch.Tensor], torch.Tensor]
 
 
-def _affine(inputs: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    return torch.matmul(inputs, weight.t()) if bias is None else torch.addmm(bias, inputs, weight.t())
-
-
 def _accumulate(total: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> None:
     """total += left @ right; in place when the dtypes agree (no weight-sized temporary)."""
     if left.dtype == total.dtype:
@@ -55,11 +51,12 @@ class _RecomputedFeedForward(torch.autograd.Function):
         with torch.autocast(device_type=device_type, enabled=False):
             w1, b1, w2, b2 = (None if t is None else t.to(dtype) for t in (weight1, bias1, weight2, bias2))
             output = torch.empty((flat.shape[0], weight2.shape[0]), dtype=dtype, device=inputs.device)
-            for rows in chunk_slices(flat.shape[0], 4 * weight1.shape[0]):
-                hidden = activation(_affine(flat[rows].to(dtype), w1, b1))
-                output[rows] = _affine(hidden, w2, b2)
+            chunks = chunk_slices(flat.shape[0], 4 * weight1.shape[0])
+            for rows in chunks:
+                hidden = activation(F.linear(flat[rows].to(dtype), w1, b1))
+                output[rows] = F.linear(hidden, w2, b2)
         ctx.save_for_backward(inputs, weight1, bias1, weight2, bias2)
-        ctx.activation, ctx.dtype = activation, dtype
+        ctx.activation, ctx.dtype, ctx.chunks = activation, dtype, chunks
         return output.reshape(*inputs.shape[:-1], weight2.shape[0])
 
     @staticmethod
@@ -77,11 +74,11 @@ class _RecomputedFeedForward(torch.autograd.Function):
             grad_b1 = torch.zeros(weight1.shape[0], dtype=torch.float32, device=device)
             grad_b2 = torch.zeros(weight2.shape[0], dtype=torch.float32, device=device)
             grad_inputs = torch.empty(flat.shape, dtype=inputs.dtype, device=device)
-            for rows in chunk_slices(flat.shape[0], 4 * weight1.shape[0]):
+            for rows in ctx.chunks:
                 x = flat[rows].to(dtype)
                 grad = grad_flat[rows].to(dtype)
                 with torch.enable_grad():
-                    pre = _affine(x, w1, b1).requires_grad_()
+                    pre = F.linear(x, w1, b1).requires_grad_()
                     hidden = activation(pre)
                     (grad_pre,) = torch.autograd.grad(hidden, pre, torch.matmul(grad, w2))
                 _accumulate(grad_w2, grad.t(), hidden.detach())
