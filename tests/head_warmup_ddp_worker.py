@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from safetensors.torch import save_file
+from training_helpers import save_rank_weights
 
 from bert_domain_ft.training.config import FinetuneConfig
 from bert_domain_ft.training.loop import TrainingLoop
@@ -22,9 +22,7 @@ def main() -> None:
     rank = int(os.environ["RANK"])
 
     def keep_weights_after_warmup(self: TrainingLoop, start):  # type: ignore[no-untyped-def]
-        # Clones: tied tensors share storage, which safetensors refuses.
-        weights = {name: tensor.detach().clone() for name, tensor in self.setup.model.state_dict().items()}
-        save_file(weights, str(reports / f"weights-rank{rank}.safetensors"))
+        save_rank_weights(self.setup.model, reports, rank)
         return start  # the main phase is not what this test is about
 
     TrainingLoop.run = keep_weights_after_warmup  # type: ignore[method-assign]

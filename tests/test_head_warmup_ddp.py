@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from training_helpers import make_pregenerated, read_metrics
+from training_helpers import make_pregenerated, read_metrics, run_two_gloo_processes
 
 WORKER = Path(__file__).with_name("head_warmup_ddp_worker.py")
 
@@ -22,11 +19,7 @@ def test_two_processes_warm_the_same_heads_up_and_leave_the_encoder_alone(
     data = make_pregenerated(tiny_corpus, tiny_encoder_dir, tmp_path / "data", epochs=1, max_seq_len=32)
     reports = tmp_path / "reports"
     reports.mkdir()
-    environment = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parent))
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(WORKER)]
-    command += [str(data), str(tiny_encoder_dir), str(tmp_path / "out"), str(reports)]
-    result = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300, check=False)
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_two_gloo_processes(WORKER, data, tiny_encoder_dir, tmp_path / "out", reports)
 
     first, second = (load_file(str(reports / f"weights-rank{rank}.safetensors")) for rank in (0, 1))
     # Each rank warmed up on its own shard of the batches: identical heads mean the gradients were averaged.

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from training_helpers import make_pregenerated, read_metrics
+from training_helpers import make_pregenerated, read_metrics, run_two_gloo_processes
 
 from bert_domain_ft.epoch_format import read_manifest
 
@@ -34,12 +31,7 @@ def test_two_gloo_processes_end_identical_and_share_each_epoch_exactly(
     data = make_pregenerated(tiny_corpus, model_dir, tmp_path / "data", epochs=1, max_seq_len=32)
     reports = tmp_path / "reports"
     reports.mkdir()
-    # One OpenMP thread per process: two processes on two cores must not oversubscribe them.
-    environment = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parent))
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(WORKER)]
-    command += [str(data), str(model_dir), str(tmp_path / "out"), str(reports)]
-    result = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300, check=False)
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_two_gloo_processes(WORKER, data, model_dir, tmp_path / "out", reports)
 
     first, second = (load_file(str(reports / f"weights-rank{rank}.safetensors")) for rank in (0, 1))
     assert first.keys() == second.keys()

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from safetensors.torch import save_file
+from training_helpers import save_rank_weights
 
 from bert_domain_ft.training import data as training_data
 from bert_domain_ft.training.config import FinetuneConfig
@@ -41,9 +41,7 @@ def main() -> None:
     def run_and_keep_weights(self: TrainingLoop, start):  # type: ignore[no-untyped-def]
         seen.clear()  # a fresh head's warm-up reads batches first: count the main training's reads only
         position = run(self, start)
-        # Clones: tied tensors share storage, which safetensors refuses.
-        weights = {name: tensor.detach().clone() for name, tensor in self.setup.model.state_dict().items()}
-        save_file(weights, str(reports / f"weights-rank{rank}.safetensors"))
+        save_rank_weights(self.setup.model, reports, rank)
         return position
 
     TrainingLoop.run = run_and_keep_weights  # type: ignore[method-assign]

@@ -75,3 +75,27 @@ def assert_identical_weights(first: dict[str, Any], second: dict[str, Any]) -> N
     assert first.keys() == second.keys()
     differing = [name for name in first if not torch.equal(first[name], second[name])]
     assert not differing, f"{len(differing)} tensors differ, e.g. {differing[:3]}"
+
+
+def run_two_gloo_processes(worker: Path, *arguments: Path) -> None:
+    """Launch ``worker`` with ``arguments`` in 2 CPU processes through torch.distributed.run; fail with its
+    stderr unless both exit cleanly."""
+    import os
+    import subprocess
+    import sys
+
+    # One OpenMP thread per process: two processes on two cores must not oversubscribe them.
+    environment = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parent))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(worker)]
+    command += [str(argument) for argument in arguments]
+    result = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def save_rank_weights(model: Any, reports: Path, rank: int) -> None:
+    """``reports/weights-rank{rank}.safetensors``: the model's state as this rank holds it (for DDP workers)."""
+    from safetensors.torch import save_file
+
+    # Clones: tied tensors share storage, which safetensors refuses.
+    weights = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+    save_file(weights, str(reports / f"weights-rank{rank}.safetensors"))
