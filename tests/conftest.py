@@ -46,7 +46,8 @@ def roberta_encoder_dir(tiny_corpus: Path, tmp_path_factory: pytest.TempPathFact
 
 @pytest.fixture(autouse=True, scope="session")
 def one_torch_thread() -> None:
-    """Tiny models gain nothing from a second thread and lose a lot when the cores are shared."""
+    """Tiny models gain nothing from a second thread and lose a lot when the cores are shared (OpenMP threads
+    wait on each other: up to 30× slower on a busy machine). Set once for the whole session: no test raises it."""
     import torch
 
     torch.set_num_threads(1)

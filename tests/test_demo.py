@@ -9,7 +9,6 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-import torch
 
 from bert_domain_ft.errors import UserError
 
@@ -25,15 +24,6 @@ def demo() -> Iterator[ModuleType]:
     spec.loader.exec_module(module)
     yield module
     sys.modules.pop(spec.name, None)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models gain nothing from threads, and on a busy machine OpenMP threads wait on each other (30× slower)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def test_demo_on_another_bert_prints_the_before_after_table(

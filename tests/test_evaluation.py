@@ -35,15 +35,6 @@ from bert_domain_ft.tokenization import describe_tokenizer, load_tokenizer
 HOLDOUT_FRACTION = 0.2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models gain nothing from threads, and on a busy machine OpenMP threads wait on each other (30× slower)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def pregenerated(tiny_corpus: Path, tiny_bert_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     output = tmp_path_factory.mktemp("pregenerated")

@@ -4,13 +4,12 @@ costs no backward pass through the encoder, and composes with metrics and resume
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from training_helpers import assert_identical_weights, load_weights, make_pregenerated, one_torch_thread, read_metrics
+from training_helpers import assert_identical_weights, load_weights, make_pregenerated, read_metrics
 from training_helpers import quick_config as base_config
 
 from bert_domain_ft.pretraining_model import head_parameters, load_pretraining_model
@@ -27,12 +26,6 @@ from bert_domain_ft.training.head_warmup import (
 from bert_domain_ft.training.recipe import finetune
 
 ENCODER_PREFIXES = ("bert.embeddings.", "bert.encoder.")  # everything that is neither a head nor the pooler
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread() -> Iterator[None]:
-    with one_torch_thread():
-        yield
 
 
 @pytest.fixture(scope="module")

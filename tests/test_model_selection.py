@@ -6,7 +6,6 @@ import argparse
 import errno
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,6 @@ from training_helpers import (
     assert_identical_weights,
     load_weights,
     make_pregenerated,
-    one_torch_thread,
     quick_config,
     read_metrics,
 )
@@ -27,12 +25,6 @@ from bert_domain_ft.training.best_model import BEST_DIRECTORY, BEST_INFO_FILE, B
 from bert_domain_ft.training.checkpoints import checkpoint_directories
 from bert_domain_ft.training.metrics import MetricsLog
 from bert_domain_ft.training.recipe import finetune
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread() -> Iterator[None]:
-    with one_torch_thread():
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from bert_domain_ft.cli import main as cli_main
 from bert_domain_ft.errors import UserError
@@ -92,15 +91,6 @@ def test_moving_average_is_a_trailing_mean():
     import numpy as np
 
     assert moving_average(np.array([1.0, 3.0, 5.0, 7.0]), 2).tolist() == [1.0, 2.0, 4.0, 6.0]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models gain nothing from threads, and on a busy machine OpenMP threads wait on each other (30× slower)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def test_plot_of_a_real_finetune_run(tiny_corpus: Path, tiny_bert_dir: Path, tmp_path: Path):

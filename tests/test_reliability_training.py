@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from training_helpers import assert_identical_weights, load_weights, make_pregenerated, one_torch_thread, quick_config
+from training_helpers import assert_identical_weights, load_weights, make_pregenerated, quick_config
 
 import bert_domain_ft
 from bert_domain_ft import atomic_files
@@ -44,12 +44,6 @@ pytestmark = pytest.mark.reliability
 RUN = {"save_steps": 2, "logging_steps": 1}
 RUN_FLAGS = ["--epochs", "1", "--train_batch_size", "32", "--save_steps", "2", "--logging_steps", "1"]
 QUIET_FLAGS = ["--no_progress", "--no_cuda", "--no_eval"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread() -> Iterator[None]:
-    with one_torch_thread():
-        yield
 
 
 @pytest.fixture(scope="module")

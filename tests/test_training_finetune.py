@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,6 @@ from training_helpers import (
     assert_identical_weights,
     load_weights,
     make_pregenerated,
-    one_torch_thread,
     quick_config,
     read_metrics,
 )
@@ -23,12 +21,6 @@ from bert_domain_ft.errors import UserError
 from bert_domain_ft.training import recipe
 from bert_domain_ft.training.checkpoints import checkpoint_directories
 from bert_domain_ft.training.recipe import finetune
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread() -> Iterator[None]:
-    with one_torch_thread():
-        yield
 
 
 @pytest.fixture(scope="module")

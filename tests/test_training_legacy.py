@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from training_helpers import make_pregenerated, one_torch_thread, quick_config, read_metrics
+from training_helpers import make_pregenerated, quick_config, read_metrics
 
 from bert_domain_ft.epoch_format import open_epoch, read_manifest
 from bert_domain_ft.errors import UserError
@@ -104,7 +104,6 @@ def test_instance_count_must_match_the_metrics_file(tmp_path: Path, source_data:
 
 def test_finetune_trains_on_the_original_format(tmp_path: Path, source_data: Path, tiny_bert_dir: Path) -> None:
     legacy = write_legacy(source_data, tmp_path / "legacy", tiny_bert_dir)
-    with one_torch_thread():
-        output = finetune(quick_config(legacy, tiny_bert_dir, tmp_path / "out", train_batch_size=16, epochs=1))
+    output = finetune(quick_config(legacy, tiny_bert_dir, tmp_path / "out", train_batch_size=16, epochs=1))
     assert (output / "model.safetensors").is_file()
     assert [record["step"] for record in read_metrics(output)][-1] == 4  # 60 instances / 16 per step

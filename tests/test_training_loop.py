@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
-from training_helpers import one_torch_thread, read_metrics
+from training_helpers import read_metrics
 
 from bert_domain_ft.pretraining_model import IGNORE_INDEX, load_pretraining_model
 from bert_domain_ft.training.checkpoints import CheckpointManager, TrainingPosition, checkpoint_directories
@@ -21,12 +19,6 @@ from bert_domain_ft.training.optimization import build_optimizer, build_schedule
 from bert_domain_ft.training.precision import setup_precision
 
 CPU = DistributedContext(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
-
-
-@pytest.fixture(autouse=True)
-def _single_thread() -> Iterator[None]:
-    with one_torch_thread():
-        yield
 
 
 def make_instances(epoch: int, count: int = 37) -> list[dict[str, list[int]]]:

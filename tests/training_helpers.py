@@ -3,26 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from bert_domain_ft.pregenerate import PregenerateConfig, pregenerate
 from bert_domain_ft.training.config import FinetuneConfig
-
-
-@contextmanager
-def one_torch_thread() -> Iterator[None]:
-    """Tiny models run fastest on one thread, and OpenMP spinning on a busy 2-core machine costs 10x."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def make_pregenerated(
