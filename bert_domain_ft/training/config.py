@@ -116,7 +116,7 @@ class FinetuneConfig:
     checkpoint (``bert-domain-ft probe``); needs probe_test."""
     probe_test: Path | None = None
     """Labelled test sentences of the probe, same classes as probe_train."""
-    probe_seeds: int = 3
+    probe_seeds: int = 5
     """Classifiers (seeds) the probe trains per checkpoint."""
     probe_epochs: int = 4
     """Passes over probe_train per classifier."""
