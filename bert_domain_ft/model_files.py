@@ -1,0 +1,62 @@
+"""The small JSON files of a saved model directory, read without transformers (and so without torch).
+
+A ``config.json`` or tokenizer file that is not JSON is one ``UserError`` line naming the file with line:column,
+never a traceback from deep inside a loader. The data stages use ``read_model_config`` for the model's facts they
+need (its family, its number of positions) and ``check_model_positions`` to refuse a ``--max_seq_len`` the model
+cannot take.
+
+    positions = (read_model_config("path/to/bert") or {}).get("max_position_embeddings")
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+
+MODEL_CONFIG_NAME = "config.json"
+
+
+def read_json_object(path: Path, replacement: str) -> dict[str, Any]:
+    """The JSON object in ``path``; a file that is not UTF-8, not JSON or not an object is a ``UserError`` saying
+    to fix it or replace it with ``replacement`` (e.g. "the model's original config.json")."""
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not UTF-8 text; fix the file or replace it with {replacement}") from None
+    except json.JSONDecodeError as error:
+        raise UserError(
+            f"{path}:{error.lineno}:{error.colno}: not valid JSON ({error.msg}); fix the file or replace it with "
+            f"{replacement}"
+        ) from None
+    except OSError as error:
+        raise UserError(f"{path}: cannot be read ({error.strerror}); check the file") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{path}: holds no JSON object; fix the file or replace it with {replacement}")
+    return value
+
+
+def read_model_config(model: str | Path | None) -> dict[str, Any] | None:
+    """The parsed ``config.json`` of a local model directory; None for no model, a hub id or a directory
+    without one."""
+    if model is None:
+        return None
+    path = Path(model) / MODEL_CONFIG_NAME
+    if not path.is_file():
+        return None
+    return read_json_object(path, f"the model's original {MODEL_CONFIG_NAME}")
+
+
+def check_model_positions(model: str | Path | None, max_seq_len: int) -> None:
+    """Refuse a ``max_seq_len`` longer than the model's position embeddings (when its config says how many)."""
+    model_config = read_model_config(model)
+    if model_config is None:
+        return
+    positions = model_config.get("max_position_embeddings")
+    if isinstance(positions, int) and max_seq_len > positions:
+        raise UserError(
+            f"{Path(str(model)) / MODEL_CONFIG_NAME}: the model has {positions} positions but --max_seq_len is "
+            f"{max_seq_len}; use --max_seq_len {positions} or less"
+        )
