@@ -138,6 +138,13 @@ def _add_fresh_heads(group: argparse._ArgumentGroup) -> None:
         default=_DEFAULTS["layerwise_lr_decay"],
         help="layer l of L trains at learning_rate × D^(L−l), embeddings lowest (ULMFiT); 1 is off, 0.8-0.95 usual",
     )
+    group.add_argument(
+        "--anchor_weight",
+        type=float,
+        default=_DEFAULTS["anchor_weight"],
+        help="λ of L2-SP against forgetting: after each step pretrained weights move lr·λ of the way back to their "
+        "start (fresh heads are free); costs a float32 copy of the model; 0 is off",
+    )
 
 
 def add_hardware_arguments(parser: argparse.ArgumentParser) -> None:

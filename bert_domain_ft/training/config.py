@@ -70,6 +70,12 @@ class FinetuneConfig:
     layerwise_lr_decay: float = 1.0
     """ULMFiT's discriminative fine-tuning: encoder layer l of L trains at learning_rate × decay^(L − l), the
     embeddings (l = 0) lowest, pooler and heads at learning_rate. 1.0 is off; 0.8-0.95 are usual."""
+    anchor_weight: float = 0.0
+    """L2-SP guard against forgetting, λ: after each optimizer step every weight that came from the checkpoint
+    (fresh heads excepted) moves back towards its starting value, θ ← θ − lr_t·λ·(θ − θ₀), lr_t its group's
+    scheduled rate (decoupled, like AdamW's weight decay). 0 is off. The starting weights are kept as a float32
+    copy on the training device, even at 0 (metrics.jsonl then still logs the drift ‖θ − θ₀‖): 4 bytes per
+    pretrained parameter, ~440 MB for BERT-base, ~90 MB for MiniLM-L6. lr·λ must stay at most 1."""
     seed: int = 42
     """Seeds python, numpy and torch; the data order of epoch e is a pure function of (seed, e)."""
     fp16: bool = False
@@ -149,6 +155,7 @@ class FinetuneConfig:
             raise ValueError("--loss_scale only applies with --fp16; add --fp16 or drop --loss_scale")
         self._check_head_warmup_and_probe()
         self._check_model_source()
+        self._check_anchor()
         if self.resume and self.overwrite_output_dir:
             raise ValueError("--resume and --overwrite_output_dir contradict each other; choose one")
 
@@ -182,6 +189,17 @@ class FinetuneConfig:
             raise ValueError("--from_scratch needs --model_type (e.g. roberta) and --tokenizer (its directory)")
         if self.probe_train is not None:
             raise ValueError("the probe compares checkpoints with --bert_model, which --from_scratch has none of")
+
+    def _check_anchor(self) -> None:
+        if not self.anchor_weight >= 0:
+            raise ValueError(f"anchor_weight must not be negative (0 is off), got {self.anchor_weight}")
+        if self.anchor_weight and self.from_scratch:
+            raise ValueError("--anchor_weight pulls towards the starting checkpoint, which --from_scratch has none of")
+        if self.anchor_weight * self.learning_rate > 1.0:
+            raise ValueError(
+                f"anchor_weight × learning_rate is {self.anchor_weight * self.learning_rate:g}: above 1 the pull "
+                "overshoots the starting weights; lower --anchor_weight"
+            )
 
     def _check_positive(self, *names: str) -> None:
         for name in names:

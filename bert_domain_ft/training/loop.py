@@ -22,6 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from ..pretraining_model import PretrainingOutput
+from .anchor import ParameterAnchor
 from .checkpoints import CheckpointManager, TrainingPosition, capture_rng_state, restore_rng_state
 from .data import Batch, EpochSource, micro_batches_per_epoch, optimizer_steps_per_epoch, plan_epoch, source_order
 from .distributed import DistributedContext, barrier
@@ -50,6 +51,7 @@ class LoopSettings:
     stop_after_steps: int = 0  # stop early, with a checkpoint, after this many steps in total
     show_progress: bool = True
     prefetch_depth: int = 2  # batches built ahead in a background thread
+    anchor_weight: float = 0.0  # λ of the pull towards the starting weights after each step (0: none)
 
 
 @dataclass
@@ -67,6 +69,8 @@ class TrainingSetup:
     metrics: MetricsLog
     evaluate: Evaluator | None = None
     fresh_heads: tuple[str, ...] = ()  # heads initialised at random (for a heads-only warm-up phase)
+    # The starting weights: pulled towards with settings.anchor_weight, their distance logged at logging steps.
+    anchor: ParameterAnchor | None = None
     # Called on the main process after each evaluation with (global step, its metrics), e.g. to keep the best model.
     on_evaluated: Callable[[int, dict[str, float]], None] | None = None
     # Called on every process after each checkpoint with (its directory, global step), e.g. to probe it.
@@ -180,7 +184,10 @@ class TrainingLoop:
             self.last_grad_norm = torch.nn.utils.clip_grad_norm_(parameters, self.settings.max_grad_norm)
         step = self.position.global_step + 1
         self.health.check_before_step(step, self.last_grad_norm if self.settings.max_grad_norm > 0 else None)
-        self.health.after_step(step, taken=setup.precision.step(setup.optimizer))
+        taken = setup.precision.step(setup.optimizer)
+        if taken and setup.anchor is not None:  # decoupled like weight decay: at this step's rate, skipped with it
+            setup.anchor.pull(setup.optimizer.param_groups, self.settings.anchor_weight)
+        self.health.after_step(step, taken=taken)
         # The peak rate (with --layerwise_lr_decay the lower layers' groups run at a fraction of it).
         self.last_learning_rate = max(float(group["lr"]) for group in setup.optimizer.param_groups)
         setup.scheduler.step()
@@ -216,6 +223,8 @@ class TrainingLoop:
             record["grad_norm"] = float(self.last_grad_norm)
         if self.setup.precision.scaler is not None:  # fp16: steps the scaler skipped since the previous record
             record["skipped_steps"] = self.health.take_window_skips()
+        if self.setup.anchor is not None and self.context.is_main:  # one pass over the weights: logging steps only
+            record.update(self.setup.anchor.distance(self.settings.anchor_weight))
         self.setup.metrics.append(record)
         postfix = {"mlm": f"{summary['mlm_loss']:.3f}", "lr": f"{learning_rate:.2e}"}
         if "nsp_loss" in summary:
