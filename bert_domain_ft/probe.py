@@ -3,7 +3,9 @@
 For every model (a base model, a finetune run, its checkpoints) and every seed, a sequence classifier
 (``AutoModelForSequenceClassification``: the encoder, its pooler and a new linear layer) is fine-tuned on the same
 labelled training sentences in the same order and scored on the test sentences; accuracy and macro-F1 are reported
-as mean ± standard deviation over the seeds. Same seeds, same data: the same numbers, run after run.
+as mean ± standard deviation over the seeds. Same seeds, same data: the same numbers, run after run. Seed s gives
+every model the same classifier head, dropout stream and data order, so each model after the first is compared
+with the first seed by seed (``ProbeResult.paired_with``: mean difference and its 95% Student's t interval).
 
     results = run_probe(ProbeConfig(models=["base", "run"], train=Path("train.csv"), test=Path("test.csv")))
 """
@@ -21,6 +23,7 @@ import numpy as np
 
 from .errors import UserError
 from .probe_data import LabelledSet, class_names, read_probe_pair
+from .probe_statistics import PairedDifference, paired_difference
 
 if TYPE_CHECKING:
     from .probe_training import ClassifierFactory, EncodedSet
@@ -42,8 +45,9 @@ class ProbeConfig:
     """Column (CSV) or key (JSON lines) holding the sentence."""
     label_column: str = "label"
     """Column or key holding the class name."""
-    seeds: int = 3
-    """Classifiers trained per model, with seeds seed, seed+1, …; the spread over them is the ± in the table."""
+    seeds: int = 5
+    """Classifiers trained per model, with seeds seed, seed+1, …; the spread over them is the ± in the table and
+    the paired 95% interval against the first model needs at least 2 (5 tells a few points apart on ~100 tests)."""
     seed: int = 0
     """First seed."""
     epochs: int = 4
@@ -119,6 +123,16 @@ class ProbeResult:
     def macro_f1_std(self) -> float:
         return _sample_std(self.macro_f1s)
 
+    def paired_with(self, reference: ProbeResult, metric: str = "accuracy") -> PairedDifference:
+        """This model minus ``reference`` seed by seed (``metric``: "accuracy" or "macro_f1"), with its interval."""
+        if self.seeds != reference.seeds:
+            raise ValueError(f"{self.label} and {reference.label} were probed with different seeds: not paired")
+        scores = {
+            "accuracy": (self.accuracies, reference.accuracies),
+            "macro_f1": (self.macro_f1s, reference.macro_f1s),
+        }
+        return paired_difference(*scores[metric])
+
     def to_json(self) -> dict[str, Any]:
         return {
             "model": self.model,
@@ -154,19 +168,26 @@ def _load_tokenizer(name: str) -> Any:
 
 
 def classifier_from_pretrained(model: str) -> ClassifierFactory:
-    """A ``ClassifierFactory`` loading ``model`` with a new, seeded classification layer."""
+    """A ``ClassifierFactory`` loading ``model``; the weights it lacks (the classification layer, a missing
+    pooler) are drawn from the seed alone, so every model probed with a seed starts from the same head."""
 
-    def make(num_labels: int) -> Any:
+    def make(num_labels: int, seed: int) -> Any:
         from transformers import AutoModelForSequenceClassification
 
         from .pretraining_model import quiet_transformers
+        from .probe_training import draw_new_weights
 
         try:
             with quiet_transformers():
-                return AutoModelForSequenceClassification.from_pretrained(model, num_labels=num_labels)
+                classifier, loading = AutoModelForSequenceClassification.from_pretrained(
+                    model, num_labels=num_labels, output_loading_info=True
+                )
         except (OSError, ValueError) as error:
             first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
             raise UserError(f"{model}: cannot load the model ({first_line}); give a model directory") from None
+        std = float(getattr(classifier.config, "initializer_range", 0.02))
+        draw_new_weights(classifier, loading.get("missing_keys", ()), seed, std)
+        return classifier
 
     return make
 
@@ -208,7 +229,7 @@ class Prober:
         return self._encoded[tokenizer_name]
 
     def probe(self, model: str, name: str = "", make_classifier: ClassifierFactory | None = None) -> ProbeResult:
-        """Fine-tune and score one classifier per seed from ``model`` (or from ``make_classifier(num_labels)``)."""
+        """Fine-tune and score one classifier per seed from ``model`` (or ``make_classifier(num_labels, seed)``)."""
         import torch
         from tqdm.auto import tqdm
 

@@ -1,9 +1,12 @@
 """The probe's inner loop: fine-tune one sequence classifier with one seed, then score it on the test sentences.
 
-Deliberately small and fully determined by the seed: the classifier head (and any weight the checkpoint lacks) is
-initialised under ``torch.manual_seed(seed)``, dropout draws from that same seeded stream, and the order of the
-training sentences in epoch e is drawn from ``numpy.random.default_rng([seed, e])`` (``epoch_batches``). Everything
-runs inside ``torch.random.fork_rng`` so the caller's random state is left exactly as it was.
+Deliberately small and fully determined by the seed, and the same for every model probed with that seed: each
+weight the checkpoint lacks (the classification layer; the pooler of a checkpoint without one) is drawn from its
+own generator seeded by (seed, parameter name) (``draw_new_weights``), so two encoders start from the same head
+whatever else their loading drew; dropout draws from ``torch.manual_seed(seed)`` set again once the model is
+built; and the order of the training sentences in epoch e is drawn from ``numpy.random.default_rng([seed, e])``
+(``epoch_batches``). Everything runs inside ``torch.random.fork_rng`` so the caller's random state is left exactly
+as it was.
 
     encoded = encode_set(tokenizer, texts, label_ids, max_seq_len=64)
     accuracy, macro_f1 = train_and_score(make_classifier, train, test, ClassifierRecipe(), seed=0, device=cpu)
@@ -12,7 +15,8 @@ runs inside ``torch.random.fork_rng`` so the caller's random state is left exact
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+import zlib
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,8 +27,8 @@ from tqdm.auto import tqdm
 from .training.optimization import build_optimizer, build_scheduler, parameter_groups, warmup_steps_for
 
 BUCKET_BATCHES = 8  # batches per pool of similar-length sentences
-# ``make_classifier(num_labels)`` returns a fresh sequence classifier; it is called under the run's seed.
-ClassifierFactory = Callable[[int], nn.Module]
+# ``make_classifier(num_labels, seed)`` returns a fresh sequence classifier whose new weights depend on the seed only.
+ClassifierFactory = Callable[[int, int], nn.Module]
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,23 @@ def macro_f1_score(gold: np.ndarray, predicted: np.ndarray, num_classes: int) ->
     return float(np.mean(scores))
 
 
+def draw_new_weights(model: nn.Module, parameter_names: Iterable[str], seed: int, std: float) -> None:
+    """Re-draw the named parameters (those a checkpoint lacked) in place, as BERT initialises them: matrices
+    ~ N(0, ``std``), LayerNorm weights 1, other vectors (biases) 0. Each matrix has its own generator, seeded by
+    (``seed``, its name): the same new head for every model, however many numbers loading the rest consumed."""
+    with torch.no_grad():
+        for name in sorted(parameter_names):
+            parameter = model.get_parameter(name)
+            if parameter.dim() >= 2:
+                state = np.random.SeedSequence([seed, zlib.crc32(name.encode())]).generate_state(2, np.uint32)
+                generator = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * std)
+            elif name.endswith("weight") and isinstance(model.get_submodule(name.rpartition(".")[0]), nn.LayerNorm):
+                parameter.fill_(1.0)
+            else:
+                parameter.zero_()
+
+
 def epoch_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
     """Row indices of each batch of one epoch: a random order, cut into pools of ``BUCKET_BATCHES`` batches that
     are sorted by length (less padding: ~1.5× faster on sentences), then the batches themselves shuffled."""
@@ -164,7 +185,8 @@ def train_and_score(
     devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
-        model = make_classifier(num_classes).to(device)
+        model = make_classifier(num_classes, seed).to(device)
+        torch.manual_seed(seed)  # dropout's stream: the same for every model, whatever loading it drew
         bar = progress if progress is not None else tqdm(disable=True)
         _train(model, train, recipe, seed, device, bar)
         predicted = predict(model, test, recipe.eval_batch_size, device)

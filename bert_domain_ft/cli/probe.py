@@ -30,7 +30,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test", type=Path, required=True, help="labelled test sentences, same classes")
     parser.add_argument("--text_column", default=_DEFAULTS["text_column"], help="column or key of the sentence")
     parser.add_argument("--label_column", default=_DEFAULTS["label_column"], help="column or key of the class")
-    parser.add_argument("--seeds", type=int, default=_DEFAULTS["seeds"], help="classifiers per model (seeds)")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=_DEFAULTS["seeds"],
+        help="classifiers per model (seeds); 2+ give a paired 95%% interval vs the first model",
+    )
     parser.add_argument("--seed", type=int, default=_DEFAULTS["seed"], help="first seed (then seed+1, …)")
     parser.add_argument("--epochs", type=int, default=_DEFAULTS["epochs"], help="passes over the training set")
     parser.add_argument("--batch_size", type=int, default=_DEFAULTS["batch_size"], help="sentences per step")
