@@ -13,6 +13,7 @@ because we cannot tell whether that run is alive.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -132,6 +133,15 @@ def _check_holder(descriptor: int, path: Path, output_dir: Path) -> None:
     )
 
 
+def _lock_error(path: Path, error: OSError) -> UserError:
+    blocker = next((parent for parent in path.parents if parent.exists() and not parent.is_dir()), None)
+    if blocker is not None:
+        return UserError(f"{blocker}: exists and is not a directory; choose another --output_dir")
+    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return UserError(f"{path}: cannot write here (permission denied); choose a writable --output_dir")
+    return UserError(f"{path}: cannot write the output lock ({error.strerror or error}); choose another --output_dir")
+
+
 @contextmanager
 def hold_output_lock(output_dir: Path, command: str) -> Iterator[None]:
     """Hold ``<output_dir>.lock`` for the ``with`` body; raise ``UserError`` naming the holder if another live run
@@ -141,9 +151,7 @@ def hold_output_lock(output_dir: Path, command: str) -> Iterator[None]:
         path.parent.mkdir(parents=True, exist_ok=True)
         descriptor = _open_lock(path, Path(output_dir), command)
     except OSError as error:
-        raise UserError(
-            f"{path}: cannot create the output lock ({error.strerror}); choose a writable --output_dir"
-        ) from error
+        raise _lock_error(path, error) from error
     try:
         _check_holder(descriptor, path, Path(output_dir))
         body = {"pid": os.getpid(), "host": socket.gethostname(), "command": command, "started": time.time()}
