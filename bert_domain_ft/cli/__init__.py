@@ -27,6 +27,7 @@ COMMANDS = {
     "plot": "bert_domain_ft.cli.plot",
     "probe": "bert_domain_ft.cli.probe",
     "tokenizer": "bert_domain_ft.cli.tokenizer",
+    "select": "bert_domain_ft.cli.select",
 }
 
 
