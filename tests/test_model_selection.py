@@ -79,7 +79,10 @@ def test_the_probe_runs_on_the_base_model_and_every_checkpoint_and_picks_the_bes
     assert [r["step"] for r in probes] == [0, *checkpoints]
     assert probes[0]["model"] == str(tiny_encoder_dir)
     assert all(r["seeds"] == [42, 43] and 0 <= r["accuracy_mean"] <= 1 for r in probes)
-    best = max(probes[1:], key=lambda r: r["accuracy_mean"])  # the first of equals wins: later ones are not better
+    assert all(r["paired_vs_start"]["seeds"] == 2 for r in probes[1:]) and "paired_vs_start" not in probes[0]
+    # The starting model is a candidate; a checkpoint replaces it only when it beats it beyond the seeds' noise.
+    beating = [r for r in probes[1:] if r["paired_vs_start"]["verdict"] == "better"]
+    best = max(beating, key=lambda r: r["accuracy_mean"]) if beating else probes[0]  # the first of equals wins
     info = json.loads((output / "best" / "best.json").read_text())
     assert info == {"step": best["step"], "metric": "probe_accuracy", "value": best["accuracy_mean"]}
     assert not (output / "best" / "optimizer.pt").exists() and (output / "best" / "model.safetensors").is_file()

@@ -1,7 +1,8 @@
 """``--save_best``: keep the model with the best held-out score so far as ``output_dir/best/``.
 
 The score is the held-out masked-LM loss (lower is better) or, when a downstream probe is configured, the probe's
-mean accuracy (higher is better). ``best/`` holds a loadable model (``save_pretrained`` files and the tokenizer)
+mean accuracy (higher is better; ``CheckpointProbe`` first ``keep``s the starting model, then offers only the
+checkpoints that beat it beyond the seeds' noise). ``best/`` holds a loadable model (``save_pretrained`` files and the tokenizer)
 plus ``best.json`` (step, metric, value); it is written as ``best.partial`` and renamed when complete, so
 ``best/`` is always whole. Each new best is also logged to ``metrics.jsonl`` as ``"kind": "best"``. A resumed
 run reads ``best/best.json`` so it only replaces the model with a better one.
@@ -90,6 +91,11 @@ class BestModelKeeper:
         """Make the model ``write`` produces the best one if ``value`` beats the best so far; ``True`` if it did."""
         if not self.is_better(value):
             return False
+        self.keep(step, value, write)
+        return True
+
+    def keep(self, step: int, value: float, write: Callable[[Path], None]) -> None:
+        """Make the model ``write`` produces the best one, whatever ``best/`` held (e.g. the starting model)."""
         temporary = self.directory.with_name(self.directory.name + TEMPORARY_SUFFIX)
         try:
             # safetensors and torch report a full disk in their own exception types: read as the OSError it is.
@@ -107,4 +113,3 @@ class BestModelKeeper:
         self.best_value, self.best_step = value, step
         self.metrics.append({"kind": "best", "step": step, "metric": self.metric, "value": value})
         logger.info("new best %s %.4g at step %d: saved to %s", self.metric, value, step, self.directory)
-        return True
