@@ -22,12 +22,38 @@ from .errors import UserError
 TEMPORARY_SUFFIX = ".partial"
 
 
+class DiskFullError(UserError):
+    """No space left where we were writing; the run that hits it removes what it had half written."""
+
+
+def _looks_like_a_full_disk(error: OSError) -> bool:
+    """ENOSPC/EDQUOT, or a short write reported without an errno (numpy's ``tofile``: "N requested and M
+    written"), which on a local file only happens when the disk or the quota is full."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return error.errno is None and "requested and" in str(error) and "written" in str(error)
+
+
 def _explain_os_error(path: Path, error: OSError) -> UserError:
-    if error.errno == errno.ENOSPC:
-        return UserError(f"{path}: the disk is full; free some space or choose another --output_dir")
+    if _looks_like_a_full_disk(error):
+        return DiskFullError(
+            f"{path}: cannot write, no space left on device: the disk is full; free some space or choose another "
+            "--output_dir"
+        )
     if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return UserError(f"{path}: cannot write here (permission denied); choose a writable --output_dir")
-    return UserError(f"{path}: cannot write ({error.strerror}); check the path and free disk space")
+    reason = error.strerror or str(error) or type(error).__name__
+    return UserError(f"{path}: cannot write ({reason}); check the path and free disk space")
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether ``error`` (or what caused it) says the disk is full."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, DiskFullError) or (isinstance(seen, OSError) and _looks_like_a_full_disk(seen)):
+            return True
+        seen = seen.__cause__
+    return False
 
 
 @contextmanager

@@ -10,6 +10,7 @@ Nothing here holds more than one line in memory.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,3 +95,33 @@ def require_two_documents(path: Path, num_documents: int) -> None:
                 f"{found} with text; next-sentence prediction needs at least two: separate documents with a blank line",
             )
         )
+
+
+def sample_lines(path: Path, max_lines: int = 1000, max_characters: int = 10_000) -> list[str]:
+    """The first ``max_lines`` non-blank lines of ``path`` (each cut to ``max_characters``), to judge a tokenizer
+    by. Lines that are not UTF-8 are skipped here; reading the corpus reports them."""
+    sample: list[str] = []
+    with open(path, "rb") as handle:
+        for raw in handle:
+            try:
+                text = raw.decode("utf-8").lstrip("\ufeff").strip()
+            except UnicodeDecodeError:
+                continue
+            if text:
+                sample.append(text[:max_characters])
+                if len(sample) >= max_lines:
+                    break
+    return sample
+
+
+FINGERPRINT_BLOCK_BYTES = 1 << 20
+
+
+def corpus_fingerprint(path: Path) -> str:
+    """A hash of the file's bytes (BLAKE2b, 128 bits, read in 1 MiB blocks): --resume compares it to refuse a corpus
+    edited since the interrupted run, even when its size did not change."""
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as handle:
+        while block := handle.read(FINGERPRINT_BLOCK_BYTES):
+            digest.update(block)
+    return f"blake2b-128:{digest.hexdigest()}"

@@ -15,11 +15,17 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .atomic_files import fsync_directory, os_errors_as_user_errors, replace_directory
+from .atomic_files import TEMPORARY_SUFFIX, fsync_directory, os_errors_as_user_errors, replace_directory
 from .epoch_format import HOLDOUT_DIRECTORY, MANIFEST_NAME, epoch_directory_name
 from .errors import UserError
 
 GENERATION_RECORD = "generation.json"  # written first: lets --resume check it continues the same job
+
+
+def _is_leftover(name: str) -> bool:
+    """What a run that completed no epoch may leave (the record written first, half-written ``.partial`` files):
+    not data, so it does not block the next run."""
+    return name == GENERATION_RECORD or name.endswith(TEMPORARY_SUFFIX)
 
 
 def working_directory(output: Path, overwrite: bool, resume: bool) -> Path:
@@ -30,7 +36,7 @@ def working_directory(output: Path, overwrite: bool, resume: bool) -> Path:
     with os_errors_as_user_errors(output / MANIFEST_NAME):
         if output.exists() and not output.is_dir():
             raise UserError(f"{output}: exists and is not a directory; choose another --output_dir")
-        holds_data = output.exists() and any(output.iterdir())
+        holds_data = output.exists() and any(not _is_leftover(entry.name) for entry in output.iterdir())
         if holds_data and not (overwrite or resume):
             raise UserError(
                 f"{output}: already holds data; pass --overwrite to replace it, --resume to finish an interrupted "
@@ -54,12 +60,38 @@ def check_resume(output: Path, record: dict[str, Any]) -> None:
             raise UserError(f"{path}: missing, so these epochs cannot be resumed safely; use --overwrite")
         return
     earlier = json.loads(path.read_text(encoding="utf-8"))
+    changed = _changed_corpora(record, earlier)
+    if changed:
+        raise UserError(
+            f"{', '.join(changed)}: changed since the interrupted run began (its content differs), so its epochs "
+            "cannot be continued; use --overwrite to start again on the corpus as it is now"
+        )
     differing = sorted(key for key in set(record) | set(earlier) if record.get(key) != earlier.get(key))
     if differing:
         raise UserError(
             f"{path}: the interrupted run used different settings ({', '.join(differing)}); "
             "rerun with the same flags, or use --overwrite to start again"
         )
+
+
+def _changed_corpora(record: dict[str, Any], earlier: dict[str, Any]) -> list[str]:
+    """Paths of the corpora (same name in both records) whose content fingerprint differs."""
+    now, before = record.get("corpus_fingerprint") or {}, earlier.get("corpus_fingerprint") or {}
+    paths = record.get("train_corpus") or {}
+    return [str(paths.get(name, name)) for name in sorted(now) if name in before and now[name] != before[name]]
+
+
+def discard_unfinished(work: Path, output: Path, disk_full: bool) -> None:
+    """After a failed run: remove the epochs it had half written in ``work``. When the disk is full and ``work``
+    is a directory built beside ``output`` (``--overwrite``), remove all of it, since it is what fills the disk;
+    ``output`` itself (complete data of an earlier run) is never touched."""
+    if disk_full and work != output:
+        shutil.rmtree(work, ignore_errors=True)
+        return
+    if work.is_dir():
+        for path in work.iterdir():
+            if path.is_dir() and path.name.endswith(TEMPORARY_SUFFIX):
+                shutil.rmtree(path, ignore_errors=True)
 
 
 def publish(staging: Path, output: Path) -> None:

@@ -9,6 +9,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from .corpus import corpus_fingerprint
+
+
+def validate_max_seq_len(max_seq_len: int) -> None:
+    """The ``--max_seq_len`` rule of pregeneration (``check`` applies it too, so both accept the same values)."""
+    if not 8 <= max_seq_len <= 65535:
+        raise ValueError(f"--max_seq_len must be between 8 and 65535 (BERT uses 128 or 512), got {max_seq_len}")
+
 
 @dataclass
 class PregenerateConfig:
@@ -78,8 +86,7 @@ class PregenerateConfig:
             raise ValueError("--epochs_to_generate must be at least 1")
         if self.num_workers < 1:
             raise ValueError("--num_workers must be at least 1 (1 generates in this process)")
-        if not 8 <= self.max_seq_len <= 65535:
-            raise ValueError("--max_seq_len must be between 8 and 65535 (BERT uses 128 or 512)")
+        validate_max_seq_len(self.max_seq_len)
         if not 0.0 <= self.short_seq_prob <= 1.0:
             raise ValueError("--short_seq_prob must be between 0 and 1")
         if not 0.0 < self.masked_lm_prob < 1.0:
@@ -96,6 +103,7 @@ class PregenerateConfig:
         record = {key: value for key, value in asdict(self).items() if key not in _NOT_AFFECTING_OUTPUT}
         record["train_corpus"] = {name: str(path) for name, path in self.named_corpora()}
         record["corpus_bytes"] = {name: path.stat().st_size for name, path in self.named_corpora()}
+        record["corpus_fingerprint"] = {name: corpus_fingerprint(path) for name, path in self.named_corpora()}
         record["vocab_fingerprint"] = tokenizer_fingerprint
         return record
 
