@@ -21,8 +21,11 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from .corpus import sample_lines
 from .errors import UserError
-from .tokenization import encode_sentences, load_tokenizer
+from .model_files import check_model_positions
+from .pregenerate_config import validate_max_seq_len
+from .tokenization import encode_sentences, load_tokenizer, require_tokenizer_fits
 
 # Line numbers kept per kind of finding (all are counted): bounds memory on a corpus that is wrong throughout.
 MAX_LISTED_LINES = 100_000
@@ -238,9 +241,14 @@ def check_corpus(
 ) -> CheckReport:
     """Describe the corpus at ``path`` and say whether pregeneration will accept it (``report.accepted``)."""
     path = Path(path)
-    if max_seq_len <= SPECIAL_TOKENS_PER_INSTANCE + 1:
-        raise UserError(f"--max_seq_len must be more than {SPECIAL_TOKENS_PER_INSTANCE + 1}, got {max_seq_len}")
+    try:  # the flags are judged by pregeneration's own rules, so "accepted" means pregenerate accepts them too
+        validate_max_seq_len(max_seq_len)
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    check_model_positions(tokenizer_name, max_seq_len)
     tokenizer = load_tokenizer(tokenizer_name) if tokenizer_name else None
+    if tokenizer is not None and path.is_file():
+        require_tokenizer_fits(tokenizer, tokenizer_name or "", path, sample_lines(path))
     report = CheckReport(path=str(path), tokenizer=tokenizer_name, max_seq_len=max_seq_len)
     report.tokens = 0 if tokenizer is not None else None  # None: "not counted", distinct from "no tokens"
     if path.is_file():

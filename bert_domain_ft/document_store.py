@@ -8,7 +8,10 @@ The sentences of a document are contiguous in ``tokens``, so any run of whole se
 
 In memory by default; given a directory (``--reduce_memory``) the three arrays are ``.npy`` files there, written
 streaming and opened as read-only memmaps, so peak RAM does not grow with the corpus. Sentences that tokenize to
-nothing are dropped (and counted), and so are documents left with no sentence.
+nothing are dropped (and counted), and so are documents left with no sentence. Given ``max_sentence_tokens``
+(pregeneration passes what fits one NSP instance), a longer line is cut into pieces of at most that many tokens,
+at word starts where it can, each stored as a sentence of its document: nothing of it is cut away unseen. Such
+lines are counted per corpus (``LongLines``) for the log and the manifest.
 
     store = build_document_store(Path("corpus.txt"), tokenizer, facts, directory=None)
     document_tokens = store.tokens[store.sentence_offsets[store.document_offsets[3]] : ...]
@@ -31,10 +34,43 @@ from .atomic_files import write_json_atomic
 from .corpus import iter_corpus_lines, require_two_documents
 from .npy_stream import NpyAppender
 from .ranges import concatenated_ranges
-from .tokenization import TokenizerFacts, encode_sentences
+from .tokenization import TokenizerFacts, continuation_table, encode_sentences
 
 SENTENCES_PER_BATCH = 4096
 STORE_DESCRIPTION = "store.json"
+LONG_LINES_LISTED = 5  # line numbers kept per corpus for the log and the manifest
+
+
+@dataclass(frozen=True)
+class LongLines:
+    """Lines of one corpus longer than ``max_sentence_tokens``, each cut into pieces that are stored as sentences."""
+
+    lines: int = 0
+    tokens: int = 0  # tokens of those lines, all kept
+    pieces: int = 0
+    first_line_numbers: tuple[int, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "lines": self.lines,
+            "tokens": self.tokens,
+            "pieces": self.pieces,
+            "first_line_numbers": list(self.first_line_numbers),
+        }
+
+
+def cut_points(ids: np.ndarray, max_tokens: int, continues_word: np.ndarray) -> list[int]:
+    """Offsets ``[0, …, len(ids)]`` cutting ``ids`` into pieces of at most ``max_tokens``; a cut moves back (by at
+    most half a piece) to the start of a word, so a word's pieces stay together where possible."""
+    cuts = [0]
+    while len(ids) - cuts[-1] > max_tokens:
+        start = cuts[-1]
+        end = start + max_tokens
+        while end > start + max_tokens // 2 and continues_word[ids[end]]:
+            end -= 1
+        cuts.append(end if not continues_word[ids[end]] else start + max_tokens)
+    cuts.append(len(ids))
+    return cuts
 
 
 @dataclass(frozen=True)
@@ -46,6 +82,7 @@ class DocumentStore:
     dropped_empty_documents: int = 0
     tokens_file: Path | None = None  # on-disk stores: read token runs with pread, not through the memmap
     corpus_document_offsets: np.ndarray | None = None  # (num_corpora + 1,): corpus c is documents [c] .. [c + 1] - 1
+    long_lines: tuple[LongLines, ...] = ()  # per corpus, when built with max_sentence_tokens
 
     def read_ranges(self, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """The tokens of the runs ``[starts[i], starts[i] + lengths[i])``, concatenated.
@@ -137,14 +174,20 @@ def build_document_store(
     facts: TokenizerFacts,
     directory: Path | None = None,
     show_progress: bool = True,
+    max_sentence_tokens: int | None = None,
 ) -> DocumentStore:
     """Tokenize ``corpus_path`` (or several corpora, one after the other) in batches and return the document store
-    (on disk under ``directory`` if given). Each corpus must hold at least two documents."""
+    (on disk under ``directory`` if given). Each corpus must hold at least two documents. Lines longer than
+    ``max_sentence_tokens`` (if given) are cut into sentences of at most that many tokens."""
     builder = _OffsetsBuilder(facts.token_dtype, directory)
+    continues_word = continuation_table(tokenizer, facts) if max_sentence_tokens is not None else None
+    long_lines: list[LongLines] = []
+    current_long = {"lines": 0, "tokens": 0, "pieces": 0}
+    current_long_numbers: list[int] = []
     counters = {"tokens": 0, "sentences": 0, "documents": 0, "empty_sentences": 0, "empty_documents": 0}
     current_document_has_sentence = False
     current_document_has_line = False
-    pending: list[tuple[str, bool]] = []
+    pending: list[tuple[str, bool, int]] = []  # (text, starts a document, line number)
     builder.append("sentence_offsets", np.zeros(1, np.int64))
     builder.append("document_offsets", np.zeros(1, np.int64))
 
@@ -159,20 +202,31 @@ def build_document_store(
 
     def flush() -> None:
         nonlocal current_document_has_sentence, current_document_has_line
-        encoded = encode_sentences(tokenizer, [text for text, _ in pending])
+        encoded = encode_sentences(tokenizer, [text for text, _, _ in pending])
         kept_lengths: list[int] = []
         kept_ids: list[list[int]] = []
         document_ends: list[int] = []
-        for (_, starts_document), ids in zip(pending, encoded):
+        for (_, starts_document, line_number), ids in zip(pending, encoded):
             if starts_document:
                 close_document(document_ends)
             current_document_has_line = True
             if not ids:
                 counters["empty_sentences"] += 1
                 continue
-            kept_ids.append(ids)
-            kept_lengths.append(len(ids))
-            counters["sentences"] += 1
+            pieces = [ids]
+            if max_sentence_tokens is not None and len(ids) > max_sentence_tokens:
+                assert continues_word is not None
+                cuts = cut_points(np.asarray(ids, dtype=np.int64), max_sentence_tokens, continues_word)
+                pieces = [ids[start:end] for start, end in zip(cuts[:-1], cuts[1:])]
+                current_long["lines"] += 1
+                current_long["tokens"] += len(ids)
+                current_long["pieces"] += len(pieces)
+                if len(current_long_numbers) < LONG_LINES_LISTED:
+                    current_long_numbers.append(line_number)
+            for piece in pieces:
+                kept_ids.append(piece)
+                kept_lengths.append(len(piece))
+            counters["sentences"] += len(pieces)
             current_document_has_sentence = True
         if kept_ids:
             flat = np.fromiter(chain.from_iterable(kept_ids), dtype=np.int64, count=sum(kept_lengths))
@@ -195,7 +249,7 @@ def build_document_store(
             for path in paths:
                 last_byte = 0
                 for line in iter_corpus_lines(path):
-                    pending.append((line.text, line.starts_document))
+                    pending.append((line.text, line.starts_document, line.line_number))
                     if len(pending) >= SENTENCES_PER_BATCH:
                         flush()
                         progress.update(line.end_byte - last_byte)
@@ -210,6 +264,9 @@ def build_document_store(
                 progress.update(path.stat().st_size - last_byte)
                 require_two_documents(path, counters["documents"] - corpus_document_ends[-1])
                 corpus_document_ends.append(counters["documents"])
+                long_lines.append(LongLines(**current_long, first_line_numbers=tuple(current_long_numbers)))
+                current_long = {"lines": 0, "tokens": 0, "pieces": 0}
+                current_long_numbers = []
     except BaseException:
         builder.abandon()
         raise
@@ -222,6 +279,7 @@ def build_document_store(
         counters["empty_documents"],
         corpus_document_offsets=np.asarray(corpus_document_ends, dtype=np.int64),
         tokens_file=None if directory is None else directory / "tokens.npy",
+        long_lines=tuple(long_lines),
     )
     if directory is not None:
         write_json_atomic(

@@ -10,7 +10,6 @@ the result is byte-identical to an uninterrupted run, whatever ``num_workers`` i
 
 from __future__ import annotations
 
-import json
 import logging
 import multiprocessing
 import shutil
@@ -23,8 +22,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import epoch_writer
-from .atomic_files import write_json_atomic
-from .corpus import open_corpus_checked
+from .atomic_files import is_disk_full, write_json_atomic
+from .corpus import open_corpus_checked, sample_lines
 from .document_store import DocumentStore, build_document_store
 from .dynamic_masking import masking_tables
 from .epoch_format import (
@@ -37,27 +36,31 @@ from .epoch_format import (
 )
 from .epoch_writer import GenerationContext, ShardTask
 from .errors import UserError
-from .instances import DocumentPool
+from .instances import SPECIAL_TOKENS_PER_PAIR, DocumentPool
 from .mixing import sampling_probabilities
-from .output_directory import GENERATION_RECORD, check_resume, publish, remove_stale_epochs, working_directory
+from .model_files import check_model_positions, read_model_config
+from .output_directory import (
+    GENERATION_RECORD,
+    check_resume,
+    discard_unfinished,
+    publish,
+    remove_stale_epochs,
+    working_directory,
+)
+from .output_lock import hold_output_lock
 from .pregenerate_config import PregenerateConfig
-from .tokenization import TokenizerFacts, describe_tokenizer, load_tokenizer
+from .tokenization import TokenizerFacts, describe_tokenizer, load_tokenizer, require_tokenizer_fits
 
 logger = logging.getLogger(__name__)
 
 STORE_DIRECTORY = "document_store.partial"
 
 
-def _model_config(model: str | None) -> dict[str, Any] | None:
-    path = Path(model) / "config.json" if model else None
-    return json.loads(path.read_text(encoding="utf-8")) if path is not None and path.is_file() else None
-
-
 def resolve_objective(requested: str, model: str | None, facts: TokenizerFacts) -> str:
     """ "auto" means NSP for BERT (the only family with an NSP head) and MLM for everything else."""
     if requested != "auto":
         return requested
-    model_config = _model_config(model)
+    model_config = read_model_config(model)
     if model_config is not None:
         is_bert = model_config.get("model_type") == "bert"
     else:
@@ -65,19 +68,6 @@ def resolve_objective(requested: str, model: str | None, facts: TokenizerFacts) 
     if not is_bert:
         logger.info("objective: masked LM only (this model has no next-sentence-prediction head)")
     return "nsp" if is_bert else "mlm"
-
-
-def _check_model_positions(config: PregenerateConfig) -> None:
-    model_config = _model_config(config.bert_model)
-    if model_config is None:
-        return
-    config_path = Path(str(config.bert_model)) / "config.json"
-    positions = model_config.get("max_position_embeddings")
-    if positions is not None and config.max_seq_len > positions:
-        raise UserError(
-            f"{config_path}: the model has {positions} positions but --max_seq_len is {config.max_seq_len}; "
-            f"use --max_seq_len {positions} or less"
-        )
 
 
 def _split_documents(
@@ -199,13 +189,18 @@ def _generate(
 
 
 def pregenerate(config: PregenerateConfig) -> dict[str, Any]:
-    """Write ``config.epochs_to_generate`` epochs (and the held-out set) to ``config.output_dir``; return the manifest."""
+    """Write ``config.epochs_to_generate`` epochs (and the held-out set) to ``config.output_dir``; return the manifest.
+
+    Everything that can refuse the input is checked before anything is written; the writing holds the output
+    directory's lock (``output_lock``), so a second run on the same directory is refused, not interleaved."""
     for _, path in config.named_corpora():
         open_corpus_checked(path)
-    _check_model_positions(config)
+    check_model_positions(config.bert_model, config.max_seq_len)
     tokenizer_source = config.tokenizer or config.bert_model
     assert tokenizer_source is not None
     tokenizer = load_tokenizer(tokenizer_source, config.do_lower_case)
+    for _, path in config.named_corpora():
+        require_tokenizer_fits(tokenizer, tokenizer_source, path, sample_lines(path))
     facts = describe_tokenizer(tokenizer, tokenizer_source)
     objective = resolve_objective(config.objective, config.bert_model, facts)
     if config.do_whole_word_mask and facts.continuation_prefix is None:
@@ -213,6 +208,11 @@ def pregenerate(config: PregenerateConfig) -> dict[str, Any]:
             f"{tokenizer_source}: --do_whole_word_mask needs a WordPiece tokenizer (pieces marked '##'); this one is "
             "not, so whole-word masking would do nothing: drop the flag"
         )
+    with hold_output_lock(config.output_dir, "pregenerate"):
+        return _write_output(config, tokenizer, facts, objective)
+
+
+def _write_output(config: PregenerateConfig, tokenizer: Any, facts: TokenizerFacts, objective: str) -> dict[str, Any]:
     work = working_directory(config.output_dir, config.overwrite, config.resume)
     final_output = config.output_dir
     config = replace(config, output_dir=work)
@@ -223,16 +223,41 @@ def pregenerate(config: PregenerateConfig) -> dict[str, Any]:
     store_directory = config.output_dir / STORE_DIRECTORY if config.reduce_memory else None
     if store_directory is not None:
         shutil.rmtree(store_directory, ignore_errors=True)
+    # "nsp" places whole sentences; a longer one would be truncated to fit, so it is cut into pieces that fit.
+    max_sentence_tokens = config.max_seq_len - SPECIAL_TOKENS_PER_PAIR if objective == "nsp" else None
     try:
         paths = [path for _, path in config.named_corpora()]
-        store = build_document_store(paths, tokenizer, facts, store_directory, config.show_progress)
+        store = build_document_store(
+            paths, tokenizer, facts, store_directory, config.show_progress, max_sentence_tokens
+        )
+        _log_long_lines(config.named_corpora(), store, max_sentence_tokens)
         manifest = _generate_all(config, objective, store, store_directory, tokenizer, facts, record)
+    except BaseException as error:
+        discard_unfinished(work, final_output, disk_full=is_disk_full(error))
+        raise
     finally:
         if store_directory is not None:
             shutil.rmtree(store_directory, ignore_errors=True)
     if work != final_output:
         publish(work, final_output)
     return manifest
+
+
+def _log_long_lines(corpora: list[tuple[str, Path]], store: DocumentStore, max_sentence_tokens: int | None) -> None:
+    for (_, path), long in zip(corpora, store.long_lines):
+        if long.lines:
+            shown = ", ".join(f"{path}:{number}" for number in long.first_line_numbers)
+            more = (
+                f" and {long.lines - len(long.first_line_numbers)} more"
+                if long.lines > len(long.first_line_numbers)
+                else ""
+            )
+            logger.warning(
+                "%s: %d line(s) longer than %d tokens (%s%s; %d tokens in all) were cut into %d sentences of at most "
+                "%d tokens, so nothing of them is truncated away; split long lines into sentences (bert-domain-ft "
+                "prepare) for better next-sentence pairs",
+                path, long.lines, max_sentence_tokens, shown, more, long.tokens, long.pieces, max_sentence_tokens,
+            )  # fmt: skip
 
 
 def _generate_all(
@@ -302,6 +327,7 @@ def _generate_all(
                 "documents": int(len(training[index]) + len(held_out[index])),
                 "training_tokens": int(training_tokens[index]),
                 "sampling_probability": float(probabilities[index]),
+                "long_lines_split": store.long_lines[index].to_json() if store.long_lines else None,
             }
             for index, (corpus_name, path) in enumerate(corpora)
         ],

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from .errors import UserError
+from .model_files import read_json_object
 
 # uint16 halves the size of every token array when every id fits in it (BERT's 30522, RoBERTa's 50265).
 UINT16_VOCABULARY_LIMIT = 65536
@@ -107,7 +108,7 @@ class FastTokenizer:
         for file_name in ("special_tokens_map.json", "tokenizer_config.json"):
             path = directory / file_name
             if path.exists():
-                values = json.loads(path.read_text(encoding="utf-8"))
+                values = read_json_object(path, "the file saved with the tokenizer")
                 for key in _SPECIAL_TOKEN_KEYS:
                     value = values.get(key)
                     if isinstance(value, dict):
@@ -142,11 +143,14 @@ def load_tokenizer(name_or_path: str, do_lower_case: bool | None = None) -> Any:
     if (directory / "tokenizer.json").is_file():
         try:
             tokenizer: Any = FastTokenizer(directory)
+        except UserError:
+            raise
         except Exception as error:  # a damaged tokenizer.json: say which file
             raise UserError(
                 f"{directory / 'tokenizer.json'}: cannot be read ({error}); save the tokenizer again"
             ) from None
     else:
+        require_vocabulary_files(directory)
         tokenizer = _load_with_transformers(name_or_path)
     backend = tokenizer.backend_tokenizer
     backend.no_truncation()
@@ -163,6 +167,29 @@ def load_tokenizer(name_or_path: str, do_lower_case: bool | None = None) -> Any:
             "drop that setting or use a cased model"
         )
     return tokenizer
+
+
+def _is_vocabulary_file(name: str) -> bool:
+    return (
+        name == "tokenizer.json"
+        or name.startswith("vocab")
+        or name in ("merges.txt", "bpe.codes")
+        or (name.endswith((".model", ".spm")))
+    )
+
+
+def require_vocabulary_files(directory: Path) -> None:
+    """Refuse a local directory that holds no tokenizer vocabulary (e.g. only ``config.json``): transformers would
+    build a tokenizer of its five special tokens from the config alone and turn every word into [UNK]."""
+    if not directory.is_dir():
+        return  # a hub id (or a missing path, which the loader reports)
+    names = sorted(entry.name for entry in directory.iterdir())
+    if not any(_is_vocabulary_file(name) for name in names):
+        found = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "") if names else "nothing"
+        raise UserError(
+            f"{directory}: holds no tokenizer vocabulary (no tokenizer.json, vocab.txt, vocab.json or *.model; "
+            f"found {found}); give the model directory with its tokenizer files, or a tokenizer with --tokenizer"
+        )
 
 
 def _load_with_transformers(name_or_path: str) -> Any:
@@ -259,3 +286,30 @@ def special_table(facts: TokenizerFacts) -> np.ndarray:
     table = np.zeros(facts.vocab_size, dtype=bool)
     table[list(facts.special_token_ids)] = True
     return table
+
+
+# A tokenizer that does not fit the text: more unknown tokens than this fraction of a sample is refused. A model's
+# own tokenizer on text in its language stays far below (BERT's on English: ~0.01%).
+UNKNOWN_TOKEN_LIMIT = 0.05
+
+
+def require_tokenizer_fits(tokenizer: Any, tokenizer_name: str, corpus: Path, sample: Sequence[str]) -> None:
+    """Refuse a tokenizer that turns more than ``UNKNOWN_TOKEN_LIMIT`` of the tokens of ``sample`` (lines of
+    ``corpus``) into its unknown token, or makes nothing but special tokens of it (nothing could be masked)."""
+    encoded = encode_sentences(tokenizer, sample) if sample else []
+    total = sum(len(ids) for ids in encoded)
+    if total == 0:
+        return  # nothing to judge by: the document store reports sentences that tokenize to nothing
+    flat = np.fromiter((token for ids in encoded for token in ids), dtype=np.int64, count=total)
+    unknown_id = getattr(tokenizer, "unk_token_id", None)
+    unknown = int(np.count_nonzero(flat == unknown_id)) if unknown_id is not None else 0
+    where = f"{corpus}: with the tokenizer of {tokenizer_name}, {{}} of the first {len(sample)} lines"
+    advice = (
+        "give the model directory with its tokenizer files (tokenizer.json or vocab.txt) or the right --tokenizer, "
+        "or train one on this text with `bert-domain-ft tokenizer`"
+    )
+    if unknown > UNKNOWN_TOKEN_LIMIT * total:
+        share = f"{unknown / total:.0%} of the tokens"
+        raise UserError(f"{where.format(share)} are unknown tokens (more than {UNKNOWN_TOKEN_LIMIT:.0%}); {advice}")
+    if np.isin(flat, np.asarray(sorted(tokenizer.all_special_ids), dtype=np.int64)).all():
+        raise UserError(f"{where.format('every token')} is a special token, so nothing could be masked; {advice}")
