@@ -31,6 +31,8 @@ from .training.data import collate_pregenerated  # collate_rows + a guard on unu
 
 # The keys of an evaluation record, in display order (also the keys of the training loop's "eval" records).
 METRIC_KEYS = ("mlm_loss", "perplexity", "mlm_accuracy", "nsp_loss", "nsp_accuracy")
+# Keys of the general (out-of-domain) held-out set's metrics in the same records: general_mlm_loss, …
+GENERAL_PREFIX = "general_"
 
 
 @dataclass(frozen=True)
@@ -205,6 +207,18 @@ def build_evaluator(
     return evaluate
 
 
+def with_general(
+    domain: Callable[[nn.Module], dict[str, float]] | None, general: Callable[[nn.Module], dict[str, float]]
+) -> Callable[[nn.Module], dict[str, float]]:
+    """One evaluator of both sets: the domain's metrics (if any) and the general set's under ``GENERAL_PREFIX``."""
+
+    def evaluate(model: nn.Module) -> dict[str, float]:
+        results = domain(model) if domain is not None else {}
+        return {**results, **{GENERAL_PREFIX + key: value for key, value in general(model).items()}}
+
+    return evaluate
+
+
 def holdout_evaluator(
     pregenerated_dir: Path,
     batch_size: int,
@@ -268,21 +282,24 @@ def format_result_table(result: EvaluationResult | Mapping[str, Any], title: str
 def format_before_after_table(
     before: EvaluationResult | Mapping[str, Any], after: EvaluationResult | Mapping[str, Any], title: str = "held-out"
 ) -> str:
-    """Metrics before and after training side by side, with the change (points for accuracies)."""
+    """Metrics before and after training side by side, with the change (points for accuracies); the general
+    held-out set's metrics (``GENERAL_PREFIX`` keys), when present, follow as "general …" rows."""
     first, last = _as_mapping(before), _as_mapping(after)
     rows = [[title, "before", "after", "change"]]
-    for key in METRIC_KEYS:
-        if first.get(key) is None or last.get(key) is None:
-            continue
-        value_before, value_after = float(first[key]), float(last[key])
-        rows.append(
-            [
-                _LABELS[key],
-                _format_value(key, value_before),
-                _format_value(key, value_after),
-                _format_change(key, value_before, value_after),
-            ]
-        )
+    for prefix, label in (("", ""), (GENERAL_PREFIX, "general ")):
+        for key in METRIC_KEYS:
+            value_before, value_after = first.get(prefix + key), last.get(prefix + key)
+            if value_before is None or value_after is None:
+                continue
+            value_before, value_after = float(value_before), float(value_after)
+            rows.append(
+                [
+                    label + _LABELS[key],
+                    _format_value(key, value_before),
+                    _format_value(key, value_after),
+                    _format_change(key, value_before, value_after),
+                ]
+            )
     return render_table(rows)
 
 
@@ -319,4 +336,8 @@ def print_run_before_after(run_dir: Path, file: TextIO | None = None) -> bool:
     before, after = pair
     print(f"held-out evaluation, step {before['step']} → step {after['step']}:", file=file)
     print_before_after(before, after, file)
+    if GENERAL_PREFIX + "mlm_loss" in after:
+        print(
+            "general rows: the --general_holdout text, outside the domain; a rising loss there is forgetting", file=file
+        )
     return True

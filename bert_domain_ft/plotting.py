@@ -2,7 +2,8 @@
 
 Reads ``metrics.jsonl`` of a run directory (one JSON object a line: ``"kind": "train"`` records with step, lr,
 mlm_loss, mlm_acc, nsp_loss, nsp_acc; ``"kind": "eval"`` records with step and the held-out metrics of
-``bert_domain_ft.evaluation``; ``"kind": "head_warmup"`` records of the heads-only phase, drawn left of step 0;
+``bert_domain_ft.evaluation``, the general held-out set's as ``general_*``, drawn beside the domain's;
+``"kind": "head_warmup"`` records of the heads-only phase, drawn left of step 0;
 ``"kind": "probe"`` records of the downstream probe, drawn with the accuracies). matplotlib is an optional extra, imported only here and only when plotting, and
 drawn with the Agg canvas (no display, no global pyplot state).
 
@@ -30,6 +31,7 @@ METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "training_curves.png"
 SMOOTHING_WINDOW_FRACTION = 0.05  # moving-average window as a fraction of the logged training points
 _FIGURE_SIZE_INCHES = (12.0, 8.0)
+GENERAL_LABEL = "general held-out"  # the --general_holdout curves ("general_*" keys): forgetting shows there
 _DPI = 110
 
 
@@ -167,9 +169,11 @@ def _draw_losses(grid: Any, metrics: RunMetrics) -> None:
     _plot_warmup(nsp, metrics, "nsp_loss")
     _plot_train(mlm, *series(metrics.train, "mlm_loss"), "training", "tab:blue")
     _plot_eval(mlm, *series(metrics.evaluations, "mlm_loss"), "held-out", "tab:red")
+    _plot_eval(mlm, *series(metrics.evaluations, "general_mlm_loss"), GENERAL_LABEL, "tab:orange")
     _finish(mlm, "Masked-LM loss", "cross-entropy (nats/token)")
     _plot_train(nsp, *series(metrics.train, "nsp_loss"), "training", "tab:blue")
     _plot_eval(nsp, *series(metrics.evaluations, "nsp_loss"), "held-out", "tab:red")
+    _plot_eval(nsp, *series(metrics.evaluations, "general_nsp_loss"), GENERAL_LABEL, "tab:orange")
     _finish(nsp, "Next-sentence prediction loss", "cross-entropy (nats/pair)")
 
 
@@ -183,6 +187,8 @@ def _draw_accuracy_and_rate(grid: Any, metrics: RunMetrics) -> None:
     _plot_eval(accuracy, eval_steps, 100 * eval_nsp, "held-out NSP", "tab:red")
     eval_steps, eval_mlm = series(metrics.evaluations, "mlm_accuracy")
     _plot_eval(accuracy, eval_steps, 100 * eval_mlm, "held-out MLM", "tab:purple")
+    eval_steps, general_mlm = series(metrics.evaluations, "general_mlm_accuracy")
+    _plot_eval(accuracy, eval_steps, 100 * general_mlm, f"{GENERAL_LABEL} MLM", "tab:orange")
     probes = [r for r in metrics.probes if isinstance(r.get("accuracy_mean"), (int, float))]
     if probes:  # the downstream probe: mean ± std over its seeds
         accuracy.errorbar(

@@ -214,6 +214,13 @@ def _add_run_control(parser: argparse.ArgumentParser) -> None:
         help="pregenerated directory whose held-out set is evaluated (default: the training data's)",
     )
     group.add_argument(
+        "--general_holdout",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help="general text (a corpus file, or a pregenerated directory) also evaluated at every evaluation, as "
+        "general_* metrics: forgetting shows",
+    )
+    group.add_argument(
         "--eval_steps",
         type=int,
         default=_DEFAULTS["eval_steps"],

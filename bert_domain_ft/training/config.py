@@ -110,6 +110,11 @@ class FinetuneConfig:
     """Evaluate on held-out data when there is some (see holdout_data) and an evaluator is available."""
     holdout_data: Path | None = None
     """A pregenerated directory whose held-out set is evaluated; None uses the training data's own holdout."""
+    general_holdout: Path | None = None
+    """General (not domain) text evaluated beside the domain's held-out set at every evaluation, so forgetting
+    shows as "general_*" metrics: a corpus file (pregenerated once with the run's tokenizer, objective and
+    max_seq_len into output_dir/general_holdout/, reused on --resume) or a pregenerated directory (its held-out
+    set, else its first epoch)."""
     eval_steps: int = 0
     """Evaluate every this many optimizer steps (besides before the first step and at the end); 0: only those."""
     eval_batch_size: int = 64
@@ -134,6 +139,8 @@ class FinetuneConfig:
         self.output_dir = Path(self.output_dir)
         if self.holdout_data is not None:
             self.holdout_data = Path(self.holdout_data)
+        if self.general_holdout is not None:
+            self.general_holdout = Path(self.general_holdout)
         self._check_positive("epochs", "train_batch_size", "gradient_accumulation_steps", "logging_steps")
         self._check_positive("eval_batch_size")
         self._check_not_negative("save_steps", "save_total_limit", "stop_after_steps", "eval_steps")
@@ -156,6 +163,8 @@ class FinetuneConfig:
         self._check_head_warmup_and_probe()
         self._check_model_source()
         self._check_anchor()
+        if self.general_holdout is not None and not self.do_eval:
+            raise ValueError("--general_holdout is evaluated with the held-out set: drop --no_eval (or the holdout)")
         if self.resume and self.overwrite_output_dir:
             raise ValueError("--resume and --overwrite_output_dir contradict each other; choose one")
 
