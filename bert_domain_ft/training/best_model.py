@@ -2,9 +2,9 @@
 
 The score is the held-out masked-LM loss (lower is better) or, when a downstream probe is configured, the probe's
 mean accuracy (higher is better; ``CheckpointProbe`` first ``keep``s the starting model, then offers only the
-checkpoints that beat it beyond the seeds' noise). ``best/`` holds a loadable model (``save_pretrained`` files and the tokenizer)
-plus ``best.json`` (step, metric, value); it is written as ``best.partial`` and renamed when complete, so
-``best/`` is always whole. Each new best is also logged to ``metrics.jsonl`` as ``"kind": "best"``. A resumed
+checkpoints that beat it beyond the seeds' noise). ``best/`` holds a loadable model (``save_pretrained`` files
+and the tokenizer) plus ``best.json`` (step, metric, value); it is written as ``best.partial`` and renamed when
+complete, so ``best/`` is always whole. Each new best is also logged to ``metrics.jsonl`` as ``"kind": "best"``. A resumed
 run reads ``best/best.json`` so it only replaces the model with a better one.
 
     keeper = BestModelKeeper(output_dir, metrics, metric="mlm_loss", higher_is_better=False)
