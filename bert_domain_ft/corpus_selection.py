@@ -55,6 +55,7 @@ METHODS = ("bm25", "embedding")
 SCORES_PER_BATCH = 2_000_000  # documents × queries scored at once: 16 MB of float64
 EMBEDDING_BATCH_DOCUMENTS = 256
 COUNTING_BATCH_DOCUMENTS = 4096
+BATCH_CHARACTERS = 8_000_000  # a batch also ends when its texts reach this: long documents stay bounded too
 MAX_CANDIDATES = 10_000_000  # queries × k entries of the ranked lists (40 bytes each): deeper lists are refused
 COPY_CHUNK_BYTES = 1 << 20
 
@@ -159,7 +160,7 @@ def _iter_batches(path: Path, batch_documents: int, description: str, show_progr
     spans: list[tuple[int, int, int]] = []
     texts: list[str] = []
     lines: list[str] = []
-    start = end = position = first_index = 0
+    start = end = position = first_index = batch_characters = 0
     progress = tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc=description, disable=not show_progress)
     with progress, open(path, "rb") as handle:
         for number, raw in enumerate(handle, start=1):
@@ -181,10 +182,11 @@ def _iter_batches(path: Path, batch_documents: int, description: str, show_progr
                 spans.append((start, end - start, len(joined.split())))
                 texts.append(joined)
                 lines = []
-                if len(texts) == batch_documents:
+                batch_characters += len(joined)
+                if len(texts) == batch_documents or batch_characters >= BATCH_CHARACTERS:
                     yield _make_batch(first_index, spans, texts)
                     first_index += len(texts)
-                    spans, texts = [], []
+                    spans, texts, batch_characters = [], [], 0
         if lines:
             joined = " ".join(lines)
             spans.append((start, end - start, len(joined.split())))
