@@ -55,6 +55,29 @@ def _pid_is_alive(pid: int) -> bool:
     return True
 
 
+def _process_start_time(pid: int) -> float | None:
+    """When process ``pid`` started (seconds since the epoch), from /proc; None where that cannot be read."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        boot = next(line for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime "))
+        return int(boot.split()[1]) + int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: start, clock ticks
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def _holder_is_running(holder: dict[str, Any]) -> bool:
+    """Whether the process that wrote ``holder`` still runs: its pid is alive and did not start after the lock was
+    taken (a pid reused by a later process, common in containers, is not the holder)."""
+    pid, started = holder.get("pid"), holder.get("started")
+    if not isinstance(pid, int) or pid == os.getpid() or not _pid_is_alive(pid):
+        return False
+    process_start = _process_start_time(pid)
+    slack_seconds = 2.0  # /proc start times are in clock ticks and boot time in whole seconds
+    return not (
+        isinstance(started, (int, float)) and process_start is not None and process_start > started + slack_seconds
+    )
+
+
 def _describe(holder: dict[str, Any]) -> str:
     started = holder.get("started")
     since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)) if isinstance(started, (int, float)) else "?"
@@ -123,7 +146,7 @@ def _check_holder(descriptor: int, path: Path, output_dir: Path) -> None:
             f"{output_dir}: locked by a run on another host ({_describe(holder)}; lock {path}); if that run is no "
             f"longer running, delete {path} and retry"
         )
-    if isinstance(pid, int) and pid != os.getpid() and _pid_is_alive(pid):
+    if _holder_is_running(holder):
         raise UserError(
             f"{output_dir}: another run is writing here ({_describe(holder)}; lock {path}); wait for it to finish "
             f"or choose another --output_dir (if pid {pid} is not that run, delete {path})"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import os
 import shutil
 import socket
 import subprocess
@@ -77,6 +78,14 @@ def test_a_tokenizer_that_makes_mostly_unknown_tokens_is_refused_by_pregenerate_
     assert "unknown tokens (more than 5%)" in one_error_line(capsys)
 
 
+def test_a_tokenizer_that_makes_only_special_tokens_is_refused(tiny_tokenizer_dir: Path, tmp_path: Path) -> None:
+    corpus = tmp_path / "specials.txt"
+    corpus.write_text("\n\n".join("[CLS] [SEP]\n[MASK] [SEP]" for _ in range(5)) + "\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"every token of the first 10 lines is a special token, so nothing could be"):
+        pregenerate(config(corpus, tiny_tokenizer_dir, tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
 # 2. One writer per output directory
 
 HOLD_LOCK_CHILD = """
@@ -129,6 +138,25 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over_with_a_warning(
         pregenerate(config(tiny_corpus, tiny_tokenizer_dir, output))
     assert any(f"stale lock left by pid {pid}" in record.getMessage() for record in caplog.records)
     assert (output / "manifest.json").exists() and not lock_path(output).exists()
+
+
+def test_a_lock_whose_pid_now_belongs_to_a_later_process_is_stale(tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        time.sleep(0.1)
+        earlier = {"pid": live.pid, "host": socket.gethostname(), "command": "pregenerate", "started": 1_000_000.0}
+        lock_path(output).write_text(json.dumps(earlier))  # a lock taken long before this pid's process started
+        with hold_output_lock(output, "pregenerate"):
+            assert json.loads(lock_path(output).read_text())["pid"] == os.getpid()
+        now = {**earlier, "started": time.time()}
+        lock_path(output).write_text(json.dumps(now))  # the same live process, which could hold it: refused
+        with pytest.raises(UserError, match=f"another run is writing here \\(pid {live.pid}"):
+            with hold_output_lock(output, "pregenerate"):
+                pass
+    finally:
+        live.kill()
+        live.wait()
 
 
 def test_a_lock_from_another_host_is_refused_with_how_to_remove_it(tmp_path: Path) -> None:
