@@ -254,7 +254,7 @@ def _log_long_lines(corpora: list[tuple[str, Path]], store: DocumentStore, max_s
             )
             logger.warning(
                 "%s: %d line(s) longer than %d tokens (%s%s; %d tokens in all) were cut into %d sentences of at most "
-                "%d tokens, so nothing of them is truncated away; split long lines into sentences (bert-domain-ft "
+                "%d tokens rather than truncated to one instance; split long lines into sentences (bert-domain-ft "
                 "prepare) for better next-sentence pairs",
                 path, long.lines, max_sentence_tokens, shown, more, long.tokens, long.pieces, max_sentence_tokens,
             )  # fmt: skip
