@@ -114,7 +114,7 @@ class FinetuneConfig:
     """General (not domain) text evaluated beside the domain's held-out set at every evaluation, so forgetting
     shows as "general_*" metrics: a corpus file (pregenerated once with the run's tokenizer, objective and
     max_seq_len into output_dir/general_holdout/, reused on --resume) or a pregenerated directory (its held-out
-    set, else its first epoch)."""
+    set, else its first epoch). All of it is evaluated each time: a few thousand sentences are plenty."""
     eval_steps: int = 0
     """Evaluate every this many optimizer steps (besides before the first step and at the end); 0: only those."""
     eval_batch_size: int = 64
