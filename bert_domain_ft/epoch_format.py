@@ -25,6 +25,12 @@ Each epoch directory also holds ``epoch.json`` (its statistics and, per array, s
 the data bytes). It is built under ``epoch_XXX.partial`` and renamed when complete, so a directory named
 ``epoch_XXX`` is always whole.
 
+Opening an epoch checks it against the manifest (``max_seq_len`` = L, masked width ≤ ``max_predictions_per_seq``,
+the tokenizer's ``token_dtype``) and every value against its range: token ids < the vocabulary size, positions
+< L, lengths ≤ L, ``num_masked`` ≤ P, NSP labels 0/1, corpus ids < the number of corpora. The value scan reads
+each array once in chunks of ~8 MiB (min/max per chunk, numpy) and is remembered per file (size, mtime) for the
+rest of the process; ``--verify`` (SHA-256) is separate.
+
     manifest = read_manifest(Path("pregenerated"))
     epoch = open_epoch(Path("pregenerated"), manifest, epoch_index=0)
     epoch.input_ids[17], epoch.masked_labels[17, : epoch.num_masked[17]]
@@ -39,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from .epoch_checks import check_epoch_against_manifest
 from .errors import UserError
 from .npy_stream import data_sha256
 
@@ -90,15 +97,19 @@ class EpochArrays:
         return int(self.input_ids.shape[0])
 
 
-def read_manifest(directory: Path) -> dict[str, Any]:
-    """Read and check ``manifest.json`` of a pregenerated directory."""
+def read_manifest(directory: Path, flag: str = "--pregenerated_data") -> dict[str, Any]:
+    """Read and check ``manifest.json`` of a pregenerated directory; ``flag`` is the option that named it."""
     directory = Path(directory)
     path = directory / MANIFEST_NAME
+    if directory.exists() and not directory.is_dir():
+        raise UserError(
+            f"{directory}: is a file, not a directory; {flag} takes the output directory of `bert-domain-ft pregenerate`"
+        )
     if not path.exists():
         hint = (
             "it holds the original script's epoch_N.json files: they are converted automatically by finetune"
             if any(directory.glob("epoch_*.json"))
-            else "run `bert-domain-ft pregenerate` first, or check the --pregenerated_data path"
+            else f"run `bert-domain-ft pregenerate` first, or check the {flag} path"
         )
         raise UserError(f"{path}: no manifest; {hint}")
     try:
@@ -143,8 +154,11 @@ def _check_array(path: Path, expected: dict[str, Any], verify_checksum: bool) ->
     return array
 
 
-def open_epoch_directory(directory: Path, verify_checksum: bool = False) -> EpochArrays:
-    """Open one epoch (or the held-out set) as memmaps after a size/shape check (and SHA-256 when asked)."""
+def open_epoch_directory(
+    directory: Path, verify_checksum: bool = False, manifest: dict[str, Any] | None = None
+) -> EpochArrays:
+    """Open one epoch (or the held-out set) as memmaps after a size/shape check (and SHA-256 when asked); with
+    the ``manifest``, also check the arrays against it and their values against their ranges."""
     description_path = directory / EPOCH_DESCRIPTION_NAME
     if not description_path.exists():
         raise UserError(f"{description_path}: missing; this epoch is incomplete, pregenerate it again (--resume)")
@@ -158,6 +172,8 @@ def open_epoch_directory(directory: Path, verify_checksum: bool = False) -> Epoc
         name: _check_array(directory / f"{name}.npy", expected, verify_checksum)
         for name, expected in description["arrays"].items()
     }
+    if manifest is not None:
+        check_epoch_against_manifest(directory, arrays, manifest)
     return EpochArrays(
         directory=directory,
         input_ids=arrays["input_ids"],
@@ -179,10 +195,14 @@ def open_epoch(
     num_epochs = len(manifest["epochs"])
     if not 0 <= epoch_index < num_epochs:
         raise UserError(f"{directory}: has {num_epochs} epochs, epoch {epoch_index} was asked for")
-    return open_epoch_directory(Path(directory) / epoch_directory_name(epoch_index), verify_checksum)
+    return open_epoch_directory(Path(directory) / epoch_directory_name(epoch_index), verify_checksum, manifest)
 
 
 def open_holdout(directory: Path, verify_checksum: bool = False) -> EpochArrays | None:
-    """The held-out set written with ``--holdout_fraction``, or ``None`` when there is none."""
+    """The held-out set written with ``--holdout_fraction``, or ``None`` when there is none (checked against
+    the directory's manifest like a training epoch)."""
     holdout = Path(directory) / HOLDOUT_DIRECTORY
-    return open_epoch_directory(holdout, verify_checksum) if holdout.exists() else None
+    if not holdout.exists():
+        return None
+    manifest = read_manifest(directory) if (Path(directory) / MANIFEST_NAME).exists() else None
+    return open_epoch_directory(holdout, verify_checksum, manifest)
