@@ -6,6 +6,12 @@ tokenizer, ``optimizer.pt``, ``scheduler.pt``, ``scaler.pt``, ``rng_state.pt`` (
 ``checkpoint-STEP.partial`` and renamed when complete, so a ``checkpoint-STEP`` directory is always whole.
 Everything is read back with ``torch.load(weights_only=True)``.
 
+Written last, ``checkpoint_complete.json`` lists every other file with its size in bytes and BLAKE2b digest, so
+a checkpoint damaged after it was saved (a truncated copy, a full disk during a sync) is recognised before it is
+loaded. ``--resume`` (``CheckpointManager.resume``) takes the newest intact checkpoint and names, in a warning,
+each newer one it skips; a checkpoint without the file (written by an earlier version) counts as intact when it
+loads.
+
     manager = CheckpointManager(output_dir, context, model, optimizer, scheduler, precision, run_settings)
     manager.save(position); position = manager.load(latest_checkpoint(output_dir))
 """
@@ -29,6 +35,13 @@ from ..atomic_files import TEMPORARY_SUFFIX, os_errors_as_user_errors, replace_d
 from ..errors import UserError
 from ..pretraining_model import quiet_transformers
 from .attention import stock_attention
+from .checkpoint_integrity import (
+    DamagedCheckpoint,
+    checkpoint_damage,
+    damage_named,
+    first_line,
+    write_completion_record,
+)
 from .disk_errors import save_tensors, storage_errors_as_os_errors
 from .distributed import DistributedContext, barrier, gather_objects
 from .precision import Precision
@@ -216,8 +229,9 @@ class CheckpointManager:
         if self.precision.scaler is not None:
             save_tensors(self.precision.scaler.state_dict(), directory / SCALER_FILE)
         save_tensors(rng_states, directory / RNG_FILE)
-        # Written last: its presence marks the directory as complete even before the rename.
+        # Its presence marks the directory as complete even before the rename.
         write_json_atomic(directory / STATE_FILE, {"position": position.to_json(), "settings": self.run_settings})
+        write_completion_record(directory)  # last: sizes and digests of everything above
 
     def last_good_checkpoint_note(self, resume_hint: bool = True) -> str:
         """Where the run can continue from, for error messages (the newest complete checkpoint, if any)."""
@@ -249,22 +263,49 @@ class CheckpointManager:
                 "resume with the original settings or start a new --output_dir"
             )
 
+    def resume(self) -> tuple[Path, TrainingPosition] | None:
+        """Load the newest intact checkpoint (see ``checkpoint_damage``; one without a completion record must
+        load); each newer damaged one is named in a warning. None when there is no checkpoint at all."""
+        found = checkpoint_directories(self.output_dir)
+        damaged: list[str] = []
+        for _, directory in reversed(found):
+            try:
+                problem = checkpoint_damage(directory)
+                if problem is not None:
+                    raise DamagedCheckpoint(f"{directory}: damaged ({problem})")
+                return directory, self.load(directory)
+            except DamagedCheckpoint as error:
+                logger.warning("--resume: skipping %s; trying the checkpoint before it", error)
+                damaged.append(directory.name)
+        if not damaged:
+            return None
+        raise UserError(
+            f"{self.output_dir}: no intact checkpoint to resume from ({', '.join(damaged)} damaged, see the "
+            "warnings above); start again with --overwrite_output_dir"
+        )
+
     def load(self, directory: Path) -> TrainingPosition:
-        """Restore model, optimizer, scheduler, scaler and this process's RNG state; return the position."""
+        """Restore model, optimizer, scheduler, scaler and this process's RNG state; return the position.
+        A file that cannot be read back raises ``DamagedCheckpoint`` naming it; changed settings a ``UserError``."""
         state_path = directory / STATE_FILE
         try:
             state = json.loads(state_path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as error:
-            raise UserError(
-                f"{state_path}: unreadable ({error}); delete this checkpoint to resume from an older one"
-            ) from None
-        self.check_settings(directory, state["settings"])
+            settings, position = state["settings"], TrainingPosition.from_json(state["position"])
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as error:
+            raise DamagedCheckpoint(f"{state_path}: unreadable ({first_line(error)})") from None
+        self.check_settings(directory, settings)
         device = self.context.device
-        load_model_weights(self.model, directory)
-        self.optimizer.load_state_dict(torch.load(directory / OPTIMIZER_FILE, map_location=device, weights_only=True))
-        self.scheduler.load_state_dict(torch.load(directory / SCHEDULER_FILE, weights_only=True))
+        with damage_named(directory / "model.safetensors"):
+            load_model_weights(self.model, directory)
+        with damage_named(directory / OPTIMIZER_FILE):
+            self.optimizer.load_state_dict(
+                torch.load(directory / OPTIMIZER_FILE, map_location=device, weights_only=True)
+            )
+        with damage_named(directory / SCHEDULER_FILE):
+            self.scheduler.load_state_dict(torch.load(directory / SCHEDULER_FILE, weights_only=True))
         if self.precision.scaler is not None and (directory / SCALER_FILE).exists():
-            self.precision.scaler.load_state_dict(torch.load(directory / SCALER_FILE, weights_only=True))
-        rng_states = torch.load(directory / RNG_FILE, weights_only=True)
-        restore_rng_state(rng_states[self.context.rank])
-        return TrainingPosition.from_json(state["position"])
+            with damage_named(directory / SCALER_FILE):
+                self.precision.scaler.load_state_dict(torch.load(directory / SCALER_FILE, weights_only=True))
+        with damage_named(directory / RNG_FILE):
+            restore_rng_state(torch.load(directory / RNG_FILE, weights_only=True)[self.context.rank])
+        return position
