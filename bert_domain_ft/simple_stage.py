@@ -34,6 +34,7 @@ from .simple_pairs import (
     sample_epoch_pairs,
 )
 from .tokenization import TokenizerFacts
+from .training.compatibility import check_tokenizer_matches_model
 from .training.data import Batch, BatchFetcher
 from .training.distributed import DistributedContext, barrier, cleanup, init_distributed
 from .training.recipe import (
@@ -43,6 +44,7 @@ from .training.recipe import (
     setup_tokenizer,
     train_and_save,
 )
+from .training.run_lock import hold_run_lock
 
 logger = logging.getLogger(__name__)
 
@@ -139,6 +141,9 @@ def remove_store(config: SimpleConfig, context: DistributedContext) -> None:
 
 
 def check_model_fits(config: SimpleConfig, model_config: Any, facts: TokenizerFacts) -> None:
+    training = config.training
+    if not training.from_scratch:
+        check_tokenizer_matches_model(facts, training.bert_model, model_config.vocab_size, training.tokenizer)
     if config.max_seq_len > model_config.max_position_embeddings:
         raise UserError(
             f"{config.training.bert_model}: has only {model_config.max_position_embeddings} positions "
@@ -158,17 +163,19 @@ def simple_finetune(config: SimpleConfig) -> Path:
     context = init_distributed(training.no_cuda, training.local_rank)
     try:
         seed_everything(training.seed)
-        prepare_output_dir(training, context)
-        tokenizer, facts, saveable_tokenizer = setup_tokenizer(training)
-        loaded = load_training_model(training, context)
-        check_model_fits(config, loaded.model.config, facts)
-        try:
-            source = _pair_source(config, context, tokenizer, facts)
-            train_and_save(
-                training, context, loaded, source, saveable_tokenizer, with_nsp=True, arguments=config.to_json()
-            )
-        finally:
-            remove_store(config, context)
+        with hold_run_lock(context, config.output_dir, "simple"):  # one writer: a second run is refused
+            prepare_output_dir(training, context)
+            tokenizer, facts, saveable_tokenizer = setup_tokenizer(training)
+            loaded = load_training_model(training, context)
+            check_model_fits(config, loaded.model.config, facts)
+            try:
+                source = _pair_source(config, context, tokenizer, facts)
+                arguments = config.to_json()
+                train_and_save(
+                    training, context, loaded, source, saveable_tokenizer, with_nsp=True, arguments=arguments
+                )
+            finally:
+                remove_store(config, context)
         return config.output_dir
     finally:
         cleanup(context)

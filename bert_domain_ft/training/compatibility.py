@@ -52,6 +52,21 @@ def check_data_matches_model(
     check_format(where, manifest)
 
 
+def check_tokenizer_matches_model(
+    facts: TokenizerFacts, model_name: str | None, model_vocab_size: int, tokenizer_flag: str | None
+) -> None:
+    """A --tokenizer given beside --bert_model must have exactly the model's vocabulary size: its ids would
+    otherwise mean other words to the embeddings (and ids past the last row would crash the model). Not called
+    with --from_scratch, where the model is built for the tokenizer."""
+    if tokenizer_flag is None or facts.vocab_size == model_vocab_size:
+        return
+    raise UserError(
+        f"--tokenizer {tokenizer_flag}: its vocabulary has {facts.vocab_size} tokens but {model_name}'s embedding "
+        f"matrix has {model_vocab_size} rows; use the model's own tokenizer (leave out --tokenizer), extend the "
+        "model's vocabulary deliberately (resize its embeddings and save it), or train a new model with --from_scratch"
+    )
+
+
 def check_lengths(
     where: Path, manifest: dict[str, Any], model_name: str, max_positions: int, model_vocab: int, tokenizer_vocab: int
 ) -> None:
