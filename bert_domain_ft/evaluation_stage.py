@@ -87,7 +87,8 @@ def choose_device(no_cuda: bool) -> torch.device:
 def check_model_fits_data(
     model: nn.Module, model_name: str, manifest: dict[str, Any], directory: Path, tokenizer: str | None = None
 ) -> None:
-    """The data's token ids must mean the same to the model, and its sequences must fit the model's positions."""
+    """The data's token ids must mean the same to the model, and its sequences must fit the model's positions.
+    ``tokenizer`` (--tokenizer) replaces the model's own: its vocabulary must have the model's size."""
     data_tokenizer = manifest["tokenizer"]
     try:
         model_facts = describe_tokenizer(load_tokenizer(tokenizer or model_name), tokenizer or model_name)
@@ -95,7 +96,18 @@ def check_model_fits_data(
         if tokenizer is not None:  # asked for by name: it must load
             raise
         model_facts = None  # a bare checkpoint without tokenizer files: the vocabulary size is all we can check
+    if tokenizer is not None and model_facts is not None and model_facts.vocab_size != model.config.vocab_size:
+        raise UserError(
+            f"--tokenizer {tokenizer}: its vocabulary ({model_facts.vocab_size} tokens) does not match the model's "
+            f"({model_name}: {model.config.vocab_size} embeddings); give the tokenizer the model was trained with, "
+            "or leave out --tokenizer to use the model's own"
+        )
     if model_facts is not None and model_facts.vocab_fingerprint != data_tokenizer["vocab_fingerprint"]:
+        if tokenizer is not None:
+            raise UserError(
+                f"{directory}: pregenerated with the vocabulary of {data_tokenizer['name']}, which differs from "
+                f"that of --tokenizer {tokenizer}; give the tokenizer the data was made with as --tokenizer"
+            )
         raise UserError(
             f"{directory}: pregenerated with the vocabulary of {data_tokenizer['name']}, which differs from "
             f"{model_name}'s; pregenerate again with --bert_model {model_name}"
@@ -131,7 +143,7 @@ def _open_evaluation_set(directory: Path, manifest: dict[str, Any], epoch: int |
 
 
 def _evaluate_directory(config: EvaluateConfig, directory: Path, epoch: int | None) -> EvaluationResult:
-    manifest = read_manifest(directory)
+    manifest = read_manifest(directory, flag="--data")
     evaluation_set = first_instances(_open_evaluation_set(directory, manifest, epoch), config.max_instances)
     torch.manual_seed(EVALUATION_SEED)  # heads missing from the checkpoint start the same way every time
     loaded = load_for_evaluation(config.model, manifest)

@@ -24,6 +24,8 @@ from .errors import UserError, at_location
 JSON_LINES_SUFFIXES = (".jsonl", ".ndjson", ".json")
 CSV_SUFFIXES = (".csv", ".tsv")
 MAX_LISTED_LABELS = 5  # labels named in an error message before "…"
+# Python's csv module refuses cells over 131,072 characters by default; a probe text this long is still a row.
+MAX_CELL_CHARACTERS = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,14 @@ def _missing_column(path: Path, line: int, column: str, available: list[str], fl
 
 
 def _iter_csv(path: Path, text: str, columns: tuple[str, str]) -> Iterator[tuple[str, str]]:
+    previous_limit = csv.field_size_limit(max(csv.field_size_limit(), MAX_CELL_CHARACTERS))
+    try:
+        yield from _iter_csv_rows(path, text, columns)
+    finally:
+        csv.field_size_limit(previous_limit)  # the limit is process-wide: leave it as it was
+
+
+def _iter_csv_rows(path: Path, text: str, columns: tuple[str, str]) -> Iterator[tuple[str, str]]:
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
     header = [name for name in (reader.fieldnames or []) if name is not None]
@@ -79,12 +89,19 @@ def _iter_csv(path: Path, text: str, columns: tuple[str, str]) -> Iterator[tuple
     for column, flag in zip(columns, ("--text_column", "--label_column")):
         if column not in header:
             raise _missing_column(path, 1, column, header, flag)
+    next_record = reader.line_num + 1  # the line the record being read starts on (the reader counts finished lines)
     try:
         for row in reader:
+            line, next_record = reader.line_num, reader.line_num + 1
             if not any((value or "").strip() for value in row.values() if isinstance(value, str)):
                 continue  # a blank line
-            yield _checked_row(path, reader.line_num, row[columns[0]], row[columns[1]], columns)
+            yield _checked_row(path, line, row[columns[0]], row[columns[1]], columns)
     except csv.Error as error:
+        if "field larger than field limit" in str(error):
+            raise UserError(
+                at_location(path, next_record, f"a cell holds more than {MAX_CELL_CHARACTERS:,} characters; "
+                            "a probe row takes one sentence or a short text, shorten it")
+            ) from None  # fmt: skip
         raise UserError(at_location(path, reader.line_num, f"not valid CSV ({error}); fix the quoting")) from None
 
 
