@@ -84,3 +84,21 @@ def save_rank_weights(model: Any, reports: Path, rank: int) -> None:
     # Clones: tied tensors share storage, which safetensors refuses.
     weights = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
     save_file(weights, str(reports / f"weights-rank{rank}.safetensors"))
+
+
+def write_smaller_tokenizer(directory: Path, vocab_size: int) -> Path:
+    """A lower-casing WordPiece tokenizer with the first ``vocab_size`` tokens of the tiny BERT's vocabulary (a
+    tokenizer whose size differs from the model's embeddings)."""
+    from tiny_assets import vocabulary
+    from transformers import BertTokenizerFast
+
+    directory.mkdir(parents=True, exist_ok=True)
+    tokens = vocabulary()[:vocab_size]
+    vocab_file = directory / "vocab.txt"
+    vocab_file.write_text("\n".join(tokens) + "\n", encoding="utf-8")
+    try:  # transformers 5 takes the vocabulary itself
+        tokenizer = BertTokenizerFast(vocab={token: i for i, token in enumerate(tokens)}, do_lower_case=True)
+    except TypeError:  # transformers 4 reads vocab.txt
+        tokenizer = BertTokenizerFast(vocab_file=str(vocab_file), do_lower_case=True)
+    tokenizer.save_pretrained(str(directory))
+    return directory
