@@ -1,15 +1,16 @@
 """``select``: the domain documents nearest to a task's texts (kNN-TAPT, Gururangan et al. 2020), streamed.
 
 Every task text (``task_text``) is a query. Each query ranks the corpus's documents; documents are then taken
-round-robin over the queries, each query adding its best document not yet taken, until the kept documents'
-words reach the budget (the last one may cross it). So every task text gets neighbours, not only the majority
-topic. Whole documents are kept, byte for byte, in corpus order, so NSP pairs stay within real documents.
+round-robin over the queries (in a fixed random order), each query adding its best document not yet taken,
+until the kept documents' words reach the budget (the last one may cross it). So every task text gets
+neighbours, not only the majority topic. Whole documents are kept, byte for byte, in corpus order, so NSP pairs stay within real documents.
 
 Bounded memory, for corpora larger than RAM: the corpus is streamed (one batch of documents in memory) and only
 the ranked candidates are kept, ``(score, document index, byte offset, byte length, words)`` for each query's
-``k`` best, ``k`` sized from the budget (about twice the documents it takes, shared over the queries). If a query
-runs out of candidates before the budget is filled, scoring is redone with a 4× larger ``k``; the result is
-exactly that of unlimited lists. The chosen documents are then copied by offset. The task texts themselves
+``k`` best, ``k`` sized from the budget (about four times the documents it takes, shared over the queries). If a
+query runs out of candidates before the budget is filled, scoring is redone with a 4× larger ``k``; the result is
+exactly that of unlimited lists (up to ``MAX_CANDIDATES`` entries in all, beyond which a warning says the budget
+may stay unfilled). The chosen documents are then copied by offset. The task texts themselves
 (queries) are held in memory: a task's labelled data is small.
 
 Methods:
@@ -55,9 +56,13 @@ METHODS = ("bm25", "embedding")
 SCORES_PER_BATCH = 2_000_000  # documents × queries scored at once: 16 MB of float64
 EMBEDDING_BATCH_DOCUMENTS = 256
 COUNTING_BATCH_DOCUMENTS = 4096
-BATCH_CHARACTERS = 8_000_000  # a batch also ends when its texts reach this: long documents stay bounded too
+BATCH_CHARACTERS = 2_000_000  # a batch also ends when its texts reach this: long documents stay bounded too
 MAX_CANDIDATES = 10_000_000  # queries × k entries of the ranked lists (40 bytes each): deeper lists are refused
 COPY_CHUNK_BYTES = 1 << 20
+# First ranked lists hold LIST_SLACK × (documents the budget takes) / queries + LIST_EXTRA entries per query:
+# generous, as memory is cheap here and another scoring pass (an embedding pass above all) is not.
+LIST_SLACK = 4
+LIST_EXTRA = 16
 
 
 @dataclass
@@ -82,6 +87,8 @@ class SelectConfig:
     """BM25 term-frequency saturation."""
     b: float = 0.75
     """BM25 document-length normalisation, in [0, 1]."""
+    seed: int = 0
+    """Seed of the order in which task texts take turns in each round (see ``query_turns``)."""
     keep_stopwords: bool = False
     """Score common function words too (slower; BM25's idf gives them little weight anyway)."""
     overwrite: bool = False
@@ -235,8 +242,14 @@ class _Choice:
     added_per_query: np.ndarray  # (Q,) documents each query added
 
 
-def _round_robin(lists: _RankedLists, budget_words: int, exact: bool) -> _Choice | None:
-    """Take each query's best untaken document in turn until the budget is reached.
+def query_turns(num_queries: int, seed: int) -> np.ndarray:
+    """The order in which task texts take their turn in every round: a fixed random permutation, so that a task
+    file sorted by label does not let its first class take the whole budget."""
+    return np.random.default_rng(seed).permutation(num_queries)
+
+
+def _round_robin(lists: _RankedLists, budget_words: int, turns: np.ndarray, exact: bool) -> _Choice | None:
+    """In rounds, each query (in ``turns`` order) takes its best untaken document, until the budget is reached.
 
     None when ``exact`` and a query's cut list ran dry before that: its later neighbours are unknown.
     """
@@ -245,7 +258,7 @@ def _round_robin(lists: _RankedLists, budget_words: int, exact: bool) -> _Choice
     added = np.zeros(len(documents), dtype=np.int64)
     cursors = np.zeros(len(documents), dtype=np.int64)
     words = 0
-    active = [query for query in range(len(documents)) if documents[query, 0] >= 0]
+    active = [int(query) for query in turns if documents[query, 0] >= 0]
     while active and words < budget_words:
         still_active = []
         for query in active:
@@ -349,14 +362,14 @@ def select_documents(config: SelectConfig) -> SelectionReport:
         raise UserError(at_location(config.corpus, None, "holds no document with text; nothing to select from"))
     budget_words = config.tokens or math.ceil((config.fraction or 1.0) * totals.words)
     expected_documents = budget_words / max(totals.words / max(totals.documents, 1), 1.0)
-    k = min(totals.documents, math.ceil(2 * expected_documents / len(queries)) + 4)
+    k = min(totals.documents, math.ceil(LIST_SLACK * expected_documents / len(queries)) + LIST_EXTRA)
     passes = 0
     while True:
         lists = _rank(config, scorer, len(queries), k)
         passes += 1
         deeper = min(4 * k, totals.documents)
         exact = deeper > k and len(queries) * deeper <= MAX_CANDIDATES
-        choice = _round_robin(lists, budget_words, exact)
+        choice = _round_robin(lists, budget_words, query_turns(len(queries), config.seed), exact)
         if choice is not None:
             break
         logger.info("a task text ran out of its %d candidates before the budget was filled: k=%d", k, deeper)
@@ -383,6 +396,6 @@ def select_documents(config: SelectConfig) -> SelectionReport:
     report.seconds = time.perf_counter() - started
     settings = {"task_data": str(config.task_data), "corpus": str(config.corpus), "tokens": config.tokens}
     settings |= {"fraction": config.fraction, "bert_model": config.bert_model, "k1": config.k1, "b": config.b}
-    settings["keep_stopwords"] = config.keep_stopwords
+    settings |= {"keep_stopwords": config.keep_stopwords, "seed": config.seed}
     write_json_atomic(_sidecar(config.output), {"method": config.method, **settings, **report.to_json()})
     return report

@@ -23,7 +23,7 @@ from .errors import UserError
 
 EMBEDDED_TOKENS = 256  # of a document's start; fewer if the model has fewer positions
 EMBEDDED_CHARACTERS = 16 * EMBEDDED_TOKENS  # text handed to the tokenizer: always more than 256 tokens' worth
-EMBEDDING_BATCH_TEXTS = 32
+EMBEDDING_BATCH_TEXTS = 16  # 16 × 256 tokens: attention scores of ~50 MB per layer for a 12-head model
 _WORD = re.compile(r"\w+")
 STOPWORDS = frozenset(
     "a about after all also am an and any are as at be been being but by can could did do does for from had has "

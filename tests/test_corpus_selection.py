@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bert_domain_ft import corpus_selection
 from bert_domain_ft.cli import main
-from bert_domain_ft.corpus_selection import SelectConfig, select_documents
+from bert_domain_ft.corpus_selection import SelectConfig, query_turns, select_documents
 from bert_domain_ft.errors import UserError
 from bert_domain_ft.selection_scoring import STOPWORDS, BM25Scorer
 
@@ -125,12 +126,12 @@ def test_selection_is_deterministic_and_ties_go_to_the_earlier_document(tmp_path
     assert record["kept_document_indices"] == [0]
 
 
-def round_robin_reference(scores: np.ndarray, words: list[int], budget: int) -> list[int]:
+def round_robin_reference(scores: np.ndarray, words: list[int], budget: int, turns: list[int]) -> list[int]:
     """The selection spelled out: full rankings (score down, index up), each query in turn adds its best untaken."""
     rankings = [[d for d in sorted(range(len(words)), key=lambda d: (-row[d], d)) if row[d] > 0] for row in scores.T]
     taken: list[int] = []
     while sum(words[d] for d in taken) < budget and any(rankings):
-        for ranking in rankings:
+        for ranking in (rankings[query] for query in turns):
             while ranking and ranking[0] in taken:
                 ranking.pop(0)
             if ranking and sum(words[d] for d in taken) < budget:
@@ -138,10 +139,14 @@ def round_robin_reference(scores: np.ndarray, words: list[int], budget: int) -> 
     return sorted(taken)
 
 
-def test_selection_equals_round_robin_over_full_rankings_even_when_ranked_lists_are_cut(tmp_path: Path) -> None:
+def test_selection_equals_round_robin_over_full_rankings_even_when_ranked_lists_are_cut(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     topics = ["kernel", "clinic", "court"] * 30
     corpus = write_corpus(tmp_path / "corpus.txt", topics)
-    # Nine near-identical kernel queries share neighbours: their cut lists run dry, forcing deeper rescoring.
+    # Short first lists, and nine kernel queries sharing neighbours: their lists run dry, forcing deeper rescoring.
+    monkeypatch.setattr(corpus_selection, "LIST_SLACK", 1)
+    monkeypatch.setattr(corpus_selection, "LIST_EXTRA", 1)
     task = write_task(tmp_path / "task.csv", ["kernel"] * 9 + ["court"])
     _, record = select(tmp_path, task, corpus, tokens=1500)
     texts = [document.decode().replace("\n", " ") for document in raw_documents(corpus.read_bytes())]
@@ -149,7 +154,8 @@ def test_selection_equals_round_robin_over_full_rankings_even_when_ranked_lists_
     scorer = BM25Scorer.for_queries(queries, k1=1.2, b=0.75, keep_stopwords=False)
     frequency, terms = scorer.count_batch(texts)
     scorer.set_corpus_statistics(frequency, len(texts), terms)
-    expected = round_robin_reference(scorer.score(texts), [len(text.split()) for text in texts], 1500)
+    turns = list(query_turns(len(queries), seed=0))
+    expected = round_robin_reference(scorer.score(texts), [len(text.split()) for text in texts], 1500, turns)
     assert record["scoring_passes"] > 1
     assert record["kept_document_indices"] == expected
 
@@ -189,7 +195,7 @@ MEMORY_PROBE = """
 import sys, tracemalloc
 from pathlib import Path
 from bert_domain_ft import corpus_selection
-from bert_domain_ft.corpus_selection import SelectConfig, select_documents
+from bert_domain_ft.corpus_selection import SelectConfig, query_turns, select_documents
 corpus_selection.BATCH_CHARACTERS = 20_000  # many batches at both sizes: what grows with the corpus shows
 tracemalloc.start()
 select_documents(SelectConfig(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), tokens=2000,
@@ -257,3 +263,12 @@ def test_a_corpus_line_that_is_not_utf8_is_named(tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"corpus\.txt:3: byte 4 of this line is not valid UTF-8"):
         select(tmp_path, task, corpus, tokens=5)
     assert not (tmp_path / "selected.txt").exists()
+
+
+def test_a_task_file_sorted_by_label_does_not_give_the_budget_to_its_first_class(tmp_path: Path) -> None:
+    topics = ["kernel", "court"] * 40
+    corpus = write_corpus(tmp_path / "corpus.txt", topics)
+    task = write_task(tmp_path / "task.csv", ["kernel"] * 10 + ["court"] * 10)
+    _, record = select(tmp_path, task, corpus, tokens=150)  # fewer documents than task texts
+    assert record["documents_kept"] < record["queries"]
+    assert {topics[index] for index in record["kept_document_indices"]} == {"kernel", "court"}

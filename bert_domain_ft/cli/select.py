@@ -40,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="bm25: lexical (Okapi BM25, no torch); embedding: cosine of --bert_model's mean-pooled hidden states",
     )
     parser.add_argument("--bert_model", default=None, help="model directory or hub id for --method embedding")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the (fixed, random) order in which task texts take turns"
+    )
     parser.add_argument("--k1", type=float, default=1.2, help="BM25 term-frequency saturation")
     parser.add_argument("--b", type=float, default=0.75, help="BM25 document-length normalisation, in [0, 1]")
     parser.add_argument("--keep_stopwords", action="store_true", help="BM25: score common function words too (slower)")
