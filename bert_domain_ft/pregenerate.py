@@ -1,9 +1,10 @@
 """Pregeneration: corpus → N epochs of masked NSP instances packed to ``max_seq_len`` (format: epoch_format.py).
 
-Steps: check the output directory → load the tokenizer → tokenize the corpus into a document store (in RAM, or on
-disk with ``reduce_memory``) → set documents aside for the held-out set → generate every epoch in shards, in
-``num_workers`` processes → write ``manifest.json`` last. ``resume`` keeps complete epochs and makes the rest;
-the result is byte-identical to an uninterrupted run, whatever ``num_workers`` is.
+Steps: check the output directory → load the tokenizer → write the task's texts as a corpus (``task_data``,
+see ``task_corpus``) → tokenize the corpora into a document store (in RAM, or on disk with ``reduce_memory``) →
+set documents aside for the held-out set → generate every epoch in shards, in ``num_workers`` processes → write
+``manifest.json`` last. ``resume`` keeps complete epochs and makes the rest; the result is byte-identical to an
+uninterrupted run, whatever ``num_workers`` is.
 
     manifest = pregenerate(PregenerateConfig(train_corpus=Path("c.txt"), output_dir=Path("out"), bert_model="bert"))
 """
@@ -48,7 +49,9 @@ from .output_directory import (
     working_directory,
 )
 from .output_lock import hold_output_lock
-from .pregenerate_config import PregenerateConfig
+from .pregenerate_config import TASK_CORPUS_FILE, TASK_CORPUS_NAME, PregenerateConfig
+from .task_corpus import instances_per_token, plan_task_mixing, read_task_sample, task_manifest_entry
+from .task_text import TaskCorpusStats, write_task_corpus
 from .tokenization import TokenizerFacts, describe_tokenizer, load_tokenizer, require_tokenizer_fits
 
 logger = logging.getLogger(__name__)
@@ -73,14 +76,16 @@ def resolve_objective(requested: str, model: str | None, facts: TokenizerFacts) 
 def _split_documents(
     store: DocumentStore, holdout_fraction: float, seed: int, corpora: list[tuple[str, Path]]
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Per corpus, training and held-out document indices (ascending); held-out ones chosen by seed."""
+    """Per corpus, training and held-out document indices (ascending); held-out ones chosen by seed. The task
+    corpus is all training: it is small, and TAPT means training on all of it (it is not the domain to measure)."""
     assert store.corpus_document_offsets is not None
     training, held_out = [], []
-    for corpus, (_, path) in enumerate(corpora):
+    for corpus, (name, path) in enumerate(corpora):
         first, end = (int(value) for value in store.corpus_document_offsets[corpus : corpus + 2])
         everything = np.arange(first, end, dtype=np.int64)
-        count = int(round(len(everything) * holdout_fraction))
-        if holdout_fraction > 0 and (count < 2 or len(everything) - count < 2):
+        fraction = 0.0 if name == TASK_CORPUS_NAME else holdout_fraction
+        count = int(round(len(everything) * fraction))
+        if fraction > 0 and (count < 2 or len(everything) - count < 2):
             raise UserError(
                 f"{path}: {len(everything)} documents cannot give {holdout_fraction:.0%} held out with at least two "
                 "documents on each side (NSP needs two); change --holdout_fraction or add documents"
@@ -118,36 +123,59 @@ EPOCH_ORDER_KEY = 7  # seed-sequence word for the per-epoch document order of "m
 
 
 def _shard_tasks(
-    config: PregenerateConfig, context: GenerationContext, name: str, stream: int, epoch: int
+    config: PregenerateConfig, context: GenerationContext, copies: dict[int, int], name: str, stream: int, epoch: int
 ) -> list[ShardTask]:
     """The shards of one epoch, corpus by corpus. "nsp" walks documents in corpus order (pairs are local to a
-    document); "mlm" packs documents in an order drawn per epoch, so sequences differ from epoch to epoch."""
+    document); "mlm" packs documents in an order drawn per epoch, so sequences differ from epoch to epoch. A
+    corpus in ``copies`` (the task) is made that many times in training epochs, each copy from its own random
+    streams (shard numbers continue across copies), so every copy has its own pairs and masks."""
     token_counts = context.store.document_token_counts()
     partial = epoch_writer.fresh_partial_directory(config.output_dir / name)
     tasks: list[ShardTask] = []
-    for (pool_stream, corpus), pool in context.pools.items():
+    for pool_stream, corpus in context.pools:
         if pool_stream != stream:
             continue
-        documents = pool.documents
-        if context.objective == "mlm":
-            order_seed = [config.seed, stream, epoch, corpus, EPOCH_ORDER_KEY]
-            documents = np.random.default_rng(order_seed).permutation(documents)
-        cuts = epoch_writer.shard_boundaries(context.store, documents)
-        for corpus_shard, (first, end) in enumerate(zip(cuts[:-1], cuts[1:])):
-            tasks.append(
-                ShardTask(
-                    directory=partial,
-                    stream=stream,
-                    epoch=epoch,
-                    shard=len(tasks),
-                    first_position=first,
-                    end_position=end,
-                    num_tokens=int(token_counts[documents[first:end]].sum()),
-                    documents=documents[first:end] if context.objective == "mlm" else None,
-                    corpus=corpus,
-                    corpus_shard=corpus_shard,
-                )  # fmt: skip
+        repeats = copies.get(corpus, 1) if stream == epoch_writer.TRAINING_STREAM else 1
+        for copy in range(repeats):
+            tasks.extend(
+                _corpus_shards(config, context, token_counts, partial, (stream, epoch, corpus, copy), len(tasks))
             )
+    return tasks
+
+
+def _corpus_shards(
+    config: PregenerateConfig,
+    context: GenerationContext,
+    token_counts: np.ndarray,
+    partial: Path,
+    job: tuple[int, int, int, int],
+    first_shard: int,
+) -> list[ShardTask]:
+    """The shards of one copy of one corpus in one epoch, ``job`` = (stream, epoch, corpus, copy), numbered from
+    ``first_shard`` in the epoch; copy 0 is exactly what a run without copies makes."""
+    stream, epoch, corpus, copy = job
+    documents = context.pools[(stream, corpus)].documents
+    if context.objective == "mlm":
+        order_seed = [config.seed, stream, epoch, corpus, EPOCH_ORDER_KEY] + ([copy] if copy else [])
+        documents = np.random.default_rng(order_seed).permutation(documents)
+    cuts = epoch_writer.shard_boundaries(context.store, documents)
+    per_copy = len(cuts) - 1
+    tasks: list[ShardTask] = []
+    for index, (first, end) in enumerate(zip(cuts[:-1], cuts[1:])):
+        tasks.append(
+            ShardTask(
+                directory=partial,
+                stream=stream,
+                epoch=epoch,
+                shard=first_shard + index,
+                first_position=first,
+                end_position=end,
+                num_tokens=int(token_counts[documents[first:end]].sum()),
+                documents=documents[first:end] if context.objective == "mlm" else None,
+                corpus=corpus,
+                corpus_shard=copy * per_copy + index,
+            )  # fmt: skip
+        )
     return tasks
 
 
@@ -161,10 +189,10 @@ def _log_statistics(name: str, statistics: dict[str, Any]) -> None:
 
 
 def _generate(
-    config: PregenerateConfig, context: GenerationContext, jobs: list[tuple[str, int, int]]
+    config: PregenerateConfig, context: GenerationContext, jobs: list[tuple[str, int, int]], copies: dict[int, int]
 ) -> dict[str, dict[str, Any]]:
     """Run every (directory name, stream, epoch) job; returns statistics by directory name."""
-    tasks_per_job = [_shard_tasks(config, context, *job) for job in jobs]
+    tasks_per_job = [_shard_tasks(config, context, copies, *job) for job in jobs]
     several = len({corpus for _, corpus in context.pools}) > 1
 
     def names_for(stream: int) -> tuple[str, ...]:
@@ -195,12 +223,15 @@ def pregenerate(config: PregenerateConfig) -> dict[str, Any]:
     directory's lock (``output_lock``), so a second run on the same directory is refused, not interleaved."""
     for _, path in config.named_corpora():
         open_corpus_checked(path)
+    task_sample = read_task_sample(config.task_data, config.task_text_column) if config.task_data else []
     check_model_positions(config.bert_model, config.max_seq_len)
     tokenizer_source = config.tokenizer or config.bert_model
     assert tokenizer_source is not None
     tokenizer = load_tokenizer(tokenizer_source, config.do_lower_case)
     for _, path in config.named_corpora():
         require_tokenizer_fits(tokenizer, tokenizer_source, path, sample_lines(path))
+    if config.task_data is not None:
+        require_tokenizer_fits(tokenizer, tokenizer_source, config.task_data, task_sample)
     facts = describe_tokenizer(tokenizer, tokenizer_source)
     objective = resolve_objective(config.objective, config.bert_model, facts)
     if config.do_whole_word_mask and facts.continuation_prefix is None:
@@ -210,6 +241,16 @@ def pregenerate(config: PregenerateConfig) -> dict[str, Any]:
         )
     with hold_output_lock(config.output_dir, "pregenerate"):
         return _write_output(config, tokenizer, facts, objective)
+
+
+def _write_task_corpus(config: PregenerateConfig) -> tuple[list[tuple[str, Path]], TaskCorpusStats | None]:
+    """The named corpora to generate from: the user's, then the task's texts written into the output directory."""
+    corpora = config.named_corpora()
+    if config.task_data is None:
+        return corpora, None
+    path = config.output_dir / TASK_CORPUS_FILE
+    stats = write_task_corpus(config.task_data, config.task_text_column, path)
+    return [*corpora, (TASK_CORPUS_NAME, path)], stats
 
 
 def _write_output(config: PregenerateConfig, tokenizer: Any, facts: TokenizerFacts, objective: str) -> dict[str, Any]:
@@ -226,13 +267,17 @@ def _write_output(config: PregenerateConfig, tokenizer: Any, facts: TokenizerFac
     # "nsp" places whole sentences; a longer one would be truncated to fit, so it is cut into pieces that fit.
     max_sentence_tokens = config.max_seq_len - SPECIAL_TOKENS_PER_PAIR if objective == "nsp" else None
     try:
-        paths = [path for _, path in config.named_corpora()]
+        corpora, task_stats = _write_task_corpus(config)
+        paths = [path for _, path in corpora]
         store = build_document_store(
             paths, tokenizer, facts, store_directory, config.show_progress, max_sentence_tokens
         )
-        _log_long_lines(config.named_corpora(), store, max_sentence_tokens)
-        manifest = _generate_all(config, objective, store, store_directory, tokenizer, facts, record)
+        _log_long_lines(corpora, store, max_sentence_tokens)
+        manifest = _generate_all(
+            config, corpora, objective, store, store_directory, tokenizer, facts, record, task_stats
+        )
     except BaseException as error:
+        (work / TASK_CORPUS_FILE).unlink(missing_ok=True)  # rewritten by every run: never blocks the next one
         discard_unfinished(work, final_output, disk_full=is_disk_full(error))
         raise
     finally:
@@ -262,23 +307,23 @@ def _log_long_lines(corpora: list[tuple[str, Path]], store: DocumentStore, max_s
 
 def _generate_all(
     config: PregenerateConfig,
+    corpora: list[tuple[str, Path]],
     objective: str,
     store: DocumentStore,
     store_directory: Path | None,
     tokenizer: Any,
     facts: Any,
     record: dict[str, Any],
+    task_stats: TaskCorpusStats | None,
 ) -> dict[str, Any]:
-    corpora = config.named_corpora()
     training, held_out = _split_documents(store, config.holdout_fraction, config.seed, corpora)
     pools = {}
     for corpus in range(len(corpora)):
         pools[(epoch_writer.TRAINING_STREAM, corpus)] = DocumentPool.from_documents(store, training[corpus])
-        if config.holdout_fraction > 0:
+        if len(held_out[corpus]):
             pools[(epoch_writer.HOLDOUT_STREAM, corpus)] = DocumentPool.from_documents(store, held_out[corpus])
     token_counts = store.document_token_counts()
     training_tokens = np.array([token_counts[documents].sum() for documents in training])
-    probabilities = sampling_probabilities(training_tokens, config.sampling_exponent)
     context = GenerationContext(
         store=store,
         store_directory=store_directory,
@@ -297,6 +342,7 @@ def _generate_all(
         sep_id=facts.sep_token_id,
         pad_id=facts.pad_token_id,
     )
+    probabilities, copies = _mixing(config, context, training, training_tokens)
     wanted = [(epoch_directory_name(e), epoch_writer.TRAINING_STREAM, e) for e in range(config.epochs_to_generate)]
     if config.holdout_fraction > 0:
         wanted.append((HOLDOUT_DIRECTORY, epoch_writer.HOLDOUT_STREAM, 0))
@@ -309,8 +355,19 @@ def _generate_all(
         else:
             statistics[job[0]] = done
             logger.info("%s: complete from the interrupted run, kept", job[0])
-    statistics.update(_generate(config, context, jobs))
+    statistics.update(_generate(config, context, jobs, copies))
     remove_stale_epochs(config.output_dir, config.epochs_to_generate, config.holdout_fraction > 0)
+    corpus_entries = [
+        {
+            "name": corpus_name,
+            "path": TASK_CORPUS_FILE if corpus_name == TASK_CORPUS_NAME else str(path),
+            "documents": int(len(training[index]) + len(held_out[index])),
+            "training_tokens": int(training_tokens[index]),
+            "sampling_probability": float(probabilities[index]),
+            "long_lines_split": store.long_lines[index].to_json() if store.long_lines else None,
+        }
+        for index, (corpus_name, path) in enumerate(corpora)
+    ]
     manifest = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -320,18 +377,18 @@ def _generate_all(
         "max_seq_len": config.max_seq_len,
         "max_predictions_per_seq": config.max_predictions_per_seq,
         "generation": record,
-        "corpora": [
-            {
-                "name": corpus_name,
-                "path": str(path),
-                "documents": int(len(training[index]) + len(held_out[index])),
-                "training_tokens": int(training_tokens[index]),
-                "sampling_probability": float(probabilities[index]),
-                "long_lines_split": store.long_lines[index].to_json() if store.long_lines else None,
-            }
-            for index, (corpus_name, path) in enumerate(corpora)
-        ],
+        "corpora": corpus_entries,
         "sampling_exponent": config.sampling_exponent,
+        "task_data": None
+        if task_stats is None or config.task_data is None
+        else task_manifest_entry(
+            config.task_data,
+            config.task_text_column,
+            config.task_share,
+            TASK_CORPUS_FILE,
+            copies[len(corpora) - 1],
+            task_stats,
+        ),
         "corpus": {
             "documents": store.num_documents,
             "sentences": store.num_sentences,
@@ -361,3 +418,27 @@ def _generate_all(
     }
     write_json_atomic(config.output_dir / MANIFEST_NAME, manifest)
     return manifest
+
+
+def _mixing(
+    config: PregenerateConfig, context: GenerationContext, training: list[np.ndarray], training_tokens: np.ndarray
+) -> tuple[np.ndarray, dict[int, int]]:
+    """Sampling probabilities of the corpora, and the copies per epoch of the task corpus (the last) if any."""
+    if config.task_data is None:
+        return sampling_probabilities(training_tokens, config.sampling_exponent), {}
+    rates = np.array(
+        [
+            instances_per_token(
+                context.store,
+                documents,
+                context.objective,
+                config.max_seq_len,
+                config.short_seq_prob,
+                context.cross_document,
+                config.seed,
+            )  # fmt: skip
+            for documents in training
+        ]
+    )
+    probabilities, copies = plan_task_mixing(training_tokens, rates, config.sampling_exponent, config.task_share)
+    return probabilities, {len(training) - 1: copies}

@@ -11,6 +11,9 @@ from typing import Any
 
 from .corpus import corpus_fingerprint
 
+TASK_CORPUS_NAME = "task"  # the corpus name of --task_data in the manifest
+TASK_CORPUS_FILE = "task_corpus.txt"  # where --task_data's texts are written, in the output directory
+
 
 def validate_max_seq_len(max_seq_len: int) -> None:
     """The ``--max_seq_len`` rule of pregeneration (``check`` applies it too, so both accept the same values)."""
@@ -63,6 +66,17 @@ class PregenerateConfig:
     """Keep complete epochs of an interrupted run with the same settings and generate only the missing ones."""
     sampling_exponent: float = 1.0
     """Several corpora: corpus i is sampled ∝ (n_i/Σn)^α (1 = proportional, 0 = uniform, XLM-R used 0.3)."""
+    task_data: Path | None = None
+    """The task's own texts (CSV/TSV/JSON lines/plain text, labels never read; see ``task_text``), added as a
+    corpus named "task" (task-adaptive pretraining). Written to ``output_dir/task_corpus.txt``, one document per
+    row. All of it is training text: ``holdout_fraction`` never picks task documents. For TAPT alone, write it
+    with ``bert-domain-ft select``/``task_text`` and pass that file as ``train_corpus`` instead."""
+    task_text_column: str = "text"
+    """The column (CSV/TSV header, JSON key) holding the task's text; ignored for plain text."""
+    task_share: float = 0.5
+    """Fraction of each epoch's training draws taken from the task text, in (0, 1]; the other corpora share the
+    rest by ``sampling_exponent``. Each epoch holds several copies of the task text, each paired and masked
+    afresh (``mixing.task_copies``), so its repeats do not see the same masks; 1 trains on the task text only."""
     show_progress: bool = True
     """tqdm progress bars."""
 
@@ -95,6 +109,14 @@ class PregenerateConfig:
             raise ValueError("--max_predictions_per_seq must be between 1 and --max_seq_len")
         if not 0.0 <= self.holdout_fraction < 1.0:
             raise ValueError("--holdout_fraction must be in [0, 1), e.g. 0.05 for 5% of the documents")
+        if self.task_data is not None:
+            self.task_data = Path(self.task_data)
+            if any(name == TASK_CORPUS_NAME for name, _ in self.named_corpora()):
+                raise ValueError(f"--train_corpus: the name {TASK_CORPUS_NAME!r} is kept for --task_data; rename it")
+        if not 0.0 < self.task_share <= 1.0:
+            raise ValueError(f"--task_share must be in (0, 1], e.g. 0.5 for half of each epoch, got {self.task_share}")
+        if not self.task_text_column:
+            raise ValueError("--task_text_column must name a column")
         if self.overwrite and self.resume:
             raise ValueError("--overwrite and --resume contradict each other: choose one")
 
@@ -105,6 +127,11 @@ class PregenerateConfig:
         record["corpus_bytes"] = {name: path.stat().st_size for name, path in self.named_corpora()}
         record["corpus_fingerprint"] = {name: corpus_fingerprint(path) for name, path in self.named_corpora()}
         record["vocab_fingerprint"] = tokenizer_fingerprint
+        if self.task_data is not None:  # the raw task file: --resume names it when it was edited
+            record["task_data"] = str(self.task_data)
+            record["train_corpus"][TASK_CORPUS_NAME] = str(self.task_data)
+            record["corpus_bytes"][TASK_CORPUS_NAME] = self.task_data.stat().st_size
+            record["corpus_fingerprint"][TASK_CORPUS_NAME] = corpus_fingerprint(self.task_data)
         return record
 
     def named_corpora(self) -> list[tuple[str, Path]]:

@@ -116,3 +116,35 @@ def write_tiny_roberta_encoder(root: Path, corpus: Path) -> Path:
     for path in tokenizer.iterdir():
         shutil.copy(path, root / "model" / path.name)
     return root / "model"
+
+
+TASK_LABELS = ("xqzpositive", "xqznegative")  # label strings that no synthetic sentence contains
+
+
+def write_task_file(
+    path: Path, num_rows: int = 40, seed: int = 0, min_sentences: int = 1, max_sentences: int = 3
+) -> Path:
+    """A labelled task file, by extension: CSV/TSV (``label``, ``text`` columns) or JSON lines (``text``, ``label``
+    keys); any other extension is plain text, one row per line. Rows hold ``min..max_sentences`` sentences."""
+    import csv
+    import json
+
+    rng = random.Random(seed)
+    rows = [
+        (
+            " ".join(synthetic_sentence(rng) for _ in range(rng.randint(min_sentences, max_sentences))),
+            rng.choice(TASK_LABELS),
+        )
+        for _ in range(num_rows)
+    ]
+    suffix = path.suffix.lower()
+    if suffix in (".csv", ".tsv"):
+        with open(path, "w", encoding="utf-8", newline="") as handle:
+            writer = csv.writer(handle, delimiter="," if suffix == ".csv" else "\t")
+            writer.writerow(["label", "text"])
+            writer.writerows((label, text) for text, label in rows)
+    elif suffix == ".jsonl":
+        path.write_text("".join(json.dumps({"text": text, "label": label}) + "\n" for text, label in rows), "utf-8")
+    else:
+        path.write_text("".join(text + "\n" for text, _ in rows), encoding="utf-8")
+    return path

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from ..errors import UserError
 from .common import config_from_arguments, run_classic_script
@@ -27,6 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="several corpora: corpus i is sampled ∝ (n_i/Σn)^α; 1 = proportional, 0 = uniform, XLM-R used 0.3",
     )
     parser.add_argument("--output_dir", type=Path, required=True, help="where manifest.json and epoch_XXX/ go")
+    add_task_arguments(parser)
     parser.add_argument(
         "--bert_model", help="model directory or hub id whose tokenizer to use (the model you will train)"
     )
@@ -86,6 +88,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--resume", action="store_true", help="finish an interrupted run: keep its complete epochs, make the rest"
     )
     parser.add_argument("--no_progress", action="store_true", help="no progress bars (for logs)")
+
+
+def add_task_arguments(parser: Any) -> None:
+    """``--task_data``, ``--task_text_column``, ``--task_share`` on a parser or argument group (pregenerate, simple)."""
+    parser.add_argument(
+        "--task_data",
+        type=Path,
+        default=None,
+        help="your task's texts (CSV/TSV/JSON lines/plain text; labels are never read) added as the corpus 'task' "
+        "(task-adaptive pretraining); for TAPT alone use --task_share 1",
+    )
+    parser.add_argument("--task_text_column", default="text", help="CSV/TSV column or JSON key holding the task's text")
+    parser.add_argument(
+        "--task_share",
+        type=float,
+        default=0.5,
+        help="fraction of each epoch's training instances drawn from the task text, in (0, 1]",
+    )
 
 
 def parse_corpora(values: list[str]) -> Path | dict[str, Path]:
