@@ -37,8 +37,7 @@ def _looks_like_a_full_disk(error: OSError) -> bool:
 def _explain_os_error(path: Path, error: OSError) -> UserError:
     if _looks_like_a_full_disk(error):
         return DiskFullError(
-            f"{path}: cannot write, no space left on device: the disk is full; free some space or choose another "
-            "--output_dir"
+            f"{path}: the disk is full; free some space or choose another --output_dir (no space left on device)"
         )
     if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return UserError(f"{path}: cannot write here (permission denied); choose a writable --output_dir")

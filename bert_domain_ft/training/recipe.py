@@ -26,13 +26,15 @@ from ..atomic_files import TEMPORARY_SUFFIX, os_errors_as_user_errors, write_jso
 from ..dynamic_masking import DynamicMasking
 from ..epoch_format import MANIFEST_NAME, open_epoch, open_holdout, read_manifest
 from ..errors import UserError
-from ..model_loading import usable_positions
+from ..general_holdout import general_holdout_directory, open_general_holdout, prepare_general_holdout
+from ..model_loading import check_model_files, usable_positions
 from ..pretraining_model import LoadedModel, head_parameters, quiet_transformers
 from ..tokenization import TokenizerFacts, describe_tokenizer, load_tokenizer
 from .allocator import keep_freed_memory, release_free_memory
+from .anchor import ParameterAnchor
 from .attention import enable_light_attention, stock_attention
-from .checkpoints import CHECKPOINT_PREFIX, CheckpointManager, TrainingPosition, latest_checkpoint
-from .compatibility import check_data_matches_model
+from .checkpoints import CHECKPOINT_PREFIX, CheckpointManager, TrainingPosition
+from .compatibility import check_data_matches_model, check_tokenizer_matches_model
 from .config import FinetuneConfig
 from .corpus_mixing import CorpusMixing
 from .data import EpochSource, PregeneratedSource
@@ -54,6 +56,7 @@ from .optimization import (
     warmup_steps_for,
 )
 from .precision import check_precision_supported, setup_precision
+from .run_lock import hold_run_lock
 from .selection import attach_model_selection
 
 logger = logging.getLogger(__name__)
@@ -69,22 +72,27 @@ def finetune(config: FinetuneConfig) -> Path:
     try:
         check_precision_supported(context.device, config.fp16, config.bf16)  # before reading (--verify) any data
         seed_everything(config.seed)
-        prepare_output_dir(config, context)
-        tokenizer, facts, saveable_tokenizer = setup_tokenizer(config)
-        data_dir, manifest = _setup_data(config, context, tokenizer, facts)
-        objective = resolve_training_objective(config, manifest)
-        loaded = load_training_model(config, context, objective, int(manifest["max_seq_len"]))
-        model_config = loaded.model.config
-        check_data_matches_model(data_dir, manifest, facts, usable_positions(model_config), model_config.vocab_size)
-        masking = None
-        if manifest["masking"] == "dynamic":  # masked per batch, from the seed: resumable, fresh every epoch
-            masking = DynamicMasking.from_manifest(manifest, seed=config.seed, tokenizer=tokenizer)
-        # Several corpora: drawn by their sampling probabilities, per optimizer step of all processes.
-        mixing = CorpusMixing(config.seed, config.train_batch_size * context.world_size, config.batch_from_one_corpus)
-        source = PregeneratedSource(data_dir, manifest, config.epochs, masking=masking, mixing=mixing)
-        evaluate = _setup_evaluation(config, context, data_dir, tokenizer)
-        with_nsp = objective == "nsp"
-        train_and_save(config, context, loaded, source, saveable_tokenizer, with_nsp, evaluate)
+        with hold_run_lock(context, config.output_dir, "finetune"):  # one writer: a second run is refused
+            prepare_output_dir(config, context)
+            tokenizer, facts, saveable_tokenizer = setup_tokenizer(config)
+            data_dir, manifest = _setup_data(config, context, tokenizer, facts)
+            objective = resolve_training_objective(config, manifest)
+            loaded = load_training_model(config, context, objective, int(manifest["max_seq_len"]))
+            model_config = loaded.model.config
+            if not config.from_scratch:
+                check_tokenizer_matches_model(facts, config.bert_model, model_config.vocab_size, config.tokenizer)
+            check_data_matches_model(data_dir, manifest, facts, usable_positions(model_config), model_config.vocab_size)
+            _check_epochs(config, context, data_dir, manifest)
+            masking = None
+            if manifest["masking"] == "dynamic":  # masked per batch, from the seed: resumable, fresh every epoch
+                masking = DynamicMasking.from_manifest(manifest, seed=config.seed, tokenizer=tokenizer)
+            # Several corpora: drawn by their sampling probabilities, per optimizer step of all processes.
+            global_batch_size = config.train_batch_size * context.world_size
+            mixing = CorpusMixing(config.seed, global_batch_size, config.batch_from_one_corpus)
+            source = PregeneratedSource(data_dir, manifest, config.epochs, masking=masking, mixing=mixing)
+            evaluate = _setup_evaluation(config, context, data_dir, tokenizer)
+            with_nsp = objective == "nsp"
+            train_and_save(config, context, loaded, source, saveable_tokenizer, with_nsp, evaluate)
         return config.output_dir
     finally:
         cleanup(context)
@@ -113,9 +121,11 @@ def train_and_save(
     start = _resume_position(config, setup)
     if context.is_main:
         write_json_atomic(config.output_dir / ARGUMENTS_FILE, arguments or config.to_json())
-    attach_model_selection(config, context, setup, tokenizer, start)  # --save_best, --probe_train/--probe_test
+    selection = attach_model_selection(config, context, setup, tokenizer, start)  # --save_best, --probe_*
     warm_up_fresh_heads(setup, settings, config, with_nsp, start)  # fresh heads first train alone
+    selection.score_starting_model(start)  # step 0 is a candidate: the encoder as loaded (a warm pooler)
     position = TrainingLoop(setup, settings).run(start)
+    selection.report()  # which model won the probe, in one line
     release_free_memory()  # what the steps kept for reuse goes back before saving and evaluating
     if position.epoch >= config.epochs:
         _save_final(config, context, loaded.model, tokenizer)
@@ -136,8 +146,16 @@ def seed_everything(seed: int) -> None:
 
 
 def prepare_output_dir(config: FinetuneConfig, context: DistributedContext) -> None:
-    """Refuse to mix runs in one directory unless --resume or --overwrite_output_dir says what to do."""
+    """Refuse to mix runs in one directory unless --resume or --overwrite_output_dir says what to do, and to
+    write into the training data or delete it (directories compared resolved: symlinks, ``..``)."""
     output_dir = config.output_dir
+    data_dir = Path(config.pregenerated_data).resolve()
+    if data_dir.is_dir() and output_dir.resolve().is_relative_to(data_dir):
+        raise UserError(
+            f"{output_dir}: is {'' if output_dir.resolve() == data_dir else 'inside '}the pregenerated data "
+            f"directory {config.pregenerated_data}; checkpoints and the model would be written among the data's "
+            "files, choose an --output_dir outside it"
+        )
     previous = [path.name for path in output_dir.iterdir()] if output_dir.is_dir() else []
     checkpoints = [name for name in previous if name.startswith(CHECKPOINT_PREFIX)]
     occupied = checkpoints + [name for name in previous if name in _RUN_MARKERS]
@@ -145,6 +163,12 @@ def prepare_output_dir(config: FinetuneConfig, context: DistributedContext) -> N
         raise UserError(
             f"{output_dir}: already holds a run or a model ({', '.join(sorted(occupied)[:3])}); pass --resume to "
             "continue it, --overwrite_output_dir to start over, or choose another --output_dir"
+        )
+    doomed = [name for name in occupied if data_dir.is_relative_to((output_dir / name).resolve())]
+    if config.overwrite_output_dir and doomed:
+        raise UserError(
+            f"{output_dir / doomed[0]}: --overwrite_output_dir would delete it, and the pregenerated data "
+            f"{config.pregenerated_data} is inside it; move the data out of {output_dir} or choose another --output_dir"
         )
     if context.is_main:
         if config.overwrite_output_dir and occupied:
@@ -162,6 +186,7 @@ def setup_tokenizer(config: FinetuneConfig) -> tuple[Any, TokenizerFacts, Any]:
     model's own."""
     name = config.tokenizer or config.bert_model
     assert name is not None  # the config requires one of them
+    check_model_files(name)  # a config.json that is not JSON: one line, not a traceback from AutoTokenizer
     tokenizer = load_tokenizer(name, config.do_lower_case)
     facts = describe_tokenizer(tokenizer, name)
     from transformers import AutoTokenizer
@@ -185,15 +210,19 @@ def _setup_data(
             convert_legacy_directory(data_dir, tokenizer, facts, show_progress=config.show_progress)
         barrier(context)
         data_dir = convert_legacy_directory(data_dir, tokenizer, facts, show_progress=False)
-    manifest = read_manifest(data_dir)
-    # Every epoch gets the fast size/shape/dtype check up front (a truncated file is refused before training);
-    # --verify also compares each array's SHA-256 with its epoch.json (reads all the data once).
+    return data_dir, read_manifest(data_dir)
+
+
+def _check_epochs(config: FinetuneConfig, context: DistributedContext, data_dir: Path, manifest: dict[str, Any]) -> None:
+    """Every epoch gets the fast size/shape/dtype/value-range check up front (a truncated or altered file is refused
+    before training); --verify also compares each array's SHA-256 with its epoch.json (reads all the data once).
+    Called after the manifest was checked against the model, whose message says more about data made for another
+    model than an array/manifest mismatch would."""
     verify = config.verify_checksums and context.is_main
     for index in range(min(len(manifest["epochs"]), config.epochs)):
         open_epoch(data_dir, manifest, index, verify_checksum=verify)
     if verify:
         logger.info("%s: checksums verified", data_dir / MANIFEST_NAME)
-    return data_dir, manifest
 
 
 def load_training_model(
@@ -235,6 +264,7 @@ def _loop_settings(config: FinetuneConfig) -> LoopSettings:
         eval_steps=config.eval_steps,
         stop_after_steps=config.stop_after_steps,
         show_progress=config.show_progress,
+        anchor_weight=config.anchor_weight,
     )
 
 
@@ -301,15 +331,22 @@ def _setup_training(
         "warmup_proportion": config.warmup_proportion,
         "weight_decay": config.weight_decay,
         "layerwise_lr_decay": config.layerwise_lr_decay,
+        "anchor_weight": config.anchor_weight,
     }
     checkpoints = CheckpointManager(
         config.output_dir, context, loaded.model, optimizer, scheduler, precision, run_settings,
         config.save_total_limit, tokenizer,
     )  # fmt: skip
     metrics = MetricsLog(config.output_dir / METRICS_FILE, enabled=context.is_main)
+    anchor = None  # a model from scratch has no starting point worth keeping
+    if not config.from_scratch:  # taken before --resume loads a checkpoint: θ₀ is always the model of bert_model
+        fresh = head_parameters(loaded.model, loaded.fresh_heads)
+        anchor = ParameterAnchor.from_model(loaded.model, exclude=fresh, device=context.device)
+        logger.info("starting weights kept for --anchor_weight %g and the drift: %d parameters, %.0f MB on %s",
+                    config.anchor_weight, anchor.num_elements, anchor.memory_bytes / 1e6, context.device)  # fmt: skip
     return TrainingSetup(
         objective, loaded.model, optimizer, scheduler, precision, context, source, checkpoints, metrics,
-        fresh_heads=loaded.fresh_heads,
+        fresh_heads=loaded.fresh_heads, anchor=anchor,
     )  # fmt: skip
 
 
@@ -318,29 +355,42 @@ def _setup_evaluation(
 ) -> Evaluator | None:
     """The evaluator called by the loop before the first step, every --eval_steps and at the end, or None.
 
-    The held-out set is the pregenerated ``holdout/`` (or ``--holdout_data``); logits only at masked positions.
+    The held-out set is the pregenerated ``holdout/`` (or ``--holdout_data``); with --general_holdout, general
+    text is evaluated too (``general_*`` keys). Logits only at masked positions.
     """
     if not config.do_eval:
         return None
-    holdout = open_holdout(config.holdout_data or data_dir, verify_checksum=config.verify_checksums)
-    if holdout is None:
-        return None
     from ..corpus_results import corpus_names
-    from ..evaluation import build_evaluator
+    from ..evaluation import build_evaluator, with_general
 
     autocast_dtype = torch.bfloat16 if config.bf16 else torch.float16 if config.fp16 else None
-    names = corpus_names(read_manifest(config.holdout_data or data_dir), 0) or None  # several corpora: per corpus
-    return build_evaluator(holdout, config.eval_batch_size, context.device, autocast_dtype, names=names)
+    evaluate = None
+    holdout = open_holdout(config.holdout_data or data_dir, verify_checksum=config.verify_checksums)
+    if holdout is not None:
+        names = corpus_names(read_manifest(config.holdout_data or data_dir), 0) or None  # several corpora: per corpus
+        evaluate = build_evaluator(holdout, config.eval_batch_size, context.device, autocast_dtype, names=names)
+    if config.general_holdout is None:
+        return evaluate
+    if context.is_main:  # a corpus file is pregenerated once, by rank 0; the others wait for it
+        prepare_general_holdout(config.general_holdout, config.output_dir, read_manifest(data_dir),
+                                config.bert_model, tokenizer, config.tokenizer)  # fmt: skip
+    barrier(context)
+    directory = general_holdout_directory(config.general_holdout, config.output_dir)
+    fingerprint = describe_tokenizer(tokenizer, str(config.tokenizer or config.bert_model)).vocab_fingerprint
+    general = open_general_holdout(directory, fingerprint, verify_checksum=config.verify_checksums)
+    names = corpus_names(read_manifest(directory), 0) or None
+    general_evaluate = build_evaluator(general, config.eval_batch_size, context.device, autocast_dtype, names=names)
+    return with_general(evaluate, general_evaluate)
 
 
 def _resume_position(config: FinetuneConfig, setup: TrainingSetup) -> TrainingPosition:
     if not config.resume:
         return TrainingPosition()
-    checkpoint = latest_checkpoint(config.output_dir)
-    if checkpoint is None:
+    resumed = setup.checkpoints.resume()  # the newest intact checkpoint; damaged newer ones are named
+    if resumed is None:
         logger.warning("--resume: no checkpoint in %s, starting from the beginning", config.output_dir)
         return TrainingPosition()
-    position = setup.checkpoints.load(checkpoint)
+    checkpoint, position = resumed
     setup.metrics.truncate_after(position.global_step)
     logger.info(
         "resuming from %s: step %d, epoch %d, micro-batch %d",
