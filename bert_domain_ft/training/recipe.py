@@ -213,7 +213,9 @@ def _setup_data(
     return data_dir, read_manifest(data_dir)
 
 
-def _check_epochs(config: FinetuneConfig, context: DistributedContext, data_dir: Path, manifest: dict[str, Any]) -> None:
+def _check_epochs(
+    config: FinetuneConfig, context: DistributedContext, data_dir: Path, manifest: dict[str, Any]
+) -> None:
     """Every epoch gets the fast size/shape/dtype/value-range check up front (a truncated or altered file is refused
     before training); --verify also compares each array's SHA-256 with its epoch.json (reads all the data once).
     Called after the manifest was checked against the model, whose message says more about data made for another
