@@ -277,7 +277,9 @@ def _write_output(config: PregenerateConfig, tokenizer: Any, facts: TokenizerFac
             config, corpora, objective, store, store_directory, tokenizer, facts, record, task_stats
         )
     except BaseException as error:
-        (work / TASK_CORPUS_FILE).unlink(missing_ok=True)  # rewritten by every run: never blocks the next one
+        written = work / TASK_CORPUS_FILE
+        if config.task_data is not None and written.resolve() != config.task_data.resolve():
+            written.unlink(missing_ok=True)  # rewritten by every run: it must not block the next one
         discard_unfinished(work, final_output, disk_full=is_disk_full(error))
         raise
     finally:

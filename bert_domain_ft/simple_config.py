@@ -42,6 +42,15 @@ class SimpleConfig:
     """At most this many masked tokens per pair."""
     do_whole_word_mask: bool = False
     """Mask all WordPiece pieces of a word together."""
+    task_data: Path | None = None
+    """The task's own texts (CSV/TSV/JSON lines/plain text, labels never read; see ``task_text``) trained on
+    beside the corpus (task-adaptive pretraining): written to ``output_dir/task_corpus.txt``, one document per
+    row, and tokenized after the corpus (which is not copied). See ``simple_pairs`` for how its pairs are made."""
+    task_text_column: str = "text"
+    """The column (CSV/TSV header, JSON key) holding the task's text; ignored for plain text."""
+    task_share: float = 0.5
+    """Fraction of each epoch's pairs that start in the task text, in (0, 1]: the corpus still gives its usual
+    pairs and the task's are added (repeated as needed) to make this share; 1 trains on the task text only."""
 
     def __post_init__(self) -> None:
         self.train_corpus = Path(self.train_corpus)
@@ -51,6 +60,12 @@ class SimpleConfig:
             raise ValueError(f"max_seq_len must be at least {MIN_SEQ_LEN}, got {self.max_seq_len}")
         if not 0.0 < self.masked_lm_prob < 1.0:
             raise ValueError(f"masked_lm_prob must be between 0 and 1 (e.g. 0.15), got {self.masked_lm_prob}")
+        if self.task_data is not None:
+            self.task_data = Path(self.task_data)
+        if not 0.0 < self.task_share <= 1.0:
+            raise ValueError(f"--task_share must be in (0, 1], e.g. 0.5 for half of each epoch, got {self.task_share}")
+        if not self.task_text_column:
+            raise ValueError("--task_text_column must name a column")
         if self.max_predictions_per_seq < 1:
             raise ValueError(f"max_predictions_per_seq must be at least 1, got {self.max_predictions_per_seq}")
 

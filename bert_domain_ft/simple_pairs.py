@@ -6,6 +6,13 @@ successor ("is next"), otherwise a sentence drawn uniformly from all sentences o
 next", label 1). Last sentences and one-sentence documents never start an instance (they have no true successor,
 so giving them only random partners would skew the labels away from 50/50); they still serve as second segments.
 
+A task's own text (``--task_data``, TAPT) is the store's last corpus and adds ``num_task_instances`` pairs after the
+corpus's own, so that they are ``task_share`` of every epoch while the corpus is still walked once. Every task
+sentence can start one (a one-sentence row is the typical task text): with a successor in its row the 50/50 rule
+applies, without one its partner is random; partners come from other task rows, and the corpus's instances draw
+random partners from the corpus only. The task's starting sentences are repeated as often as needed in an order
+drawn per epoch; each repeat gets its own partner draw, and masks are drawn per batch anyway.
+
 An epoch is a pure function of ``(seed, epoch)``, drawn in a handful of numpy calls over sentence indices; only
 the index (sentence and document offsets) is in RAM. Token ids are read and masked when a batch is built, with
 the batch-time masking of ``dynamic_masking`` (its generator is keyed by seed, epoch and the batch's instances):
@@ -38,6 +45,7 @@ BATCHES_PER_LENGTH_GROUP = 100  # length grouping sorts within runs of this many
 # DynamicMasking.generator(epoch, instances), which is keyed differently again.
 PAIR_STREAM = 1
 ORDER_STREAM = 2
+TASK_STREAM = 3
 
 
 @dataclass(frozen=True)
@@ -56,30 +64,52 @@ class PairIndex:
 
     sentence_offsets: np.ndarray  # (S + 1,) int64 token offset of each sentence (RAM copy)
     document_offsets: np.ndarray  # (D + 1,) int64 first sentence of each document (RAM copy)
-    first_sentences: np.ndarray  # (N,) int64 the sentences that start an instance: those with a successor
+    first_sentences: np.ndarray  # (N,) int64 the corpus sentences that start an instance: those with a successor
+    task_first_sentence: int = -1  # sentences from here on are the task's (-1: no task text); S when none
+    num_task_instances: int = 0  # task pairs per epoch
 
     @classmethod
-    def from_store(cls, store: DocumentStore) -> PairIndex:
-        """Copy the offsets out of ``store`` (sequential reads when it is on disk) and find the starting sentences."""
+    def from_store(cls, store: DocumentStore, task_share: float | None = None) -> PairIndex:
+        """Copy the offsets out of ``store`` (sequential reads when it is on disk) and find the starting sentences.
+
+        With ``task_share`` the store's last corpus is the task text: it adds
+        ``round(task_share / (1 - task_share) * N)`` pairs to the corpus's N (share 1: N task pairs, none of the
+        corpus), so that the task is ``task_share`` of every epoch."""
         sentence_offsets = np.array(store.sentence_offsets, dtype=np.int64)
         document_offsets = np.array(store.document_offsets, dtype=np.int64)
         has_successor = np.ones(len(sentence_offsets) - 1, dtype=bool)
         has_successor[document_offsets[1:] - 1] = False  # the last sentence of every document
+        task_first_sentence = -1
+        if task_share is not None:
+            assert store.corpus_document_offsets is not None and len(store.corpus_document_offsets) > 2
+            task_first_sentence = int(document_offsets[store.corpus_document_offsets[-2]])
+            has_successor[task_first_sentence:] = False  # task pairs are drawn apart (sample_task_pairs)
         first_sentences = np.flatnonzero(has_successor)
         if len(first_sentences) == 0:
             raise UserError(
                 "no document of the corpus has two sentences, so there is no next-sentence pair; put one sentence "
                 "per line and keep the sentences of a document together (blank lines only between documents)"
             )
-        return cls(sentence_offsets, document_offsets, first_sentences)
+        if task_share is None:
+            return cls(sentence_offsets, document_offsets, first_sentences)
+        count = len(first_sentences)
+        task_count = count if task_share >= 1.0 else round(task_share / (1.0 - task_share) * count)
+        if task_share >= 1.0:
+            first_sentences = first_sentences[:0]  # only the task is trained on
+        return cls(sentence_offsets, document_offsets, first_sentences, task_first_sentence, max(1, task_count))
 
     @property
     def num_instances(self) -> int:
-        return len(self.first_sentences)
+        return len(self.first_sentences) + self.num_task_instances
 
     @property
     def num_sentences(self) -> int:
         return len(self.sentence_offsets) - 1
+
+    @property
+    def num_corpus_sentences(self) -> int:
+        """Sentences before the task's (all of them without task text): the corpus's random partners."""
+        return self.task_first_sentence if self.task_first_sentence >= 0 else self.num_sentences
 
     def document_of(self, sentences: np.ndarray) -> np.ndarray:
         """Document index of each sentence."""
@@ -101,20 +131,50 @@ class EpochPairs:
         return len(self.first)
 
 
+def _partners(
+    index: PairIndex, first: np.ndarray, is_random: np.ndarray, draws: np.ndarray, pool: tuple[int, int]
+) -> np.ndarray:
+    """The successor of each ``first`` sentence, or where ``is_random`` a sentence of ``pool`` = [start, end)
+    outside its own document (uniform: draw among the others, then step over the own range)."""
+    start, end = pool
+    document = index.document_of(first)
+    own_first = index.document_offsets[document] - start
+    own_count = index.document_offsets[document + 1] - index.document_offsets[document]
+    others = end - start - own_count  # ≥ 1: the store guarantees two documents per corpus
+    pick = np.minimum((draws * others).astype(np.int64), others - 1)
+    pick = start + np.where(pick >= own_first, pick + own_count, pick)
+    return np.where(is_random, pick, first + 1)
+
+
 def sample_epoch_pairs(index: PairIndex, seed: int, epoch: int) -> EpochPairs:
-    """Draw epoch ``epoch``'s partners: the successor with probability 0.5, else a sentence of another document."""
+    """Draw epoch ``epoch``'s partners: the successor with probability 0.5, else a sentence of another document;
+    then the task's pairs, if any, after the corpus's (``sample_task_pairs``)."""
     rng = np.random.default_rng([seed, epoch, PAIR_STREAM])
     first = index.first_sentences
     is_random = rng.random(len(first)) < 0.5
     draws = rng.random(len(first))
-    document = index.document_of(first)
-    own_first = index.document_offsets[document]
-    own_count = index.document_offsets[document + 1] - own_first
-    others = index.num_sentences - own_count  # ≥ 1: the store guarantees two documents
-    # Uniform over the sentences outside the own document: draw among `others`, then step over the own range.
-    pick = np.minimum((draws * others).astype(np.int64), others - 1)
-    pick = np.where(pick >= own_first, pick + own_count, pick)
-    second = np.where(is_random, pick, first + 1)
+    second = _partners(index, first, is_random, draws, (0, index.num_corpus_sentences))
+    if index.num_task_instances == 0:
+        return EpochPairs(first, second, is_random)
+    task = sample_task_pairs(index, seed, epoch)
+    return EpochPairs(
+        np.concatenate([first, task.first]),
+        np.concatenate([second, task.second]),
+        np.concatenate([is_random, task.is_random_next]),
+    )
+
+
+def sample_task_pairs(index: PairIndex, seed: int, epoch: int) -> EpochPairs:
+    """The ``num_task_instances`` task pairs of epoch ``epoch``: the task's sentences in an order drawn per epoch,
+    repeated as needed; a sentence without a successor in its row is always paired at random ("not next")."""
+    rng = np.random.default_rng([seed, epoch, TASK_STREAM])
+    sentences = np.arange(index.task_first_sentence, index.num_sentences, dtype=np.int64)
+    order = np.concatenate([rng.permutation(sentences) for _ in range(-(-index.num_task_instances // len(sentences)))])
+    first = order[: index.num_task_instances]
+    last_of_row = np.isin(first + 1, index.document_offsets)  # the next sentence starts a row (or is the end)
+    is_random = last_of_row | (rng.random(len(first)) < 0.5)
+    draws = rng.random(len(first))
+    second = _partners(index, first, is_random, draws, (index.task_first_sentence, index.num_sentences))
     return EpochPairs(first, second, is_random)
 
 

@@ -4,6 +4,8 @@ The corpus is tokenized once into a document store (in RAM with ``on_memory``, e
 ``output_dir/tokenized_corpus``, removed when the run ends) and served to finetune's own training loop by
 ``SentencePairSource``: the pairs of epoch ``e`` are drawn from ``(seed, e)`` and masked when a batch is built.
 Model loading, optimizer, schedule, precision, checkpoints, resume and saving are finetune's recipe builders.
+With ``task_data`` the task's texts are written to ``output_dir/task_corpus.txt`` (rank 0) and tokenized after the
+corpus into the same store, as its last corpus; ``simple_pairs`` adds their pairs at ``task_share`` of each epoch.
 
     output_dir = simple_finetune(SimpleConfig.create(train_corpus=Path("corpus.txt"), output_dir=Path("out"),
                                                      bert_model="bert-base-uncased"))
@@ -33,6 +35,7 @@ from .simple_pairs import (
     pair_lengths,
     sample_epoch_pairs,
 )
+from .task_text import write_task_corpus
 from .tokenization import TokenizerFacts
 from .training.compatibility import check_tokenizer_matches_model
 from .training.data import Batch, BatchFetcher
@@ -49,6 +52,7 @@ from .training.run_lock import hold_run_lock
 logger = logging.getLogger(__name__)
 
 STORE_DIRECTORY = "tokenized_corpus"
+TASK_CORPUS_FILE = "task_corpus.txt"  # --task_data's texts in the corpus format, in output_dir
 
 
 class SentencePairSource:
@@ -65,9 +69,10 @@ class SentencePairSource:
         masking: DynamicMasking,
         global_batch_size: int,
         group_by_length: bool = False,
+        task_share: float | None = None,
     ):
         self.store = store
-        self.index = PairIndex.from_store(store)
+        self.index = PairIndex.from_store(store, task_share)
         self.layout = layout
         self.masking = masking
         self.seed = masking.seed  # pairs, order and masks all derive from the run's seed
@@ -82,7 +87,7 @@ class SentencePairSource:
         return self._cached[1]
 
     def epoch_size(self, epoch: int) -> int:
-        return self.index.num_instances  # one instance per sentence that has a successor, every epoch
+        return self.index.num_instances  # the corpus's sentences that have a successor, plus the task's pairs
 
     def epoch_order(self, epoch: int) -> np.ndarray | None:
         """The instance order of epoch ``epoch`` when grouping by length; None lets the loop shuffle as usual."""
@@ -116,19 +121,38 @@ def pair_settings(config: SimpleConfig, tokenizer: Any, facts: TokenizerFacts) -
     return layout, masking
 
 
+def write_task_corpus_file(config: SimpleConfig, context: DistributedContext) -> Path | None:
+    """Rank 0 writes ``task_data``'s texts as a corpus into output_dir (every process then reads it); None without
+    task data. A bad task file is a one-line ``UserError`` naming file:line."""
+    if config.task_data is None:
+        return None
+    path = config.output_dir / TASK_CORPUS_FILE
+    if context.is_main:
+        stats = write_task_corpus(config.task_data, config.task_text_column, path)
+        logger.info(
+            "task text: %d rows of %s (%d empty skipped), %d sentences, %.0f%% of each epoch's pairs",
+            stats.documents, config.task_data, stats.empty_rows_skipped, stats.sentences, 100 * config.task_share,
+        )  # fmt: skip
+    barrier(context)
+    return path
+
+
 def load_store(
     config: SimpleConfig, context: DistributedContext, tokenizer: Any, facts: TokenizerFacts
 ) -> DocumentStore:
-    """Tokenize the corpus: in RAM per process with ``on_memory``, else once on disk by rank 0 (others open it)."""
+    """Tokenize the corpus (and the task text after it): in RAM per process with ``on_memory``, else once on disk
+    by rank 0 (others open it)."""
     show = config.training.show_progress and context.is_main
+    task_corpus = write_task_corpus_file(config, context)
+    paths = [config.train_corpus] if task_corpus is None else [config.train_corpus, task_corpus]
     if config.on_memory:
-        return build_document_store(config.train_corpus, tokenizer, facts, directory=None, show_progress=show)
+        return build_document_store(paths, tokenizer, facts, directory=None, show_progress=show)
     final = config.output_dir / STORE_DIRECTORY
     if context.is_main:
         temporary = final.with_name(final.name + TEMPORARY_SUFFIX)
         with os_errors_as_user_errors(temporary):
             shutil.rmtree(temporary, ignore_errors=True)
-        build_document_store(config.train_corpus, tokenizer, facts, directory=temporary, show_progress=show)
+        build_document_store(paths, tokenizer, facts, directory=temporary, show_progress=show)
         replace_directory(temporary, final)
     barrier(context)
     return open_document_store(final)
@@ -187,12 +211,14 @@ def _pair_source(
     layout, masking = pair_settings(config, tokenizer, facts)  # refuses bad flags before tokenizing the corpus
     store = load_store(config, context, tokenizer, facts)
     global_batch_size = config.training.micro_batch_size * context.world_size  # what the loop cuts epochs into
-    source = SentencePairSource(store, layout, masking, global_batch_size, config.group_by_length)
+    task_share = config.task_share if config.task_data is not None else None
+    source = SentencePairSource(store, layout, masking, global_batch_size, config.group_by_length, task_share)
     logger.info(
-        "%d documents, %d sentences: %d sentence pairs per epoch (tokens %s)",
+        "%d documents, %d sentences: %d sentence pairs per epoch%s (tokens %s)",
         store.num_documents,
         store.num_sentences,
         source.epoch_size(0),
+        f", {source.index.num_task_instances} of them from the task text" if task_share is not None else "",
         "in RAM" if config.on_memory else f"on disk in {config.output_dir / STORE_DIRECTORY}",
     )
     return source

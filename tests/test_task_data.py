@@ -11,11 +11,14 @@ import pytest
 import tiny_assets
 
 from bert_domain_ft.cli import main
+from bert_domain_ft.document_store import DocumentStore, build_document_store
 from bert_domain_ft.epoch_format import open_epoch, open_epoch_directory, read_manifest
 from bert_domain_ft.errors import UserError
 from bert_domain_ft.mixing import probabilities_with_task_share, sampling_probabilities, task_copies
 from bert_domain_ft.pregenerate import PregenerateConfig, pregenerate
-from bert_domain_ft.tokenization import encode_sentences, load_tokenizer
+from bert_domain_ft.simple_pairs import PairIndex, sample_epoch_pairs
+from bert_domain_ft.task_text import write_task_corpus
+from bert_domain_ft.tokenization import describe_tokenizer, encode_sentences, load_tokenizer
 from bert_domain_ft.training.corpus_mixing import CorpusMixing
 
 EPOCHS = 3
@@ -234,3 +237,91 @@ def test_bad_task_settings_are_refused(tiny_corpus: Path, task_csv: Path, tmp_pa
         PregenerateConfig(train_corpus=tiny_corpus, task_share=1.5, **common)
     with pytest.raises(ValueError, match="kept for --task_data"):
         PregenerateConfig(train_corpus={"task": tiny_corpus, "web": tiny_corpus}, **common)
+
+
+# ---- simple ----------------------------------------------------------------------------------------------
+
+
+def simple_index(
+    corpus: Path, task: Path, tokenizer_dir: Path, directory: Path, task_share: float
+) -> tuple[PairIndex, DocumentStore]:
+    tokenizer = load_tokenizer(str(tokenizer_dir), None)
+    task_corpus = write_task_corpus(task, "text", directory / "task_corpus.txt")
+    assert task_corpus.documents > 1
+    paths = [corpus, directory / "task_corpus.txt"]
+    store = build_document_store(paths, tokenizer, describe_tokenizer(tokenizer, str(tokenizer_dir)), None, False)
+    return PairIndex.from_store(store, task_share), store
+
+
+@pytest.mark.parametrize("share", [0.3, 0.7])
+def test_simple_draws_the_task_at_its_share_of_every_epoch_and_keeps_the_corpus_pairs(
+    share: float, tiny_corpus: Path, task_csv: Path, tiny_tokenizer_dir: Path, tmp_path: Path
+) -> None:
+    index, _ = simple_index(tiny_corpus, task_csv, tiny_tokenizer_dir, tmp_path, share)
+    without_task = PairIndex.from_store(build_plain_store(tiny_corpus, tiny_tokenizer_dir))
+    start = index.task_first_sentence
+    for epoch in range(EPOCHS):
+        pairs = sample_epoch_pairs(index, seed=7, epoch=epoch)
+        is_task = pairs.first >= start
+        assert len(pairs) == index.num_instances
+        assert abs(is_task.mean() - share) <= 1 / len(pairs)  # the share is exact up to rounding
+        # The corpus's pairs are exactly those of a run without task text; they never reach into the task.
+        plain = sample_epoch_pairs(without_task, seed=7, epoch=epoch)
+        np.testing.assert_array_equal(pairs.first[~is_task], plain.first)
+        np.testing.assert_array_equal(pairs.second[~is_task], plain.second)
+        # Task pairs stay in the task text, never pair a row with itself as "random", and repeat every sentence.
+        first, second = pairs.first[is_task], pairs.second[is_task]
+        assert np.all(second >= start)
+        random = pairs.is_random_next[is_task]
+        assert not np.any(index.document_of(first[random]) == index.document_of(second[random]))
+        assert np.all(second[~random] == first[~random] + 1)
+        assert len(np.unique(first)) == index.num_sentences - start  # every task sentence starts a pair
+    assert np.any(sample_epoch_pairs(index, 7, 0).second[is_task] != sample_epoch_pairs(index, 7, 1).second[is_task])
+
+
+def build_plain_store(corpus: Path, tokenizer_dir: Path) -> DocumentStore:
+    tokenizer = load_tokenizer(str(tokenizer_dir), None)
+    return build_document_store(corpus, tokenizer, describe_tokenizer(tokenizer, str(tokenizer_dir)), None, False)
+
+
+def test_simple_one_sentence_task_rows_start_pairs_with_random_partners_and_labels_stay_out(
+    tiny_corpus: Path, tiny_tokenizer_dir: Path, tmp_path: Path
+) -> None:
+    task = tiny_assets.write_task_file(tmp_path / "rows.csv", num_rows=30, seed=5, max_sentences=1)
+    index, store = simple_index(tiny_corpus, task, tiny_tokenizer_dir, tmp_path, 0.5)
+    pairs = sample_epoch_pairs(index, seed=1, epoch=0)
+    is_task = pairs.first >= index.task_first_sentence
+    assert np.count_nonzero(is_task) == index.num_task_instances > 30  # rows repeated to make half of the epoch
+    assert np.all(pairs.is_random_next[is_task])  # no row has a second sentence: every partner is another row
+    task_tokens = np.asarray(store.tokens[store.sentence_offsets[index.task_first_sentence] :])
+    tokenizer = load_tokenizer(str(tiny_tokenizer_dir), None)
+    for label in tiny_assets.TASK_LABELS:
+        label_ids = encode_sentences(tokenizer, [label])[0]
+        windows = np.lib.stride_tricks.sliding_window_view(task_tokens, len(label_ids))
+        assert not np.any(np.all(windows == np.asarray(label_ids), axis=-1))
+
+
+def test_simple_task_share_one_trains_on_the_task_only(
+    tiny_corpus: Path, task_csv: Path, tiny_tokenizer_dir: Path, tmp_path: Path
+) -> None:
+    index, _ = simple_index(tiny_corpus, task_csv, tiny_tokenizer_dir, tmp_path, 1.0)
+    pairs = sample_epoch_pairs(index, seed=1, epoch=0)
+    assert len(pairs) > 0 and np.all(pairs.first >= index.task_first_sentence)
+
+
+def test_simple_with_task_data_trains_and_a_bad_task_file_is_one_line(
+    tiny_corpus: Path, task_csv: Path, tiny_bert_dir: Path, tmp_path: Path, capsys
+) -> None:
+    flags = ["simple", "--train_corpus", str(tiny_corpus), "--bert_model", str(tiny_bert_dir), "--no_cuda"]
+    flags += ["--no_progress", "--max_seq_len", "48", "--train_batch_size", "16", "--stop_after_steps", "1"]
+    output = tmp_path / "out"
+    assert main([*flags, "--output_dir", str(output), "--task_data", str(task_csv), "--task_share", "0.4"]) == 0
+    arguments = json.loads((output / "training_args.json").read_text())
+    assert arguments["task_data"] == str(task_csv) and arguments["task_share"] == 0.4
+    assert (output / "task_corpus.txt").read_text(encoding="utf-8").count("\n\n") == 39
+    capsys.readouterr()
+    bad = tmp_path / "bad.csv"
+    bad.write_text("label,sentence\npos,Some text.\n", encoding="utf-8")
+    assert main([*flags, "--output_dir", str(tmp_path / "again"), "--task_data", str(bad)]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert error[-1].startswith("error: ") and "bad.csv:1: no column 'text'" in error[-1]

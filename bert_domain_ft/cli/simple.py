@@ -17,6 +17,7 @@ from ..simple_config import SimpleConfig
 from ..training.config import FinetuneConfig
 from .common import config_from_arguments, run_classic_script
 from .finetune import add_hardware_arguments, add_model_selection_arguments, add_optimisation_arguments
+from .pregenerate import add_task_arguments
 
 HELP = "continue pretraining a BERT on a corpus in one command: sentence pairs and masks made on the fly"
 
@@ -60,6 +61,7 @@ def _add_data(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--do_whole_word_mask", action="store_true", help="mask all '##' pieces of a word together (WordPiece only)"
     )
+    add_task_arguments(group)
 
 
 def _add_run_control(parser: argparse.ArgumentParser) -> None:
