@@ -121,6 +121,27 @@ def test_a_second_writer_on_a_locked_output_directory_gets_one_line_naming_the_r
     assert lock_path(output).parent == output.parent and not (output / "out.lock").exists()
 
 
+def test_the_effective_config_is_not_written_into_a_directory_another_run_has_locked_meanwhile(
+    tiny_corpus: Path, tiny_tokenizer_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from bert_domain_ft.cli import build_parser
+    from bert_domain_ft.cli.common import run_command
+
+    output = tmp_path / "out"
+    arguments = build_parser().parse_args(pregenerate_cli(tiny_corpus, tiny_tokenizer_dir, output))
+    child = subprocess.Popen([sys.executable, "-c", HOLD_LOCK_CHILD, str(output)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "locked"
+        output.mkdir(exist_ok=True)  # the other run's directory, taken while this one was finishing
+        with caplog.at_level(logging.WARNING):
+            assert run_command(arguments, lambda _: 0) == 0  # this run's own work is done; only the save is left
+    finally:
+        child.kill()
+        child.wait()
+    assert not (output / "effective_config.yaml").exists()
+    assert any("effective configuration not saved" in record.getMessage() for record in caplog.records)
+
+
 def dead_pid() -> int:
     finished = subprocess.Popen([sys.executable, "-c", "pass"])
     finished.wait()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -52,11 +53,14 @@ def run_command(arguments: argparse.Namespace, run: Callable[[argparse.Namespace
         result = run(arguments)
         status = result if isinstance(result, int) else 0
         output_dir = getattr(arguments, "output_dir", None)
-        if status == 0 and output_dir is not None and Path(output_dir).is_dir():
+        is_main = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 writes, as during the run
+        if status == 0 and is_main and output_dir is not None and Path(output_dir).is_dir():
+            from ..output_lock import hold_output_lock
             from .config_files import effective_config, save_effective_config
 
-            try:
-                save_effective_config(Path(output_dir), effective_config(arguments))
+            try:  # under the output lock: a run started on this directory meanwhile keeps it to itself
+                with hold_output_lock(Path(output_dir), "save effective_config.yaml"):
+                    save_effective_config(Path(output_dir), effective_config(arguments))
             except UserError as error:  # the run's own output is complete: say so rather than fail it
                 logging.getLogger(__name__).warning("effective configuration not saved: %s", error)
         return status
