@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+from .model_files import read_model_config
 from .pretraining_model import MLM_HEAD, LoadedModel, load_pretraining_model, quiet_transformers
 
 logger = logging.getLogger(__name__)
@@ -30,26 +31,6 @@ logger = logging.getLogger(__name__)
 
 def _first_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
-
-
-def read_model_config(name_or_path: str | Path) -> dict[str, Any] | None:
-    """The parsed ``config.json`` of a local model directory; None for a hub id or a directory without one.
-    A file that is not JSON is a ``UserError`` naming it with line:column."""
-    path = Path(name_or_path) / "config.json"
-    if not path.is_file():
-        return None
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: not UTF-8 text; fix the file or replace it with the model's original one") from None
-    except json.JSONDecodeError as error:
-        raise UserError(
-            f"{path}:{error.lineno}:{error.colno}: not valid JSON ({error.msg}); fix the file or replace it with "
-            "the model's original config.json"
-        ) from None
-    if not isinstance(value, dict):
-        raise UserError(f"{path}: holds no JSON object; replace it with the model's original config.json")
-    return value
 
 
 def safetensors_problem(path: Path) -> str | None:
