@@ -265,12 +265,15 @@ class Prober:
 
 def run_probe(config: ProbeConfig, names: Sequence[str] | None = None) -> list[ProbeResult]:
     """Probe every model of ``config`` (``names`` label them in tables); writes the JSON and PNG it asks for."""
+    from .model_loading import check_model_files
     from .probe_report import require_matplotlib, write_probe_json, write_probe_plot
 
     if names is not None and len(names) != len(config.models):
         raise ValueError(f"{len(names)} names for {len(config.models)} models; give one name per model")
     if config.plot_output is not None:
         require_matplotlib()  # fail before the minutes of training, not after
+    for model in config.models:  # a damaged model is one line now, not a traceback after the others' training
+        check_model_files(model)
     prober = Prober(config)
     logger.info("probe: %s", prober.describe())
     labels = list(names) if names is not None else [""] * len(config.models)

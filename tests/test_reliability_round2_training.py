@@ -184,7 +184,16 @@ def test_simple_with_a_tokenizer_of_another_vocabulary_size_than_the_model_is_re
 
 # ------------------------------------------------------------------------ 7, 8: damaged config.json and weights
 
-COMMANDS = ["finetune", "simple", "evaluate"]
+COMMANDS = ["finetune", "simple", "evaluate", "probe"]
+
+
+def probe_flags(model: Path, output: Path) -> list[str]:
+    """``probe`` of ``model`` on two tiny labelled files written beside ``output``."""
+    rows = "text,label\nthe cat sat on the mat,a\nthe dog ran in the park,b\n"
+    for name in ("train.csv", "test.csv"):
+        (output.parent / name).write_text(rows, encoding="utf-8")
+    files = ["--train", str(output.parent / "train.csv"), "--test", str(output.parent / "test.csv")]
+    return ["probe", "--models", str(model), *files, "--seeds", "1", "--no_plot", *QUIET_FLAGS]
 
 
 def command_flags(command: str, data: Path, corpus: Path, model: Path, output: Path) -> list[str]:
@@ -192,6 +201,8 @@ def command_flags(command: str, data: Path, corpus: Path, model: Path, output: P
         return finetune_flags(data, model, output)
     if command == "simple":
         return simple_flags(corpus, model, output)
+    if command == "probe":
+        return probe_flags(model, output)
     return evaluate_flags(data, model)
 
 
