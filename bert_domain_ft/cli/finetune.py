@@ -71,6 +71,12 @@ def add_optimisation_arguments(parser: argparse.ArgumentParser) -> None:
         help="training epochs (data epochs are reused in turn when fewer were pregenerated)",
     )
     group.add_argument(
+        "--max_steps",
+        type=int,
+        default=_DEFAULTS["max_steps"],
+        help="train exactly this many optimizer steps, looping over the epochs as needed (overrides --epochs; 0: off)",
+    )
+    group.add_argument(
         "--train_batch_size",
         type=int,
         default=_DEFAULTS["train_batch_size"],

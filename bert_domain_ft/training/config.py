@@ -45,6 +45,10 @@ class FinetuneConfig:
     """Accepted for the original flag; epochs are always memory-mapped, so it changes nothing."""
     epochs: int = 3
     """Training epochs. Training epoch e reads data epoch e mod (generated epochs), looping when there are fewer."""
+    max_steps: int = 0
+    """Train exactly this many optimizer steps, the learning-rate schedule spanning them, reading the epochs in
+    turn and starting them again as often as needed (``epochs`` is then ignored). For a fixed budget whatever the
+    corpus size, and for comparisons at an equal budget. 0: train ``epochs`` whole epochs."""
     train_batch_size: int = 32
     """Sequences per optimizer step in each process (split into --gradient_accumulation_steps micro-batches);
     with N processes the global batch is N × this, as in the original script."""
@@ -143,7 +147,7 @@ class FinetuneConfig:
             self.general_holdout = Path(self.general_holdout)
         self._check_positive("epochs", "train_batch_size", "gradient_accumulation_steps", "logging_steps")
         self._check_positive("eval_batch_size")
-        self._check_not_negative("save_steps", "save_total_limit", "stop_after_steps", "eval_steps")
+        self._check_not_negative("save_steps", "save_total_limit", "stop_after_steps", "eval_steps", "max_steps")
         self._check_not_negative("loss_scale", "weight_decay", "max_grad_norm")
         if self.train_batch_size % self.gradient_accumulation_steps:
             raise ValueError(

@@ -42,6 +42,7 @@ class LoopSettings:
 
     epochs: int
     micro_batch_size: int  # sequences per forward pass in this process
+    max_steps: int = 0  # train exactly this many steps, looping over the epochs as needed (0: all of `epochs`)
     gradient_accumulation_steps: int = 1
     max_grad_norm: float = 1.0  # 0: no clipping
     seed: int = 42  # data order of epoch e is a function of (seed, e)
@@ -78,7 +79,9 @@ class TrainingSetup:
 
 
 def total_optimizer_steps(source: EpochSource, settings: LoopSettings, world_size: int) -> int:
-    """Optimizer steps of the whole run (epochs may differ in size)."""
+    """Optimizer steps of the whole run (epochs may differ in size): ``max_steps`` when set."""
+    if settings.max_steps:
+        return settings.max_steps
     return sum(
         optimizer_steps_per_epoch(
             micro_batches_per_epoch(source.epoch_size(epoch), settings.micro_batch_size, world_size),
@@ -86,6 +89,13 @@ def total_optimizer_steps(source: EpochSource, settings: LoopSettings, world_siz
         )
         for epoch in range(settings.epochs)
     )
+
+
+def run_finished(position: TrainingPosition, epochs: int, max_steps: int) -> bool:
+    """Every step done: ``max_steps`` of them when set, else the last step of the last of ``epochs``."""
+    if max_steps:
+        return position.global_step >= max_steps
+    return position.epoch >= epochs
 
 
 class TrainingLoop:
@@ -126,13 +136,16 @@ class TrainingLoop:
             if start.global_step == 0:
                 self._evaluate()
             stopped = False
-            while self.position.epoch < self.settings.epochs and not stopped:
+            while not self._finished() and not stopped:
                 stopped = self._run_epoch(self.position.epoch, self.position.batch_in_epoch)
-            if not stopped:
+            if not stopped or self._finished():  # the end, not --stop_after_steps: evaluate the final model
                 self._evaluate()
         finally:
             self.progress.close()
         return self.position
+
+    def _finished(self) -> bool:
+        return run_finished(self.position, self.settings.epochs, self.settings.max_steps)
 
     def _run_epoch(self, epoch: int, first_batch: int) -> bool:
         """Train epoch ``epoch`` from micro-batch ``first_batch``; ``True`` when asked to stop early."""
@@ -143,7 +156,8 @@ class TrainingLoop:
             size, settings.micro_batch_size, settings.seed, epoch, context.rank, context.world_size, order
         )
         accumulation = settings.gradient_accumulation_steps
-        self.progress.set_description(f"epoch {epoch + 1}/{settings.epochs}")
+        of_epochs = "" if settings.max_steps else f"/{settings.epochs}"
+        self.progress.set_description(f"epoch {epoch + 1}{of_epochs}")
         fetch = self.setup.source.open_epoch(epoch)
         with BatchPrefetcher(fetch, plan[first_batch:], context.device, settings.prefetch_depth) as batches:
             waited = 0.0
@@ -197,20 +211,23 @@ class TrainingLoop:
         """Log, evaluate, checkpoint as scheduled; ``True`` when the run should stop here."""
         settings, step = self.settings, self.position.global_step
         self.progress.update(1)
-        stop = bool(settings.stop_after_steps) and step >= settings.stop_after_steps
+        asked_to_stop = bool(settings.stop_after_steps) and step >= settings.stop_after_steps
+        at_max_steps = bool(settings.max_steps) and step >= settings.max_steps  # the end, possibly mid-epoch
+        stop = asked_to_stop or at_max_steps
         if step % settings.logging_steps == 0 or step == self.total_steps or stop:
             self._report()
-        if settings.eval_steps and step % settings.eval_steps == 0:
+        if settings.eval_steps and step % settings.eval_steps == 0 and not at_max_steps:  # the end evaluates
             self._evaluate()
         # The end-of-epoch checkpoint follows right away, so a scheduled save there would be written twice.
         if (settings.save_steps and step % settings.save_steps == 0 and not epoch_finished) or stop:
             self._save()
-        if stop:
+        if asked_to_stop and not at_max_steps:
             logger.info("stopping after step %d as asked (--stop_after_steps); continue with --resume", step)
         return stop
 
     def _epoch_progress(self) -> float:
-        size = self.setup.source.epoch_size(min(self.position.epoch, self.settings.epochs - 1))
+        epoch = self.position.epoch if self.settings.max_steps else min(self.position.epoch, self.settings.epochs - 1)
+        size = self.setup.source.epoch_size(epoch)
         batches = micro_batches_per_epoch(size, self.settings.micro_batch_size, self.context.world_size)
         return round(self.position.epoch + self.position.batch_in_epoch / max(batches, 1), 4)
 

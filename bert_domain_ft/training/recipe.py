@@ -44,7 +44,7 @@ from .dropout import use_fast_dropout
 from .feed_forward import use_recomputed_activation, use_recomputed_feed_forward
 from .head_warmup import warm_up_fresh_heads
 from .legacy_format import convert_legacy_directory, is_legacy_directory
-from .loop import Evaluator, LoopSettings, TrainingLoop, TrainingSetup, total_optimizer_steps
+from .loop import Evaluator, LoopSettings, TrainingLoop, TrainingSetup, run_finished, total_optimizer_steps
 from .metrics import METRICS_FILE, MetricsLog
 from .model_setup import build_training_model, resolve_training_objective
 from .objective import PretrainingObjective
@@ -127,7 +127,7 @@ def train_and_save(
     position = TrainingLoop(setup, settings).run(start)
     selection.report()  # which model won the probe, in one line
     release_free_memory()  # what the steps kept for reuse goes back before saving and evaluating
-    if position.epoch >= config.epochs:
+    if run_finished(position, config.epochs, config.max_steps):
         _save_final(config, context, loaded.model, tokenizer)
         if context.is_main:
             from ..evaluation import print_run_before_after
@@ -257,6 +257,7 @@ def use_cpu_kernels(model: torch.nn.Module, bf16: bool) -> None:
 def _loop_settings(config: FinetuneConfig) -> LoopSettings:
     return LoopSettings(
         epochs=config.epochs,
+        max_steps=config.max_steps,
         micro_batch_size=config.micro_batch_size,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         max_grad_norm=config.max_grad_norm,
