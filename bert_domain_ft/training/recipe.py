@@ -344,9 +344,12 @@ def _setup_training(
     anchor = None  # a model from scratch has no starting point worth keeping
     if not config.from_scratch:  # taken before --resume loads a checkpoint: θ₀ is always the model of bert_model
         fresh = head_parameters(loaded.model, loaded.fresh_heads)
-        anchor = ParameterAnchor.from_model(loaded.model, exclude=fresh, device=context.device)
+        # The pull reads θ₀ every step, so it lives beside the weights; kept only for the logged drift (λ = 0),
+        # it waits in host memory and the accelerator's memory stays the model's.
+        device = context.device if config.anchor_weight > 0 else torch.device("cpu")
+        anchor = ParameterAnchor.from_model(loaded.model, exclude=fresh, device=device)
         logger.info("starting weights kept for --anchor_weight %g and the drift: %d parameters, %.0f MB on %s",
-                    config.anchor_weight, anchor.num_elements, anchor.memory_bytes / 1e6, context.device)  # fmt: skip
+                    config.anchor_weight, anchor.num_elements, anchor.memory_bytes / 1e6, device)  # fmt: skip
     return TrainingSetup(
         objective, loaded.model, optimizer, scheduler, precision, context, source, checkpoints, metrics,
         fresh_heads=loaded.fresh_heads, anchor=anchor,
