@@ -60,3 +60,41 @@ def check_model_positions(model: str | Path | None, max_seq_len: int) -> None:
             f"{Path(str(model)) / MODEL_CONFIG_NAME}: the model has {positions} positions but --max_seq_len is "
             f"{max_seq_len}; use --max_seq_len {positions} or less"
         )
+
+
+def checkpoint_tensor_names(model: str | Path | None) -> set[str] | None:
+    """The names of the tensors a local model directory stores, read from its ``*.safetensors`` headers (8 bytes
+    of length, then JSON: a few kilobytes whatever the model's size); None where that cannot be told (no model, a
+    hub id, weights only in a pickled ``.bin``, an unreadable header)."""
+    if model is None or not Path(model).is_dir():
+        return None
+    names: set[str] = set()
+    files = sorted(Path(model).glob("*.safetensors"))
+    for path in files:
+        try:
+            with open(path, "rb") as file:
+                length = int.from_bytes(file.read(8), "little")
+                header = json.loads(file.read(length).decode("utf-8"))
+        except (OSError, ValueError):
+            return None
+        if not isinstance(header, dict):
+            return None
+        names.update(key for key in header if key != "__metadata__")
+    return names if files else None
+
+
+def has_trained_nsp_head(model: str | Path | None) -> bool | None:
+    """Whether a BERT checkpoint stores a next-sentence-prediction head (``cls.seq_relationship``); False for an
+    encoder alone (sentence-transformers models, fine-tuned classifiers' encoders), None when it cannot be told."""
+    names = checkpoint_tensor_names(model)
+    if names is None:
+        return None
+    return any(name.endswith("seq_relationship.weight") for name in names)
+
+
+# Why "auto" trains masked LM only for a BERT without a trained NSP head, said once wherever it is decided.
+FRESH_NSP_HEAD_NOTE = (
+    "it has no trained next-sentence-prediction head, and training a fresh one rewrites the pooler that classifiers "
+    "fine-tuned from the model read (measured: the demo's probe fell 6.1 points, and rose back to the base's once "
+    "the base pooler was restored; benchmarks/adaptation.py)"
+)

@@ -39,7 +39,7 @@ from .epoch_writer import GenerationContext, ShardTask
 from .errors import UserError
 from .instances import SPECIAL_TOKENS_PER_PAIR, DocumentPool
 from .mixing import sampling_probabilities
-from .model_files import check_model_positions, read_model_config
+from .model_files import FRESH_NSP_HEAD_NOTE, check_model_positions, has_trained_nsp_head, read_model_config
 from .output_directory import (
     GENERATION_RECORD,
     check_resume,
@@ -60,7 +60,8 @@ STORE_DIRECTORY = "document_store.partial"
 
 
 def resolve_objective(requested: str, model: str | None, facts: TokenizerFacts) -> str:
-    """ "auto" means NSP for BERT (the only family with an NSP head) and MLM for everything else."""
+    """ "auto" means NSP for a BERT with a trained NSP head (the only family that has one), MLM for everything
+    else: other families, and BERT encoders saved without their pretraining heads (``FRESH_NSP_HEAD_NOTE``)."""
     if requested != "auto":
         return requested
     model_config = read_model_config(model)
@@ -70,7 +71,11 @@ def resolve_objective(requested: str, model: str | None, facts: TokenizerFacts) 
         is_bert = facts.continuation_prefix is not None  # no model yet: a WordPiece tokenizer means a BERT
     if not is_bert:
         logger.info("objective: masked LM only (this model has no next-sentence-prediction head)")
-    return "nsp" if is_bert else "mlm"
+        return "mlm"
+    if has_trained_nsp_head(model) is False:
+        logger.info("objective: masked LM only: %s; --objective nsp trains it anyway", FRESH_NSP_HEAD_NOTE)
+        return "mlm"
+    return "nsp"
 
 
 def _split_documents(

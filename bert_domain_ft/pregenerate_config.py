@@ -33,7 +33,8 @@ class PregenerateConfig:
     tokenizer: str | None = None
     """A tokenizer directory other than the model's own (e.g. one trained with ``bert-domain-ft tokenizer``)."""
     objective: str = "auto"
-    """"nsp" (BERT pairs), "mlm" (packed text, no NSP), or "auto": "nsp" for BERT models and WordPiece tokenizers."""
+    """"nsp" (BERT pairs), "mlm" (packed text, no NSP), or "auto": "nsp" for BERT checkpoints with a trained NSP
+    head (and for a WordPiece tokenizer alone), "mlm" for everything else, BERT encoders saved without heads included."""
     dynamic_masking: bool = False
     """Store unmasked text; the trainer draws fresh masks for every batch (RoBERTa-style)."""
     no_cross_document: bool = False

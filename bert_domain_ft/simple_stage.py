@@ -25,6 +25,8 @@ from .atomic_files import TEMPORARY_SUFFIX, os_errors_as_user_errors, replace_di
 from .document_store import DocumentStore, build_document_store, open_document_store
 from .dynamic_masking import DynamicMasking, masking_tables
 from .errors import UserError
+from .model_files import FRESH_NSP_HEAD_NOTE
+from .pretraining_model import NSP_HEAD
 from .simple_config import SimpleConfig
 from .simple_pairs import (
     EpochPairs,
@@ -192,6 +194,9 @@ def simple_finetune(config: SimpleConfig) -> Path:
             tokenizer, facts, saveable_tokenizer = setup_tokenizer(training)
             loaded = load_training_model(training, context)
             check_model_fits(config, loaded.model.config, facts)
+            if NSP_HEAD in loaded.fresh_heads:  # simple always trains NSP; pregenerate + finetune need not
+                logger.warning("simple trains next-sentence prediction with %s: %s; pregenerate + finetune train "
+                               "masked LM only for it", training.bert_model, FRESH_NSP_HEAD_NOTE)  # fmt: skip
             try:
                 source = _pair_source(config, context, tokenizer, facts)
                 arguments = config.to_json()

@@ -30,9 +30,10 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory, tiny_corpus: Path, tiny_b
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory: pytest.TempPathFactory, data_dir: Path, tiny_encoder_dir: Path) -> Path:
-    """Two epochs from an encoder-only checkpoint (fresh heads), checkpoints every 2 steps, keep 2."""
+    """Two epochs from an encoder-only checkpoint (fresh heads), checkpoints every 2 steps, keep 2; NSP asked for
+    explicitly ("auto" trains such an encoder on masked LM only, tests/test_objective_defaults.py)."""
     output = tmp_path_factory.mktemp("run") / "out"
-    options = {"epochs": 2, "train_batch_size": 64, "save_steps": 2, "save_total_limit": 2}
+    options = {"epochs": 2, "train_batch_size": 64, "save_steps": 2, "save_total_limit": 2, "objective": "nsp"}
     config = quick_config(data_dir, tiny_encoder_dir, output, **options)
     assert finetune(config) == output
     return output

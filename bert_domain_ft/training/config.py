@@ -30,7 +30,8 @@ class FinetuneConfig:
     """Tokenizer directory to use instead of the model's own (required with from_scratch); saved with the model."""
     objective: str = "auto"
     """"nsp" (masked LM + next-sentence prediction, BERT only), "mlm" (masked LM only; NSP labels in the data are
-    ignored) or "auto": the data's objective, or "mlm" when the model has no NSP head (said in one line)."""
+    ignored) or "auto": the data's objective, or "mlm" when the model has no NSP head, a BERT saved without a
+    trained one included (a fresh NSP head rewrites the pooler that downstream classifiers read; said in one line)."""
     from_scratch: bool = False
     """Start from a randomly initialised model of model_type (sized by config_overrides) instead of bert_model."""
     model_type: str | None = None

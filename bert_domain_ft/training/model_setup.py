@@ -16,6 +16,7 @@ from typing import Any
 
 from ..errors import UserError
 from ..model_factory import build_model_from_scratch
+from ..model_files import FRESH_NSP_HEAD_NOTE, has_trained_nsp_head
 from ..model_loading import checkpoint_model_type, load_model_for_objective
 from ..pretraining_model import LoadedModel
 from .config import FinetuneConfig
@@ -32,13 +33,19 @@ def resolve_training_objective(config: FinetuneConfig, manifest: dict[str, Any])
             f"{config.pregenerated_data}: pregenerated for --objective {data_objective}, without next-sentence "
             "labels; drop --objective nsp, or pregenerate with --objective nsp"
         )
+    fresh_nsp_head = not config.from_scratch and has_trained_nsp_head(config.bert_model) is False
     if config.objective != "auto":
+        if config.objective == "nsp" and fresh_nsp_head:
+            logger.warning("--objective nsp with %s: %s", config.bert_model, FRESH_NSP_HEAD_NOTE)
         return config.objective
     if data_objective == "mlm":
         return "mlm"
     model_type = config.model_type if config.from_scratch else checkpoint_model_type(str(config.bert_model))
     if model_type not in (None, "bert"):
         logger.info("objective: masked LM only (a %s model has no next-sentence-prediction head)", model_type)
+        return "mlm"
+    if fresh_nsp_head:  # the data's NSP labels are left unused; --objective nsp trains them
+        logger.info("objective: masked LM only: %s; --objective nsp trains it anyway", FRESH_NSP_HEAD_NOTE)
         return "mlm"
     return "nsp"
 
