@@ -39,6 +39,9 @@ QUICK_MAX_DOCUMENTS = 200  # ~1/3 of the standard library's modules with docstri
 PROBE_TRAIN_PER_CLASS = 32  # labelled training sentences per class (8 classes)
 PROBE_TEST_PER_CLASS = 32  # labelled test sentences per class, from other modules
 EVALUATIONS_PER_RUN = 6  # held-out evaluations besides the one before the first step
+# General text evaluated beside the domain's held-out set, so forgetting would show: the repository's sample corpus
+# (a made-up water utility's manual, nothing to do with Python).
+GENERAL_TEXT = Path(__file__).resolve().parents[1] / "data" / "sample_corpus.txt"
 
 logger = logging.getLogger("demo")
 
@@ -86,7 +89,7 @@ def parse_settings(argv: Sequence[str] | None) -> DemoSettings:
         default=None,
         help="steps training only the fresh heads, encoder frozen, first (default: auto; 0: off)",
     )
-    parser.add_argument("--probe_seeds", type=int, default=3, help="classifiers per model in the probe (default 3)")
+    parser.add_argument("--probe_seeds", type=int, default=5, help="classifiers per model in the probe (default 5)")
     parser.add_argument("--probe_epochs", type=int, help="probe training epochs (default 4, 3 with --quick)")
     parser.add_argument("--no_probe", action="store_true", help="skip the downstream probe")
     parser.add_argument("--seed", type=int, default=42, help="seed of pregeneration and training (default 42)")
@@ -184,6 +187,7 @@ def finetune_model(settings: DemoSettings, model: str, manifest: dict[str, Any])
         bf16=settings.bf16,
         seed=settings.seed,
         eval_steps=max(1, steps // EVALUATIONS_PER_RUN),
+        general_holdout=GENERAL_TEXT if GENERAL_TEXT.is_file() else None,
         head_warmup_steps=settings.head_warmup_steps,
         logging_steps=max(1, min(10, steps // 50)),
         overwrite_output_dir=True,
