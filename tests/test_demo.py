@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import importlib.util
+import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -57,3 +59,20 @@ def test_quick_mode_uses_a_smaller_corpus_and_one_epoch(demo: ModuleType):
     quick = demo.parse_settings(["--quick"])
     assert quick.epochs == 1 and quick.max_documents == demo.QUICK_MAX_DOCUMENTS
     assert demo.parse_settings([]).max_documents is None
+
+
+def test_demo_with_task_text_adapts_on_the_probes_training_sentences_without_their_labels(
+    demo: ModuleType, tiny_bert_dir: Path, tiny_corpus: Path, tmp_path: Path
+):
+    output = tmp_path / "demo"
+    arguments = ["--bert_model", str(tiny_bert_dir), "--corpus", str(tiny_corpus), "--output_dir", str(output)]
+    probe = ["--probe_seeds", "1", "--probe_epochs", "1", "--task_text", "--no_progress"]
+    assert demo.main([*arguments, "--epochs", "1", *probe]) == 0
+    manifest = json.loads((output / "pregenerated" / "manifest.json").read_text())
+    assert manifest["task_data"]["source"] == str(output / "probe" / "train.csv")
+    assert [corpus["name"] for corpus in manifest["corpora"]][-1] == "task"
+    task_text = (output / "pregenerated" / "task_corpus.txt").read_text(encoding="utf-8")
+    with (output / "probe" / "train.csv").open(encoding="utf-8", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert rows and all(row["text"].split()[0] in task_text for row in rows)
+    assert not any(f"\n{row['label']}\n" in f"\n{task_text}\n" for row in rows)  # labels never read
