@@ -34,7 +34,8 @@ def test_demo_on_another_bert_prints_the_before_after_table(
     output = tmp_path / "demo"
     arguments = ["--bert_model", str(tiny_bert_dir), "--corpus", str(tiny_corpus), "--output_dir", str(output)]
     probe = ["--probe_seeds", "2", "--probe_epochs", "1"]  # the tiny BERT learns nothing more from more
-    assert demo.main([*arguments, "--epochs", "1", "--learning_rate", "2e-3", *probe, "--no_progress"]) == 0
+    steps = ["--epochs", "1", "--max_steps", "8", "--no_task_text"]
+    assert demo.main([*arguments, *steps, "--learning_rate", "2e-3", *probe, "--no_progress"]) == 0
     printed = capsys.readouterr().out
     table = printed[printed.index("held-out  ") :]
     assert table.splitlines()[0].split()[1:] == ["before", "after", "change"]
@@ -58,16 +59,18 @@ def test_demo_says_how_to_install_the_default_model(demo: ModuleType, monkeypatc
 def test_quick_mode_uses_a_smaller_corpus_and_one_epoch(demo: ModuleType):
     quick = demo.parse_settings(["--quick"])
     assert quick.epochs == 1 and quick.max_documents == demo.QUICK_MAX_DOCUMENTS
+    assert quick.max_steps == demo.QUICK_STEPS and demo.parse_settings([]).max_steps == demo.DEMO_STEPS
+    assert demo.parse_settings([]).task_text and not demo.parse_settings(["--no_task_text"]).task_text
     assert demo.parse_settings([]).max_documents is None
 
 
-def test_demo_with_task_text_adapts_on_the_probes_training_sentences_without_their_labels(
+def test_demo_adapts_on_the_probes_training_sentences_without_their_labels_by_default(
     demo: ModuleType, tiny_bert_dir: Path, tiny_corpus: Path, tmp_path: Path
 ):
     output = tmp_path / "demo"
     arguments = ["--bert_model", str(tiny_bert_dir), "--corpus", str(tiny_corpus), "--output_dir", str(output)]
-    probe = ["--probe_seeds", "1", "--probe_epochs", "1", "--task_text", "--no_progress"]
-    assert demo.main([*arguments, "--epochs", "1", *probe]) == 0
+    probe = ["--probe_seeds", "1", "--probe_epochs", "1", "--no_progress"]  # task text is the default
+    assert demo.main([*arguments, "--epochs", "1", "--max_steps", "4", *probe]) == 0
     manifest = json.loads((output / "pregenerated" / "manifest.json").read_text())
     assert manifest["task_data"]["source"] == str(output / "probe" / "train.csv")
     assert [corpus["name"] for corpus in manifest["corpora"]][-1] == "task"
