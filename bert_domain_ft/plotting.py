@@ -171,10 +171,15 @@ def _draw_losses(grid: Any, metrics: RunMetrics) -> None:
     _plot_eval(mlm, *series(metrics.evaluations, "mlm_loss"), "held-out", "tab:red")
     _plot_eval(mlm, *series(metrics.evaluations, "general_mlm_loss"), GENERAL_LABEL, "tab:orange")
     _finish(mlm, "Masked-LM loss", "cross-entropy (nats/token)")
-    _plot_train(nsp, *series(metrics.train, "nsp_loss"), "training", "tab:blue")
-    _plot_eval(nsp, *series(metrics.evaluations, "nsp_loss"), "held-out", "tab:red")
-    _plot_eval(nsp, *series(metrics.evaluations, "general_nsp_loss"), GENERAL_LABEL, "tab:orange")
-    _finish(nsp, "Next-sentence prediction loss", "cross-entropy (nats/pair)")
+    if series(metrics.train, "nsp_loss")[0].size or not series(metrics.train, "drift")[0].size:
+        _plot_train(nsp, *series(metrics.train, "nsp_loss"), "training", "tab:blue")
+        _plot_eval(nsp, *series(metrics.evaluations, "nsp_loss"), "held-out", "tab:red")
+        _plot_eval(nsp, *series(metrics.evaluations, "general_nsp_loss"), GENERAL_LABEL, "tab:orange")
+        _finish(nsp, "Next-sentence prediction loss", "cross-entropy (nats/pair)")
+    else:  # masked LM only: the panel shows how far the weights moved from where they started instead
+        steps, drift = series(metrics.train, "drift")
+        nsp.plot(steps, drift, color="tab:purple", linewidth=1.6, label="‖θ − θ₀‖ of the weights from the checkpoint")
+        _finish(nsp, "Drift from the starting weights", "L2 distance")
 
 
 def _draw_accuracy_and_rate(grid: Any, metrics: RunMetrics) -> None:

@@ -115,3 +115,32 @@ def test_plot_of_a_real_finetune_run(tiny_corpus: Path, tiny_bert_dir: Path, tmp
     assert len(metrics.train) > 20
     path = plot_run(run)
     assert png_size(path) == (1320, 880) and path.stat().st_size > 20_000
+
+
+@pytest.mark.parametrize(("with_nsp", "title"), [(True, "Next-sentence prediction loss"), (False, "Drift from")])
+def test_the_second_panel_shows_nsp_or_for_a_masked_lm_run_the_drift_from_the_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, with_nsp: bool, title: str
+):
+    import bert_domain_ft.plotting as plotting
+
+    run = tmp_path / "run"
+    run.mkdir()
+    records = []
+    for step in range(1, 31):
+        train = {
+            "kind": "train",
+            "step": step,
+            "epoch": 0,
+            "lr": 1e-4,
+            "mlm_loss": 6.0 - step / 30,
+            "drift": 0.1 * step,
+        }
+        if with_nsp:
+            train["nsp_loss"] = 0.7
+        records.append(json.dumps(train))
+    (run / "metrics.jsonl").write_text("\n".join(records) + "\n")
+    titles: list[str] = []
+    original = plotting._finish
+    monkeypatch.setattr(plotting, "_finish", lambda axes, t, y: (titles.append(t), original(axes, t, y)))
+    plot_run(run)
+    assert titles[1].startswith(title)
