@@ -17,7 +17,7 @@ Steps (each a function below, each calling the library):
                    tested on sentences of different modules (``bert_domain_ft.demo_probe_data``);
   6. report      — both tables, whatever they say, and where the model, metrics and plots were written.
 
-    python examples/demo.py                 # ~8-10 minutes on 2 CPU cores
+    python examples/demo.py                 # ~8 minutes on 2 CPU cores
     python examples/demo.py --quick         # ~4 minutes: a smaller corpus, one epoch, a lighter probe
 """
 
