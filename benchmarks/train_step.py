@@ -36,7 +36,6 @@ from _measure import run_measured
 BATCH_SIZE = 16
 MAX_SEQ_LEN = 128
 CORPUS_BYTES = 700_000  # enough text for ~500 instances of 128 tokens
-DEFAULT_CORPUS = "/work/shared/data/python_docs_corpus.txt"
 VARIANTS = ("baseline", "ours_fp32", "ours_bf16")
 
 
@@ -52,6 +51,13 @@ def peak_rss_mb() -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def standard_library_corpus(work: Path) -> Path:
+    """The demo's corpus, the docstrings of this Python's standard library: real text on every machine."""
+    from bert_domain_ft.demo_corpus import cached_demo_corpus
+
+    return cached_demo_corpus(work, max_documents=None, show_progress=False).path
 
 
 def corpus_slice(corpus: Path, destination: Path) -> Path:
@@ -213,7 +219,9 @@ def report(results: dict[str, list[dict[str, float]]]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="BERT directory (default: the MiniLM-L6-H384 in the venv)")
-    parser.add_argument("--corpus", type=Path, default=Path(DEFAULT_CORPUS), help="text in the corpus format")
+    parser.add_argument(
+        "--corpus", type=Path, help="text in the corpus format (default: this Python's standard-library docstrings)"
+    )
     parser.add_argument("--steps", type=int, default=20, help="timed steps per variant and round")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (the heap settles meanwhile)")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved repetitions of all variants")
@@ -222,7 +230,8 @@ def main() -> None:
     model = arguments.model or default_model()
     with tempfile.TemporaryDirectory() as temporary:
         work = Path(temporary)
-        instances = pregenerate_epoch(corpus_slice(arguments.corpus, work / "corpus.txt"), model, work / "data")
+        corpus = arguments.corpus or standard_library_corpus(work)
+        instances = pregenerate_epoch(corpus_slice(corpus, work / "corpus.txt"), model, work / "data")
         needed = (arguments.warmup + arguments.steps) * BATCH_SIZE
         if instances < needed:
             sys.exit(f"only {instances} instances pregenerated, {needed} needed; give a larger --corpus")
