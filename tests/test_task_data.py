@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tiny_assets
+from test_pregenerate import unmasked_rows  # the stored rows with every masked token put back
 
 from bert_domain_ft.cli import main
 from bert_domain_ft.document_store import DocumentStore, build_document_store
@@ -30,14 +31,6 @@ def run(corpus: Path, task: Path | None, tokenizer: Path, output: Path, **option
         train_corpus=corpus, output_dir=output, bert_model=str(tokenizer), task_data=task, **settings
     )
     return pregenerate(config)
-
-
-def unmasked_rows(epoch) -> np.ndarray:
-    rows = np.array(epoch.input_ids)
-    for i in range(epoch.num_instances):
-        count = epoch.num_masked[i]
-        rows[i, epoch.masked_positions[i, :count]] = epoch.masked_labels[i, :count]
-    return rows
 
 
 def binomial_tolerance(share: float, draws: int) -> float:
