@@ -1,7 +1,7 @@
 """Which adaptation recipe makes a model better at the user's task? Every recipe at one training budget, probed.
 
 For a task (unlabelled domain text + a small labelled set), each recipe continues the pretraining of the same base
-model for the same number of optimizer steps, then ``bert_domain_ft.probe`` fine-tunes a classifier from the base
+model for the same number of optimizer steps, then ``bert_domain_ft.evaluation.probe`` fine-tunes a classifier from the base
 and from every adapted model with the same seeds, data order and classifier initialisation. The table gives the
 probe accuracy (mean ± std over seeds) and the paired difference to the base with its 95% interval over seeds.
 
@@ -98,8 +98,8 @@ def minilm() -> str:
 
 
 def build_demo_task(work: Path) -> Task:
-    from bert_domain_ft.demo_corpus import cached_demo_corpus
-    from bert_domain_ft.demo_probe_data import build_demo_probe_task
+    from demo_corpus import cached_demo_corpus
+    from demo_probe_data import build_demo_probe_task
 
     corpus = cached_demo_corpus(work, max_documents=None, show_progress=False)
     probe = build_demo_probe_task(work / "probe", SENTENCES_PER_CLASS, SENTENCES_PER_CLASS, seed=42)
@@ -110,7 +110,7 @@ def build_pydocs_task(work: Path) -> Task:
     """One prepared corpus per documentation part; documents split between train and test sentences."""
     import numpy as np
 
-    from bert_domain_ft.preparation import PrepareConfig, prepare_corpus
+    from bert_domain_ft.corpus.prepare import PrepareConfig, prepare_corpus
 
     if not PYDOCS_SOURCES.is_dir():
         raise SystemExit(f"{PYDOCS_SOURCES}: missing; run `apt-get install python3.11-doc` (Debian) first")
@@ -162,7 +162,7 @@ def training_data(task: Task, recipe: Recipe, work: Path) -> dict[str, Any]:
 def selected_corpus(task: Task, method: str, work: Path) -> Path:
     """kNN-TAPT's data: the domain documents nearest to the task's training texts, a quarter of the words, ranked
     by BM25 or by the base model's mean-pooled embeddings."""
-    from bert_domain_ft.corpus_selection import SelectConfig, select_documents
+    from bert_domain_ft.corpus.selection import SelectConfig, select_documents
 
     output = work / f"{task.name}_selected{'' if method == 'bm25' else '_' + method}.txt"
     if not output.exists():
@@ -176,7 +176,7 @@ def selected_corpus(task: Task, method: str, work: Path) -> Path:
 
 
 def pregenerated(model: str, name: str, data: dict[str, Any], objective: str, work: Path, seed: int) -> Path:
-    from bert_domain_ft.pregenerate import PregenerateConfig, pregenerate
+    from bert_domain_ft.data.pregenerate import PregenerateConfig, pregenerate
 
     output = work / "data" / f"{name}_{objective}"  # name: the recipe's data (and selection method)
     if not (output / "manifest.json").exists():
@@ -257,7 +257,7 @@ def layer_drift(base: str, runs: dict[str, Path]) -> str:
 
     from safetensors.torch import load_file
 
-    from bert_domain_ft.text_table import render_table
+    from bert_domain_ft.evaluation.heldout import render_table
 
     def blocks(weights: dict[str, Any]) -> dict[str, list[Any]]:
         grouped: dict[str, list[Any]] = {}
@@ -345,8 +345,8 @@ def main(argv: list[str] | None = None) -> int:
     if recipes.get("dapt", Recipe("")).objective == "nsp":  # how much of NSP's effect is the pooler's
         runs["dapt_base_pooler"] = with_base_pooler(runs["dapt"], model, work / "runs" / "dapt_base_pooler")
 
-    from bert_domain_ft.probe import ProbeConfig, run_probe
-    from bert_domain_ft.probe_report import format_probe_table
+    from bert_domain_ft.evaluation.probe import ProbeConfig, run_probe
+    from bert_domain_ft.evaluation.probe_report import format_probe_table
 
     config = ProbeConfig(
         models=[model, *map(str, runs.values())],

@@ -74,7 +74,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
     arguments = parser.parse_args()
-    from bert_domain_ft.training.objective import PretrainingObjective
+    from bert_domain_ft.model.losses import PretrainingObjective
 
     model = build(arguments.model_type)
     objective = PretrainingObjective(model, with_nsp=False)

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bert_domain_ft.document_store import build_document_store
-from bert_domain_ft.pregenerate import PregenerateConfig, pregenerate
-from bert_domain_ft.tokenization import describe_tokenizer, load_tokenizer
+from bert_domain_ft.data.document_store import build_document_store
+from bert_domain_ft.data.pregenerate import PregenerateConfig, pregenerate
+from bert_domain_ft.model.tokenizer import describe_tokenizer, load_tokenizer
 
 
 def line_by_line_fill(sentence_lengths: np.ndarray, max_seq_len: int) -> float:

@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from bert_domain_ft.document_store import build_document_store
-from bert_domain_ft.dynamic_masking import DynamicMasking, masking_tables
-from bert_domain_ft.simple_pairs import (
+from bert_domain_ft.data.document_store import build_document_store
+from bert_domain_ft.data.masking import DynamicMasking, masking_tables
+from bert_domain_ft.data.simple_pairs import (
     PairIndex,
     RowLayout,
     assemble_batch,
@@ -33,7 +33,7 @@ from bert_domain_ft.simple_pairs import (
     round_up,
     sample_epoch_pairs,
 )
-from bert_domain_ft.tokenization import describe_tokenizer, load_tokenizer
+from bert_domain_ft.model.tokenizer import describe_tokenizer, load_tokenizer
 
 MAX_SEQ_LEN = 128
 Batch = dict[str, Any]  # name → torch tensor
@@ -73,9 +73,9 @@ def throughput(model_path: str, fixed: list[Batch], grouped: list[Batch], rounds
     """Training sequences/s on the fixed-padded and the grouped batches, the model loaded as `simple` loads it."""
     import torch
 
+    from bert_domain_ft.model.losses import PretrainingObjective
     from bert_domain_ft.training.config import FinetuneConfig
     from bert_domain_ft.training.distributed import DistributedContext
-    from bert_domain_ft.training.objective import PretrainingObjective
     from bert_domain_ft.training.recipe import load_training_model
 
     torch.manual_seed(0)

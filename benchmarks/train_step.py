@@ -55,7 +55,8 @@ def peak_rss_mb() -> float:
 
 def standard_library_corpus(work: Path) -> Path:
     """The demo's corpus, the docstrings of this Python's standard library: real text on every machine."""
-    from bert_domain_ft.demo_corpus import cached_demo_corpus
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))  # the demo's corpus builder
+    from demo_corpus import cached_demo_corpus
 
     return cached_demo_corpus(work, max_documents=None, show_progress=False).path
 
@@ -69,7 +70,7 @@ def corpus_slice(corpus: Path, destination: Path) -> Path:
 
 
 def pregenerate_epoch(corpus: Path, model: str, output: Path) -> int:
-    from bert_domain_ft.pregenerate import PregenerateConfig, pregenerate
+    from bert_domain_ft.data.pregenerate import PregenerateConfig, pregenerate
 
     config = PregenerateConfig(
         train_corpus=corpus, output_dir=output, bert_model=model, epochs_to_generate=1, max_seq_len=MAX_SEQ_LEN
@@ -84,10 +85,10 @@ def run_baseline(data: str, model: str, warmup: int, steps: int) -> dict[str, An
     import numpy as np
     import torch
 
-    from bert_domain_ft.epoch_format import read_manifest
-    from bert_domain_ft.pretraining_model import IGNORE_INDEX, load_pretraining_model
-    from bert_domain_ft.training.data import PregeneratedSource, plan_epoch
-    from bert_domain_ft.training.optimization import parameter_groups
+    from bert_domain_ft.data.epoch_format import read_manifest
+    from bert_domain_ft.data.loader import PregeneratedSource, plan_epoch
+    from bert_domain_ft.model.optimization import parameter_groups
+    from bert_domain_ft.model.pretraining import IGNORE_INDEX, load_pretraining_model
 
     torch.manual_seed(42)
     loaded = load_pretraining_model(model)

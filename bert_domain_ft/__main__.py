@@ -1,5 +1,5 @@
 """``python -m bert_domain_ft`` is the same as the ``bert-domain-ft`` command."""
 
-from .cli import main
+from bert_domain_ft.cli import main
 
 raise SystemExit(main())

@@ -14,7 +14,7 @@ Steps (each a function below, each calling the library):
                    before the first step, along the way and at the end;
   5. probe       — does it help a task? A classifier is fine-tuned from the base and from the adapted model (several
                    seeds) to tell which area of the standard library a docstring sentence comes from, trained and
-                   tested on sentences of different modules (``bert_domain_ft.demo_probe_data``);
+                   tested on sentences of different modules (``demo_probe_data``);
   6. report      — both tables, whatever they say, and where the model, metrics and plots were written.
 
     python examples/demo.py                 # ~8 minutes on 2 CPU cores
@@ -169,7 +169,7 @@ def find_corpus(settings: DemoSettings) -> Path:
     """Step 2: the domain corpus (built once and cached under the output directory)."""
     if settings.corpus is not None:
         return settings.corpus
-    from bert_domain_ft.demo_corpus import cached_demo_corpus
+    from demo_corpus import cached_demo_corpus
 
     corpus = cached_demo_corpus(settings.output_dir, max_documents=settings.max_documents, show_progress=False)
     logger.info("corpus: Python standard library docstrings, %s", corpus.describe())
@@ -179,7 +179,7 @@ def find_corpus(settings: DemoSettings) -> Path:
 def pregenerate_data(settings: DemoSettings, model: str, corpus: Path, task_data: Path | None) -> dict[str, Any]:
     """Step 3: epochs of masked instances (masked LM only for the MiniLM: it has no trained NSP head) and the
     held-out set, with the task's own sentences mixed in when ``task_data`` is given; returns the manifest."""
-    from bert_domain_ft.pregenerate import PregenerateConfig, pregenerate
+    from bert_domain_ft.data.pregenerate import PregenerateConfig, pregenerate
 
     config = PregenerateConfig(
         task_data=task_data,
@@ -226,15 +226,15 @@ def finetune_model(settings: DemoSettings, model: str, manifest: dict[str, Any])
 class ProbeOutcome:
     """The probe's task, its results (base first) and where its files went."""
 
-    task: Any  # bert_domain_ft.demo_probe_data.DemoProbeTask
-    results: list[Any]  # bert_domain_ft.probe.ProbeResult, base model first
+    task: Any  # demo_probe_data.DemoProbeTask
+    results: list[Any]  # bert_domain_ft.evaluation.probe.ProbeResult, base model first
     json_path: Path
     plot_path: Path | None
 
 
 def build_probe_task(settings: DemoSettings) -> Any:
-    """The demo's labelled task (``bert_domain_ft.demo_probe_data.DemoProbeTask``), written under probe/."""
-    from bert_domain_ft.demo_probe_data import build_demo_probe_task
+    """The demo's labelled task (``demo_probe_data.DemoProbeTask``), written under probe/."""
+    from demo_probe_data import build_demo_probe_task
 
     probe_dir = settings.output_dir / "probe"
     task = build_demo_probe_task(probe_dir, PROBE_TRAIN_PER_CLASS, PROBE_TEST_PER_CLASS, seed=settings.seed)
@@ -244,7 +244,7 @@ def build_probe_task(settings: DemoSettings) -> Any:
 
 def probe_models(settings: DemoSettings, model: str, run_dir: Path, task: Any) -> ProbeOutcome:
     """Step 5: fine-tune a classifier from the base and from the adapted model on the demo's labelled task."""
-    from bert_domain_ft.probe import ProbeConfig, run_probe
+    from bert_domain_ft.evaluation.probe import ProbeConfig, run_probe
 
     probe_dir = settings.output_dir / "probe"
     plot_path = probe_dir / "probe.png" if _has_matplotlib() else None
@@ -282,7 +282,7 @@ def _fresh_head_loss(run_dir: Path) -> float | None:
 
 def report_mlm(run_dir: Path, manifest: dict[str, Any], seconds: float) -> None:
     """The held-out before/after table of the masked-LM adaptation."""
-    from bert_domain_ft.evaluation import format_before_after_table, run_before_after
+    from bert_domain_ft.evaluation.heldout import format_before_after_table, run_before_after
 
     pair = run_before_after(run_dir)
     if pair is None:
@@ -306,7 +306,7 @@ def report_mlm(run_dir: Path, manifest: dict[str, Any], seconds: float) -> None:
 
 def report_probe(outcome: ProbeOutcome) -> None:
     """The probe's table: accuracy and macro-F1 of the base and the adapted model, mean ± std over seeds."""
-    from bert_domain_ft.probe_report import format_probe_table
+    from bert_domain_ft.evaluation.probe_report import format_probe_table
 
     print()
     print("Downstream probe: which area of the standard library a docstring sentence comes from.")
@@ -315,7 +315,7 @@ def report_probe(outcome: ProbeOutcome) -> None:
 
 
 def report_files(run_dir: Path, probe: ProbeOutcome | None) -> None:
-    from bert_domain_ft.plotting import PLOT_FILE, plot_run_if_possible
+    from bert_domain_ft.evaluation.plots import PLOT_FILE, plot_run_if_possible
 
     plot = run_dir / PLOT_FILE
     if not plot.exists():

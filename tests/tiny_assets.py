@@ -5,6 +5,7 @@ Everything is generated from a seed in a few hundred milliseconds, so tests need
 
 from __future__ import annotations
 
+import csv
 import random
 from pathlib import Path
 
@@ -102,7 +103,7 @@ def write_tiny_roberta_encoder(root: Path, corpus: Path) -> Path:
     import torch
     from transformers import AutoConfig, RobertaModel
 
-    from bert_domain_ft.tokenizer_training import TokenizerTrainingConfig, train_tokenizer
+    from bert_domain_ft.corpus.tokenizer_training import TokenizerTrainingConfig, train_tokenizer
 
     tokenizer = train_tokenizer(
         TokenizerTrainingConfig(corpus=corpus, output=root / "tok", kind="bpe", vocab_size=400, show_progress=False)
@@ -148,3 +149,38 @@ def write_task_file(
     else:
         path.write_text("".join(text + "\n" for text, _ in rows), encoding="utf-8")
     return path
+
+
+# Three classes the tiny vocabulary (this file) can tell apart by their words.
+CLASS_WORDS = {
+    "systems": "kernel module driver memory page cache lock thread process device buffer queue timer".split(),
+    "records": "patient dose clinical note report court contract clause".split(),
+    "actions": "read write open close start stop call return run load save check send walk talk".split(),
+}
+COMMON_WORDS = "the a of to and in is it that for on with".split()
+
+
+def labelled_rows(per_class: int, seed: int) -> list[tuple[str, str]]:
+    rng = random.Random(seed)
+    rows = []
+    for label, words in CLASS_WORDS.items():
+        for _ in range(per_class):
+            sentence = [rng.choice(words) for _ in range(rng.randint(3, 6))] + rng.sample(COMMON_WORDS, 2)
+            rng.shuffle(sentence)
+            rows.append((" ".join(sentence), label))
+    return rows
+
+
+def write_csv(path: Path, rows: list[tuple[str, str]]) -> Path:
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "label"])
+        writer.writerows(rows)
+    return path
+
+
+def small_probe_files(directory: Path) -> tuple[Path, Path]:
+    """A train (8 per class) and a test (4 per class) CSV in ``directory``: enough for a quick probe in a run."""
+    return write_csv(directory / "train.csv", labelled_rows(8, seed=1)), write_csv(
+        directory / "test.csv", labelled_rows(4, seed=2)
+    )

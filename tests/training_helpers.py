@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bert_domain_ft.pregenerate import PregenerateConfig, pregenerate
+from bert_domain_ft.data.pregenerate import PregenerateConfig, pregenerate
 from bert_domain_ft.training.config import FinetuneConfig
 
 

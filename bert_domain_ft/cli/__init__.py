@@ -14,8 +14,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from .common import run_command
-from .config_files import add_config_arguments, parse_with_config
+from bert_domain_ft.cli.common import run_command
+from bert_domain_ft.cli.config_files import add_config_arguments, parse_with_config
 
 COMMANDS = {
     "prepare": "bert_domain_ft.cli.prepare",

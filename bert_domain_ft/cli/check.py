@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(arguments: argparse.Namespace) -> int:
-    from ..corpus_check import check_corpus
+    from bert_domain_ft.corpus.check import check_corpus
 
     report = check_corpus(
         arguments.corpus, arguments.bert_model, arguments.max_seq_len, show_progress=not arguments.no_progress

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..errors import UserError
+from bert_domain_ft.errors import UserError
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -55,8 +55,8 @@ def run_command(arguments: argparse.Namespace, run: Callable[[argparse.Namespace
         output_dir = getattr(arguments, "output_dir", None)
         is_main = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 writes, as during the run
         if status == 0 and is_main and output_dir is not None and Path(output_dir).is_dir():
-            from ..output_lock import hold_output_lock
-            from .config_files import effective_config, save_effective_config
+            from bert_domain_ft.cli.config_files import effective_config, save_effective_config
+            from bert_domain_ft.files import hold_output_lock
 
             try:  # under the output lock: a run started on this directory meanwhile keeps it to itself
                 with hold_output_lock(Path(output_dir), "save effective_config.yaml"):
@@ -77,7 +77,7 @@ def run_classic_script(
 ) -> int:
     """A console script named after an original ``lm_finetuning`` script: its own parser (flags and ``--config``),
     then ``run_command``."""
-    from .config_files import parse_with_config
+    from bert_domain_ft.cli.config_files import parse_with_config
 
     parser = argparse.ArgumentParser(
         prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter

@@ -19,8 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..atomic_files import write_text_atomic
-from ..errors import UserError, at_location
+from bert_domain_ft.errors import UserError, at_location
+from bert_domain_ft.files import write_text_atomic
 
 EFFECTIVE_CONFIG_NAME = "effective_config.yaml"
 EXIT_USER_ERROR = 2

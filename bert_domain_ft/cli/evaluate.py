@@ -10,7 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .common import config_from_arguments
+from bert_domain_ft.cli.common import config_from_arguments
 
 HELP = "Evaluate a model on held-out data: masked-LM loss, perplexity, MLM accuracy, NSP accuracy."
 
@@ -38,8 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(arguments: argparse.Namespace) -> int:
-    from ..evaluation import format_result_table
-    from ..evaluation_stage import EvaluateConfig, evaluate_model
+    from bert_domain_ft.evaluation.evaluate import EvaluateConfig, evaluate_model
+    from bert_domain_ft.evaluation.heldout import format_result_table
 
     to_stdout = arguments.json == STDOUT
     json_output = Path(arguments.json) if arguments.json and not to_stdout else None

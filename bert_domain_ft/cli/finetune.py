@@ -13,8 +13,8 @@ import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..training.config import FinetuneConfig
-from .common import config_from_arguments, run_classic_script
+from bert_domain_ft.cli.common import config_from_arguments, run_classic_script
+from bert_domain_ft.training.config import FinetuneConfig
 
 HELP = "continue pretraining a model on pregenerated epochs (masked LM, + NSP for BERT), or pretrain one from scratch"
 
@@ -306,7 +306,7 @@ def config_from(arguments: argparse.Namespace) -> FinetuneConfig:
 
 def run(arguments: argparse.Namespace) -> int:
     config = config_from(arguments)
-    from ..training.recipe import finetune  # imports torch: only once the flags are known to be fine
+    from bert_domain_ft.training.recipe import finetune  # imports torch: only once the flags are known to be fine
 
     finetune(config)
     return 0

@@ -17,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(arguments: argparse.Namespace) -> int:
-    from ..plotting import plot_run
+    from bert_domain_ft.evaluation.plots import plot_run
 
     print(f"wrote {plot_run(arguments.run_dir, arguments.output)}")
     return 0

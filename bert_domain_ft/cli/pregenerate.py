@@ -7,8 +7,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserError
-from .common import config_from_arguments, run_classic_script
+from bert_domain_ft.cli.common import config_from_arguments, run_classic_script
+from bert_domain_ft.errors import UserError
 
 HELP = "Turn a corpus (one sentence per line, blank line between documents) into epochs of masked NSP instances."
 
@@ -130,7 +130,7 @@ def parse_corpora(values: list[str]) -> Path | dict[str, Path]:
 
 
 def run(arguments: argparse.Namespace) -> int:
-    from ..pregenerate import PregenerateConfig, pregenerate
+    from bert_domain_ft.data.pregenerate import PregenerateConfig, pregenerate
 
     config = config_from_arguments(
         PregenerateConfig,

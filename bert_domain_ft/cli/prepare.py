@@ -9,9 +9,9 @@ import argparse
 import json
 from pathlib import Path
 
-from ..preparation import DOC_BREAKS, PrepareConfig
-from ..sentence_splitting import DEFAULT_PUNKT_SAMPLE_BYTES
-from .common import config_from_arguments
+from bert_domain_ft.cli.common import config_from_arguments
+from bert_domain_ft.corpus.prepare import DOC_BREAKS, PrepareConfig
+from bert_domain_ft.corpus.sentences import DEFAULT_PUNKT_SAMPLE_BYTES
 
 HELP = "Turn raw text into the corpus format: one sentence per line (Punkt), a blank line between documents."
 
@@ -80,7 +80,7 @@ def _add_splitting_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(arguments: argparse.Namespace) -> int:
-    from ..preparation import prepare_corpus
+    from bert_domain_ft.corpus.prepare import prepare_corpus
 
     config = config_from_arguments(PrepareConfig, arguments, show_progress=not arguments.no_progress)
     report = prepare_corpus(config)

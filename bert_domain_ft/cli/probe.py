@@ -9,8 +9,8 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from ..probe import ProbeConfig
-from .common import config_from_arguments
+from bert_domain_ft.cli.common import config_from_arguments
+from bert_domain_ft.evaluation.probe import ProbeConfig
 
 HELP = "Compare models on a downstream task: fine-tune a classifier from each (several seeds), print accuracy/F1."
 
@@ -52,8 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(arguments: argparse.Namespace) -> int:
-    from ..probe import run_probe
-    from ..probe_report import format_probe_table
+    from bert_domain_ft.evaluation.probe import run_probe
+    from bert_domain_ft.evaluation.probe_report import format_probe_table
 
     config = config_from_arguments(
         ProbeConfig,

@@ -9,8 +9,8 @@ import argparse
 import json
 from pathlib import Path
 
-from ..corpus_selection import METHODS, SelectConfig
-from .common import config_from_arguments
+from bert_domain_ft.cli.common import config_from_arguments
+from bert_domain_ft.corpus.selection import METHODS, SelectConfig
 
 HELP = "Keep the corpus documents nearest to your task's texts (each task text gets neighbours), up to a budget."
 
@@ -52,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(arguments: argparse.Namespace) -> int:
-    from ..corpus_selection import select_documents
+    from bert_domain_ft.corpus.selection import select_documents
 
     config = config_from_arguments(SelectConfig, arguments, show_progress=not arguments.no_progress)
     report = select_documents(config)

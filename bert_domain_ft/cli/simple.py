@@ -12,12 +12,15 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..errors import UserError
-from ..simple_config import SimpleConfig
-from ..training.config import FinetuneConfig
-from .common import config_from_arguments, run_classic_script
-from .finetune import add_hardware_arguments, add_model_selection_arguments, add_optimisation_arguments
-from .pregenerate import add_task_arguments
+from bert_domain_ft.cli.common import config_from_arguments, run_classic_script
+from bert_domain_ft.cli.finetune import (
+    add_hardware_arguments,
+    add_model_selection_arguments,
+    add_optimisation_arguments,
+)
+from bert_domain_ft.cli.pregenerate import add_task_arguments
+from bert_domain_ft.errors import UserError
+from bert_domain_ft.training.config import FinetuneConfig, SimpleConfig
 
 HELP = "continue pretraining a BERT on a corpus in one command: sentence pairs and masks made on the fly"
 
@@ -141,7 +144,9 @@ def config_from(arguments: argparse.Namespace) -> SimpleConfig:
 
 def run(arguments: argparse.Namespace) -> int:
     config = config_from(arguments)
-    from ..simple_stage import simple_finetune  # imports torch: only once the flags are known to be fine
+    from bert_domain_ft.training.simple import (
+        simple_finetune,  # imports torch: only once the flags are known to be fine
+    )
 
     simple_finetune(config)
     return 0

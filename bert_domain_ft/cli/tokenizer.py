@@ -8,8 +8,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..tokenizer_training import KINDS, TokenizerTrainingConfig
-from .common import config_from_arguments
+from bert_domain_ft.cli.common import config_from_arguments
+from bert_domain_ft.corpus.tokenizer_training import KINDS, TokenizerTrainingConfig
 
 HELP = "Train a new tokenizer (WordPiece, byte-level BPE or Unigram) on a corpus; AutoTokenizer loads the result."
 
@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(arguments: argparse.Namespace) -> int:
-    from ..tokenizer_training import train_tokenizer
+    from bert_domain_ft.corpus.tokenizer_training import train_tokenizer
 
     config = config_from_arguments(TokenizerTrainingConfig, arguments, show_progress=not arguments.no_progress)
     directory = train_tokenizer(config)

@@ -18,11 +18,11 @@ __all__ = ["FinetuneConfig", "finetune"]
 def __getattr__(name: str) -> Any:
     # Lazy so that importing the config (for --help) does not import torch.
     if name == "FinetuneConfig":
-        from .config import FinetuneConfig
+        from bert_domain_ft.training.config import FinetuneConfig
 
         return FinetuneConfig
     if name == "finetune":
-        from .recipe import finetune
+        from bert_domain_ft.training.recipe import finetune
 
         return finetune
     raise AttributeError(name)

@@ -6,18 +6,32 @@
     context = init_distributed(no_cuda=False)
     try: ...
     finally: cleanup(context)
+
+One writer per training output directory, under DDP too: rank 0 holds ``<output_dir>.lock`` for the run.
+
+Only rank 0 writes ``output_dir``, so only rank 0 takes the lock (``output_lock.hold_output_lock``). Whether it
+got it is broadcast, so when another run holds the directory every process raises the same ``UserError``
+instead of the other ranks waiting forever at the next barrier.
+
+    with hold_run_lock(context, config.output_dir, "finetune"):
+        prepare_output_dir(config, context); ...
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from bert_domain_ft.errors import UserError
+from bert_domain_ft.files import hold_output_lock
 
 logger = logging.getLogger(__name__)
 
@@ -101,3 +115,19 @@ def sum_across_processes(context: DistributedContext, values: torch.Tensor) -> t
         values = values.to(context.device)
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
     return values.cpu()
+
+
+@contextmanager
+def hold_run_lock(context: DistributedContext, output_dir: Path, command: str) -> Iterator[None]:
+    """Hold the output lock on rank 0 for the ``with`` body; every rank raises rank 0's refusal, if any."""
+    with ExitStack() as stack:
+        refusal = None
+        if context.is_main:
+            try:
+                stack.enter_context(hold_output_lock(Path(output_dir), command))
+            except UserError as error:
+                refusal = str(error)
+        refusal = broadcast_object(context, refusal)
+        if refusal is not None:
+            raise UserError(refusal)
+        yield

@@ -18,9 +18,9 @@ from typing import Any
 
 import torch
 
-from ..atomic_files import os_errors_as_user_errors, write_text_atomic
-from ..pretraining_model import PretrainingOutput
-from .distributed import DistributedContext, sum_across_processes
+from bert_domain_ft.files import os_errors_as_user_errors, write_text_atomic
+from bert_domain_ft.model.pretraining import PretrainingOutput
+from bert_domain_ft.training.distributed import DistributedContext, sum_across_processes
 
 METRICS_FILE = "metrics.jsonl"
 

@@ -22,42 +22,54 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from ..atomic_files import TEMPORARY_SUFFIX, os_errors_as_user_errors, write_json_atomic
-from ..dynamic_masking import DynamicMasking
-from ..epoch_format import MANIFEST_NAME, open_epoch, open_holdout, read_manifest
-from ..errors import UserError
-from ..general_holdout import general_holdout_directory, open_general_holdout, prepare_general_holdout
-from ..model_loading import check_model_files, usable_positions
-from ..pretraining_model import LoadedModel, head_parameters, quiet_transformers
-from ..tokenization import TokenizerFacts, describe_tokenizer, load_tokenizer
-from .allocator import keep_freed_memory, release_free_memory
-from .anchor import ParameterAnchor
-from .attention import enable_light_attention, stock_attention
-from .checkpoints import CHECKPOINT_PREFIX, CheckpointManager, TrainingPosition
-from .compatibility import check_data_matches_model, check_tokenizer_matches_model
-from .config import FinetuneConfig
-from .corpus_mixing import CorpusMixing
-from .data import EpochSource, PregeneratedSource
-from .disk_errors import storage_errors_as_os_errors
-from .distributed import DistributedContext, barrier, cleanup, init_distributed
-from .dropout import use_fast_dropout
-from .feed_forward import use_recomputed_activation, use_recomputed_feed_forward
-from .head_warmup import warm_up_fresh_heads
-from .legacy_format import convert_legacy_directory, is_legacy_directory
-from .loop import Evaluator, LoopSettings, TrainingLoop, TrainingSetup, run_finished, total_optimizer_steps
-from .metrics import METRICS_FILE, MetricsLog
-from .model_setup import build_training_model, resolve_training_objective
-from .objective import PretrainingObjective
-from .optimization import (
+from bert_domain_ft.data.epoch_format import MANIFEST_NAME, open_epoch, open_holdout, read_manifest
+from bert_domain_ft.data.legacy_format import convert_legacy_directory, is_legacy_directory
+from bert_domain_ft.data.loader import CorpusMixing, EpochSource, PregeneratedSource
+from bert_domain_ft.data.masking import DynamicMasking
+from bert_domain_ft.errors import UserError
+from bert_domain_ft.evaluation.evaluate import general_holdout_directory, open_general_holdout, prepare_general_holdout
+from bert_domain_ft.files import (
+    TEMPORARY_SUFFIX,
+    os_errors_as_user_errors,
+    storage_errors_as_os_errors,
+    write_json_atomic,
+)
+from bert_domain_ft.kernels import keep_freed_memory, release_free_memory
+from bert_domain_ft.kernels.attention import enable_light_attention, stock_attention, use_fast_dropout
+from bert_domain_ft.kernels.feed_forward import use_recomputed_activation, use_recomputed_feed_forward
+from bert_domain_ft.model.loading import check_model_files, usable_positions
+from bert_domain_ft.model.losses import PretrainingObjective
+from bert_domain_ft.model.optimization import (
+    ParameterAnchor,
     build_optimizer,
     build_scheduler,
     layerwise_lr_multiplier,
     parameter_groups,
     warmup_steps_for,
 )
-from .precision import check_precision_supported, setup_precision
-from .run_lock import hold_run_lock
-from .selection import attach_model_selection
+from bert_domain_ft.model.pretraining import LoadedModel, head_parameters, quiet_transformers
+from bert_domain_ft.model.tokenizer import TokenizerFacts, describe_tokenizer, load_tokenizer
+from bert_domain_ft.training.checkpoints import CHECKPOINT_PREFIX, CheckpointManager, TrainingPosition
+from bert_domain_ft.training.config import FinetuneConfig
+from bert_domain_ft.training.distributed import DistributedContext, barrier, cleanup, hold_run_lock, init_distributed
+from bert_domain_ft.training.loop import (
+    Evaluator,
+    LoopSettings,
+    TrainingLoop,
+    TrainingSetup,
+    run_finished,
+    total_optimizer_steps,
+    warm_up_fresh_heads,
+)
+from bert_domain_ft.training.metrics import METRICS_FILE, MetricsLog
+from bert_domain_ft.training.precision import check_precision_supported, setup_precision
+from bert_domain_ft.training.selection import attach_model_selection
+from bert_domain_ft.training.setup import (
+    build_training_model,
+    check_data_matches_model,
+    check_tokenizer_matches_model,
+    resolve_training_objective,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -130,8 +142,8 @@ def train_and_save(
     if run_finished(position, config.epochs, config.max_steps):
         _save_final(config, context, loaded.model, tokenizer)
         if context.is_main:
-            from ..evaluation import print_run_before_after
-            from ..plotting import plot_run_if_possible
+            from bert_domain_ft.evaluation.heldout import print_run_before_after
+            from bert_domain_ft.evaluation.plots import plot_run_if_possible
 
             print_run_before_after(config.output_dir)
             plot_run_if_possible(config.output_dir)
@@ -366,8 +378,7 @@ def _setup_evaluation(
     """
     if not config.do_eval:
         return None
-    from ..corpus_results import corpus_names
-    from ..evaluation import build_evaluator, with_general
+    from bert_domain_ft.evaluation.heldout import build_evaluator, corpus_names, with_general
 
     autocast_dtype = torch.bfloat16 if config.bf16 else torch.float16 if config.fp16 else None
     evaluate = None

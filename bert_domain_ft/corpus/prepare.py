@@ -1,0 +1,309 @@
+"""``prepare``: raw text in, the corpus format out (one sentence per line, a blank line between documents).
+
+Streaming in bounded memory: inputs are read paragraph by paragraph (``text_inputs``), normalised (Unicode NFC,
+control characters removed, whitespace collapsed), split into sentences with Punkt (trained on the first
+``punkt_sample_bytes`` of the text, see ``sentence_splitting``) and written to ``<output>.partial``, renamed to
+``output`` only when complete. Exact-duplicate documents are found through 16-byte hashes (never by keeping texts)
+and removed by truncating the output back to where the duplicate began. Nothing is dropped without being counted.
+
+    report = prepare_corpus(PrepareConfig(inputs=(Path("raw/"),), output=Path("corpus.txt")))
+"""
+
+from __future__ import annotations
+
+import codecs
+import dataclasses
+import hashlib
+import itertools
+import logging
+import unicodedata
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+from tqdm.auto import tqdm
+
+from bert_domain_ft.corpus.reading import InputOptions, TextBlock, discover_input_files, iter_text_blocks
+from bert_domain_ft.corpus.sentences import (
+    DEFAULT_PUNKT_SAMPLE_BYTES,
+    SentenceSplitter,
+    load_pretrained_punkt,
+    load_punkt_parameters,
+    save_punkt_parameters,
+    split_long_sentence,
+    train_punkt,
+)
+from bert_domain_ft.errors import UserError, at_location
+from bert_domain_ft.files import TEMPORARY_SUFFIX, atomic_output
+
+if TYPE_CHECKING:
+    from nltk.tokenize.punkt import PunktParameters
+
+logger = logging.getLogger(__name__)
+
+PUNKT_PARAMETERS_SUFFIX = ".punkt.json"
+DOC_BREAKS = ("file", "paragraph")
+# Control characters that are not whitespace (whitespace ones become spaces when whitespace is collapsed), plus
+# the invisible byte-order mark and zero-width space, which would otherwise glue to words as unknown tokens.
+_REMOVED_CHARACTERS = {
+    code: None for code in (*range(0x00, 0x20), *range(0x7F, 0xA0), 0xFEFF, 0x200B) if not chr(code).isspace()
+}
+
+
+def normalise_text(text: str) -> str:
+    """Control characters removed, Unicode NFC, every run of whitespace (newlines too) made one space."""
+    return " ".join(unicodedata.normalize("NFC", text.translate(_REMOVED_CHARACTERS)).split())
+
+
+@dataclass
+class PrepareConfig:
+    inputs: tuple[Path, ...]
+    """Plain-text files (one document each), directories (searched recursively with ``glob``), or JSON-lines files
+    when ``text_field`` is set."""
+    output: Path
+    """The corpus file to write; the Punkt parameters go beside it as ``<output>.punkt.json``."""
+    doc_break: str = "file"
+    """What makes a document: ``file`` (a file or JSON record) or ``paragraph`` (each blank-line-separated one)."""
+    glob: str | None = None
+    """File name pattern inside input directories; None means ``*.txt``, or ``*.jsonl`` with ``text_field``."""
+    text_field: str | None = None
+    """Read inputs as JSON lines and take each record's text from this field."""
+    encoding: str = "utf-8"
+    """Encoding of the inputs; must be ASCII-compatible (utf-8, latin-1, cp1252, ...). The output is always UTF-8."""
+    punkt: str = "train"
+    """``train`` (Punkt learns from a sample of the input), ``pretrained`` (NLTK's punkt_tab model, if installed) or
+    the path of a saved ``*.punkt.json`` to split exactly as an earlier run did."""
+    punkt_language: str = "english"
+    """Model used by ``punkt=pretrained``."""
+    punkt_sample_bytes: int = DEFAULT_PUNKT_SAMPLE_BYTES
+    """UTF-8 bytes of normalised text, from the start of the input, that Punkt trains on (about 1 MB/s)."""
+    min_sentence_chars: int = 1
+    """Sentences shorter than this many characters are dropped (and counted)."""
+    max_sentence_chars: int = 1000
+    """Sentences longer than this many characters are cut at a safe point (``;``, ``:``, ``,``, a space)."""
+    overwrite: bool = False
+    """Replace an existing output file."""
+    show_progress: bool = True
+    """Show a progress bar (in input bytes)."""
+
+    def __post_init__(self) -> None:
+        self.inputs = tuple(Path(path) for path in self.inputs)
+        self.output = Path(self.output)
+        if not self.inputs:
+            raise ValueError("no input given; name raw text files or directories")
+        if self.doc_break not in DOC_BREAKS:
+            raise ValueError(f"--doc_break must be one of {', '.join(DOC_BREAKS)}, got {self.doc_break!r}")
+        if self.text_field is not None and not self.text_field:
+            raise ValueError("--text_field is empty; name the JSON field that holds the text")
+        if self.glob is None:
+            self.glob = "*.jsonl" if self.text_field is not None else "*.txt"
+        try:
+            ascii_compatible = "a\n".encode(self.encoding) == b"a\n"
+        except LookupError:
+            raise ValueError(
+                f"--encoding {self.encoding!r} is not a known encoding; use e.g. utf-8 or latin-1"
+            ) from None
+        if not ascii_compatible:
+            name = codecs.lookup(self.encoding).name
+            raise ValueError(f"--encoding {name} is not ASCII-compatible; convert the files first (iconv -t utf-8)")
+        if not self.punkt:
+            raise ValueError("--punkt is empty; use train, pretrained or the path of a saved *.punkt.json")
+        if self.punkt_sample_bytes < 1:
+            raise ValueError(f"--punkt_sample_bytes must be positive, got {self.punkt_sample_bytes}")
+        if self.min_sentence_chars < 1:
+            raise ValueError(f"--min_sentence_chars must be at least 1, got {self.min_sentence_chars}")
+        if self.max_sentence_chars < max(20, 2 * self.min_sentence_chars):
+            raise ValueError(
+                f"--max_sentence_chars ({self.max_sentence_chars}) must be at least 20 and twice "
+                f"--min_sentence_chars ({self.min_sentence_chars})"
+            )
+
+    @property
+    def punkt_parameters_path(self) -> Path:
+        return self.output.with_name(self.output.name + PUNKT_PARAMETERS_SUFFIX)
+
+
+@dataclass
+class PrepareReport:
+    """What ``prepare`` did; every dropped or changed piece of text is counted here."""
+
+    output: str
+    punkt_parameters: str
+    punkt_source: str = ""
+    abbreviations_known: int = 0
+    input_files: int = 0
+    documents_written: int = 0
+    sentences_written: int = 0
+    duplicate_documents_removed: int = 0
+    empty_documents_dropped: int = 0
+    short_sentences_dropped: int = 0
+    long_sentences_split: int = 0
+    pieces_from_long_sentences: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def format(self) -> str:
+        rows = [(name.replace("_", " "), value) for name, value in self.to_json().items() if name != "warnings"]
+        width = max(len(name) for name, _ in rows)
+        lines = [f"{name:<{width}}  {value}" for name, value in rows]
+        return "\n".join(lines + [f"warning: {warning}" for warning in self.warnings])
+
+
+class _CorpusWriter:
+    """Writes documents sentence by sentence; a document that turns out empty or duplicate is taken back out."""
+
+    def __init__(self, handle: BinaryIO, report: PrepareReport):
+        self.handle = handle
+        self.report = report
+        self.seen_documents: set[bytes] = set()  # blake2b-128 digests of written documents: 16 bytes each
+        self.document_open = False
+        self.document_start = 0
+        self.document_sentences = 0
+        self.document_hash = hashlib.blake2b(digest_size=16)
+
+    def start_document(self) -> None:
+        self.finish_document()
+        self.document_open = True
+        self.document_start = self.handle.tell()
+        self.document_sentences = 0
+        self.document_hash = hashlib.blake2b(digest_size=16)
+
+    def add_sentence(self, sentence: str) -> None:
+        if not self.document_open:
+            self.start_document()
+        if self.document_sentences == 0 and self.document_start > 0:
+            self.handle.write(b"\n")  # the blank line that separates documents
+        data = sentence.encode("utf-8") + b"\n"
+        self.handle.write(data)
+        self.document_hash.update(data)
+        self.document_sentences += 1
+
+    def finish_document(self) -> None:
+        if not self.document_open:
+            return
+        self.document_open = False
+        if self.document_sentences == 0:
+            self.report.empty_documents_dropped += 1
+            return
+        digest = self.document_hash.digest()
+        if digest in self.seen_documents:
+            self.handle.seek(self.document_start)
+            self.handle.truncate()
+            self.report.duplicate_documents_removed += 1
+            return
+        self.seen_documents.add(digest)
+        self.report.documents_written += 1
+        self.report.sentences_written += self.document_sentences
+
+
+def _write_sentences(
+    blocks: Iterable[TextBlock], splitter: SentenceSplitter, config: PrepareConfig, writer: _CorpusWriter
+) -> None:
+    report = writer.report
+    carry = ""  # the last, possibly unfinished, sentence of a paragraph that continues in the next block
+    for block in blocks:
+        if block.starts_document:
+            writer.start_document()
+        text = f"{carry} {block.text}".strip() if carry else block.text
+        sentences = splitter.split(text) if text else []
+        carry = sentences.pop() if block.continues_paragraph and sentences else ""
+        for sentence in sentences:
+            if len(sentence) < config.min_sentence_chars:
+                report.short_sentences_dropped += 1
+                continue
+            pieces = split_long_sentence(sentence, config.max_sentence_chars)
+            if len(pieces) > 1:
+                report.long_sentences_split += 1
+                report.pieces_from_long_sentences += len(pieces)
+            for piece in pieces:
+                writer.add_sentence(piece)
+    writer.finish_document()
+
+
+def _punkt_parameters(
+    config: PrepareConfig, blocks: Iterator[TextBlock]
+) -> tuple[PunktParameters, dict[str, Any], Iterator[TextBlock]]:
+    """The Punkt parameters to use, how they were obtained, and the block stream to go on with (sample replayed)."""
+    if config.punkt == "pretrained":
+        return (
+            load_pretrained_punkt(config.punkt_language),
+            {"source": "pretrained", "language": config.punkt_language},
+            blocks,
+        )
+    if config.punkt != "train":
+        return load_punkt_parameters(Path(config.punkt)), {"source": "file", "path": str(config.punkt)}, blocks
+    sample: list[TextBlock] = []  # held in memory (at most punkt_sample_bytes of text) and replayed for writing
+    sample_bytes = 0
+    for block in blocks:
+        sample.append(block)
+        sample_bytes += len(block.text.encode("utf-8")) + 2
+        if sample_bytes >= config.punkt_sample_bytes:
+            break
+    logger.info("training Punkt on the first %.1f MB of text", sample_bytes / 1e6)
+    parameters = train_punkt(block.text for block in sample if block.text)
+    return parameters, {"source": "trained", "sample_bytes": sample_bytes}, itertools.chain(sample, blocks)
+
+
+def _describe_punkt_source(provenance: dict[str, Any]) -> str:
+    if provenance["source"] == "trained":
+        return f"trained on {provenance['sample_bytes']} bytes of the input"
+    if provenance["source"] == "pretrained":
+        return f"pretrained NLTK model ({provenance['language']})"
+    return f"loaded from {provenance['path']}"
+
+
+def _check_output_free(config: PrepareConfig) -> None:
+    if config.overwrite:
+        return
+    reused = (
+        config.punkt not in ("train", "pretrained")
+        and Path(config.punkt).resolve() == config.punkt_parameters_path.resolve()
+    )
+    for path in (config.output, None if reused else config.punkt_parameters_path):
+        if path is not None and path.exists():
+            raise UserError(
+                at_location(path, None, "already exists; pass --overwrite to replace it or choose another --output")
+            )
+
+
+def prepare_corpus(config: PrepareConfig) -> PrepareReport:
+    """Turn ``config.inputs`` into ``config.output`` in the corpus format; return (and log) what was done."""
+    _check_output_free(config)
+    assert config.glob is not None
+    # Our own outputs (and a temporary left by a crash) may sit inside an input directory: never read them back.
+    own_files = [config.output, config.output.with_name(config.output.name + TEMPORARY_SUFFIX)]
+    files = discover_input_files(config.inputs, config.glob, exclude=[*own_files, config.punkt_parameters_path])
+    report = PrepareReport(
+        output=str(config.output), punkt_parameters=str(config.punkt_parameters_path), input_files=len(files)
+    )
+    options = InputOptions(config.text_field, config.doc_break == "paragraph", config.encoding)
+    total_bytes = sum(path.stat().st_size for path in files)
+    progress = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="preparing", disable=not config.show_progress)
+    with progress, atomic_output(config.output) as handle:
+        raw_blocks = iter_text_blocks(files, options, on_bytes=progress.update)
+        blocks = (dataclasses.replace(block, text=normalise_text(block.text)) for block in raw_blocks)
+        parameters, provenance, blocks = _punkt_parameters(config, blocks)
+        _write_sentences(blocks, SentenceSplitter(parameters), config, _CorpusWriter(handle, report))
+        # Saved before the corpus appears, so a finished corpus always has the parameters that split it beside it.
+        if provenance["source"] != "file" or Path(config.punkt).resolve() != config.punkt_parameters_path.resolve():
+            save_punkt_parameters(config.punkt_parameters_path, parameters, provenance)
+    report.punkt_source = _describe_punkt_source(provenance)
+    report.abbreviations_known = len(parameters.abbrev_types)
+    if report.documents_written < 2:
+        report.warnings.append(
+            f"only {report.documents_written} document(s) written; pregeneration needs at least two "
+            "(use --doc_break paragraph, or give more files / records)"
+        )
+        logger.warning("%s", report.warnings[-1])
+    logger.info(
+        "wrote %d documents, %d sentences to %s (%d duplicate and %d empty documents removed)",
+        report.documents_written,
+        report.sentences_written,
+        config.output,
+        report.duplicate_documents_removed,
+        report.empty_documents_dropped,
+    )
+    return report

@@ -1,0 +1,278 @@
+"""Reading the corpus format, streaming.
+
+The corpus format: UTF-8 text, one sentence per line, documents separated by one or more blank lines (a line of
+only whitespace counts as blank); ``\n`` or ``\r\n`` line ends; an optional UTF-8 byte-order mark is ignored.
+Nothing here holds more than one line in memory.
+
+    for document in iter_documents(Path("corpus.txt")):
+        print(len(document), "sentences, first on line", document[0].line_number)
+
+Raw inputs of ``prepare``: finding the files and reading them, streaming, as blocks of paragraph text.
+
+A plain-text file is one document (or, with ``paragraph_documents``, each blank-line-separated paragraph is one);
+a JSON-lines file holds one document per line, its text under ``text_field``. Files are read line by line, so
+memory holds one paragraph at most — and a paragraph longer than ``PARAGRAPH_BLOCK_CHARACTERS`` (a file without
+blank lines) arrives in several blocks marked ``continues_paragraph``.
+
+    for block in iter_text_blocks(discover_input_files([Path("raw/")], "*.txt", []), InputOptions()):
+        print(block.starts_document, block.text[:40])
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from bert_domain_ft.errors import UserError, at_location
+
+_BYTE_ORDER_MARK = b"\xef\xbb\xbf"
+
+
+@dataclass(frozen=True)
+class CorpusLine:
+    """One sentence of the corpus. ``starts_document`` is true for the first sentence of every document."""
+
+    line_number: int
+    text: str
+    starts_document: bool
+    end_byte: int  # file offset just after this line, for progress bars in bytes
+
+
+def open_corpus_checked(path: Path) -> None:
+    """Raise a ``UserError`` when ``path`` is missing, a directory, or empty."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(at_location(path, None, "corpus file not found; check the --train_corpus path"))
+    if path.is_dir():
+        raise UserError(at_location(path, None, "is a directory; give the corpus file (one sentence per line)"))
+    if path.stat().st_size == 0:
+        raise UserError(
+            at_location(path, None, "corpus is empty; it needs one sentence per line and blank lines between documents")
+        )
+
+
+def iter_corpus_lines(path: Path) -> Iterator[CorpusLine]:
+    """Yield every non-blank line of the corpus with its 1-based line number and document flag.
+
+    Raises ``UserError`` naming the line when a line is not valid UTF-8.
+    """
+    path = Path(path)
+    open_corpus_checked(path)
+    next_starts_document = True
+    end_byte = 0
+    with open(path, "rb") as handle:
+        for line_number, raw in enumerate(handle, start=1):
+            end_byte += len(raw)
+            if line_number == 1 and raw.startswith(_BYTE_ORDER_MARK):
+                raw = raw[len(_BYTE_ORDER_MARK) :]
+            try:
+                text = raw.decode("utf-8").strip()
+            except UnicodeDecodeError as error:
+                problem = (
+                    f"byte {error.start + 1} of this line is not valid UTF-8; re-encode the file as UTF-8 "
+                    "(e.g. `iconv -f latin1 -t utf-8`) or run `bert-domain-ft prepare` on the raw text"
+                )
+                raise UserError(at_location(path, line_number, problem)) from None
+            if not text:
+                next_starts_document = True
+                continue
+            yield CorpusLine(line_number, text, next_starts_document, end_byte)
+            next_starts_document = False
+
+
+def iter_documents(path: Path) -> Iterator[list[CorpusLine]]:
+    """Yield documents as lists of their sentences (streaming: one document in memory at a time)."""
+    document: list[CorpusLine] = []
+    for line in iter_corpus_lines(path):
+        if line.starts_document and document:
+            yield document
+            document = []
+        document.append(line)
+    if document:
+        yield document
+
+
+def require_two_documents(path: Path, num_documents: int) -> None:
+    """Next-sentence prediction needs a second document to draw random sentences from."""
+    if num_documents < 2:
+        found = "no document" if num_documents == 0 else "only one document"
+        raise UserError(
+            at_location(
+                path,
+                None,
+                f"{found} with text; next-sentence prediction needs at least two: separate documents with a blank line",
+            )
+        )
+
+
+def sample_lines(path: Path, max_lines: int = 1000, max_characters: int = 10_000) -> list[str]:
+    """The first ``max_lines`` non-blank lines of ``path`` (each cut to ``max_characters``), to judge a tokenizer
+    by. Lines that are not UTF-8 are skipped here; reading the corpus reports them."""
+    sample: list[str] = []
+    with open(path, "rb") as handle:
+        for raw in handle:
+            try:
+                text = raw.decode("utf-8").lstrip("\ufeff").strip()
+            except UnicodeDecodeError:
+                continue
+            if text:
+                sample.append(text[:max_characters])
+                if len(sample) >= max_lines:
+                    break
+    return sample
+
+
+FINGERPRINT_BLOCK_BYTES = 1 << 20
+
+
+def corpus_fingerprint(path: Path) -> str:
+    """A hash of the file's bytes (BLAKE2b, 128 bits, read in 1 MiB blocks): --resume compares it to refuse a corpus
+    edited since the interrupted run, even when its size did not change."""
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as handle:
+        while block := handle.read(FINGERPRINT_BLOCK_BYTES):
+            digest.update(block)
+    return f"blake2b-128:{digest.hexdigest()}"
+
+
+# Longest run of text kept before a paragraph is handed on in pieces (characters): bounds memory per paragraph.
+PARAGRAPH_BLOCK_CHARACTERS = 1_000_000
+# Progress is reported in steps of this many bytes, not per line (tqdm updates are not free).
+PROGRESS_STEP_BYTES = 1 << 20
+_BLANK_LINES = re.compile(r"\n\s*\n")
+
+
+@dataclass(frozen=True)
+class TextBlock:
+    """A paragraph of raw text (lines joined by newlines), or a piece of one."""
+
+    text: str
+    starts_document: bool
+    continues_paragraph: bool = False  # the paragraph goes on in the next block (cut to bound memory)
+
+
+@dataclass(frozen=True)
+class InputOptions:
+    text_field: str | None = None  # read every file as JSON lines, the text under this field
+    paragraph_documents: bool = False  # each paragraph is a document (else each file / JSON record is)
+    encoding: str = "utf-8"  # an ASCII-compatible encoding (lines are split on the byte 0x0A)
+
+
+def discover_input_files(inputs: Sequence[Path], glob: str, exclude: Sequence[Path]) -> list[Path]:
+    """Files named in ``inputs``, directories expanded recursively with ``glob`` (sorted), ``exclude`` left out."""
+    excluded = {Path(path).resolve() for path in exclude}
+    files: list[Path] = []
+    for given in inputs:
+        path = Path(given)
+        if not path.exists():
+            raise UserError(at_location(path, None, "input not found; give text files or directories"))
+        if path.is_dir():
+            found = sorted(candidate for candidate in path.rglob(glob) if candidate.is_file())
+            found = [candidate for candidate in found if candidate.resolve() not in excluded]
+            if not found:
+                raise UserError(at_location(path, None, f"no file matching --glob {glob!r} in this directory"))
+            files.extend(found)
+        elif path.resolve() in excluded:
+            raise UserError(at_location(path, None, "is also the output; write the corpus to another file"))
+        else:
+            files.append(path)
+    return files
+
+
+def _read_lines(path: Path, encoding: str, on_bytes: Callable[[int], None]) -> Iterator[tuple[int, str]]:
+    """(1-based line number, decoded line without its line end), reporting bytes read in coarse steps."""
+    pending_bytes = 0
+    try:
+        with open(path, "rb") as handle:
+            for line_number, raw in enumerate(handle, start=1):
+                pending_bytes += len(raw)
+                if pending_bytes >= PROGRESS_STEP_BYTES:
+                    on_bytes(pending_bytes)
+                    pending_bytes = 0
+                try:
+                    text = raw.decode(encoding)
+                except UnicodeDecodeError as error:
+                    problem = (
+                        f"byte {error.start + 1} of this line is not valid {encoding}; pass the file's real encoding "
+                        "with --encoding (e.g. --encoding latin-1) or re-encode it (iconv -t utf-8)"
+                    )
+                    raise UserError(at_location(path, line_number, problem)) from None
+                yield line_number, text.rstrip("\r\n")
+    except OSError as error:  # the consumer's own errors never arrive here: only reading this file can raise
+        raise UserError(at_location(path, None, f"cannot read ({error.strerror}); check the file")) from None
+    on_bytes(pending_bytes)
+
+
+def _iter_plain_file(path: Path, options: InputOptions, on_bytes: Callable[[int], None]) -> Iterator[TextBlock]:
+    lines: list[str] = []
+    characters = 0
+    document_started = False
+    paragraph_cut = False  # the last block was a piece of a paragraph that is still going on
+
+    def block(continues: bool) -> TextBlock:
+        nonlocal lines, characters, document_started, paragraph_cut
+        starts = (not document_started) or (options.paragraph_documents and not paragraph_cut)
+        result = TextBlock("\n".join(lines), starts_document=starts, continues_paragraph=continues)
+        document_started, paragraph_cut = True, continues
+        lines, characters = [], 0
+        return result
+
+    for _, line in _read_lines(path, options.encoding, on_bytes):
+        if not line.strip():
+            if lines or paragraph_cut:  # an empty closing block ends a paragraph that was cut just before
+                yield block(continues=False)
+            continue
+        lines.append(line)
+        characters += len(line) + 1
+        if characters >= PARAGRAPH_BLOCK_CHARACTERS:
+            yield block(continues=True)
+    if lines or paragraph_cut:
+        yield block(continues=False)
+    if not document_started and not options.paragraph_documents:
+        yield TextBlock("", starts_document=True)  # an empty file is an empty document: counted, not hidden
+
+
+def _record_text(path: Path, line_number: int, line: str, field: str) -> str:
+    def invalid(problem: str) -> UserError:
+        return UserError(at_location(path, line_number, problem))
+
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise invalid(f"not valid JSON ({error.msg}); every line must be one JSON object") from None
+    if not isinstance(record, dict):
+        raise invalid(f"a JSON {type(record).__name__}, not an object with a {field!r} field")
+    if field not in record:
+        raise invalid(f"no {field!r} field; fields here: {', '.join(sorted(record)) or 'none'} (check --text_field)")
+    text = record[field]
+    if not isinstance(text, str):
+        raise invalid(f"field {field!r} holds a JSON {type(text).__name__}, not a string of text")
+    return text
+
+
+def _iter_json_lines_file(path: Path, options: InputOptions, on_bytes: Callable[[int], None]) -> Iterator[TextBlock]:
+    assert options.text_field is not None
+    for line_number, line in _read_lines(path, options.encoding, on_bytes):
+        if not line.strip():
+            continue
+        text = _record_text(path, line_number, line, options.text_field)
+        paragraphs = [paragraph for paragraph in _BLANK_LINES.split(text) if paragraph.strip()]
+        if not paragraphs and not options.paragraph_documents:
+            yield TextBlock("", starts_document=True)  # a record without text is an empty document
+        for index, paragraph in enumerate(paragraphs):
+            yield TextBlock(paragraph, starts_document=index == 0 or options.paragraph_documents)
+
+
+def iter_text_blocks(
+    files: Sequence[Path], options: InputOptions, on_bytes: Callable[[int], None] = lambda _: None
+) -> Iterator[TextBlock]:
+    """Every paragraph of every file, in order, flagged where a new document starts."""
+    for path in files:
+        if options.text_field is None:
+            yield from _iter_plain_file(path, options, on_bytes)
+        else:
+            yield from _iter_json_lines_file(path, options, on_bytes)

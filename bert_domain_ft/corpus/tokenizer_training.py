@@ -1,0 +1,346 @@
+"""Training a new fast tokenizer on the user's corpus: WordPiece (BERT), byte-level BPE (RoBERTa) or Unigram (XLM-R).
+
+The corpus is streamed twice: a first pass counts sentences and characters (for the progress bar and an early
+"vocabulary too small" error), the second feeds batches of lines to the ``tokenizers`` trainer. The directory
+written loads with ``transformers.AutoTokenizer.from_pretrained`` and with ``tokenization.load_tokenizer``, and
+both see the same special tokens. Each kind's pipeline (normaliser, pre-tokenizer, post-processor) is the one the
+matching transformers class rebuilds on loading (transformers 5 keeps only the vocabulary of tokenizer.json for
+these classes), so the two loaders tokenize identically.
+
+    directory = train_tokenizer(TokenizerTrainingConfig(corpus=Path("corpus.txt"), output=Path("tok"), kind="bpe"))
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from bert_domain_ft.corpus.reading import iter_corpus_lines, open_corpus_checked
+from bert_domain_ft.errors import UserError, at_location
+from bert_domain_ft.files import TEMPORARY_SUFFIX, os_errors_as_user_errors, replace_directory, write_json_atomic
+
+logger = logging.getLogger(__name__)
+
+KINDS = ("wordpiece", "bpe", "unigram")
+BYTE_ALPHABET_SIZE = 256  # byte-level BPE starts from one token per byte value
+METASPACE = "\u2581"  # "▁": what the Unigram pre-tokenizer turns spaces into
+TRAINING_RECORD = "tokenizer_training.json"
+_LINES_PER_BATCH = 1000  # the trainer takes batches of lines: fewer Python → Rust crossings
+
+
+@dataclass(frozen=True)
+class KindSpec:
+    """The fixed facts of one kind of tokenizer."""
+
+    special_tokens: tuple[str, ...]
+    """Special tokens in id order: ``special_tokens[i]`` gets id ``i``."""
+    roles: dict[str, str]
+    """transformers' role names (``cls_token``...) → the token playing that role."""
+    tokenizer_class: str
+    """What ``tokenizer_config.json`` names, so AutoTokenizer picks the matching class."""
+    alphabet_floor: int
+    """Ordinary tokens every vocabulary holds whatever the corpus (256 bytes for byte-level BPE)."""
+
+
+_ROBERTA_ROLES = {
+    "bos_token": "<s>",
+    "cls_token": "<s>",
+    "eos_token": "</s>",
+    "sep_token": "</s>",
+    "unk_token": "<unk>",
+    "pad_token": "<pad>",
+    "mask_token": "<mask>",
+}
+KIND_SPECS = {
+    "wordpiece": KindSpec(
+        special_tokens=("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"),
+        roles={
+            "unk_token": "[UNK]",
+            "sep_token": "[SEP]",
+            "pad_token": "[PAD]",
+            "cls_token": "[CLS]",
+            "mask_token": "[MASK]",
+        },
+        tokenizer_class="BertTokenizer",
+        alphabet_floor=1,
+    ),
+    "bpe": KindSpec(
+        ("<s>", "<pad>", "</s>", "<unk>", "<mask>"), _ROBERTA_ROLES, "RobertaTokenizer", BYTE_ALPHABET_SIZE
+    ),
+    "unigram": KindSpec(("<s>", "<pad>", "</s>", "<unk>", "<mask>"), _ROBERTA_ROLES, "XLMRobertaTokenizer", 1),
+}
+
+
+def minimum_vocab_size(kind: str) -> int:
+    """The smallest ``vocab_size`` that can work for ``kind`` whatever the corpus."""
+    spec = KIND_SPECS[kind]
+    return len(spec.special_tokens) + spec.alphabet_floor
+
+
+@dataclass
+class TokenizerTrainingConfig:
+    corpus: Path
+    """Corpus file in the corpus format; every non-blank line is one training sentence."""
+    output: Path
+    """Directory to write (tokenizer.json, tokenizer_config.json, special_tokens_map.json, vocabulary files)."""
+    kind: str = "wordpiece"
+    """``wordpiece`` (BERT: [CLS]/[SEP], '##' pieces), ``bpe`` (RoBERTa: byte-level BPE, <s>/</s>) or ``unigram``
+    (XLM-R: SentencePiece-style Unigram with '▁' marking word starts)."""
+    vocab_size: int = 30522
+    """Entries in the vocabulary, special tokens included (BERT-base: 30522, RoBERTa: 50265)."""
+    lowercase: bool = False
+    """Lower-case (and strip accents from) the text before splitting: an uncased model. WordPiece only."""
+    min_frequency: int = 2
+    """WordPiece/BPE: a merged piece must occur at least this often in the corpus (Unigram ignores it)."""
+    model_max_length: int = 512
+    """Longest input (in tokens) of the model the tokenizer is for; transformers truncates to it."""
+    overwrite: bool = False
+    """Replace ``output`` when it already holds files (the whole directory is replaced)."""
+    show_progress: bool = True
+    """Progress bars: one while counting the corpus (bytes), then the trainer's own."""
+
+    def __post_init__(self) -> None:
+        self.corpus = Path(self.corpus)
+        self.output = Path(self.output)
+        if self.kind not in KINDS:
+            raise ValueError(f"--kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        minimum = minimum_vocab_size(self.kind)
+        if self.vocab_size < minimum:
+            floor = KIND_SPECS[self.kind].alphabet_floor
+            alphabet = f" and the {floor} byte-level characters" if floor > 1 else " and at least one character"
+            raise ValueError(
+                f"--vocab_size {self.vocab_size} is too small for {self.kind}: its "
+                f"{len(KIND_SPECS[self.kind].special_tokens)} special tokens{alphabet} need at least {minimum}; "
+                "raise --vocab_size (BERT uses 30522)"
+            )
+        if self.lowercase and self.kind != "wordpiece":
+            raise ValueError(
+                f"--lowercase applies to --kind wordpiece only: transformers rebuilds {self.kind} tokenizers without "
+                "a lower-casing step; lower-case the corpus itself instead"
+            )
+        if self.min_frequency < 1:
+            raise ValueError(f"--min_frequency must be at least 1, got {self.min_frequency}")
+        if self.model_max_length < 1:
+            raise ValueError(f"--model_max_length must be positive, got {self.model_max_length}")
+
+
+@dataclass(frozen=True)
+class CorpusScan:
+    sentences: int
+    """Non-blank lines: the trainer's input items."""
+    characters: frozenset[str]
+    """Distinct characters of the corpus (before the tokenizer's normaliser)."""
+
+
+def scan_corpus(path: Path, show_progress: bool = True) -> CorpusScan:
+    """Count the sentences and collect the characters of the corpus; raises the corpus ``UserError``s early."""
+    open_corpus_checked(path)
+    sentences = 0
+    characters: set[str] = set()
+    with tqdm(
+        total=path.stat().st_size, unit="B", unit_scale=True, desc="reading corpus", disable=not show_progress
+    ) as progress:
+        for line in iter_corpus_lines(path):
+            sentences += 1
+            characters.update(line.text)
+            progress.update(line.end_byte - progress.n)
+    if sentences == 0:
+        raise UserError(at_location(path, None, "corpus has no text, only blank lines; put one sentence per line"))
+    return CorpusScan(sentences, frozenset(characters))
+
+
+def _iter_batches(path: Path) -> Iterator[list[str]]:
+    batch: list[str] = []
+    for line in iter_corpus_lines(path):
+        batch.append(line.text)
+        if len(batch) == _LINES_PER_BATCH:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def build_untrained_tokenizer(kind: str, lowercase: bool = False) -> Any:
+    """The ``tokenizers.Tokenizer`` pipeline of ``kind`` with an empty model, ready to train."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+
+    if kind == "wordpiece":
+        tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        # Exactly what transformers' BertTokenizer builds, so both loaders agree.
+        tokenizer.normalizer = normalizers.BertNormalizer(
+            clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=lowercase
+        )
+        tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tokenizer.decoder = decoders.WordPiece(prefix="##")
+    elif kind == "bpe":
+        tokenizer = Tokenizer(models.BPE(continuing_subword_prefix="", end_of_word_suffix="", fuse_unk=False))
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tokenizer.decoder = decoders.ByteLevel()
+    else:
+        tokenizer = Tokenizer(models.Unigram())
+        tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Metaspace(replacement=METASPACE, prepend_scheme="always")]
+        )
+        tokenizer.decoder = decoders.Metaspace(replacement=METASPACE, prepend_scheme="always")
+    return tokenizer
+
+
+def _special_tokens(kind: str) -> list[Any]:
+    from tokenizers import AddedToken
+
+    # RoBERTa and XLM-R let <mask> swallow the space before it ("a <mask>" → ["a", "<mask>"]), as they do.
+    absorbs_space = kind != "wordpiece"
+    return [
+        AddedToken(token, special=True, normalized=False, lstrip=absorbs_space and token == "<mask>")
+        for token in KIND_SPECS[kind].special_tokens
+    ]
+
+
+def _trainer(config: TokenizerTrainingConfig) -> Any:
+    from tokenizers import pre_tokenizers, trainers
+
+    specials = _special_tokens(config.kind)
+    common = {"vocab_size": config.vocab_size, "special_tokens": specials, "show_progress": config.show_progress}
+    if config.kind == "wordpiece":
+        return trainers.WordPieceTrainer(min_frequency=config.min_frequency, continuing_subword_prefix="##", **common)
+    if config.kind == "bpe":
+        return trainers.BpeTrainer(
+            min_frequency=config.min_frequency, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), **common
+        )
+    return trainers.UnigramTrainer(unk_token="<unk>", **common)
+
+
+def _attach_post_processor(tokenizer: Any, kind: str) -> None:
+    """[CLS] A [SEP] B [SEP] for BERT, <s> A </s></s> B </s> for RoBERTa and XLM-R (their transformers classes)."""
+    from tokenizers import processors
+
+    def token_id(token: str) -> tuple[str, int]:
+        return token, tokenizer.token_to_id(token)
+
+    if kind == "wordpiece":
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single="[CLS]:0 $A:0 [SEP]:0",
+            pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1",
+            special_tokens=[token_id("[CLS]"), token_id("[SEP]")],
+        )
+    elif kind == "bpe":
+        tokenizer.post_processor = processors.RobertaProcessing(
+            token_id("</s>"), token_id("<s>"), trim_offsets=True, add_prefix_space=False
+        )
+    else:
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[token_id("<s>"), token_id("</s>")]
+        )
+
+
+def _unigram_minimum(scan: CorpusScan) -> int:
+    """The smallest vocabulary the Unigram trainer accepts for this corpus: special tokens plus every character."""
+    visible = sum(1 for character in scan.characters if not character.isspace())
+    # + "▁", which starts every word, + 1: the trainer needs one spare entry (with none it overshoots vocab_size).
+    return len(KIND_SPECS["unigram"].special_tokens) + visible + 2
+
+
+def _too_small(config: TokenizerTrainingConfig, needed: int, exact: bool) -> UserError:
+    bound = "" if exact else " about"
+    return UserError(
+        at_location(
+            config.corpus,
+            None,
+            f"--vocab_size {config.vocab_size} cannot hold the special tokens and the characters of this corpus; "
+            f"{config.kind} needs{bound} {needed} or more: raise --vocab_size",
+        )
+    )
+
+
+def _train(config: TokenizerTrainingConfig, scan: CorpusScan) -> Any:
+    tokenizer = build_untrained_tokenizer(config.kind, config.lowercase)
+    batches = -(-scan.sentences // _LINES_PER_BATCH)
+    logger.info("training a %s tokenizer of %d entries on %d sentences", config.kind, config.vocab_size, scan.sentences)
+    try:
+        tokenizer.train_from_iterator(_iter_batches(config.corpus), trainer=_trainer(config), length=batches)
+    except Exception as error:
+        if "not large enough" in str(error):  # Unigram: the alphabet alone exceeds vocab_size
+            raise _too_small(config, _unigram_minimum(scan), exact=False) from None
+        raise
+    size = tokenizer.get_vocab_size(with_added_tokens=True)
+    if size > config.vocab_size:  # WordPiece keeps its whole alphabet ('##' forms too) even when it does not fit
+        unigram = config.kind == "unigram"
+        raise _too_small(config, _unigram_minimum(scan) if unigram else size, exact=not unigram)
+    if size < config.vocab_size:
+        logger.warning("the corpus supports only %d vocabulary entries (asked for %d)", size, config.vocab_size)
+    _attach_post_processor(tokenizer, config.kind)
+    return tokenizer
+
+
+def transformers_files(config: TokenizerTrainingConfig) -> dict[str, dict[str, Any]]:
+    """tokenizer_config.json and special_tokens_map.json as transformers 5 writes them (4 reads them too)."""
+    spec = KIND_SPECS[config.kind]
+    settings: dict[str, Any] = {"backend": "tokenizers", "tokenizer_class": spec.tokenizer_class}
+    if config.kind == "wordpiece":
+        # BertTokenizer rebuilds its normaliser from these: without do_lower_case it would lower-case.
+        settings.update(do_lower_case=config.lowercase, strip_accents=None, tokenize_chinese_chars=True)
+    elif config.kind == "bpe":
+        settings.update(add_prefix_space=False, trim_offsets=True, errors="replace")
+    else:
+        settings.update(add_prefix_space=True)
+    settings.update(spec.roles)
+    settings["model_max_length"] = config.model_max_length
+    return {"tokenizer_config.json": settings, "special_tokens_map.json": dict(spec.roles)}
+
+
+def _check_output(config: TokenizerTrainingConfig) -> None:
+    output = config.output
+    if output.exists() and not output.is_dir():
+        raise UserError(at_location(output, None, "exists and is not a directory; choose another --output"))
+    if output.is_dir() and any(output.iterdir()):
+        if not config.overwrite:
+            raise UserError(
+                at_location(
+                    output,
+                    None,
+                    "already holds files; pass --overwrite to replace the whole directory, or choose another --output",
+                )
+            )
+        if output.resolve() in config.corpus.resolve().parents:
+            raise UserError(at_location(output, None, "holds the corpus, which --overwrite would delete; move it"))
+
+
+def _write_directory(config: TokenizerTrainingConfig, tokenizer: Any, scan: CorpusScan) -> None:
+    partial = config.output.with_name(config.output.name + TEMPORARY_SUFFIX)
+    with os_errors_as_user_errors(partial):
+        shutil.rmtree(partial, ignore_errors=True)  # left by an interrupted run
+        partial.mkdir(parents=True)
+    try:
+        with os_errors_as_user_errors(partial / "tokenizer.json"):
+            tokenizer.save(str(partial / "tokenizer.json"), pretty=True)
+            if config.kind != "unigram":  # vocab.txt (BERT) or vocab.json + merges.txt (RoBERTa): for other tools
+                tokenizer.model.save(str(partial))
+        for name, value in transformers_files(config).items():
+            write_json_atomic(partial / name, value)
+        record = {key: str(value) if isinstance(value, Path) else value for key, value in asdict(config).items()}
+        record.update(sentences=scan.sentences, trained_vocab_size=tokenizer.get_vocab_size(with_added_tokens=True))
+        write_json_atomic(partial / TRAINING_RECORD, record)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    replace_directory(partial, config.output)
+
+
+def train_tokenizer(config: TokenizerTrainingConfig) -> Path:
+    """Train the tokenizer ``config`` describes on its corpus and write it to ``config.output``; return that path."""
+    _check_output(config)
+    scan = scan_corpus(config.corpus, config.show_progress)
+    # Byte-level BPE's alphabet is fixed (checked by the config); WordPiece's ('##' forms too) is only known once
+    # trained, and training stops right after counting words when it does not fit.
+    if config.kind == "unigram" and _unigram_minimum(scan) > config.vocab_size:
+        raise _too_small(config, _unigram_minimum(scan), exact=False)
+    tokenizer = _train(config, scan)
+    _write_directory(config, tokenizer, scan)
+    logger.info("wrote a %d-entry %s tokenizer to %s", tokenizer.get_vocab_size(), config.kind, config.output)
+    return config.output

@@ -1,0 +1,458 @@
+"""Pregeneration: corpus → N epochs of masked NSP instances packed to ``max_seq_len`` (format: epoch_format.py).
+
+Steps: check the output directory → load the tokenizer → write the task's texts as a corpus (``task_data``,
+see ``task_corpus``) → tokenize the corpora into a document store (in RAM, or on disk with ``reduce_memory``) →
+set documents aside for the held-out set → generate every epoch in shards, in ``num_workers`` processes → write
+``manifest.json`` last. ``resume`` keeps complete epochs and makes the rest; the result is byte-identical to an
+uninterrupted run, whatever ``num_workers`` is.
+
+    manifest = pregenerate(PregenerateConfig(train_corpus=Path("c.txt"), output_dir=Path("out"), bert_model="bert"))
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import shutil
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from bert_domain_ft.corpus.reading import open_corpus_checked, sample_lines
+from bert_domain_ft.corpus.task_files import TaskCorpusStats, write_task_corpus
+from bert_domain_ft.data import epoch_writer
+from bert_domain_ft.data.config import TASK_CORPUS_FILE, TASK_CORPUS_NAME, PregenerateConfig
+from bert_domain_ft.data.document_store import DocumentStore, build_document_store
+from bert_domain_ft.data.epoch_format import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    GENERATION_RECORD,
+    HOLDOUT_DIRECTORY,
+    MANIFEST_NAME,
+    array_names,
+    check_resume,
+    discard_unfinished,
+    epoch_directory_name,
+    publish,
+    remove_stale_epochs,
+    working_directory,
+)
+from bert_domain_ft.data.epoch_writer import GenerationContext, ShardTask
+from bert_domain_ft.data.instances import SPECIAL_TOKENS_PER_PAIR, DocumentPool
+from bert_domain_ft.data.masking import masking_tables
+from bert_domain_ft.data.mixing import (
+    instances_per_token,
+    plan_task_mixing,
+    read_task_sample,
+    sampling_probabilities,
+    task_manifest_entry,
+)
+from bert_domain_ft.errors import UserError
+from bert_domain_ft.files import hold_output_lock, is_disk_full, write_json_atomic
+from bert_domain_ft.model.files import (
+    FRESH_NSP_HEAD_NOTE,
+    check_model_positions,
+    has_trained_nsp_head,
+    read_model_config,
+)
+from bert_domain_ft.model.tokenizer import TokenizerFacts, describe_tokenizer, load_tokenizer, require_tokenizer_fits
+
+logger = logging.getLogger(__name__)
+
+STORE_DIRECTORY = "document_store.partial"
+
+
+def resolve_objective(requested: str, model: str | None, facts: TokenizerFacts) -> str:
+    """ "auto" means NSP for a BERT with a trained NSP head (the only family that has one), MLM for everything
+    else: other families, and BERT encoders saved without their pretraining heads (``FRESH_NSP_HEAD_NOTE``)."""
+    if requested != "auto":
+        return requested
+    model_config = read_model_config(model)
+    if model_config is not None:
+        is_bert = model_config.get("model_type") == "bert"
+    else:
+        is_bert = facts.continuation_prefix is not None  # no model yet: a WordPiece tokenizer means a BERT
+    if not is_bert:
+        logger.info("objective: masked LM only (this model has no next-sentence-prediction head)")
+        return "mlm"
+    if has_trained_nsp_head(model) is False:
+        logger.info("objective: masked LM only: %s; --objective nsp trains it anyway", FRESH_NSP_HEAD_NOTE)
+        return "mlm"
+    return "nsp"
+
+
+def _split_documents(
+    store: DocumentStore, holdout_fraction: float, seed: int, corpora: list[tuple[str, Path]]
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per corpus, training and held-out document indices (ascending); held-out ones chosen by seed. The task
+    corpus is all training: it is small, and TAPT means training on all of it (it is not the domain to measure)."""
+    assert store.corpus_document_offsets is not None
+    training, held_out = [], []
+    for corpus, (name, path) in enumerate(corpora):
+        first, end = (int(value) for value in store.corpus_document_offsets[corpus : corpus + 2])
+        everything = np.arange(first, end, dtype=np.int64)
+        fraction = 0.0 if name == TASK_CORPUS_NAME else holdout_fraction
+        count = int(round(len(everything) * fraction))
+        if fraction > 0 and (count < 2 or len(everything) - count < 2):
+            raise UserError(
+                f"{path}: {len(everything)} documents cannot give {holdout_fraction:.0%} held out with at least two "
+                "documents on each side (NSP needs two); change --holdout_fraction or add documents"
+            )
+        rng = np.random.default_rng([seed, epoch_writer.HOLDOUT_STREAM, corpus])
+        chosen = np.sort(first + rng.choice(len(everything), size=count, replace=False))
+        training.append(np.setdiff1d(everything, chosen))
+        held_out.append(chosen)
+    return training, held_out
+
+
+_worker_context: GenerationContext | None = None
+
+
+def _run_in_worker(task: ShardTask) -> dict[str, Any]:
+    assert _worker_context is not None
+    return epoch_writer.run_shard(task, _worker_context)
+
+
+def _run_tasks(tasks: list[ShardTask], context: GenerationContext, num_workers: int) -> Iterator[dict[str, Any]]:
+    """Results in task order; forked workers inherit ``context`` (memmaps included) instead of pickling it."""
+    global _worker_context
+    _worker_context = context
+    if num_workers == 1 or "fork" not in multiprocessing.get_all_start_methods():
+        if num_workers > 1:
+            logger.warning("this platform cannot fork: generating in one process")
+        for task in tasks:
+            yield epoch_writer.run_shard(task, context)
+        return
+    with multiprocessing.get_context("fork").Pool(num_workers) as pool:
+        yield from pool.imap(_run_in_worker, tasks)
+
+
+EPOCH_ORDER_KEY = 7  # seed-sequence word for the per-epoch document order of "mlm" packing
+
+
+def _shard_tasks(
+    config: PregenerateConfig, context: GenerationContext, copies: dict[int, int], name: str, stream: int, epoch: int
+) -> list[ShardTask]:
+    """The shards of one epoch, corpus by corpus. "nsp" walks documents in corpus order (pairs are local to a
+    document); "mlm" packs documents in an order drawn per epoch, so sequences differ from epoch to epoch. A
+    corpus in ``copies`` (the task) is made that many times in training epochs, each copy from its own random
+    streams (shard numbers continue across copies), so every copy has its own pairs and masks."""
+    token_counts = context.store.document_token_counts()
+    partial = epoch_writer.fresh_partial_directory(config.output_dir / name)
+    tasks: list[ShardTask] = []
+    for pool_stream, corpus in context.pools:
+        if pool_stream != stream:
+            continue
+        repeats = copies.get(corpus, 1) if stream == epoch_writer.TRAINING_STREAM else 1
+        for copy in range(repeats):
+            tasks.extend(
+                _corpus_shards(config, context, token_counts, partial, (stream, epoch, corpus, copy), len(tasks))
+            )
+    return tasks
+
+
+def _corpus_shards(
+    config: PregenerateConfig,
+    context: GenerationContext,
+    token_counts: np.ndarray,
+    partial: Path,
+    job: tuple[int, int, int, int],
+    first_shard: int,
+) -> list[ShardTask]:
+    """The shards of one copy of one corpus in one epoch, ``job`` = (stream, epoch, corpus, copy), numbered from
+    ``first_shard`` in the epoch; copy 0 is exactly what a run without copies makes."""
+    stream, epoch, corpus, copy = job
+    documents = context.pools[(stream, corpus)].documents
+    if context.objective == "mlm":
+        order_seed = [config.seed, stream, epoch, corpus, EPOCH_ORDER_KEY] + ([copy] if copy else [])
+        documents = np.random.default_rng(order_seed).permutation(documents)
+    cuts = epoch_writer.shard_boundaries(context.store, documents)
+    per_copy = len(cuts) - 1
+    tasks: list[ShardTask] = []
+    for index, (first, end) in enumerate(zip(cuts[:-1], cuts[1:])):
+        tasks.append(
+            ShardTask(
+                directory=partial,
+                stream=stream,
+                epoch=epoch,
+                shard=first_shard + index,
+                first_position=first,
+                end_position=end,
+                num_tokens=int(token_counts[documents[first:end]].sum()),
+                documents=documents[first:end] if context.objective == "mlm" else None,
+                corpus=corpus,
+                corpus_shard=copy * per_copy + index,
+            )  # fmt: skip
+        )
+    return tasks
+
+
+def _log_statistics(name: str, statistics: dict[str, Any]) -> None:
+    parts = [f"{statistics['num_instances']} instances", f"packing fill {100 * statistics['packing_fill']:.1f}%"]
+    if statistics["random_next_fraction"] is not None:
+        parts.append(f"random next {100 * statistics['random_next_fraction']:.1f}%")
+    if statistics["mean_masked_per_instance"] is not None:
+        parts.append(f"{statistics['mean_masked_per_instance']:.1f} masked tokens per instance")
+    logger.info("%s: %s", name, ", ".join(parts))
+
+
+def _generate(
+    config: PregenerateConfig, context: GenerationContext, jobs: list[tuple[str, int, int]], copies: dict[int, int]
+) -> dict[str, dict[str, Any]]:
+    """Run every (directory name, stream, epoch) job; returns statistics by directory name."""
+    tasks_per_job = [_shard_tasks(config, context, copies, *job) for job in jobs]
+    several = len({corpus for _, corpus in context.pools}) > 1
+
+    def names_for(stream: int) -> tuple[str, ...]:
+        static = not context.dynamic_masking or stream == epoch_writer.HOLDOUT_STREAM
+        return array_names(context.objective, "static" if static else "dynamic", several)
+
+    statistics: dict[str, dict[str, Any]] = {}
+    results = _run_tasks([task for tasks in tasks_per_job for task in tasks], context, config.num_workers)
+    total_tokens = sum(task.num_tokens for tasks in tasks_per_job for task in tasks)
+    with tqdm(total=total_tokens, unit="tok", unit_scale=True, disable=not config.show_progress) as bar:
+        for (name, stream, epoch), tasks in zip(jobs, tasks_per_job):
+            bar.set_description(f"generating {name}")
+            for _ in tasks:
+                bar.update(next(results)["tokens"])
+            final = config.output_dir / name
+            extra = {"epoch": epoch if stream == epoch_writer.TRAINING_STREAM else None}
+            statistics[name] = epoch_writer.assemble_epoch(
+                final.with_name(name + ".partial"), final, len(tasks), names_for(stream), config.max_seq_len, extra
+            )
+            _log_statistics(name, statistics[name])
+    return statistics
+
+
+def pregenerate(config: PregenerateConfig) -> dict[str, Any]:
+    """Write ``config.epochs_to_generate`` epochs (and the held-out set) to ``config.output_dir``; return the manifest.
+
+    Everything that can refuse the input is checked before anything is written; the writing holds the output
+    directory's lock (``output_lock``), so a second run on the same directory is refused, not interleaved."""
+    for _, path in config.named_corpora():
+        open_corpus_checked(path)
+    task_sample = read_task_sample(config.task_data, config.task_text_column) if config.task_data else []
+    check_model_positions(config.bert_model, config.max_seq_len)
+    tokenizer_source = config.tokenizer or config.bert_model
+    assert tokenizer_source is not None
+    tokenizer = load_tokenizer(tokenizer_source, config.do_lower_case)
+    for _, path in config.named_corpora():
+        require_tokenizer_fits(tokenizer, tokenizer_source, path, sample_lines(path))
+    if config.task_data is not None:
+        require_tokenizer_fits(tokenizer, tokenizer_source, config.task_data, task_sample)
+    facts = describe_tokenizer(tokenizer, tokenizer_source)
+    objective = resolve_objective(config.objective, config.bert_model, facts)
+    if config.do_whole_word_mask and facts.continuation_prefix is None:
+        raise UserError(
+            f"{tokenizer_source}: --do_whole_word_mask needs a WordPiece tokenizer (pieces marked '##'); this one is "
+            "not, so whole-word masking would do nothing: drop the flag"
+        )
+    with hold_output_lock(config.output_dir, "pregenerate"):
+        return _write_output(config, tokenizer, facts, objective)
+
+
+def _write_task_corpus(config: PregenerateConfig) -> tuple[list[tuple[str, Path]], TaskCorpusStats | None]:
+    """The named corpora to generate from: the user's, then the task's texts written into the output directory."""
+    corpora = config.named_corpora()
+    if config.task_data is None:
+        return corpora, None
+    path = config.output_dir / TASK_CORPUS_FILE
+    stats = write_task_corpus(config.task_data, config.task_text_column, path)
+    return [*corpora, (TASK_CORPUS_NAME, path)], stats
+
+
+def _write_output(config: PregenerateConfig, tokenizer: Any, facts: TokenizerFacts, objective: str) -> dict[str, Any]:
+    work = working_directory(config.output_dir, config.overwrite, config.resume)
+    final_output = config.output_dir
+    config = replace(config, output_dir=work)
+    record = config.generation_record(facts.vocab_fingerprint)
+    if config.resume:
+        check_resume(config.output_dir, record)
+    write_json_atomic(config.output_dir / GENERATION_RECORD, record)
+    store_directory = config.output_dir / STORE_DIRECTORY if config.reduce_memory else None
+    if store_directory is not None:
+        shutil.rmtree(store_directory, ignore_errors=True)
+    # "nsp" places whole sentences; a longer one would be truncated to fit, so it is cut into pieces that fit.
+    max_sentence_tokens = config.max_seq_len - SPECIAL_TOKENS_PER_PAIR if objective == "nsp" else None
+    try:
+        corpora, task_stats = _write_task_corpus(config)
+        paths = [path for _, path in corpora]
+        store = build_document_store(
+            paths, tokenizer, facts, store_directory, config.show_progress, max_sentence_tokens
+        )
+        _log_long_lines(corpora, store, max_sentence_tokens)
+        manifest = _generate_all(
+            config, corpora, objective, store, store_directory, tokenizer, facts, record, task_stats
+        )
+    except BaseException as error:
+        written = work / TASK_CORPUS_FILE
+        if config.task_data is not None and written.resolve() != config.task_data.resolve():
+            written.unlink(missing_ok=True)  # rewritten by every run: it must not block the next one
+        discard_unfinished(work, final_output, disk_full=is_disk_full(error))
+        raise
+    finally:
+        if store_directory is not None:
+            shutil.rmtree(store_directory, ignore_errors=True)
+    if work != final_output:
+        publish(work, final_output)
+    return manifest
+
+
+def _log_long_lines(corpora: list[tuple[str, Path]], store: DocumentStore, max_sentence_tokens: int | None) -> None:
+    for (_, path), long in zip(corpora, store.long_lines):
+        if long.lines:
+            shown = ", ".join(f"{path}:{number}" for number in long.first_line_numbers)
+            more = (
+                f" and {long.lines - len(long.first_line_numbers)} more"
+                if long.lines > len(long.first_line_numbers)
+                else ""
+            )
+            logger.warning(
+                "%s: %d line(s) longer than %d tokens (%s%s; %d tokens in all) were cut into %d sentences of at most "
+                "%d tokens rather than truncated to one instance; split long lines into sentences (bert-domain-ft "
+                "prepare) for better next-sentence pairs",
+                path, long.lines, max_sentence_tokens, shown, more, long.tokens, long.pieces, max_sentence_tokens,
+            )  # fmt: skip
+
+
+def _generate_all(
+    config: PregenerateConfig,
+    corpora: list[tuple[str, Path]],
+    objective: str,
+    store: DocumentStore,
+    store_directory: Path | None,
+    tokenizer: Any,
+    facts: Any,
+    record: dict[str, Any],
+    task_stats: TaskCorpusStats | None,
+) -> dict[str, Any]:
+    training, held_out = _split_documents(store, config.holdout_fraction, config.seed, corpora)
+    pools = {}
+    for corpus in range(len(corpora)):
+        pools[(epoch_writer.TRAINING_STREAM, corpus)] = DocumentPool.from_documents(store, training[corpus])
+        if len(held_out[corpus]):
+            pools[(epoch_writer.HOLDOUT_STREAM, corpus)] = DocumentPool.from_documents(store, held_out[corpus])
+    token_counts = store.document_token_counts()
+    training_tokens = np.array([token_counts[documents].sum() for documents in training])
+    context = GenerationContext(
+        store=store,
+        store_directory=store_directory,
+        pools=pools,
+        tables=masking_tables(facts, tokenizer),
+        seed=config.seed,
+        max_seq_len=config.max_seq_len,
+        short_seq_prob=config.short_seq_prob,
+        masked_lm_prob=config.masked_lm_prob,
+        max_predictions_per_seq=config.max_predictions_per_seq,
+        whole_word=config.do_whole_word_mask,
+        objective=objective,
+        dynamic_masking=config.dynamic_masking,
+        cross_document=not config.no_cross_document,
+        cls_id=facts.cls_token_id,
+        sep_id=facts.sep_token_id,
+        pad_id=facts.pad_token_id,
+    )
+    probabilities, copies = _mixing(config, context, training, training_tokens)
+    wanted = [(epoch_directory_name(e), epoch_writer.TRAINING_STREAM, e) for e in range(config.epochs_to_generate)]
+    if config.holdout_fraction > 0:
+        wanted.append((HOLDOUT_DIRECTORY, epoch_writer.HOLDOUT_STREAM, 0))
+    statistics: dict[str, dict[str, Any]] = {}
+    jobs = []
+    for job in wanted:
+        done = epoch_writer.read_complete_epoch(config.output_dir / job[0]) if config.resume else None
+        if done is None:
+            jobs.append(job)
+        else:
+            statistics[job[0]] = done
+            logger.info("%s: complete from the interrupted run, kept", job[0])
+    statistics.update(_generate(config, context, jobs, copies))
+    remove_stale_epochs(config.output_dir, config.epochs_to_generate, config.holdout_fraction > 0)
+    corpus_entries = [
+        {
+            "name": corpus_name,
+            "path": TASK_CORPUS_FILE if corpus_name == TASK_CORPUS_NAME else str(path),
+            "documents": int(len(training[index]) + len(held_out[index])),
+            "training_tokens": int(training_tokens[index]),
+            "sampling_probability": float(probabilities[index]),
+            "long_lines_split": store.long_lines[index].to_json() if store.long_lines else None,
+        }
+        for index, (corpus_name, path) in enumerate(corpora)
+    ]
+    manifest = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "objective": objective,
+        "masking": "dynamic" if config.dynamic_masking else "static",
+        "tokenizer": facts.to_json(),
+        "max_seq_len": config.max_seq_len,
+        "max_predictions_per_seq": config.max_predictions_per_seq,
+        "generation": record,
+        "corpora": corpus_entries,
+        "sampling_exponent": config.sampling_exponent,
+        "task_data": None
+        if task_stats is None or config.task_data is None
+        else task_manifest_entry(
+            config.task_data,
+            config.task_text_column,
+            config.task_share,
+            TASK_CORPUS_FILE,
+            copies[len(corpora) - 1],
+            task_stats,
+        ),
+        "corpus": {
+            "documents": store.num_documents,
+            "sentences": store.num_sentences,
+            "tokens": store.num_tokens,
+            "dropped_empty_sentences": store.dropped_empty_sentences,
+            "dropped_empty_documents": store.dropped_empty_documents,
+            "training_documents": int(sum(len(documents) for documents in training)),
+        },
+        "epochs": [
+            {
+                "index": e,
+                "directory": name,
+                "num_instances": statistics[name]["num_instances"],
+                "statistics": statistics[name],
+            }
+            for name, stream, e in wanted
+            if stream == epoch_writer.TRAINING_STREAM
+        ],
+        "holdout": None
+        if config.holdout_fraction == 0
+        else {
+            "directory": HOLDOUT_DIRECTORY,
+            "documents": np.concatenate(held_out).tolist(),
+            "num_instances": statistics[HOLDOUT_DIRECTORY]["num_instances"],
+            "statistics": statistics[HOLDOUT_DIRECTORY],
+        },
+    }
+    write_json_atomic(config.output_dir / MANIFEST_NAME, manifest)
+    return manifest
+
+
+def _mixing(
+    config: PregenerateConfig, context: GenerationContext, training: list[np.ndarray], training_tokens: np.ndarray
+) -> tuple[np.ndarray, dict[int, int]]:
+    """Sampling probabilities of the corpora, and the copies per epoch of the task corpus (the last) if any."""
+    if config.task_data is None:
+        return sampling_probabilities(training_tokens, config.sampling_exponent), {}
+    rates = np.array(
+        [
+            instances_per_token(
+                context.store,
+                documents,
+                context.objective,
+                config.max_seq_len,
+                config.short_seq_prob,
+                context.cross_document,
+                config.seed,
+            )  # fmt: skip
+            for documents in training
+        ]
+    )
+    probabilities, copies = plan_task_mixing(training_tokens, rates, config.sampling_exponent, config.task_share)
+    return probabilities, {len(training) - 1: copies}

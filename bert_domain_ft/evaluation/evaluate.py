@@ -1,0 +1,280 @@
+"""The ``evaluate`` stage: a model directory against a pregenerated held-out set, or against a corpus.
+
+With ``data`` it evaluates the held-out set of a pregenerated directory (or one training epoch when ``epoch`` is
+given). With ``corpus`` the corpus is pregenerated on the fly into a temporary directory with the fixed
+``EVALUATION_SEED``, so two models evaluated on the same corpus see exactly the same pairs and masks.
+
+    result = evaluate_model(EvaluateConfig(model="finetuned_lm", data=Path("pregenerated")))
+
+The general held-out set: text outside the user's domain, evaluated beside the domain's to show forgetting.
+
+``--general_holdout`` names either a pregenerated directory (its held-out set is used, else its first epoch) or a
+corpus file, which is pregenerated once by the pregeneration library, with the run's tokenizer, objective,
+max_seq_len and masking settings and a fixed seed, into ``output_dir/general_holdout/`` (one epoch of all its
+documents, static masks). A later run or ``--resume`` with the same settings and corpus reuses it. Its metrics
+are reported under ``evaluation.GENERAL_PREFIX`` keys (``with_general``).
+
+    directory = prepare_general_holdout(Path("general.txt"), output_dir, data_manifest, "bert-dir", tokenizer)
+    instances = open_general_holdout(directory)
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from bert_domain_ft.data.config import PregenerateConfig
+from bert_domain_ft.data.epoch_format import MANIFEST_NAME, EpochArrays, open_epoch, open_holdout, read_manifest
+from bert_domain_ft.data.pregenerate import pregenerate
+from bert_domain_ft.errors import UserError
+from bert_domain_ft.evaluation.heldout import EvaluationResult, corpus_names, evaluate_pretraining, first_instances
+from bert_domain_ft.files import write_json_atomic
+from bert_domain_ft.model.loading import checkpoint_model_type, load_model_for_objective, usable_positions
+from bert_domain_ft.model.pretraining import LoadedModel
+from bert_domain_ft.model.tokenizer import describe_tokenizer, load_tokenizer
+
+logger = logging.getLogger(__name__)
+
+# Fixed so that --corpus evaluations are comparable across models and runs (and fresh heads start the same).
+EVALUATION_SEED = 20_240_917
+
+
+@dataclass
+class EvaluateConfig:
+    model: str
+    """Directory (or hub id) of the model to evaluate (BERT, RoBERTa, DistilBERT… any masked-LM model);
+    pretraining heads it lacks start at random (seeded)."""
+    tokenizer: str | None = None
+    """Tokenizer directory the data was made with, when it is not the model's own (e.g. a model trained from
+    scratch with ``--tokenizer``; finetune saves it next to the model, so usually not needed)."""
+    data: Path | None = None
+    """Pregenerated directory whose held-out set (``--holdout_fraction``) is evaluated."""
+    corpus: Path | None = None
+    """Corpus file to pregenerate on the fly (fixed seed) and evaluate as a whole, instead of ``data``."""
+    epoch: int | None = None
+    """With ``data``: evaluate training epoch N (0-based) instead of the held-out set."""
+    batch_size: int = 64
+    """Instances per forward pass; only memory and speed depend on it."""
+    max_seq_len: int = 128
+    """With ``corpus``: tokens per instance, special tokens included."""
+    max_instances: int | None = None
+    """Evaluate only the first N instances (the same ones every time); None evaluates all."""
+    json_output: Path | None = None
+    """Also write the results as JSON to this file."""
+    bf16: bool = False
+    """Run the forward passes under bfloat16 autocast (fast on recent CPUs and GPUs)."""
+    no_cuda: bool = False
+    """Stay on the CPU even when a GPU is available."""
+    show_progress: bool = True
+    """tqdm progress bars."""
+
+    def __post_init__(self) -> None:
+        self.data = Path(self.data) if self.data is not None else None
+        self.corpus = Path(self.corpus) if self.corpus is not None else None
+        self.json_output = Path(self.json_output) if self.json_output is not None else None
+        if (self.data is None) == (self.corpus is None):
+            raise ValueError("give exactly one of --data (a pregenerated directory) or --corpus (a corpus file)")
+        if self.epoch is not None and self.data is None:
+            raise ValueError("--epoch needs --data: it picks a training epoch of a pregenerated directory")
+        if self.epoch is not None and self.epoch < 0:
+            raise ValueError("--epoch counts from 0; give 0 for the first epoch")
+        if self.batch_size < 1:
+            raise ValueError("--batch_size must be at least 1")
+        if self.max_instances is not None and self.max_instances < 1:
+            raise ValueError("--max_instances must be at least 1 (leave it out to evaluate everything)")
+        if not 8 <= self.max_seq_len <= 65535:
+            raise ValueError("--max_seq_len must be between 8 and 65535 (BERT uses 128 or 512)")
+
+
+def choose_device(no_cuda: bool) -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() and not no_cuda else "cpu")
+
+
+def check_model_fits_data(
+    model: nn.Module, model_name: str, manifest: dict[str, Any], directory: Path, tokenizer: str | None = None
+) -> None:
+    """The data's token ids must mean the same to the model, and its sequences must fit the model's positions.
+    ``tokenizer`` (--tokenizer) replaces the model's own: its vocabulary must have the model's size."""
+    data_tokenizer = manifest["tokenizer"]
+    try:
+        model_facts = describe_tokenizer(load_tokenizer(tokenizer or model_name), tokenizer or model_name)
+    except UserError:
+        if tokenizer is not None:  # asked for by name: it must load
+            raise
+        model_facts = None  # a bare checkpoint without tokenizer files: the vocabulary size is all we can check
+    if tokenizer is not None and model_facts is not None and model_facts.vocab_size != model.config.vocab_size:
+        raise UserError(
+            f"--tokenizer {tokenizer}: its vocabulary ({model_facts.vocab_size} tokens) does not match the model's "
+            f"({model_name}: {model.config.vocab_size} embeddings); give the tokenizer the model was trained with, "
+            "or leave out --tokenizer to use the model's own"
+        )
+    if model_facts is not None and model_facts.vocab_fingerprint != data_tokenizer["vocab_fingerprint"]:
+        if tokenizer is not None:
+            raise UserError(
+                f"{directory}: pregenerated with the vocabulary of {data_tokenizer['name']}, which differs from "
+                f"that of --tokenizer {tokenizer}; give the tokenizer the data was made with as --tokenizer"
+            )
+        raise UserError(
+            f"{directory}: pregenerated with the vocabulary of {data_tokenizer['name']}, which differs from "
+            f"{model_name}'s; pregenerate again with --bert_model {model_name}"
+        )
+    if model.config.vocab_size < data_tokenizer["vocab_size"]:
+        raise UserError(
+            f"{directory}: token ids reach {data_tokenizer['vocab_size'] - 1} but {model_name} has "
+            f"{model.config.vocab_size} embeddings; pregenerate with this model's tokenizer"
+        )
+    if manifest["max_seq_len"] > usable_positions(model.config):
+        raise UserError(
+            f"{directory}: sequences of {manifest['max_seq_len']} tokens but {model_name} takes at most "
+            f"{usable_positions(model.config)}; pregenerate with a smaller --max_seq_len"
+        )
+
+
+def load_for_evaluation(model_name: str, manifest: dict[str, Any]) -> LoadedModel:
+    """A BERT as ``BertForPreTraining`` (NSP metrics on NSP data), any other model as ``AutoModelForMaskedLM``."""
+    is_bert = checkpoint_model_type(model_name) in (None, "bert")
+    return load_model_for_objective(model_name, manifest["objective"] if is_bert else "mlm")
+
+
+def _open_evaluation_set(directory: Path, manifest: dict[str, Any], epoch: int | None) -> EpochArrays:
+    if epoch is not None:
+        return open_epoch(directory, manifest, epoch)
+    holdout = open_holdout(directory)
+    if holdout is None:
+        raise UserError(
+            f"{directory}: has no held-out set; pregenerate with --holdout_fraction 0.05, "
+            "or evaluate a training epoch with --epoch 0"
+        )
+    return holdout
+
+
+def _evaluate_directory(config: EvaluateConfig, directory: Path, epoch: int | None) -> EvaluationResult:
+    manifest = read_manifest(directory, flag="--data")
+    evaluation_set = first_instances(_open_evaluation_set(directory, manifest, epoch), config.max_instances)
+    torch.manual_seed(EVALUATION_SEED)  # heads missing from the checkpoint start the same way every time
+    loaded = load_for_evaluation(config.model, manifest)
+    if loaded.fresh_heads:
+        logger.warning(
+            "the %s head(s) are untrained: their metrics measure a random start", "/".join(loaded.fresh_heads)
+        )
+    check_model_fits_data(loaded.model, config.model, manifest, directory, config.tokenizer)
+    device = choose_device(config.no_cuda)
+    model = loaded.model.to(device)
+    autocast_dtype = torch.bfloat16 if config.bf16 else None
+    names = corpus_names(manifest, 0) or None  # several corpora: results per corpus, by name
+    return evaluate_pretraining(
+        model, evaluation_set, config.batch_size, device, autocast_dtype, config.show_progress, names
+    )
+
+
+def _pregenerate_corpus(config: EvaluateConfig, output_dir: Path) -> None:
+    from bert_domain_ft.data.pregenerate import PregenerateConfig, pregenerate
+
+    assert config.corpus is not None
+    pregenerate(
+        PregenerateConfig(
+            train_corpus=config.corpus,
+            output_dir=output_dir,
+            bert_model=config.model,
+            tokenizer=config.tokenizer,
+            epochs_to_generate=1,
+            max_seq_len=config.max_seq_len,
+            seed=EVALUATION_SEED,
+            show_progress=config.show_progress,
+        )
+    )
+
+
+def evaluate_model(config: EvaluateConfig) -> EvaluationResult:
+    """Evaluate ``config.model`` as the config says; writes ``config.json_output`` when given."""
+    if config.data is not None:
+        result = _evaluate_directory(config, config.data, config.epoch)
+        source = {"data": str(config.data), "set": "holdout" if config.epoch is None else f"epoch {config.epoch}"}
+    else:
+        with tempfile.TemporaryDirectory(prefix="bert_domain_ft_evaluate_") as temporary:
+            _pregenerate_corpus(config, Path(temporary) / "pregenerated")
+            result = _evaluate_directory(config, Path(temporary) / "pregenerated", epoch=0)
+        source = {"corpus": str(config.corpus), "seed": EVALUATION_SEED, "max_seq_len": config.max_seq_len}
+    if config.json_output is not None:
+        write_json_atomic(config.json_output, {"model": config.model, **source, **result.to_json()})
+    return result
+
+
+GENERAL_HOLDOUT_DIRECTORY = "general_holdout"  # under the run's output_dir, when built from a corpus file
+GENERAL_SEED = 12345  # fixed, not the run's --seed: every run is measured on the same general instances
+# Settings copied from the domain data's generation record, so both sets are masked and packed alike.
+_COPIED_SETTINGS = ("short_seq_prob", "masked_lm_prob", "max_predictions_per_seq", "do_whole_word_mask")
+
+
+def general_holdout_directory(source: Path, output_dir: Path) -> Path:
+    """Where the general instances are read from: ``source`` itself when it is a directory, else the run's copy."""
+    return Path(source) if Path(source).is_dir() else Path(output_dir) / GENERAL_HOLDOUT_DIRECTORY
+
+
+def general_pregenerate_config(
+    corpus: Path, directory: Path, data_manifest: dict[str, Any], bert_model: str | None, tokenizer: str | None
+) -> PregenerateConfig:
+    """One epoch of ``corpus`` made like the domain data (objective, max_seq_len, masking), with a fixed seed."""
+    generation = data_manifest.get("generation") or {}
+    copied = {key: generation[key] for key in _COPIED_SETTINGS if key in generation}
+    return PregenerateConfig(
+        train_corpus=Path(corpus),
+        output_dir=directory,
+        bert_model=bert_model,
+        tokenizer=tokenizer,
+        objective=data_manifest["objective"],
+        no_cross_document=bool(generation.get("no_cross_document", False)) and data_manifest["objective"] == "mlm",
+        epochs_to_generate=1,
+        max_seq_len=int(data_manifest["max_seq_len"]),
+        seed=GENERAL_SEED,
+        show_progress=False,
+        **copied,
+    )
+
+
+def prepare_general_holdout(
+    source: Path,
+    output_dir: Path,
+    data_manifest: dict[str, Any],
+    bert_model: str | None,
+    tokenizer: Any,
+    tokenizer_name: str | None = None,
+) -> Path:
+    """The directory of the general instances; a corpus file is pregenerated there first unless an earlier
+    run left it with the same settings and corpus. Call it on the main process only (it writes)."""
+    source = Path(source)
+    directory = general_holdout_directory(source, output_dir)
+    if source.is_dir():
+        return directory
+    if not source.is_file():
+        raise UserError(f"{source}: no such file or directory; give --general_holdout a corpus file or a "
+                        "directory written by `bert-domain-ft pregenerate`")  # fmt: skip
+    config = general_pregenerate_config(source, directory, data_manifest, bert_model, tokenizer_name)
+    name = tokenizer_name or bert_model
+    assert name is not None  # the finetune config requires a model or a tokenizer
+    record = config.generation_record(describe_tokenizer(tokenizer, name).vocab_fingerprint)
+    if (directory / MANIFEST_NAME).is_file() and read_manifest(directory).get("generation") == record:
+        logger.info("general held-out set: %s, made by an earlier run with these settings", directory)
+        return directory
+    logger.info("general held-out set: pregenerating %s into %s", source, directory)
+    pregenerate(replace(config, overwrite=directory.exists()))
+    return directory
+
+
+def open_general_holdout(directory: Path, vocab_fingerprint: str, verify_checksum: bool = False) -> EpochArrays:
+    """The held-out set of a pregenerated ``directory``, else its first epoch; its vocabulary must be the run's."""
+    manifest = read_manifest(directory)
+    if manifest["tokenizer"]["vocab_fingerprint"] != vocab_fingerprint:
+        raise UserError(
+            f"{Path(directory) / MANIFEST_NAME}: --general_holdout was pregenerated with the vocabulary of "
+            f"{manifest['tokenizer']['name']}, not the run's; pregenerate it with the run's --bert_model, or give "
+            "the corpus file instead"
+        )
+    holdout = open_holdout(directory, verify_checksum=verify_checksum)
+    return holdout if holdout is not None else open_epoch(directory, manifest, 0, verify_checksum=verify_checksum)

@@ -1,0 +1,463 @@
+"""The probe's inner loop: fine-tune one sequence classifier with one seed, then score it on the test sentences.
+
+Deliberately small and fully determined by the seed, and the same for every model probed with that seed: each
+weight the checkpoint lacks (the classification layer; the pooler of a checkpoint without one) is drawn from its
+own generator seeded by (seed, parameter name) (``draw_new_weights``), so two encoders start from the same head
+whatever else their loading drew; dropout draws from ``torch.manual_seed(seed)`` set again once the model is
+built; and the order of the training sentences in epoch e is drawn from ``numpy.random.default_rng([seed, e])``
+(``epoch_batches``). Everything runs inside ``torch.random.fork_rng`` so the caller's random state is left exactly
+as it was.
+
+    encoded = encode_set(tokenizer, texts, label_ids, max_seq_len=64)
+    accuracy, macro_f1 = train_and_score(make_classifier, train, test, ClassifierRecipe(), seed=0, device=cpu)
+
+The downstream probe: does adaptation help a real task? Fine-tune a classifier from each model and compare.
+
+For every model (a base model, a finetune run, its checkpoints) and every seed, a sequence classifier
+(``AutoModelForSequenceClassification``: the encoder, its pooler and a new linear layer) is fine-tuned on the same
+labelled training sentences in the same order and scored on the test sentences; accuracy and macro-F1 are reported
+as mean ± standard deviation over the seeds. Same seeds, same data: the same numbers, run after run. Seed s gives
+every model the same classifier head, dropout stream and data order, so each model after the first is compared
+with the first seed by seed (``ProbeResult.paired_with``: mean difference and its 95% Student's t interval).
+
+    results = run_probe(ProbeConfig(models=["base", "run"], train=Path("train.csv"), test=Path("test.csv")))
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import statistics
+import zlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from bert_domain_ft.corpus.task_files import LabelledSet, class_names, read_probe_pair
+from bert_domain_ft.errors import UserError
+from bert_domain_ft.evaluation.probe_report import PairedDifference, paired_difference
+from bert_domain_ft.model.optimization import build_optimizer, build_scheduler, parameter_groups, warmup_steps_for
+
+BUCKET_BATCHES = 8  # batches per pool of similar-length sentences
+# ``make_classifier(num_labels, seed)`` returns a fresh sequence classifier whose new weights depend on the seed only.
+ClassifierFactory = Callable[[int, int], nn.Module]
+
+
+@dataclass(frozen=True)
+class ClassifierRecipe:
+    """How each classifier is trained (AdamW, linear warm-up then linear decay, as in BERT's fine-tuning)."""
+
+    epochs: int = 4  # passes over the training sentences
+    batch_size: int = 16  # sentences per optimizer step
+    learning_rate: float = 1e-4  # peak AdamW learning rate
+    weight_decay: float = 0.01  # decoupled, never on biases and LayerNorm weights
+    warmup_proportion: float = 0.1  # share of the steps with a linearly rising learning rate
+    max_grad_norm: float = 1.0  # clip the gradients' global L2 norm (0: off)
+    eval_batch_size: int = 64  # sentences per forward pass when predicting
+
+
+@dataclass(frozen=True)
+class EncodedSet:
+    """Token ids of each sentence (no padding; ``[CLS] … [SEP]``) and class indices (N,) int64."""
+
+    input_ids: tuple[tuple[int, ...], ...]
+    label_ids: np.ndarray
+    pad_token_id: int
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+def encode_set(tokenizer: object, texts: Sequence[str], label_ids: np.ndarray, max_seq_len: int) -> EncodedSet:
+    """Tokenize ``texts`` with ``tokenizer`` (a transformers tokenizer), cut to ``max_seq_len`` tokens."""
+    encoded = tokenizer(list(texts), truncation=True, max_length=max_seq_len)  # type: ignore[operator]
+    pad = tokenizer.pad_token_id  # type: ignore[attr-defined]
+    return EncodedSet(
+        input_ids=tuple(tuple(ids) for ids in encoded["input_ids"]),
+        label_ids=np.asarray(label_ids, dtype=np.int64),
+        pad_token_id=0 if pad is None else int(pad),
+    )
+
+
+def collate(encoded: EncodedSet, rows: np.ndarray, device: torch.device) -> dict[str, torch.Tensor]:
+    """A batch padded to its longest sentence: input_ids and attention_mask (B, L), labels (B,)."""
+    longest = max(len(encoded.input_ids[row]) for row in rows)
+    input_ids = np.full((len(rows), longest), encoded.pad_token_id, dtype=np.int64)
+    attention_mask = np.zeros((len(rows), longest), dtype=np.int64)
+    for slot, row in enumerate(rows):
+        ids = encoded.input_ids[row]
+        input_ids[slot, : len(ids)] = ids
+        attention_mask[slot, : len(ids)] = 1
+    return {
+        "input_ids": torch.from_numpy(input_ids).to(device),
+        "attention_mask": torch.from_numpy(attention_mask).to(device),
+        "labels": torch.from_numpy(encoded.label_ids[rows]).to(device),
+    }
+
+
+def accuracy_score(gold: np.ndarray, predicted: np.ndarray) -> float:
+    """Fraction (0..1) of predictions equal to the gold class."""
+    return float(np.mean(gold == predicted)) if gold.size else 0.0
+
+
+def macro_f1_score(gold: np.ndarray, predicted: np.ndarray, num_classes: int) -> float:
+    """Unweighted mean over the ``num_classes`` classes of F1 = 2·TP / (2·TP + FP + FN); 0 for a class never
+    predicted nor present."""
+    scores = []
+    for label in range(num_classes):
+        true_positive = int(np.sum((predicted == label) & (gold == label)))
+        false_positive = int(np.sum((predicted == label) & (gold != label)))
+        false_negative = int(np.sum((predicted != label) & (gold == label)))
+        denominator = 2 * true_positive + false_positive + false_negative
+        scores.append(2 * true_positive / denominator if denominator else 0.0)
+    return float(np.mean(scores))
+
+
+def draw_new_weights(model: nn.Module, parameter_names: Iterable[str], seed: int, std: float) -> None:
+    """Re-draw the named parameters (those a checkpoint lacked) in place, as BERT initialises them: matrices
+    ~ N(0, ``std``), LayerNorm weights 1, other vectors (biases) 0. Each matrix has its own generator, seeded by
+    (``seed``, its name): the same new head for every model, however many numbers loading the rest consumed."""
+    with torch.no_grad():
+        for name in sorted(parameter_names):
+            parameter = model.get_parameter(name)
+            if parameter.dim() >= 2:
+                state = np.random.SeedSequence([seed, zlib.crc32(name.encode())]).generate_state(2, np.uint32)
+                generator = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * std)
+            elif name.endswith("weight") and isinstance(model.get_submodule(name.rpartition(".")[0]), nn.LayerNorm):
+                parameter.fill_(1.0)
+            else:
+                parameter.zero_()
+
+
+def epoch_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Row indices of each batch of one epoch: a random order, cut into pools of ``BUCKET_BATCHES`` batches that
+    are sorted by length (less padding: ~1.5× faster on sentences), then the batches themselves shuffled."""
+    order = rng.permutation(len(lengths))
+    pool_size = batch_size * BUCKET_BATCHES
+    batches = []
+    for start in range(0, len(order), pool_size):
+        pool = order[start : start + pool_size]
+        pool = pool[np.argsort(lengths[pool], kind="stable")]
+        batches += [pool[offset : offset + batch_size] for offset in range(0, len(pool), batch_size)]
+    return [batches[index] for index in rng.permutation(len(batches))]
+
+
+def _train(
+    model: nn.Module, train: EncodedSet, recipe: ClassifierRecipe, seed: int, device: torch.device, progress: tqdm
+) -> None:
+    steps_per_epoch = math.ceil(len(train) / recipe.batch_size)
+    total_steps = steps_per_epoch * recipe.epochs
+    groups = parameter_groups(model, recipe.learning_rate, recipe.weight_decay)
+    optimizer = build_optimizer(groups, recipe.learning_rate, 1e-8, device)
+    scheduler = build_scheduler(optimizer, total_steps, warmup_steps_for(total_steps, recipe.warmup_proportion))
+    lengths = np.asarray([len(ids) for ids in train.input_ids])
+    model.train()
+    for epoch in range(recipe.epochs):
+        for rows in epoch_batches(lengths, recipe.batch_size, np.random.default_rng([seed, epoch])):
+            batch = collate(train, rows, device)
+            loss = model(**batch).loss
+            loss.backward()
+            if recipe.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            progress.update(1)
+
+
+def predict(model: nn.Module, encoded: EncodedSet, batch_size: int, device: torch.device) -> np.ndarray:
+    """Predicted class index (N,) of every sentence, in eval mode (no dropout)."""
+    model.eval()
+    predictions = []
+    with torch.inference_mode():
+        for start in range(0, len(encoded), batch_size):
+            batch = collate(encoded, np.arange(start, min(start + batch_size, len(encoded))), device)
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            predictions.append(logits.argmax(dim=-1).cpu().numpy())
+    return np.concatenate(predictions) if predictions else np.zeros(0, dtype=np.int64)
+
+
+def steps_per_run(num_train: int, recipe: ClassifierRecipe) -> int:
+    """Optimizer steps of one classifier's training."""
+    return math.ceil(num_train / recipe.batch_size) * recipe.epochs
+
+
+def train_and_score(
+    make_classifier: ClassifierFactory,
+    train: EncodedSet,
+    test: EncodedSet,
+    num_classes: int,
+    recipe: ClassifierRecipe,
+    seed: int,
+    device: torch.device,
+    progress: tqdm | None = None,
+) -> tuple[float, float]:
+    """(accuracy, macro-F1) on ``test`` of a classifier trained on ``train`` with ``seed``; caller's RNG untouched."""
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        model = make_classifier(num_classes, seed).to(device)
+        torch.manual_seed(seed)  # dropout's stream: the same for every model, whatever loading it drew
+        bar = progress if progress is not None else tqdm(disable=True)
+        _train(model, train, recipe, seed, device, bar)
+        predicted = predict(model, test, recipe.eval_batch_size, device)
+    return accuracy_score(test.label_ids, predicted), macro_f1_score(test.label_ids, predicted, num_classes)
+
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ProbeConfig:
+    """Everything ``run_probe`` needs; ``__post_init__`` rejects impossible values."""
+
+    models: list[str]
+    """Model directories (or hub ids) to compare, in display order; the first is the reference (e.g. the base)."""
+    train: Path
+    """Labelled training sentences: CSV with a header row, or JSON lines."""
+    test: Path
+    """Labelled test sentences, same format and exactly the same classes; ideally from other documents."""
+    text_column: str = "text"
+    """Column (CSV) or key (JSON lines) holding the sentence."""
+    label_column: str = "label"
+    """Column or key holding the class name."""
+    seeds: int = 5
+    """Classifiers trained per model, with seeds seed, seed+1, …; the spread over them is the ± in the table and
+    the paired 95% interval against the first model needs at least 2 (5 tells a few points apart on ~100 tests)."""
+    seed: int = 0
+    """First seed."""
+    epochs: int = 4
+    """Passes over the training sentences per classifier."""
+    batch_size: int = 16
+    """Training sentences per optimizer step."""
+    learning_rate: float = 1e-4
+    """Peak AdamW learning rate of the classifier (whole model), with 10% linear warm-up then linear decay."""
+    max_seq_len: int = 64
+    """Tokens per sentence, [CLS] and [SEP] included; longer sentences are cut."""
+    tokenizer: str | None = None
+    """Tokenizer for every model; None uses each model's own (finetune saves it next to the model)."""
+    json_output: Path | None = None
+    """Also write the results as a JSON list (one object per model) to this file."""
+    plot_output: Path | None = None
+    """Also draw a bar chart with error bars into this PNG (needs matplotlib)."""
+    no_cuda: bool = False
+    """Stay on the CPU even when a GPU is available."""
+    show_progress: bool = True
+    """tqdm progress bars."""
+
+    def __post_init__(self) -> None:
+        self.models = [str(model) for model in self.models]
+        self.train, self.test = Path(self.train), Path(self.test)
+        self.json_output = Path(self.json_output) if self.json_output is not None else None
+        self.plot_output = Path(self.plot_output) if self.plot_output is not None else None
+        if not self.models:
+            raise ValueError("give at least one model to probe with --models (e.g. the base model and your run)")
+        if len(set(self.models)) != len(self.models):
+            raise ValueError("--models lists a model twice; give each model once")
+        for name in ("seeds", "epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"--learning_rate must be positive, got {self.learning_rate}")
+        if not 8 <= self.max_seq_len <= 65535:
+            raise ValueError("--max_seq_len must be between 8 and 65535 (sentences rarely need more than 128)")
+        if not self.text_column or not self.label_column or self.text_column == self.label_column:
+            raise ValueError("--text_column and --label_column must name two different columns")
+
+    @property
+    def seed_list(self) -> list[int]:
+        return [self.seed + offset for offset in range(self.seeds)]
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """Test scores of the classifiers fine-tuned from one model, one entry per seed (fractions 0..1)."""
+
+    model: str
+    seeds: tuple[int, ...]
+    accuracies: tuple[float, ...]
+    macro_f1s: tuple[float, ...]
+    name: str = field(default="", compare=False)  # label for tables and charts; the model itself when empty
+
+    @property
+    def label(self) -> str:
+        return self.name or self.model
+
+    @property
+    def accuracy_mean(self) -> float:
+        return statistics.fmean(self.accuracies)
+
+    @property
+    def accuracy_std(self) -> float:
+        return _sample_std(self.accuracies)
+
+    @property
+    def macro_f1_mean(self) -> float:
+        return statistics.fmean(self.macro_f1s)
+
+    @property
+    def macro_f1_std(self) -> float:
+        return _sample_std(self.macro_f1s)
+
+    def paired_with(self, reference: ProbeResult, metric: str = "accuracy") -> PairedDifference:
+        """This model minus ``reference`` seed by seed (``metric``: "accuracy" or "macro_f1"), with its interval."""
+        if self.seeds != reference.seeds:
+            raise ValueError(f"{self.label} and {reference.label} were probed with different seeds: not paired")
+        scores = {
+            "accuracy": (self.accuracies, reference.accuracies),
+            "macro_f1": (self.macro_f1s, reference.macro_f1s),
+        }
+        return paired_difference(*scores[metric])
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "accuracy_mean": self.accuracy_mean,
+            "accuracy_std": self.accuracy_std,
+            "macro_f1_mean": self.macro_f1_mean,
+            "macro_f1_std": self.macro_f1_std,
+            "seeds": list(self.seeds),
+            "accuracy_per_seed": list(self.accuracies),
+            "macro_f1_per_seed": list(self.macro_f1s),
+        }
+
+
+def _sample_std(values: Sequence[float]) -> float:
+    """Sample standard deviation (n − 1 in the denominator); 0 for a single seed."""
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _load_tokenizer(name: str) -> Any:
+    from transformers import AutoTokenizer
+
+    from bert_domain_ft.model.pretraining import quiet_transformers
+
+    try:
+        with quiet_transformers():
+            return AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError, TypeError) as error:
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise UserError(
+            f"{name}: cannot load a tokenizer ({first_line}); give a model directory with tokenizer files "
+            "or name one with --tokenizer"
+        ) from None
+
+
+def classifier_from_pretrained(model: str) -> ClassifierFactory:
+    """A ``ClassifierFactory`` loading ``model``; the weights it lacks (the classification layer, a missing
+    pooler) are drawn from the seed alone, so every model probed with a seed starts from the same head."""
+
+    def make(num_labels: int, seed: int) -> Any:
+        from transformers import AutoModelForSequenceClassification
+
+        from bert_domain_ft.model.pretraining import quiet_transformers
+
+        try:
+            with quiet_transformers():
+                classifier, loading = AutoModelForSequenceClassification.from_pretrained(
+                    model, num_labels=num_labels, output_loading_info=True
+                )
+        except (OSError, ValueError) as error:
+            first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise UserError(f"{model}: cannot load the model ({first_line}); give a model directory") from None
+        std = float(getattr(classifier.config, "initializer_range", 0.02))
+        draw_new_weights(classifier, loading.get("missing_keys", ()), seed, std)
+        return classifier
+
+    return make
+
+
+class Prober:
+    """The labelled data read and checked once, then ``probe(model)`` for as many models as needed."""
+
+    def __init__(self, config: ProbeConfig):
+
+        self.config = config
+        self.train, self.test = read_probe_pair(config.train, config.test, config.text_column, config.label_column)
+        self.classes = class_names(self.train, self.test)
+        self.recipe = ClassifierRecipe(
+            epochs=config.epochs, batch_size=config.batch_size, learning_rate=config.learning_rate
+        )
+        self._encoded: dict[str, tuple[EncodedSet, EncodedSet]] = {}  # tokenizer name → (train, test) token ids
+
+    def describe(self) -> str:
+        return (
+            f"{len(self.classes)} classes, {len(self.train)} training / {len(self.test)} test sentences, "
+            f"{self.config.seeds} seed(s) × {self.config.epochs} epoch(s)"
+        )
+
+    def _label_ids(self, labelled: LabelledSet) -> np.ndarray:
+        index = {name: position for position, name in enumerate(self.classes)}
+        return np.asarray([index[label] for label in labelled.labels], dtype=np.int64)
+
+    def _encoded_sets(self, tokenizer_name: str) -> tuple[EncodedSet, EncodedSet]:
+
+        if tokenizer_name not in self._encoded:
+            tokenizer = _load_tokenizer(tokenizer_name)
+            length = self.config.max_seq_len
+            self._encoded[tokenizer_name] = (
+                encode_set(tokenizer, self.train.texts, self._label_ids(self.train), length),
+                encode_set(tokenizer, self.test.texts, self._label_ids(self.test), length),
+            )
+        return self._encoded[tokenizer_name]
+
+    def probe(self, model: str, name: str = "", make_classifier: ClassifierFactory | None = None) -> ProbeResult:
+        """Fine-tune and score one classifier per seed from ``model`` (or ``make_classifier(num_labels, seed)``)."""
+        import torch
+        from tqdm.auto import tqdm
+
+        train, test = self._encoded_sets(self.config.tokenizer or model)
+        factory = make_classifier or classifier_from_pretrained(model)
+        device = torch.device("cuda" if torch.cuda.is_available() and not self.config.no_cuda else "cpu")
+        seeds = self.config.seed_list
+        accuracies, macro_f1s = [], []
+        total = steps_per_run(len(train), self.recipe) * len(seeds)
+        with tqdm(
+            total=total, desc=f"probe {name or model}", unit="step", disable=not self.config.show_progress
+        ) as bar:
+            for seed in seeds:
+                accuracy, macro_f1 = train_and_score(
+                    factory, train, test, len(self.classes), self.recipe, seed, device, bar
+                )
+                accuracies.append(accuracy)
+                macro_f1s.append(macro_f1)
+        result = ProbeResult(model, tuple(seeds), tuple(accuracies), tuple(macro_f1s), name=name)
+        logger.info(
+            "probe %s: accuracy %.2f%% ± %.2f, macro-F1 %.2f%% ± %.2f over %d seed(s)",
+            result.label,
+            100 * result.accuracy_mean,
+            100 * result.accuracy_std,
+            100 * result.macro_f1_mean,
+            100 * result.macro_f1_std,
+            len(seeds),
+        )
+        return result
+
+
+def run_probe(config: ProbeConfig, names: Sequence[str] | None = None) -> list[ProbeResult]:
+    """Probe every model of ``config`` (``names`` label them in tables); writes the JSON and PNG it asks for."""
+    from bert_domain_ft.evaluation.probe_report import require_matplotlib, write_probe_json, write_probe_plot
+    from bert_domain_ft.model.loading import check_model_files
+
+    if names is not None and len(names) != len(config.models):
+        raise ValueError(f"{len(names)} names for {len(config.models)} models; give one name per model")
+    if config.plot_output is not None:
+        require_matplotlib()  # fail before the minutes of training, not after
+    for model in config.models:  # a damaged model is one line now, not a traceback after the others' training
+        check_model_files(model)
+    prober = Prober(config)
+    logger.info("probe: %s", prober.describe())
+    labels = list(names) if names is not None else [""] * len(config.models)
+    results = [prober.probe(model, name=label) for model, label in zip(config.models, labels)]
+    if config.json_output is not None:
+        write_probe_json(config.json_output, results)
+    if config.plot_output is not None:
+        write_probe_plot(config.plot_output, results, prober.describe())
+    return results

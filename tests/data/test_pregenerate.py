@@ -1,0 +1,300 @@
+"""Pregeneration end to end: the format, determinism across workers and memory modes, errors, the classic CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bert_domain_ft.cli.pregenerate import classic_main
+from bert_domain_ft.data.document_store import build_document_store
+from bert_domain_ft.data.epoch_format import open_epoch, read_manifest
+from bert_domain_ft.data.pregenerate import PregenerateConfig, pregenerate
+from bert_domain_ft.errors import UserError
+from bert_domain_ft.model.tokenizer import describe_tokenizer, load_tokenizer
+
+EPOCH_FILES = (
+    "input_ids",
+    "lengths",
+    "segment_a_lengths",
+    "masked_positions",
+    "masked_labels",
+    "num_masked",
+    "is_random_next",
+)
+
+
+def run(corpus: Path, tokenizer: Path, output: Path, **options) -> dict:
+    settings = {"epochs_to_generate": 2, "max_seq_len": 64, "show_progress": False, **options}
+    return pregenerate(PregenerateConfig(train_corpus=corpus, output_dir=output, bert_model=str(tokenizer), **settings))
+
+
+def epoch_bytes(output: Path, epoch: int) -> dict[str, bytes]:
+    directory = output / f"epoch_{epoch:03d}"
+    return {name: (directory / f"{name}.npy").read_bytes() for name in EPOCH_FILES}
+
+
+@pytest.fixture(scope="module")
+def generated(tiny_corpus: Path, tiny_tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    output = tmp_path_factory.mktemp("pregenerated")
+    run(tiny_corpus, tiny_tokenizer_dir, output, epochs_to_generate=3)
+    return output
+
+
+def unmasked_rows(epoch) -> np.ndarray:
+    rows = np.array(epoch.input_ids)
+    for i in range(epoch.num_instances):
+        count = epoch.num_masked[i]
+        rows[i, epoch.masked_positions[i, :count]] = epoch.masked_labels[i, :count]
+    return rows
+
+
+def test_manifest_describes_epochs_and_arrays_open_as_memmaps(generated: Path) -> None:
+    manifest = read_manifest(generated)
+    assert manifest["objective"] == "nsp" and manifest["max_seq_len"] == 64 and len(manifest["epochs"]) == 3
+    epoch = open_epoch(generated, manifest, 2, verify_checksum=True)
+    assert isinstance(epoch.input_ids, np.memmap) and epoch.input_ids.dtype == np.uint16
+    assert epoch.input_ids.shape == (manifest["epochs"][2]["num_instances"], 64)
+    assert epoch.masked_positions.shape[1] == manifest["max_predictions_per_seq"]
+
+
+def test_instances_fit_and_have_the_bert_layout(generated: Path, tiny_tokenizer_dir: Path) -> None:
+    facts = describe_tokenizer(load_tokenizer(str(tiny_tokenizer_dir)), "tiny")
+    manifest = read_manifest(generated)
+    epoch = open_epoch(generated, manifest, 0)
+    rows = unmasked_rows(epoch)
+    index = np.arange(epoch.num_instances)
+    assert np.all(epoch.lengths <= 64)
+    assert np.all(rows[:, 0] == facts.cls_token_id)
+    assert np.all(rows[index, epoch.segment_a_lengths - 1] == facts.sep_token_id)
+    assert np.all(rows[index, epoch.lengths - 1] == facts.sep_token_id)
+    assert np.all(rows[np.arange(64)[None, :] >= epoch.lengths[:, None]] == facts.pad_token_id)
+    # Exactly three special tokens per instance: packing never glues in stray [CLS]/[SEP].
+    special = np.isin(rows, facts.special_token_ids) & (rows != facts.pad_token_id)
+    assert np.all(special.sum(axis=1) == 3)
+
+
+def test_pairs_reconstruct_from_the_document_store(
+    generated: Path, tiny_corpus: Path, tiny_tokenizer_dir: Path
+) -> None:
+    tokenizer = load_tokenizer(str(tiny_tokenizer_dir))
+    store = build_document_store(tiny_corpus, tokenizer, describe_tokenizer(tokenizer, "tiny"), show_progress=False)
+    documents = [store.document_tokens(d).tobytes() for d in range(store.num_documents)]
+
+    def documents_containing(segment: np.ndarray) -> set[int]:
+        needle = segment.astype(np.uint16).tobytes()
+        return {d for d, text in enumerate(documents) if _aligned_find(text, needle)}
+
+    epoch = open_epoch(generated, read_manifest(generated), 1)
+    rows = unmasked_rows(epoch)
+    for i in range(epoch.num_instances):
+        a = rows[i, 1 : epoch.segment_a_lengths[i] - 1]
+        b = rows[i, epoch.segment_a_lengths[i] : epoch.lengths[i] - 1]
+        docs_a, docs_b = documents_containing(a), documents_containing(b)
+        assert docs_a and docs_b, f"instance {i}: A or B is not a contiguous run of one document"
+        if epoch.is_random_next[i]:
+            assert docs_b - docs_a or docs_a - docs_b, f"instance {i}: random B must come from another document"
+        else:
+            assert docs_a & docs_b, f"instance {i}: 'is next' B must come from A's document"
+
+
+def _aligned_find(haystack: bytes, needle: bytes) -> bool:
+    start = haystack.find(needle)
+    while start != -1:
+        if start % 2 == 0:
+            return True
+        start = haystack.find(needle, start + 1)
+    return False
+
+
+def test_statistics_are_sane_and_recorded(generated: Path) -> None:
+    for record in read_manifest(generated)["epochs"]:
+        statistics = record["statistics"]
+        assert 0.4 < statistics["random_next_fraction"] < 0.7
+        assert statistics["packing_fill"] > 0.7
+        assert 3 < statistics["mean_masked_per_instance"] <= 20
+
+
+def test_each_epoch_draws_differently(generated: Path) -> None:
+    assert epoch_bytes(generated, 0)["input_ids"] != epoch_bytes(generated, 1)["input_ids"]
+
+
+def test_same_seed_gives_identical_bytes_across_workers_and_memory_modes(
+    tiny_corpus: Path, tiny_tokenizer_dir: Path, tmp_path: Path
+) -> None:
+    run(tiny_corpus, tiny_tokenizer_dir, tmp_path / "one", seed=7)
+    run(tiny_corpus, tiny_tokenizer_dir, tmp_path / "two", seed=7, num_workers=2, reduce_memory=True)
+    run(tiny_corpus, tiny_tokenizer_dir, tmp_path / "other", seed=8)
+    for epoch in (0, 1):
+        assert epoch_bytes(tmp_path / "one", epoch) == epoch_bytes(tmp_path / "two", epoch)
+        assert epoch_bytes(tmp_path / "one", epoch) != epoch_bytes(tmp_path / "other", epoch)
+    assert not (tmp_path / "two" / "document_store.partial").exists(), "the on-disk store is cleaned up"
+
+
+def test_many_shards_give_the_same_bytes_with_two_workers(
+    tiny_corpus: Path, tiny_tokenizer_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bert_domain_ft.data import epoch_writer
+
+    monkeypatch.setattr(epoch_writer, "TOKENS_PER_SHARD", 500)  # ~20 shards per epoch
+    run(tiny_corpus, tiny_tokenizer_dir, tmp_path / "one")
+    run(tiny_corpus, tiny_tokenizer_dir, tmp_path / "two", num_workers=2)
+    assert epoch_bytes(tmp_path / "one", 1) == epoch_bytes(tmp_path / "two", 1)
+
+
+def test_whole_word_masking_keeps_words_whole(tiny_corpus: Path, tiny_tokenizer_dir: Path, tmp_path: Path) -> None:
+    tokenizer = load_tokenizer(str(tiny_tokenizer_dir))
+    continuation = {i for token, i in tokenizer.get_vocab().items() if token.startswith("##")}
+    run(tiny_corpus, tiny_tokenizer_dir, tmp_path, do_whole_word_mask=True, epochs_to_generate=1)
+    epoch = open_epoch(tmp_path, read_manifest(tmp_path), 0)
+    rows = unmasked_rows(epoch)
+    split_words = 0
+    for i in range(epoch.num_instances):
+        chosen = set(epoch.masked_positions[i, : epoch.num_masked[i]].tolist())
+        for position in range(2, epoch.lengths[i] - 1):
+            if rows[i, position] in continuation and position - 1 != epoch.segment_a_lengths[i] - 1:
+                split_words += (position in chosen) != (position - 1 in chosen)
+    assert split_words == 0
+
+
+def test_classic_flags_of_the_original_script_work(tiny_corpus: Path, tiny_tokenizer_dir: Path, tmp_path: Path) -> None:
+    status = classic_main(
+        [
+            "--train_corpus", str(tiny_corpus), "--output_dir", str(tmp_path / "out"),
+            "--bert_model", str(tiny_tokenizer_dir), "--do_lower_case", "--do_whole_word_mask", "--reduce_memory",
+            "--num_workers", "2", "--epochs_to_generate", "2", "--max_seq_len", "32", "--short_seq_prob", "0.2",
+            "--masked_lm_prob", "0.2", "--max_predictions_per_seq", "6", "--seed", "3", "--no_progress",
+        ]
+    )  # fmt: skip
+    assert status == 0
+    manifest = read_manifest(tmp_path / "out")
+    assert manifest["max_seq_len"] == 32 and manifest["generation"]["masked_lm_prob"] == 0.2
+    assert len(manifest["epochs"]) == 2
+
+
+# Bad input: one clear message naming the file (and line), exit status 2 from the command line.
+
+
+def write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        (b"", "corpus is empty"),
+        (b"Only one document.\nWith two sentences.\n", "only one document"),
+        (b"\n\n  \n", "no document"),
+        (b"First document.\n\nSecond \xff document.\n", "corpus.txt:3: byte 8 of this line is not valid UTF-8"),
+    ],
+)
+def test_bad_corpora_get_one_line_errors(
+    content: bytes, expected: str, tiny_tokenizer_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    corpus = write(tmp_path / "corpus.txt", content)
+    status = classic_main(
+        ["--train_corpus", str(corpus), "--output_dir", str(tmp_path / "out"), "--bert_model", str(tiny_tokenizer_dir)]
+    )
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert status == 2 and expected in message and str(tmp_path) in message
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_missing_corpus_is_named(tiny_tokenizer_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="missing.txt: corpus file not found"):
+        run(tmp_path / "missing.txt", tiny_tokenizer_dir, tmp_path / "out")
+    assert not (tmp_path / "out").exists(), "nothing is created before the input is known to be good"
+
+
+def test_crlf_and_blank_runs_are_one_document_break(tiny_tokenizer_dir: Path, tmp_path: Path) -> None:
+    corpus = write(tmp_path / "c.txt", b"\xef\xbb\xbfThe kernel.\r\nThe page.\r\n\r\n\r\n \r\nA lock.\r\nA file.\r\n")
+    manifest = run(corpus, tiny_tokenizer_dir, tmp_path / "out", epochs_to_generate=1)
+    assert manifest["corpus"]["documents"] == 2 and manifest["corpus"]["sentences"] == 4
+
+
+def test_an_output_directory_holding_data_is_refused_without_overwrite(
+    tiny_corpus: Path, tiny_tokenizer_dir: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "keep.txt").write_text("user data")
+    with pytest.raises(UserError, match="already holds data; pass --overwrite"):
+        run(tiny_corpus, tiny_tokenizer_dir, tmp_path)
+    run(tiny_corpus, tiny_tokenizer_dir, tmp_path, overwrite=True, epochs_to_generate=1)
+    assert (tmp_path / "keep.txt").read_text() == "user data"
+
+
+def test_overwrite_replaces_a_finished_run_completely(
+    tiny_corpus: Path, tiny_tokenizer_dir: Path, tmp_path: Path
+) -> None:
+    run(tiny_corpus, tiny_tokenizer_dir, tmp_path / "out", epochs_to_generate=3, seed=1)
+    run(tiny_corpus, tiny_tokenizer_dir, tmp_path / "out", epochs_to_generate=2, seed=2, overwrite=True)
+    run(tiny_corpus, tiny_tokenizer_dir, tmp_path / "fresh", epochs_to_generate=2, seed=2)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+        p.name for p in (tmp_path / "fresh").iterdir()
+    )
+    for epoch in (0, 1):
+        assert epoch_bytes(tmp_path / "out", epoch) == epoch_bytes(tmp_path / "fresh", epoch)
+    assert read_manifest(tmp_path / "out")["generation"]["seed"] == 2
+    assert not (tmp_path / "out.partial").exists()
+
+
+def test_lower_case_flag_must_agree_with_the_tokenizer(
+    tiny_corpus: Path, tiny_tokenizer_dir: Path, tmp_path: Path
+) -> None:
+    cased = tmp_path / "cased"
+    shutil.copytree(tiny_tokenizer_dir, cased)
+    serialized = json.loads((cased / "tokenizer.json").read_text())
+    serialized["normalizer"]["lowercase"] = False
+    (cased / "tokenizer.json").write_text(json.dumps(serialized))
+    with pytest.raises(UserError, match="--do_lower_case was given but this tokenizer keeps case"):
+        run(tiny_corpus, cased, tmp_path / "out", do_lower_case=True)
+
+
+def test_whole_word_masking_is_refused_for_a_tokenizer_without_wordpiece(tiny_corpus: Path, tmp_path: Path) -> None:
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    specials = ["<pad>", "<unk>", "<s>", "</s>", "<mask>"]
+    tokenizer.train([str(tiny_corpus)], trainers.BpeTrainer(vocab_size=300, special_tokens=specials))
+    directory = tmp_path / "bpe"
+    directory.mkdir()
+    tokenizer.save(str(directory / "tokenizer.json"))
+    with pytest.raises(UserError, match="--do_whole_word_mask needs a WordPiece tokenizer"):
+        run(tiny_corpus, directory, tmp_path / "out", do_whole_word_mask=True)
+    run(tiny_corpus, directory, tmp_path / "ok", epochs_to_generate=1)  # the same tokenizer works without it
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"num_workers": 0}, "--num_workers must be at least 1"),
+        ({"max_seq_len": 4}, "--max_seq_len must be between 8"),
+        ({"masked_lm_prob": 0.0}, "--masked_lm_prob must be between 0 and 1"),
+        ({"overwrite": True, "resume": True}, "contradict"),
+    ],
+)
+def test_invalid_settings_are_refused_up_front(options: dict, message: str, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=message):
+        PregenerateConfig(train_corpus=tmp_path / "c.txt", output_dir=tmp_path / "o", bert_model="m", **options)
+
+
+def test_max_seq_len_above_the_model_positions_is_refused(
+    tiny_corpus: Path, tiny_bert_dir: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(UserError, match="the model has 128 positions but --max_seq_len is 256"):
+        run(tiny_corpus, tiny_bert_dir, tmp_path / "out", max_seq_len=256)
+
+
+def test_the_data_stages_do_not_import_torch() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, bert_domain_ft.data.pregenerate, bert_domain_ft.corpus.prepare, bert_domain_ft.corpus.check; "
+        "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'torch imported'"
+    )
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0

@@ -1,0 +1,145 @@
+"""Fresh heads are warmed up, not trusted: the frozen phase moves the heads only, is skipped when it is not needed,
+costs no backward pass through the encoder, and composes with metrics and resume."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from training_helpers import assert_identical_weights, load_weights, make_pregenerated, read_metrics
+from training_helpers import quick_config as base_config
+
+from bert_domain_ft.model.pretraining import head_parameters, load_pretraining_model
+from bert_domain_ft.training import recipe
+from bert_domain_ft.training.loop import (
+    AUTO_FRACTION,
+    AUTO_MAX_STEPS,
+    AUTO_MIN_STEPS,
+    HeadWarmupObjective,
+    auto_warmup_steps,
+    plan_head_warmup,
+    warmup_learning_rate,
+)
+from bert_domain_ft.training.recipe import finetune
+
+ENCODER_PREFIXES = ("bert.embeddings.", "bert.encoder.")  # everything that is neither a head nor the pooler
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory, tiny_corpus: Path, tiny_bert_dir: Path) -> Path:
+    directory = tmp_path_factory.mktemp("data") / "pregenerated"
+    return make_pregenerated(tiny_corpus, tiny_bert_dir, directory, epochs=1, holdout_fraction=0.1)
+
+
+def quick_config(data: Path, model: Path, output: Path, **overrides: Any) -> Any:
+    # These tests follow both fresh heads through the warm-up: NSP asked for explicitly, since "auto" trains an
+    # encoder without a trained NSP head on masked LM only (tests/test_objective_defaults.py).
+    return base_config(data, model, output, **{"do_eval": False, "objective": "nsp", **overrides})
+
+
+def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+
+
+@pytest.fixture()
+def warmup_only(monkeypatch: pytest.MonkeyPatch) -> dict[str, dict[str, torch.Tensor]]:
+    """Run finetune up to the end of the head warm-up only: weights right before and right after it."""
+    captured: dict[str, dict[str, torch.Tensor]] = {}
+    original = recipe.warm_up_fresh_heads
+
+    def wrapped(setup: Any, *arguments: Any) -> Any:
+        captured["before"] = snapshot(setup.model)
+        plan = original(setup, *arguments)
+        captured["after"] = snapshot(setup.model)
+        return plan
+
+    monkeypatch.setattr(recipe, "warm_up_fresh_heads", wrapped)
+    monkeypatch.setattr(recipe.TrainingLoop, "run", lambda self, start: start)  # stop before the main phase
+    return captured
+
+
+def test_the_frozen_phase_leaves_the_encoder_bit_identical_and_trains_the_heads(
+    warmup_only, data_dir: Path, tiny_encoder_dir: Path, tmp_path: Path
+) -> None:
+    finetune(quick_config(data_dir, tiny_encoder_dir, tmp_path / "run", head_warmup_steps=4))
+    before, after = warmup_only["before"], warmup_only["after"]
+    encoder = [name for name in before if name.startswith(ENCODER_PREFIXES)]
+    assert encoder and all(torch.equal(before[name], after[name]) for name in encoder)
+    heads = [name for name in before if name.startswith(("cls.", "bert.pooler."))]
+    changed = [name for name in heads if not torch.equal(before[name], after[name])]
+    assert "cls.predictions.transform.dense.weight" in changed and "cls.seq_relationship.weight" in changed
+    assert "bert.embeddings.word_embeddings.weight" in encoder  # the decoder's tied matrix stayed frozen too
+
+
+def test_a_checkpoint_with_heads_skips_the_warm_up(
+    warmup_only, data_dir: Path, tiny_bert_dir: Path, tmp_path: Path, caplog
+) -> None:
+    with caplog.at_level(logging.INFO, logger="bert_domain_ft.training.loop"):
+        finetune(quick_config(data_dir, tiny_bert_dir, tmp_path / "run"))
+    assert all(torch.equal(warmup_only["before"][k], warmup_only["after"][k]) for k in warmup_only["before"])
+    assert "no head warm-up: no pretraining head starts fresh on a trained encoder" in caplog.text
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()  # nothing was logged: no warm-up records
+
+
+def test_the_encoder_gets_no_gradient_even_when_its_parameters_require_one(tiny_encoder_dir: Path) -> None:
+    torch.manual_seed(0)
+    model = load_pretraining_model(str(tiny_encoder_dir)).model
+    batch = {
+        "input_ids": torch.randint(5, 100, (2, 12)),
+        "attention_mask": torch.ones(2, 12, dtype=torch.long),
+        "token_type_ids": torch.zeros(2, 12, dtype=torch.long),
+        "masked_lm_positions": torch.tensor([[1, 3], [2, 4]]),
+        "masked_lm_labels": torch.tensor([[7, 8], [9, -100]]),
+        "next_sentence_label": torch.tensor([0, 1]),
+    }
+    HeadWarmupObjective(model, with_nsp=True)(batch).loss.backward()
+    # The word-embedding matrix is also the MLM decoder's (tied): the warm-up freezes it; here it requires grad.
+    tied = "bert.embeddings.word_embeddings.weight"
+    encoder = [p for name, p in model.named_parameters() if name.startswith(ENCODER_PREFIXES) and name != tied]
+    assert all(parameter.grad is None for parameter in encoder)  # no graph through the encoder at all
+    assert all(parameter.grad is not None for parameter in head_parameters(model, ("mlm", "nsp")))
+
+
+def test_the_automatic_length_is_the_documented_fraction_clamped() -> None:
+    assert auto_warmup_steps(10) == AUTO_MIN_STEPS
+    assert auto_warmup_steps(3000) == round(AUTO_FRACTION * 3000)
+    assert auto_warmup_steps(10**6) == AUTO_MAX_STEPS
+    plan = plan_head_warmup(None, ("mlm", "nsp"), with_nsp=True, main_steps=3000)
+    assert plan.steps == round(AUTO_FRACTION * 3000) and plan.heads == ("mlm", "nsp")
+    assert f"automatic: {AUTO_FRACTION:.0%} of the 3000 main steps" in plan.reason
+
+
+def test_zero_turns_it_off_and_mlm_only_data_leaves_the_nsp_head_out() -> None:
+    assert plan_head_warmup(0, ("mlm", "nsp"), with_nsp=True, main_steps=500).steps == 0
+    assert plan_head_warmup(7, ("mlm", "nsp"), with_nsp=False, main_steps=500).heads == ("mlm",)
+    assert plan_head_warmup(None, (), with_nsp=True, main_steps=500).steps == 0
+    assert plan_head_warmup(None, ("nsp",), with_nsp=False, main_steps=500).steps == 0  # nothing left to warm
+
+
+def test_the_warm_up_rate_ramps_up_then_stays_constant() -> None:
+    rates = [warmup_learning_rate(step, 20, 1e-3) for step in range(20)]
+    assert rates[0] == pytest.approx(5e-4) and rates[1] == pytest.approx(1e-3) and set(rates[1:]) == {1e-3}
+
+
+def test_warm_up_is_logged_and_a_resumed_run_does_not_repeat_it(
+    data_dir: Path, tiny_encoder_dir: Path, tmp_path: Path
+) -> None:
+    options = {"head_warmup_steps": 4, "logging_steps": 2, "do_eval": True, "eval_batch_size": 16}
+    straight = tmp_path / "straight"
+    finetune(quick_config(data_dir, tiny_encoder_dir, straight, **options))
+    records = read_metrics(straight)
+    warmup = [r for r in records if r.get("kind") == "head_warmup"]
+    assert [r["warmup_step"] for r in warmup] == [2, 4] and {r["phase"] for r in warmup} == {"head_warmup"}
+    assert all(r["step"] == 0 and r["warmup_steps"] == 4 for r in warmup)
+    fresh = [r for r in records if r.get("kind") == "head_warmup_eval"]
+    first_eval = next(r for r in records if r.get("kind") == "eval")
+    assert len(fresh) == 1 and first_eval["mlm_loss"] < fresh[0]["mlm_loss"]  # warmed heads predict better
+
+    resumed = tmp_path / "resumed"
+    finetune(quick_config(data_dir, tiny_encoder_dir, resumed, stop_after_steps=2, **options))
+    finetune(quick_config(data_dir, tiny_encoder_dir, resumed, resume=True, **options))
+    assert len([r for r in read_metrics(resumed) if r.get("kind") == "head_warmup"]) == 2  # only the first run's
+    assert_identical_weights(load_weights(straight), load_weights(resumed))
