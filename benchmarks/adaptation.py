@@ -110,7 +110,8 @@ def build_pydocs_task(work: Path) -> Task:
     """One prepared corpus per documentation part; documents split between train and test sentences."""
     import numpy as np
 
-    from bert_domain_ft.corpus.prepare import PrepareConfig, prepare_corpus
+    from bert_domain_ft.corpus.config import PrepareConfig
+    from bert_domain_ft.corpus.prepare import prepare_corpus
 
     if not PYDOCS_SOURCES.is_dir():
         raise SystemExit(f"{PYDOCS_SOURCES}: missing; run `apt-get install python3.11-doc` (Debian) first")
@@ -162,7 +163,8 @@ def training_data(task: Task, recipe: Recipe, work: Path) -> dict[str, Any]:
 def selected_corpus(task: Task, method: str, work: Path) -> Path:
     """kNN-TAPT's data: the domain documents nearest to the task's training texts, a quarter of the words, ranked
     by BM25 or by the base model's mean-pooled embeddings."""
-    from bert_domain_ft.corpus.selection import SelectConfig, select_documents
+    from bert_domain_ft.corpus.config import SelectConfig
+    from bert_domain_ft.corpus.selection import select_documents
 
     output = work / f"{task.name}_selected{'' if method == 'bm25' else '_' + method}.txt"
     if not output.exists():
@@ -345,7 +347,8 @@ def main(argv: list[str] | None = None) -> int:
     if recipes.get("dapt", Recipe("")).objective == "nsp":  # how much of NSP's effect is the pooler's
         runs["dapt_base_pooler"] = with_base_pooler(runs["dapt"], model, work / "runs" / "dapt_base_pooler")
 
-    from bert_domain_ft.evaluation.probe import ProbeConfig, run_probe
+    from bert_domain_ft.evaluation.config import ProbeConfig
+    from bert_domain_ft.evaluation.probe import run_probe
     from bert_domain_ft.evaluation.probe_report import format_probe_table
 
     config = ProbeConfig(

@@ -244,7 +244,8 @@ def build_probe_task(settings: DemoSettings) -> Any:
 
 def probe_models(settings: DemoSettings, model: str, run_dir: Path, task: Any) -> ProbeOutcome:
     """Step 5: fine-tune a classifier from the base and from the adapted model on the demo's labelled task."""
-    from bert_domain_ft.evaluation.probe import ProbeConfig, run_probe
+    from bert_domain_ft.evaluation.config import ProbeConfig
+    from bert_domain_ft.evaluation.probe import run_probe
 
     probe_dir = settings.output_dir / "probe"
     plot_path = probe_dir / "probe.png" if _has_matplotlib() else None

@@ -103,7 +103,8 @@ def write_tiny_roberta_encoder(root: Path, corpus: Path) -> Path:
     import torch
     from transformers import AutoConfig, RobertaModel
 
-    from bert_domain_ft.corpus.tokenizer_training import TokenizerTrainingConfig, train_tokenizer
+    from bert_domain_ft.corpus.config import TokenizerTrainingConfig
+    from bert_domain_ft.corpus.tokenizer_training import train_tokenizer
 
     tokenizer = train_tokenizer(
         TokenizerTrainingConfig(corpus=corpus, output=root / "tok", kind="bpe", vocab_size=400, show_progress=False)

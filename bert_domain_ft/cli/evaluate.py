@@ -38,7 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(arguments: argparse.Namespace) -> int:
-    from bert_domain_ft.evaluation.evaluate import EvaluateConfig, evaluate_model
+    from bert_domain_ft.evaluation.config import EvaluateConfig
+    from bert_domain_ft.evaluation.evaluate import evaluate_model
     from bert_domain_ft.evaluation.heldout import format_result_table
 
     to_stdout = arguments.json == STDOUT

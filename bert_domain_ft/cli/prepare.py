@@ -10,8 +10,7 @@ import json
 from pathlib import Path
 
 from bert_domain_ft.cli.common import config_from_arguments
-from bert_domain_ft.corpus.prepare import DOC_BREAKS, PrepareConfig
-from bert_domain_ft.corpus.sentences import DEFAULT_PUNKT_SAMPLE_BYTES
+from bert_domain_ft.corpus.config import DEFAULT_PUNKT_SAMPLE_BYTES, DOC_BREAKS, PrepareConfig
 
 HELP = "Turn raw text into the corpus format: one sentence per line (Punkt), a blank line between documents."
 

@@ -10,7 +10,7 @@ import dataclasses
 from pathlib import Path
 
 from bert_domain_ft.cli.common import config_from_arguments
-from bert_domain_ft.evaluation.probe import ProbeConfig
+from bert_domain_ft.evaluation.config import ProbeConfig
 
 HELP = "Compare models on a downstream task: fine-tune a classifier from each (several seeds), print accuracy/F1."
 

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from bert_domain_ft.cli.common import config_from_arguments
-from bert_domain_ft.corpus.selection import METHODS, SelectConfig
+from bert_domain_ft.corpus.config import METHODS, SelectConfig
 
 HELP = "Keep the corpus documents nearest to your task's texts (each task text gets neighbours), up to a budget."
 

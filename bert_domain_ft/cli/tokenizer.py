@@ -9,7 +9,7 @@ import argparse
 from pathlib import Path
 
 from bert_domain_ft.cli.common import config_from_arguments
-from bert_domain_ft.corpus.tokenizer_training import KINDS, TokenizerTrainingConfig
+from bert_domain_ft.corpus.config import KINDS, TokenizerTrainingConfig
 
 HELP = "Train a new tokenizer (WordPiece, byte-level BPE or Unigram) on a corpus; AutoTokenizer loads the result."
 

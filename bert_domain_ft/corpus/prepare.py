@@ -11,7 +11,6 @@ and removed by truncating the output back to where the duplicate began. Nothing 
 
 from __future__ import annotations
 
-import codecs
 import dataclasses
 import hashlib
 import itertools
@@ -24,9 +23,9 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from tqdm.auto import tqdm
 
+from bert_domain_ft.corpus.config import PrepareConfig
 from bert_domain_ft.corpus.reading import InputOptions, TextBlock, discover_input_files, iter_text_blocks
 from bert_domain_ft.corpus.sentences import (
-    DEFAULT_PUNKT_SAMPLE_BYTES,
     SentenceSplitter,
     load_pretrained_punkt,
     load_punkt_parameters,
@@ -42,8 +41,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-PUNKT_PARAMETERS_SUFFIX = ".punkt.json"
-DOC_BREAKS = ("file", "paragraph")
 # Control characters that are not whitespace (whitespace ones become spaces when whitespace is collapsed), plus
 # the invisible byte-order mark and zero-width space, which would otherwise glue to words as unknown tokens.
 _REMOVED_CHARACTERS = {
@@ -54,74 +51,6 @@ _REMOVED_CHARACTERS = {
 def normalise_text(text: str) -> str:
     """Control characters removed, Unicode NFC, every run of whitespace (newlines too) made one space."""
     return " ".join(unicodedata.normalize("NFC", text.translate(_REMOVED_CHARACTERS)).split())
-
-
-@dataclass
-class PrepareConfig:
-    inputs: tuple[Path, ...]
-    """Plain-text files (one document each), directories (searched recursively with ``glob``), or JSON-lines files
-    when ``text_field`` is set."""
-    output: Path
-    """The corpus file to write; the Punkt parameters go beside it as ``<output>.punkt.json``."""
-    doc_break: str = "file"
-    """What makes a document: ``file`` (a file or JSON record) or ``paragraph`` (each blank-line-separated one)."""
-    glob: str | None = None
-    """File name pattern inside input directories; None means ``*.txt``, or ``*.jsonl`` with ``text_field``."""
-    text_field: str | None = None
-    """Read inputs as JSON lines and take each record's text from this field."""
-    encoding: str = "utf-8"
-    """Encoding of the inputs; must be ASCII-compatible (utf-8, latin-1, cp1252, ...). The output is always UTF-8."""
-    punkt: str = "train"
-    """``train`` (Punkt learns from a sample of the input), ``pretrained`` (NLTK's punkt_tab model, if installed) or
-    the path of a saved ``*.punkt.json`` to split exactly as an earlier run did."""
-    punkt_language: str = "english"
-    """Model used by ``punkt=pretrained``."""
-    punkt_sample_bytes: int = DEFAULT_PUNKT_SAMPLE_BYTES
-    """UTF-8 bytes of normalised text, from the start of the input, that Punkt trains on (about 1 MB/s)."""
-    min_sentence_chars: int = 1
-    """Sentences shorter than this many characters are dropped (and counted)."""
-    max_sentence_chars: int = 1000
-    """Sentences longer than this many characters are cut at a safe point (``;``, ``:``, ``,``, a space)."""
-    overwrite: bool = False
-    """Replace an existing output file."""
-    show_progress: bool = True
-    """Show a progress bar (in input bytes)."""
-
-    def __post_init__(self) -> None:
-        self.inputs = tuple(Path(path) for path in self.inputs)
-        self.output = Path(self.output)
-        if not self.inputs:
-            raise ValueError("no input given; name raw text files or directories")
-        if self.doc_break not in DOC_BREAKS:
-            raise ValueError(f"--doc_break must be one of {', '.join(DOC_BREAKS)}, got {self.doc_break!r}")
-        if self.text_field is not None and not self.text_field:
-            raise ValueError("--text_field is empty; name the JSON field that holds the text")
-        if self.glob is None:
-            self.glob = "*.jsonl" if self.text_field is not None else "*.txt"
-        try:
-            ascii_compatible = "a\n".encode(self.encoding) == b"a\n"
-        except LookupError:
-            raise ValueError(
-                f"--encoding {self.encoding!r} is not a known encoding; use e.g. utf-8 or latin-1"
-            ) from None
-        if not ascii_compatible:
-            name = codecs.lookup(self.encoding).name
-            raise ValueError(f"--encoding {name} is not ASCII-compatible; convert the files first (iconv -t utf-8)")
-        if not self.punkt:
-            raise ValueError("--punkt is empty; use train, pretrained or the path of a saved *.punkt.json")
-        if self.punkt_sample_bytes < 1:
-            raise ValueError(f"--punkt_sample_bytes must be positive, got {self.punkt_sample_bytes}")
-        if self.min_sentence_chars < 1:
-            raise ValueError(f"--min_sentence_chars must be at least 1, got {self.min_sentence_chars}")
-        if self.max_sentence_chars < max(20, 2 * self.min_sentence_chars):
-            raise ValueError(
-                f"--max_sentence_chars ({self.max_sentence_chars}) must be at least 20 and twice "
-                f"--min_sentence_chars ({self.min_sentence_chars})"
-            )
-
-    @property
-    def punkt_parameters_path(self) -> Path:
-        return self.output.with_name(self.output.name + PUNKT_PARAMETERS_SUFFIX)
 
 
 @dataclass

@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from bert_domain_ft.corpus.config import SelectConfig
 from bert_domain_ft.corpus.reading import open_corpus_checked
 from bert_domain_ft.corpus.selection_scoring import BM25Scorer, EmbeddingScorer, Scorer
 from bert_domain_ft.corpus.task_files import iter_task_texts
@@ -52,7 +53,6 @@ from bert_domain_ft.files import atomic_output, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("bm25", "embedding")
 SCORES_PER_BATCH = 2_000_000  # documents × queries scored at once: 16 MB of float64
 EMBEDDING_BATCH_DOCUMENTS = 256
 COUNTING_BATCH_DOCUMENTS = 4096
@@ -63,55 +63,6 @@ COPY_CHUNK_BYTES = 1 << 20
 # generous, as memory is cheap here and another scoring pass (an embedding pass above all) is not.
 LIST_SLACK = 4
 LIST_EXTRA = 16
-
-
-@dataclass
-class SelectConfig:
-    task_data: Path
-    """The task's texts: CSV/TSV/JSON lines with a text column, or plain text (see ``task_text``)."""
-    corpus: Path
-    """The domain corpus (corpus format: one sentence per line, a blank line between documents)."""
-    output: Path
-    """Where the kept documents go (corpus format); ``<output>.json`` records the selection."""
-    tokens: int | None = None
-    """Budget in whitespace-separated words of kept documents (give this or ``fraction``)."""
-    fraction: float | None = None
-    """Budget as a share of the corpus's words, in (0, 1]."""
-    method: str = "bm25"
-    """How documents are ranked for a task text: ``bm25`` (lexical) or ``embedding`` (``bert_model``'s vectors)."""
-    bert_model: str | None = None
-    """Model directory or hub id whose mean-pooled hidden states rank documents (``method=embedding``)."""
-    text_column: str = "text"
-    """Column (CSV) or field (JSON lines) holding the task's text; labels are never read."""
-    k1: float = 1.2
-    """BM25 term-frequency saturation."""
-    b: float = 0.75
-    """BM25 document-length normalisation, in [0, 1]."""
-    seed: int = 0
-    """Seed of the order in which task texts take turns in each round (see ``query_turns``)."""
-    keep_stopwords: bool = False
-    """Score common function words too (slower; BM25's idf gives them little weight anyway)."""
-    overwrite: bool = False
-    """Replace an existing output."""
-    show_progress: bool = True
-    """Show progress bars (in corpus bytes)."""
-
-    def __post_init__(self) -> None:
-        self.task_data, self.corpus, self.output = Path(self.task_data), Path(self.corpus), Path(self.output)
-        if (self.tokens is None) == (self.fraction is None):
-            raise ValueError("give exactly one budget: --tokens N (words) or --fraction F (share of the corpus)")
-        if self.tokens is not None and self.tokens < 1:
-            raise ValueError(f"--tokens must be positive, got {self.tokens}")
-        if self.fraction is not None and not 0 < self.fraction <= 1:
-            raise ValueError(f"--fraction must be in (0, 1], got {self.fraction}")
-        if self.method not in METHODS:
-            raise ValueError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        if self.method == "embedding" and not self.bert_model:
-            raise ValueError("--method embedding needs --bert_model (the model whose vectors rank documents)")
-        if self.k1 < 0 or not 0 <= self.b <= 1:
-            raise ValueError(f"BM25 needs k1 >= 0 and b in [0, 1], got k1={self.k1}, b={self.b}")
-        if self.output.resolve() == self.corpus.resolve():
-            raise ValueError("--output is the corpus itself; choose another file")
 
 
 @dataclass

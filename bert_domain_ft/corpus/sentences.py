@@ -24,8 +24,6 @@ from bert_domain_ft.files import write_json_atomic
 if TYPE_CHECKING:  # nltk is imported where it is used: `bert-domain-ft --help` should not wait for it
     from nltk.tokenize.punkt import PunktParameters
 
-# Punkt trains at roughly 1 MB/s on one core; 10 MB is enough to learn a domain's frequent abbreviations.
-DEFAULT_PUNKT_SAMPLE_BYTES = 10_000_000
 # Text handed to PunktTrainer per call: it materialises every token of a call in a list, so chunks bound its RAM.
 TRAINING_CHUNK_CHARACTERS = 1_000_000
 PUNKT_FORMAT = "bert_domain_ft.punkt"

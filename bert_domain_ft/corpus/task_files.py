@@ -38,14 +38,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from bert_domain_ft.corpus.config import DEFAULT_PUNKT_SAMPLE_BYTES
 from bert_domain_ft.corpus.prepare import normalise_text
-from bert_domain_ft.corpus.sentences import (
-    DEFAULT_PUNKT_SAMPLE_BYTES,
-    SentenceSplitter,
-    load_punkt_parameters,
-    split_long_sentence,
-    train_punkt,
-)
+from bert_domain_ft.corpus.sentences import SentenceSplitter, load_punkt_parameters, split_long_sentence, train_punkt
 from bert_domain_ft.errors import UserError, at_location
 from bert_domain_ft.files import atomic_output
 

@@ -21,113 +21,16 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from bert_domain_ft.corpus.config import KIND_SPECS, TokenizerTrainingConfig
 from bert_domain_ft.corpus.reading import iter_corpus_lines, open_corpus_checked
 from bert_domain_ft.errors import UserError, at_location
 from bert_domain_ft.files import TEMPORARY_SUFFIX, os_errors_as_user_errors, replace_directory, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
-KINDS = ("wordpiece", "bpe", "unigram")
-BYTE_ALPHABET_SIZE = 256  # byte-level BPE starts from one token per byte value
 METASPACE = "\u2581"  # "▁": what the Unigram pre-tokenizer turns spaces into
 TRAINING_RECORD = "tokenizer_training.json"
 _LINES_PER_BATCH = 1000  # the trainer takes batches of lines: fewer Python → Rust crossings
-
-
-@dataclass(frozen=True)
-class KindSpec:
-    """The fixed facts of one kind of tokenizer."""
-
-    special_tokens: tuple[str, ...]
-    """Special tokens in id order: ``special_tokens[i]`` gets id ``i``."""
-    roles: dict[str, str]
-    """transformers' role names (``cls_token``...) → the token playing that role."""
-    tokenizer_class: str
-    """What ``tokenizer_config.json`` names, so AutoTokenizer picks the matching class."""
-    alphabet_floor: int
-    """Ordinary tokens every vocabulary holds whatever the corpus (256 bytes for byte-level BPE)."""
-
-
-_ROBERTA_ROLES = {
-    "bos_token": "<s>",
-    "cls_token": "<s>",
-    "eos_token": "</s>",
-    "sep_token": "</s>",
-    "unk_token": "<unk>",
-    "pad_token": "<pad>",
-    "mask_token": "<mask>",
-}
-KIND_SPECS = {
-    "wordpiece": KindSpec(
-        special_tokens=("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"),
-        roles={
-            "unk_token": "[UNK]",
-            "sep_token": "[SEP]",
-            "pad_token": "[PAD]",
-            "cls_token": "[CLS]",
-            "mask_token": "[MASK]",
-        },
-        tokenizer_class="BertTokenizer",
-        alphabet_floor=1,
-    ),
-    "bpe": KindSpec(
-        ("<s>", "<pad>", "</s>", "<unk>", "<mask>"), _ROBERTA_ROLES, "RobertaTokenizer", BYTE_ALPHABET_SIZE
-    ),
-    "unigram": KindSpec(("<s>", "<pad>", "</s>", "<unk>", "<mask>"), _ROBERTA_ROLES, "XLMRobertaTokenizer", 1),
-}
-
-
-def minimum_vocab_size(kind: str) -> int:
-    """The smallest ``vocab_size`` that can work for ``kind`` whatever the corpus."""
-    spec = KIND_SPECS[kind]
-    return len(spec.special_tokens) + spec.alphabet_floor
-
-
-@dataclass
-class TokenizerTrainingConfig:
-    corpus: Path
-    """Corpus file in the corpus format; every non-blank line is one training sentence."""
-    output: Path
-    """Directory to write (tokenizer.json, tokenizer_config.json, special_tokens_map.json, vocabulary files)."""
-    kind: str = "wordpiece"
-    """``wordpiece`` (BERT: [CLS]/[SEP], '##' pieces), ``bpe`` (RoBERTa: byte-level BPE, <s>/</s>) or ``unigram``
-    (XLM-R: SentencePiece-style Unigram with '▁' marking word starts)."""
-    vocab_size: int = 30522
-    """Entries in the vocabulary, special tokens included (BERT-base: 30522, RoBERTa: 50265)."""
-    lowercase: bool = False
-    """Lower-case (and strip accents from) the text before splitting: an uncased model. WordPiece only."""
-    min_frequency: int = 2
-    """WordPiece/BPE: a merged piece must occur at least this often in the corpus (Unigram ignores it)."""
-    model_max_length: int = 512
-    """Longest input (in tokens) of the model the tokenizer is for; transformers truncates to it."""
-    overwrite: bool = False
-    """Replace ``output`` when it already holds files (the whole directory is replaced)."""
-    show_progress: bool = True
-    """Progress bars: one while counting the corpus (bytes), then the trainer's own."""
-
-    def __post_init__(self) -> None:
-        self.corpus = Path(self.corpus)
-        self.output = Path(self.output)
-        if self.kind not in KINDS:
-            raise ValueError(f"--kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
-        minimum = minimum_vocab_size(self.kind)
-        if self.vocab_size < minimum:
-            floor = KIND_SPECS[self.kind].alphabet_floor
-            alphabet = f" and the {floor} byte-level characters" if floor > 1 else " and at least one character"
-            raise ValueError(
-                f"--vocab_size {self.vocab_size} is too small for {self.kind}: its "
-                f"{len(KIND_SPECS[self.kind].special_tokens)} special tokens{alphabet} need at least {minimum}; "
-                "raise --vocab_size (BERT uses 30522)"
-            )
-        if self.lowercase and self.kind != "wordpiece":
-            raise ValueError(
-                f"--lowercase applies to --kind wordpiece only: transformers rebuilds {self.kind} tokenizers without "
-                "a lower-casing step; lower-case the corpus itself instead"
-            )
-        if self.min_frequency < 1:
-            raise ValueError(f"--min_frequency must be at least 1, got {self.min_frequency}")
-        if self.model_max_length < 1:
-            raise ValueError(f"--model_max_length must be positive, got {self.model_max_length}")
 
 
 @dataclass(frozen=True)

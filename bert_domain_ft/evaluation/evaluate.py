@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from bert_domain_ft.data.config import PregenerateConfig
 from bert_domain_ft.data.epoch_format import MANIFEST_NAME, EpochArrays, open_epoch, open_holdout, read_manifest
 from bert_domain_ft.data.pregenerate import pregenerate
 from bert_domain_ft.errors import UserError
+from bert_domain_ft.evaluation.config import EvaluateConfig
 from bert_domain_ft.evaluation.heldout import EvaluationResult, corpus_names, evaluate_pretraining, first_instances
 from bert_domain_ft.files import write_json_atomic
 from bert_domain_ft.model.loading import checkpoint_model_type, load_model_for_objective, usable_positions
@@ -43,53 +44,6 @@ logger = logging.getLogger(__name__)
 
 # Fixed so that --corpus evaluations are comparable across models and runs (and fresh heads start the same).
 EVALUATION_SEED = 20_240_917
-
-
-@dataclass
-class EvaluateConfig:
-    model: str
-    """Directory (or hub id) of the model to evaluate (BERT, RoBERTa, DistilBERT… any masked-LM model);
-    pretraining heads it lacks start at random (seeded)."""
-    tokenizer: str | None = None
-    """Tokenizer directory the data was made with, when it is not the model's own (e.g. a model trained from
-    scratch with ``--tokenizer``; finetune saves it next to the model, so usually not needed)."""
-    data: Path | None = None
-    """Pregenerated directory whose held-out set (``--holdout_fraction``) is evaluated."""
-    corpus: Path | None = None
-    """Corpus file to pregenerate on the fly (fixed seed) and evaluate as a whole, instead of ``data``."""
-    epoch: int | None = None
-    """With ``data``: evaluate training epoch N (0-based) instead of the held-out set."""
-    batch_size: int = 64
-    """Instances per forward pass; only memory and speed depend on it."""
-    max_seq_len: int = 128
-    """With ``corpus``: tokens per instance, special tokens included."""
-    max_instances: int | None = None
-    """Evaluate only the first N instances (the same ones every time); None evaluates all."""
-    json_output: Path | None = None
-    """Also write the results as JSON to this file."""
-    bf16: bool = False
-    """Run the forward passes under bfloat16 autocast (fast on recent CPUs and GPUs)."""
-    no_cuda: bool = False
-    """Stay on the CPU even when a GPU is available."""
-    show_progress: bool = True
-    """tqdm progress bars."""
-
-    def __post_init__(self) -> None:
-        self.data = Path(self.data) if self.data is not None else None
-        self.corpus = Path(self.corpus) if self.corpus is not None else None
-        self.json_output = Path(self.json_output) if self.json_output is not None else None
-        if (self.data is None) == (self.corpus is None):
-            raise ValueError("give exactly one of --data (a pregenerated directory) or --corpus (a corpus file)")
-        if self.epoch is not None and self.data is None:
-            raise ValueError("--epoch needs --data: it picks a training epoch of a pregenerated directory")
-        if self.epoch is not None and self.epoch < 0:
-            raise ValueError("--epoch counts from 0; give 0 for the first epoch")
-        if self.batch_size < 1:
-            raise ValueError("--batch_size must be at least 1")
-        if self.max_instances is not None and self.max_instances < 1:
-            raise ValueError("--max_instances must be at least 1 (leave it out to evaluate everything)")
-        if not 8 <= self.max_seq_len <= 65535:
-            raise ValueError("--max_seq_len must be between 8 and 65535 (BERT uses 128 or 512)")
 
 
 def choose_device(no_cuda: bool) -> torch.device:

@@ -31,7 +31,6 @@ import statistics
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,6 +40,7 @@ from tqdm.auto import tqdm
 
 from bert_domain_ft.corpus.task_files import LabelledSet, class_names, read_probe_pair
 from bert_domain_ft.errors import UserError
+from bert_domain_ft.evaluation.config import ProbeConfig
 from bert_domain_ft.evaluation.probe_report import PairedDifference, paired_difference
 from bert_domain_ft.model.optimization import build_optimizer, build_scheduler, parameter_groups, warmup_steps_for
 
@@ -212,68 +212,6 @@ def train_and_score(
 
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class ProbeConfig:
-    """Everything ``run_probe`` needs; ``__post_init__`` rejects impossible values."""
-
-    models: list[str]
-    """Model directories (or hub ids) to compare, in display order; the first is the reference (e.g. the base)."""
-    train: Path
-    """Labelled training sentences: CSV with a header row, or JSON lines."""
-    test: Path
-    """Labelled test sentences, same format and exactly the same classes; ideally from other documents."""
-    text_column: str = "text"
-    """Column (CSV) or key (JSON lines) holding the sentence."""
-    label_column: str = "label"
-    """Column or key holding the class name."""
-    seeds: int = 5
-    """Classifiers trained per model, with seeds seed, seed+1, …; the spread over them is the ± in the table and
-    the paired 95% interval against the first model needs at least 2 (5 tells a few points apart on ~100 tests)."""
-    seed: int = 0
-    """First seed."""
-    epochs: int = 4
-    """Passes over the training sentences per classifier."""
-    batch_size: int = 16
-    """Training sentences per optimizer step."""
-    learning_rate: float = 1e-4
-    """Peak AdamW learning rate of the classifier (whole model), with 10% linear warm-up then linear decay."""
-    max_seq_len: int = 64
-    """Tokens per sentence, [CLS] and [SEP] included; longer sentences are cut."""
-    tokenizer: str | None = None
-    """Tokenizer for every model; None uses each model's own (finetune saves it next to the model)."""
-    json_output: Path | None = None
-    """Also write the results as a JSON list (one object per model) to this file."""
-    plot_output: Path | None = None
-    """Also draw a bar chart with error bars into this PNG (needs matplotlib)."""
-    no_cuda: bool = False
-    """Stay on the CPU even when a GPU is available."""
-    show_progress: bool = True
-    """tqdm progress bars."""
-
-    def __post_init__(self) -> None:
-        self.models = [str(model) for model in self.models]
-        self.train, self.test = Path(self.train), Path(self.test)
-        self.json_output = Path(self.json_output) if self.json_output is not None else None
-        self.plot_output = Path(self.plot_output) if self.plot_output is not None else None
-        if not self.models:
-            raise ValueError("give at least one model to probe with --models (e.g. the base model and your run)")
-        if len(set(self.models)) != len(self.models):
-            raise ValueError("--models lists a model twice; give each model once")
-        for name in ("seeds", "epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}")
-        if not self.learning_rate > 0:
-            raise ValueError(f"--learning_rate must be positive, got {self.learning_rate}")
-        if not 8 <= self.max_seq_len <= 65535:
-            raise ValueError("--max_seq_len must be between 8 and 65535 (sentences rarely need more than 128)")
-        if not self.text_column or not self.label_column or self.text_column == self.label_column:
-            raise ValueError("--text_column and --label_column must name two different columns")
-
-    @property
-    def seed_list(self) -> list[int]:
-        return [self.seed + offset for offset in range(self.seeds)]
 
 
 @dataclass(frozen=True)

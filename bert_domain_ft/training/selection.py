@@ -57,7 +57,8 @@ from typing import Any
 from torch import nn
 
 from bert_domain_ft.errors import UserError
-from bert_domain_ft.evaluation.probe import ProbeConfig, Prober, ProbeResult
+from bert_domain_ft.evaluation.config import ProbeConfig
+from bert_domain_ft.evaluation.probe import Prober, ProbeResult
 from bert_domain_ft.evaluation.probe_report import PairedDifference, paired_difference
 from bert_domain_ft.files import (
     TEMPORARY_SUFFIX,

@@ -15,7 +15,8 @@ import pytest
 
 from bert_domain_ft.cli import main
 from bert_domain_ft.corpus import selection as corpus_selection
-from bert_domain_ft.corpus.selection import SelectConfig, query_turns, select_documents
+from bert_domain_ft.corpus.config import SelectConfig
+from bert_domain_ft.corpus.selection import query_turns, select_documents
 from bert_domain_ft.corpus.selection_scoring import STOPWORDS, BM25Scorer
 from bert_domain_ft.errors import UserError
 
@@ -195,7 +196,8 @@ MEMORY_PROBE = """
 import sys, tracemalloc
 from pathlib import Path
 from bert_domain_ft.corpus import selection as corpus_selection
-from bert_domain_ft.corpus.selection import SelectConfig, query_turns, select_documents
+from bert_domain_ft.corpus.selection import query_turns, select_documents
+from bert_domain_ft.corpus.config import SelectConfig
 corpus_selection.BATCH_CHARACTERS = 20_000  # many batches at both sizes: what grows with the corpus shows
 tracemalloc.start()
 select_documents(SelectConfig(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), tokens=2000,

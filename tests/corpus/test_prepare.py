@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from bert_domain_ft.cli import build_parser, main
 from bert_domain_ft.corpus import reading as text_inputs
 from bert_domain_ft.corpus.check import check_corpus
-from bert_domain_ft.corpus.prepare import PrepareConfig, normalise_text, prepare_corpus
+from bert_domain_ft.corpus.config import PrepareConfig
+from bert_domain_ft.corpus.prepare import normalise_text, prepare_corpus
 from bert_domain_ft.corpus.reading import iter_documents
 from bert_domain_ft.corpus.sentences import (
     SentenceSplitter,

@@ -10,7 +10,8 @@ import pytest
 import tiny_assets
 
 from bert_domain_ft.cli import main
-from bert_domain_ft.corpus.tokenizer_training import KIND_SPECS, KINDS, TokenizerTrainingConfig, train_tokenizer
+from bert_domain_ft.corpus.config import KIND_SPECS, KINDS, TokenizerTrainingConfig
+from bert_domain_ft.corpus.tokenizer_training import train_tokenizer
 from bert_domain_ft.errors import UserError
 from bert_domain_ft.model.tokenizer import describe_tokenizer, encode_sentences, load_tokenizer
 

@@ -129,7 +129,8 @@ def test_finetune_with_batch_from_one_corpus_trains_on_single_corpus_steps_and_e
 def test_evaluation_reports_each_corpus_and_an_overall_result_that_is_their_total(
     mixed_data: Path, tiny_bert_dir: Path, tmp_path: Path
 ) -> None:
-    from bert_domain_ft.evaluation.evaluate import EvaluateConfig, evaluate_model
+    from bert_domain_ft.evaluation.config import EvaluateConfig
+    from bert_domain_ft.evaluation.evaluate import evaluate_model
 
     holdout = open_holdout(mixed_data)
     assert holdout is not None and holdout.corpus_ids is not None

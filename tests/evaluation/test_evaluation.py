@@ -17,7 +17,8 @@ from bert_domain_ft.data.document_store import build_document_store
 from bert_domain_ft.data.epoch_format import EpochArrays, open_epoch, open_holdout, read_manifest
 from bert_domain_ft.data.pregenerate import PregenerateConfig, pregenerate
 from bert_domain_ft.errors import UserError
-from bert_domain_ft.evaluation.evaluate import EvaluateConfig, evaluate_model
+from bert_domain_ft.evaluation.config import EvaluateConfig
+from bert_domain_ft.evaluation.evaluate import evaluate_model
 from bert_domain_ft.evaluation.heldout import (
     EvaluationResult,
     build_evaluator,

@@ -13,7 +13,8 @@ from tiny_assets import labelled_rows, write_csv
 
 from bert_domain_ft.cli import main as cli_main
 from bert_domain_ft.errors import UserError
-from bert_domain_ft.evaluation.probe import ProbeConfig, ProbeResult, accuracy_score, macro_f1_score, run_probe
+from bert_domain_ft.evaluation.config import ProbeConfig
+from bert_domain_ft.evaluation.probe import ProbeResult, accuracy_score, macro_f1_score, run_probe
 from bert_domain_ft.evaluation.probe_report import format_probe_table
 
 FAST = ["--seeds", "2", "--epochs", "6", "--batch_size", "8", "--learning_rate", "2e-3", "--max_seq_len", "16"]

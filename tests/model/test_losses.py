@@ -200,7 +200,8 @@ def test_a_roberta_encoder_gets_its_fresh_head_warmed_up_then_adapts_and_saves_a
     from training_helpers import read_metrics
     from transformers import AutoModelForMaskedLM
 
-    from bert_domain_ft.evaluation.evaluate import EvaluateConfig, evaluate_model
+    from bert_domain_ft.evaluation.config import EvaluateConfig
+    from bert_domain_ft.evaluation.evaluate import evaluate_model
     from bert_domain_ft.training.recipe import finetune
 
     finetune(_roberta_config(roberta_data, roberta_encoder_dir, tmp_path / "out", head_warmup_steps=4))

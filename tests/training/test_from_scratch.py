@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from bert_domain_ft.corpus.tokenizer_training import TokenizerTrainingConfig, train_tokenizer
+from bert_domain_ft.corpus.config import TokenizerTrainingConfig
+from bert_domain_ft.corpus.tokenizer_training import train_tokenizer
 from bert_domain_ft.errors import UserError
 from bert_domain_ft.model.loading import build_model_from_scratch, parse_overrides, scratch_config
 

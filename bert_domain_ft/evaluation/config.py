@@ -1,0 +1,120 @@
+"""Settings of the evaluation stage's commands, one dataclass each, every field documented and checked on
+construction: ``evaluate`` (held-out masked-LM loss of models) and ``probe`` (a classifier fine-tuned from each model
+on the user's labelled data). Importing it does not import torch.
+
+    config = ProbeConfig(models=["bert-base-uncased", "out/"], train=Path("train.csv"), test=Path("test.csv"))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class EvaluateConfig:
+    model: str
+    """Directory (or hub id) of the model to evaluate (BERT, RoBERTa, DistilBERT… any masked-LM model);
+    pretraining heads it lacks start at random (seeded)."""
+    tokenizer: str | None = None
+    """Tokenizer directory the data was made with, when it is not the model's own (e.g. a model trained from
+    scratch with ``--tokenizer``; finetune saves it next to the model, so usually not needed)."""
+    data: Path | None = None
+    """Pregenerated directory whose held-out set (``--holdout_fraction``) is evaluated."""
+    corpus: Path | None = None
+    """Corpus file to pregenerate on the fly (fixed seed) and evaluate as a whole, instead of ``data``."""
+    epoch: int | None = None
+    """With ``data``: evaluate training epoch N (0-based) instead of the held-out set."""
+    batch_size: int = 64
+    """Instances per forward pass; only memory and speed depend on it."""
+    max_seq_len: int = 128
+    """With ``corpus``: tokens per instance, special tokens included."""
+    max_instances: int | None = None
+    """Evaluate only the first N instances (the same ones every time); None evaluates all."""
+    json_output: Path | None = None
+    """Also write the results as JSON to this file."""
+    bf16: bool = False
+    """Run the forward passes under bfloat16 autocast (fast on recent CPUs and GPUs)."""
+    no_cuda: bool = False
+    """Stay on the CPU even when a GPU is available."""
+    show_progress: bool = True
+    """tqdm progress bars."""
+
+    def __post_init__(self) -> None:
+        self.data = Path(self.data) if self.data is not None else None
+        self.corpus = Path(self.corpus) if self.corpus is not None else None
+        self.json_output = Path(self.json_output) if self.json_output is not None else None
+        if (self.data is None) == (self.corpus is None):
+            raise ValueError("give exactly one of --data (a pregenerated directory) or --corpus (a corpus file)")
+        if self.epoch is not None and self.data is None:
+            raise ValueError("--epoch needs --data: it picks a training epoch of a pregenerated directory")
+        if self.epoch is not None and self.epoch < 0:
+            raise ValueError("--epoch counts from 0; give 0 for the first epoch")
+        if self.batch_size < 1:
+            raise ValueError("--batch_size must be at least 1")
+        if self.max_instances is not None and self.max_instances < 1:
+            raise ValueError("--max_instances must be at least 1 (leave it out to evaluate everything)")
+        if not 8 <= self.max_seq_len <= 65535:
+            raise ValueError("--max_seq_len must be between 8 and 65535 (BERT uses 128 or 512)")
+
+
+@dataclass
+class ProbeConfig:
+    """Everything ``run_probe`` needs; ``__post_init__`` rejects impossible values."""
+
+    models: list[str]
+    """Model directories (or hub ids) to compare, in display order; the first is the reference (e.g. the base)."""
+    train: Path
+    """Labelled training sentences: CSV with a header row, or JSON lines."""
+    test: Path
+    """Labelled test sentences, same format and exactly the same classes; ideally from other documents."""
+    text_column: str = "text"
+    """Column (CSV) or key (JSON lines) holding the sentence."""
+    label_column: str = "label"
+    """Column or key holding the class name."""
+    seeds: int = 5
+    """Classifiers trained per model, with seeds seed, seed+1, …; the spread over them is the ± in the table and
+    the paired 95% interval against the first model needs at least 2 (5 tells a few points apart on ~100 tests)."""
+    seed: int = 0
+    """First seed."""
+    epochs: int = 4
+    """Passes over the training sentences per classifier."""
+    batch_size: int = 16
+    """Training sentences per optimizer step."""
+    learning_rate: float = 1e-4
+    """Peak AdamW learning rate of the classifier (whole model), with 10% linear warm-up then linear decay."""
+    max_seq_len: int = 64
+    """Tokens per sentence, [CLS] and [SEP] included; longer sentences are cut."""
+    tokenizer: str | None = None
+    """Tokenizer for every model; None uses each model's own (finetune saves it next to the model)."""
+    json_output: Path | None = None
+    """Also write the results as a JSON list (one object per model) to this file."""
+    plot_output: Path | None = None
+    """Also draw a bar chart with error bars into this PNG (needs matplotlib)."""
+    no_cuda: bool = False
+    """Stay on the CPU even when a GPU is available."""
+    show_progress: bool = True
+    """tqdm progress bars."""
+
+    def __post_init__(self) -> None:
+        self.models = [str(model) for model in self.models]
+        self.train, self.test = Path(self.train), Path(self.test)
+        self.json_output = Path(self.json_output) if self.json_output is not None else None
+        self.plot_output = Path(self.plot_output) if self.plot_output is not None else None
+        if not self.models:
+            raise ValueError("give at least one model to probe with --models (e.g. the base model and your run)")
+        if len(set(self.models)) != len(self.models):
+            raise ValueError("--models lists a model twice; give each model once")
+        for name in ("seeds", "epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"--learning_rate must be positive, got {self.learning_rate}")
+        if not 8 <= self.max_seq_len <= 65535:
+            raise ValueError("--max_seq_len must be between 8 and 65535 (sentences rarely need more than 128)")
+        if not self.text_column or not self.label_column or self.text_column == self.label_column:
+            raise ValueError("--text_column and --label_column must name two different columns")
+
+    @property
+    def seed_list(self) -> list[int]:
+        return [self.seed + offset for offset in range(self.seeds)]
