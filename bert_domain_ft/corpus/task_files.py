@@ -1,38 +1,27 @@
-"""Labelled sentences for the probe: reading CSV or JSON-lines files and checking a train/test pair fits together.
+"""Reading the task's own files: labelled sentences for the probe, unlabelled texts for TAPT and selection.
 
-A file is CSV (``.csv``; ``.tsv`` is tab-separated) with a header row, or JSON lines (``.jsonl``, ``.ndjson``,
-``.json``: one object a line). Other names are recognised by their first character (``{`` means JSON lines).
-Every problem is a ``UserError`` naming the file and, where there is one, the line: a missing column, an empty
-text or label, a label set that differs between train and test, a single class. No torch here.
+Both read CSV (``.csv``; ``.tsv`` is tab-separated) with a header row, or JSON lines (``.jsonl``, ``.ndjson``,
+``.json``: one object a line), through one reader (``_iter_records``) that finds the named columns and reports
+every problem as a one-line ``UserError`` naming ``file:line``; the two uses word some messages their own way
+(``_PROBE_ROWS``, ``_TASK_ROWS``).
+
+* The probe's labelled files (``read_probe_pair``): a file of another name is JSON lines when it starts with
+  ``{``; an empty text or label, a label set that differs between train and test, a single class are errors.
+* A task's unlabelled text (task-adaptive pretraining, TAPT, Gururangan et al. 2020; the queries of
+  ``corpus.selection``): labels are never read, only ``text_column``. A file that is neither CSV nor JSON lines
+  is plain UTF-8 text: the corpus format when it has a blank line (each document one text, its lines its
+  sentences), otherwise one text per non-blank line. Whitespace is folded and control characters removed
+  (``prepare.normalise_text``); empty texts are skipped and counted. ``write_task_corpus`` writes the texts as a
+  corpus, one document per row. No torch here.
 
     train, test = read_probe_pair(Path("train.csv"), Path("test.csv"), text_column="text", label_column="label")
-
-A task's own unlabelled text: reading it from a labelled-data file or plain text, writing it as a corpus.
-
-Task-adaptive pretraining (TAPT, Gururangan et al. 2020) continues pretraining on the texts of the task itself;
-``corpus_selection`` uses the same texts as queries to pick the nearest domain documents (kNN-TAPT). Labels are
-never read: only the text column is looked at, so a file without labels, or with broken ones, reads the same.
-
-The format is decided by the file name's extension:
-
-* ``.csv`` (comma) / ``.tsv`` (tab): a header row, then one row per text; the text is in ``text_column``.
-* ``.jsonl`` / ``.ndjson`` / ``.json``: JSON lines, one object per line, the text under ``text_column``.
-* anything else: plain UTF-8 text. If the file has a blank line it is read as the corpus format (one sentence per
-  line, a blank line between documents: each document is one text, its lines its sentences); otherwise every
-  non-blank line is one text.
-
-Whitespace inside a text is folded and control characters removed (``preparation.normalise_text``); empty texts
-are skipped and counted. Every problem is a one-line ``UserError`` naming ``file:line``. No torch here.
-
     stats = write_task_corpus(Path("train.csv"), "text", Path("task_corpus.txt"))
 """
 
 from __future__ import annotations
 
 import csv
-import io
 import json
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -44,11 +33,134 @@ from bert_domain_ft.corpus.sentences import SentenceSplitter, load_punkt_paramet
 from bert_domain_ft.errors import UserError, at_location
 from bert_domain_ft.files import atomic_output
 
+CSV_DELIMITERS = {".csv": ",", ".tsv": "\t"}
 JSON_LINES_SUFFIXES = (".jsonl", ".ndjson", ".json")
-CSV_SUFFIXES = (".csv", ".tsv")
 MAX_LISTED_LABELS = 5  # labels named in an error message before "…"
 # Python's csv module refuses cells over 131,072 characters by default; a probe text this long is still a row.
 MAX_CELL_CHARACTERS = 16 * 1024 * 1024
+_BYTE_ORDER_MARK = "\ufeff"
+
+
+@dataclass(frozen=True)
+class _RowWording:
+    """How a use of the shared reader words what it finds wrong (the probe's messages and the task's differ)."""
+
+    not_found: str
+    empty_file: str | None  # an empty file is refused up front with this; None: the header check refuses it
+    bad_utf8: str  # "{byte}" is the first bad byte's 1-based column
+    no_header: tuple[bool, str]  # (name the line?, message) when the first row names no column
+    column_flags: tuple[str, ...]  # "no column 'x' (columns: …); " + this, per column read
+    strict_csv: bool
+    long_cell: str | None  # raise the csv module's cell limit to MAX_CELL_CHARACTERS and say this beyond it
+
+
+_PROBE_ROWS = _RowWording(
+    not_found="not found; give a CSV or JSON-lines file of labelled sentences",
+    empty_file=None,
+    bad_utf8="not valid UTF-8; save the file as UTF-8",
+    no_header=(False, "is empty; it needs a header row and one row per sentence"),
+    column_flags=("name the right one with --text_column", "name the right one with --label_column"),
+    strict_csv=False,
+    long_cell="a probe row takes one sentence or a short text, shorten it",
+)
+_TASK_ROWS = _RowWording(
+    not_found="task data not found; give a CSV, TSV, JSON-lines or text file",
+    empty_file="is empty; it needs one task text per row (or per line)",
+    bad_utf8="byte {byte} of this line is not valid UTF-8; save the file as UTF-8",
+    no_header=(True, "has no header row; the first row must name the columns"),
+    column_flags=("name it with --text_column",),
+    strict_csv=True,
+    long_cell=None,
+)
+
+
+def _decoded_lines(path: Path, wording: _RowWording) -> Iterator[tuple[int, str]]:
+    """(line number, line with its line end) for every line; a line that is not UTF-8 is a ``UserError``."""
+    if not path.is_file():
+        raise UserError(at_location(path, None, wording.not_found))
+    if wording.empty_file is not None and path.stat().st_size == 0:
+        raise UserError(at_location(path, None, wording.empty_file))
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                problem = wording.bad_utf8.format(byte=error.start + 1)
+                raise UserError(at_location(path, number, problem)) from None
+            yield number, line.removeprefix(_BYTE_ORDER_MARK) if number == 1 else line
+
+
+def _missing_column(path: Path, line: int, column: str, available: list[str], flag: str) -> UserError:
+    shown = ", ".join(repr(name) for name in available) or "none"
+    return UserError(at_location(path, line, f"no column '{column}' (columns: {shown}); {flag}"))
+
+
+def _iter_records(
+    path: Path, file_format: str, columns: tuple[str, ...], wording: _RowWording
+) -> Iterator[tuple[int, list[Any]]]:
+    """(line where the row starts, its values of ``columns``) for every non-blank row of a CSV/JSON-lines file."""
+    if file_format == "json_lines":
+        yield from _iter_json_records(path, columns, wording)
+        return
+    previous_limit = csv.field_size_limit()
+    if wording.long_cell is not None:
+        csv.field_size_limit(max(previous_limit, MAX_CELL_CHARACTERS))
+    try:
+        yield from _iter_csv_records(path, columns, wording)
+    finally:
+        csv.field_size_limit(previous_limit)  # the limit is process-wide: leave it as it was
+
+
+def _iter_csv_records(path: Path, columns: tuple[str, ...], wording: _RowWording) -> Iterator[tuple[int, list[Any]]]:
+    lines = (line for _, line in _decoded_lines(path, wording))
+    delimiter = CSV_DELIMITERS.get(path.suffix.lower(), ",")
+    reader = csv.reader(lines, delimiter=delimiter, strict=wording.strict_csv)
+    start = 1  # the line the row being read starts on (the reader counts finished lines)
+    try:
+        header = next(reader, [])
+        if not any(name.strip() for name in header):
+            names_line, problem = wording.no_header
+            raise UserError(at_location(path, 1 if names_line else None, problem))
+        for column, flag in zip(columns, wording.column_flags):
+            if column not in header:
+                raise _missing_column(path, 1, column, header, flag)
+        indices = [header.index(column) for column in columns]
+        start = reader.line_num + 1
+        for row in reader:
+            if any(value.strip() for value in row):  # else a blank line
+                if max(indices) >= len(row):
+                    short = columns[indices.index(max(indices))]
+                    problem = f"has {len(row)} fields but '{short}' is field {max(indices) + 1}; fix the row"
+                    raise UserError(at_location(path, start, problem))
+                yield start, [row[index] for index in indices]
+            start = reader.line_num + 1
+    except csv.Error as error:
+        if wording.long_cell is not None and "field larger than field limit" in str(error):
+            problem = f"a cell holds more than {MAX_CELL_CHARACTERS:,} characters; {wording.long_cell}"
+            raise UserError(at_location(path, start, problem)) from None
+        raise UserError(at_location(path, reader.line_num, f"not valid CSV ({error}); fix the quoting")) from None
+
+
+def _iter_json_records(path: Path, columns: tuple[str, ...], wording: _RowWording) -> Iterator[tuple[int, list[Any]]]:
+    first = True
+    for number, line in _decoded_lines(path, wording):
+        if not line.strip():
+            continue
+        if first and line.lstrip().startswith("["):
+            raise UserError(
+                at_location(path, number, "holds a JSON array; write one JSON object per line (JSON lines)")
+            )
+        first = False
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise UserError(at_location(path, number, f"not valid JSON ({error.msg}); one object per line")) from None
+        if not isinstance(record, dict):
+            raise UserError(at_location(path, number, "not a JSON object; write one {...} object per line"))
+        for column, flag in zip(columns, wording.column_flags):
+            if column not in record:
+                raise _missing_column(path, number, column, list(record), flag)
+        yield number, [record[column] for column in columns]
 
 
 @dataclass(frozen=True)
@@ -61,9 +173,6 @@ class LabelledSet:
 
     def __len__(self) -> int:
         return len(self.texts)
-
-    def class_counts(self) -> Counter[str]:
-        return Counter(self.labels)
 
 
 def _label_text(value: Any) -> str:
@@ -88,71 +197,16 @@ def _checked_row(path: Path, line: int, text: Any, label: Any, columns: tuple[st
     return " ".join(text.split()), _label_text(label)
 
 
-def _missing_column(path: Path, line: int, column: str, available: list[str], flag: str) -> UserError:
-    shown = ", ".join(repr(name) for name in available) or "none"
-    return UserError(
-        at_location(path, line, f"no column '{column}' (columns: {shown}); name the right one with {flag}")
-    )
-
-
-def _iter_csv(path: Path, text: str, columns: tuple[str, str]) -> Iterator[tuple[str, str]]:
-    previous_limit = csv.field_size_limit(max(csv.field_size_limit(), MAX_CELL_CHARACTERS))
-    try:
-        yield from _iter_csv_rows(path, text, columns)
-    finally:
-        csv.field_size_limit(previous_limit)  # the limit is process-wide: leave it as it was
-
-
-def _iter_csv_rows(path: Path, text: str, columns: tuple[str, str]) -> Iterator[tuple[str, str]]:
-    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
-    header = [name for name in (reader.fieldnames or []) if name is not None]
-    if not header:
-        raise UserError(at_location(path, None, "is empty; it needs a header row and one row per sentence"))
-    for column, flag in zip(columns, ("--text_column", "--label_column")):
-        if column not in header:
-            raise _missing_column(path, 1, column, header, flag)
-    next_record = reader.line_num + 1  # the line the record being read starts on (the reader counts finished lines)
-    try:
-        for row in reader:
-            line, next_record = reader.line_num, reader.line_num + 1
-            if not any((value or "").strip() for value in row.values() if isinstance(value, str)):
-                continue  # a blank line
-            yield _checked_row(path, line, row[columns[0]], row[columns[1]], columns)
-    except csv.Error as error:
-        if "field larger than field limit" in str(error):
-            raise UserError(
-                at_location(path, next_record, f"a cell holds more than {MAX_CELL_CHARACTERS:,} characters; "
-                            "a probe row takes one sentence or a short text, shorten it")
-            ) from None  # fmt: skip
-        raise UserError(at_location(path, reader.line_num, f"not valid CSV ({error}); fix the quoting")) from None
-
-
-def _iter_json_lines(path: Path, text: str, columns: tuple[str, str]) -> Iterator[tuple[str, str]]:
-    if text.lstrip().startswith("["):
-        raise UserError(at_location(path, 1, "holds a JSON array; write one JSON object per line (JSON lines)"))
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise UserError(at_location(path, number, f"not valid JSON ({error.msg}); one object per line")) from None
-        if not isinstance(record, dict):
-            raise UserError(at_location(path, number, "not a JSON object; write one {...} object per line"))
-        for column, flag in zip(columns, ("--text_column", "--label_column")):
-            if column not in record:
-                raise _missing_column(path, number, column, list(record), flag)
-        yield _checked_row(path, number, record[columns[0]], record[columns[1]], columns)
-
-
-def _is_json_lines(path: Path, text: str) -> bool:
+def _probe_file_format(path: Path) -> str:
+    """``json_lines`` or ``csv`` by the extension; another name is JSON lines when it starts with ``{`` or ``[``."""
     suffix = path.suffix.lower()
     if suffix in JSON_LINES_SUFFIXES:
-        return True
-    if suffix in CSV_SUFFIXES:
-        return False
-    return text.lstrip().startswith(("{", "["))
+        return "json_lines"
+    if suffix in CSV_DELIMITERS:
+        return "csv"
+    lines = _decoded_lines(path, _PROBE_ROWS)
+    first = next((line for _, line in lines if line.strip()), "")
+    return "json_lines" if first.lstrip().startswith(("{", "[")) else "csv"
 
 
 def read_labelled_file(path: Path, text_column: str = "text", label_column: str = "label") -> LabelledSet:
@@ -160,13 +214,9 @@ def read_labelled_file(path: Path, text_column: str = "text", label_column: str 
     path = Path(path)
     if not path.is_file():
         raise UserError(at_location(path, None, "not found; give a CSV or JSON-lines file of labelled sentences"))
-    try:
-        text = path.read_text(encoding="utf-8-sig")  # -sig: spreadsheets often write a byte-order mark
-    except UnicodeDecodeError as error:
-        line = path.read_bytes()[: error.start].count(b"\n") + 1
-        raise UserError(at_location(path, line, "not valid UTF-8; save the file as UTF-8")) from None
     columns = (text_column, label_column)
-    rows = list(_iter_json_lines(path, text, columns) if _is_json_lines(path, text) else _iter_csv(path, text, columns))
+    records = _iter_records(path, _probe_file_format(path), columns, _PROBE_ROWS)
+    rows = [_checked_row(path, line, text, label, columns) for line, (text, label) in records]
     if not rows:
         raise UserError(at_location(path, None, "holds no labelled rows; add one row per sentence"))
     texts, labels = zip(*rows)
@@ -208,11 +258,6 @@ def read_probe_pair(
     return train, test
 
 
-CSV_DELIMITERS = {".csv": ",", ".tsv": "\t"}
-JSON_LINES_SUFFIXES = (".jsonl", ".ndjson", ".json")
-_BYTE_ORDER_MARK = "\ufeff"
-
-
 @dataclass(frozen=True)
 class TaskText:
     """One text of the task. ``sentences`` is set when the file already gives them (corpus-format input)."""
@@ -246,77 +291,12 @@ def task_file_format(path: Path) -> str:
     return "json_lines" if suffix in JSON_LINES_SUFFIXES else "plain"
 
 
-def _decoded_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(line number, line with its line end) for every line; a line that is not UTF-8 is a ``UserError``."""
-    if not path.is_file():
-        raise UserError(at_location(path, None, "task data not found; give a CSV, TSV, JSON-lines or text file"))
-    if path.stat().st_size == 0:
-        raise UserError(at_location(path, None, "is empty; it needs one task text per row (or per line)"))
-    with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as error:
-                problem = f"byte {error.start + 1} of this line is not valid UTF-8; save the file as UTF-8"
-                raise UserError(at_location(path, number, problem)) from None
-            yield number, line.removeprefix(_BYTE_ORDER_MARK) if number == 1 else line
-
-
 def _not_text(path: Path, line: int, column: str, value: Any) -> UserError:
     return UserError(at_location(path, line, f"'{column}' is not text ({value!r:.40}); quote it as a string"))
 
 
-def _missing_text_column(path: Path, line: int, column: str, available: list[str]) -> UserError:
-    shown = ", ".join(repr(name) for name in available) or "none"
-    return UserError(at_location(path, line, f"no column '{column}' (columns: {shown}); name it with --text_column"))
-
-
-def _iter_text_csv(path: Path, text_column: str) -> Iterator[tuple[int, str | None]]:
-    lines = _decoded_lines(path)
-    reader = csv.reader((line for _, line in lines), delimiter=CSV_DELIMITERS[path.suffix.lower()], strict=True)
-    try:
-        header = next(reader, [])
-        if not any(name.strip() for name in header):
-            raise UserError(at_location(path, 1, "has no header row; the first row must name the columns"))
-        if text_column not in header:
-            raise _missing_text_column(path, 1, text_column, header)
-        column = header.index(text_column)
-        start = reader.line_num + 1
-        for row in reader:
-            if not any(value.strip() for value in row):
-                start = reader.line_num + 1
-                continue  # a blank line
-            if column >= len(row):
-                problem = f"has {len(row)} fields but '{text_column}' is field {column + 1}; fix the row"
-                raise UserError(at_location(path, start, problem))
-            yield start, row[column]
-            start = reader.line_num + 1
-    except csv.Error as error:
-        raise UserError(at_location(path, reader.line_num, f"not valid CSV ({error}); fix the quoting")) from None
-
-
-def _iter_text_json_lines(path: Path, text_column: str) -> Iterator[tuple[int, str | None]]:
-    for number, line in _decoded_lines(path):
-        if not line.strip():
-            continue
-        if number == 1 and line.lstrip().startswith("["):
-            raise UserError(at_location(path, 1, "holds a JSON array; write one JSON object per line (JSON lines)"))
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise UserError(at_location(path, number, f"not valid JSON ({error.msg}); one object per line")) from None
-        if not isinstance(record, dict):
-            raise UserError(at_location(path, number, "not a JSON object; write one {...} object per line"))
-        if text_column not in record:
-            raise _missing_text_column(path, number, text_column, list(record))
-        value = record[text_column]
-        if value is not None and not isinstance(value, str):
-            raise _not_text(path, number, text_column, value)
-        yield number, value
-
-
 def _file_has_blank_line(path: Path) -> bool:
-    return any(not line.strip() for _, line in _decoded_lines(path))
+    return any(not line.strip() for _, line in _decoded_lines(path, _TASK_ROWS))
 
 
 def _iter_plain(path: Path) -> Iterator[TaskText]:
@@ -324,7 +304,7 @@ def _iter_plain(path: Path) -> Iterator[TaskText]:
     documents = _file_has_blank_line(path)
     block: list[str] = []
     block_start = 0
-    for number, line in _decoded_lines(path):
+    for number, line in _decoded_lines(path, _TASK_ROWS):
         sentence = normalise_text(line)
         if sentence and not documents:
             yield TaskText(number, sentence)
@@ -348,8 +328,9 @@ def iter_task_rows(path: Path, text_column: str = "text") -> Iterator[TaskText |
     if file_format == "plain":
         yield from _iter_plain(path)
         return
-    rows = _iter_text_csv(path, text_column) if file_format == "csv" else _iter_text_json_lines(path, text_column)
-    for number, value in rows:
+    for number, (value,) in _iter_records(path, file_format, (text_column,), _TASK_ROWS):
+        if value is not None and not isinstance(value, str):
+            raise _not_text(path, number, text_column, value)
         text = normalise_text(value or "")
         yield TaskText(number, text) if text else None
 
