@@ -57,61 +57,36 @@ import numpy as np
 import torch
 
 from bert_domain_ft.data.epoch_format import EpochArrays, open_epoch
-from bert_domain_ft.data.masking import DynamicMasking, MaskedRows
+from bert_domain_ft.data.masking import DynamicMasking, MaskedRows, RowMasker, batch_arrays, batch_width
 from bert_domain_ft.data.mixing import mixed_order
 from bert_domain_ft.errors import UserError
-from bert_domain_ft.model.pretraining import IGNORE_INDEX
 
-PAD_TO_MULTIPLE_OF = 8  # tensor-core and vector-unit friendly widths
+logger = logging.getLogger(__name__)
 
-
-def round_up(value: int, multiple: int) -> int:
-    return -(-value // multiple) * multiple
+Batch = dict[str, torch.Tensor]
+BatchFetcher = Callable[[np.ndarray], Batch]
 
 
-RowMasker = Callable[[np.ndarray, np.ndarray, np.ndarray], MaskedRows]  # (rows, lengths, indices) → masked rows
-
-
-def _masked_slots(positions: np.ndarray, labels: np.ndarray, counts: np.ndarray) -> dict[str, np.ndarray]:
-    """masked_lm_positions / masked_lm_labels trimmed to the batch's most masked row; unused slots: 0 / -100."""
-    counts = np.asarray(counts, dtype=np.int64)
-    slots = max(1, int(counts.max()))
-    real = np.arange(slots)[None, :] < counts[:, None]
-    # Widen before inserting -100: uint16 labels would wrap it to 65436.
-    wide_labels = np.asarray(labels[:, :slots], dtype=np.int64)
-    return {
-        "masked_lm_positions": np.where(real, positions[:, :slots], 0).astype(np.int64),
-        "masked_lm_labels": np.where(real, wide_labels, IGNORE_INDEX),
-    }
-
-
-def collate_rows(epoch: EpochArrays, indices: np.ndarray, masker: RowMasker | None = None) -> dict[str, torch.Tensor]:
-    """Gather rows ``indices`` of ``epoch`` into a batch dict.
+def collate_rows(epoch: EpochArrays, indices: np.ndarray, masker: RowMasker | None = None) -> Batch:
+    """Gather rows ``indices`` of ``epoch`` into a batch dict of tensors (layout: ``masking.batch_arrays``).
 
     Rows keep their pregenerated masks; an epoch without masks (``--dynamic_masking``) is masked now by
-    ``masker(rows, lengths, indices)`` when one is given (``dynamic_masking.DynamicMasking.for_epoch``).
+    ``masker(rows, lengths, indices)`` when one is given (``DynamicMasking.for_epoch``).
     """
     order = np.sort(np.asarray(indices))  # sorted reads are sequential on the memmap
     restore = np.argsort(np.argsort(indices)) if not np.array_equal(order, indices) else None
     lengths = np.asarray(epoch.lengths[order], dtype=np.int64)
-    width = min(epoch.input_ids.shape[1], round_up(int(lengths.max()), PAD_TO_MULTIPLE_OF))
+    width = batch_width(int(lengths.max()), epoch.input_ids.shape[1])
     rows = np.asarray(epoch.input_ids[order, :width])
-    positions = np.arange(width)
-    attention_mask = (positions[None, :] < lengths[:, None]).astype(np.int64)
-    segment_a = np.asarray(epoch.segment_a_lengths[order], dtype=np.int64)
-    token_type_ids = ((positions[None, :] >= segment_a[:, None]) & (attention_mask == 1)).astype(np.int64)
-    batch = {"attention_mask": attention_mask, "token_type_ids": token_type_ids}
+    masked = None
     if epoch.masked_positions is not None:
         counts = np.asarray(epoch.num_masked[order], dtype=np.int64)
         slots = max(1, int(counts.max()))
-        batch.update(_masked_slots(epoch.masked_positions[order, :slots], epoch.masked_labels[order, :slots], counts))
+        masked = MaskedRows(rows, epoch.masked_positions[order, :slots], epoch.masked_labels[order, :slots], counts)
     elif masker is not None:
         masked = masker(rows, lengths, order)
-        rows = masked.input_ids
-        batch.update(_masked_slots(masked.positions, masked.labels, masked.counts))
-    batch["input_ids"] = rows.astype(np.int64)
-    if epoch.is_random_next is not None:
-        batch["next_sentence_label"] = np.asarray(epoch.is_random_next[order], dtype=np.int64)
+    is_random_next = None if epoch.is_random_next is None else epoch.is_random_next[order]
+    batch = batch_arrays(rows, lengths, epoch.segment_a_lengths[order], masked, is_random_next)
     if restore is not None:
         batch = {name: value[restore] for name, value in batch.items()}
     return {name: torch.from_numpy(np.ascontiguousarray(value)) for name, value in batch.items()}
@@ -151,12 +126,6 @@ class CorpusMixing:
                 "add text to it or leave it out of --train_corpus"
             )
         return mixed_order(corpus_ids, probabilities, self.batch_size, self.one_corpus_per_batch, rng)
-
-
-logger = logging.getLogger(__name__)
-
-Batch = dict[str, torch.Tensor]
-BatchFetcher = Callable[[np.ndarray], Batch]
 
 
 class EpochSource(Protocol):
@@ -229,7 +198,7 @@ class PregeneratedSource:
                 f"{self.epoch_size(epoch)}; pregenerate the data again"
             )
         masker = self.masking.for_epoch(epoch) if self.masking is not None else None  # the *training* epoch
-        return lambda indices: collate_pregenerated(arrays, indices, masker)
+        return lambda indices: collate_rows(arrays, indices, masker)
 
     def epoch_order(self, epoch: int) -> np.ndarray | None:
         """With several corpora and a ``mixing``: the corpus-sampled order of training epoch ``epoch``; else None."""
@@ -237,11 +206,6 @@ class PregeneratedSource:
             return None
         arrays = open_epoch(self.directory, self.manifest, self.data_epoch(epoch))
         return self.mixing.order(arrays.corpus_ids, self.manifest, epoch)
-
-
-def collate_pregenerated(arrays: EpochArrays, indices: np.ndarray, masker: RowMasker | None = None) -> Batch:
-    """The batch of rows ``indices`` of an epoch (``batches.collate_rows``; ``masker`` masks unmasked data)."""
-    return collate_rows(arrays, indices, masker)
 
 
 class DatasetSource:
@@ -379,3 +343,8 @@ class BatchPrefetcher:
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
     ) -> None:
         self.close()
+
+
+collate_pregenerated = (
+    collate_rows  # old name, still imported by evaluation/heldout.py: remove once it uses collate_rows
+)

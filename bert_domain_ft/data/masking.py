@@ -163,6 +163,55 @@ def mask_rows(
     return MaskedRows(masked, positions, labels, counts.astype(np.uint16))
 
 
+IGNORE_INDEX = -100  # label of an unused slot: cross-entropy's ignore_index (model.pretraining's, without torch)
+PAD_TO_MULTIPLE_OF = 8  # batch widths are rounded up to this (tensor-core and vector-unit friendly)
+
+
+def round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def batch_width(longest: int, limit: int) -> int:
+    """Columns of a batch whose longest row has ``longest`` tokens: rounded up to ``PAD_TO_MULTIPLE_OF``, at most
+    ``limit``. Trimming to the longest row costs nothing for packed rows (~full) and saves a lot for short pairs."""
+    return min(limit, round_up(longest, PAD_TO_MULTIPLE_OF))
+
+
+def batch_arrays(
+    rows: np.ndarray,
+    lengths: np.ndarray,
+    segment_a_lengths: np.ndarray,
+    masked: MaskedRows | None = None,
+    is_random_next: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """The int64 arrays the model takes for ``rows`` (B, L), or for ``masked.input_ids`` when ``masked`` is given.
+
+    Keys and shapes (P = the batch's most masked row): input_ids, attention_mask, token_type_ids (B, L);
+    masked_lm_positions, masked_lm_labels (B, P), labels ``IGNORE_INDEX`` in unused slots (only with ``masked``);
+    next_sentence_label (B,), 1 = random next (only with ``is_random_next``).
+    """
+    positions = np.arange(rows.shape[1])
+    lengths = np.asarray(lengths, dtype=np.int64)
+    attention_mask = positions[None, :] < lengths[:, None]
+    token_type_ids = (positions[None, :] >= np.asarray(segment_a_lengths, dtype=np.int64)[:, None]) & attention_mask
+    batch = {
+        "input_ids": (rows if masked is None else masked.input_ids).astype(np.int64),
+        "attention_mask": attention_mask.astype(np.int64),
+        "token_type_ids": token_type_ids.astype(np.int64),
+    }
+    if masked is not None:
+        counts = np.asarray(masked.counts, dtype=np.int64)
+        slots = max(1, int(counts.max()))
+        real = np.arange(slots)[None, :] < counts[:, None]
+        # Widen before inserting -100: uint16 labels would wrap it to 65436.
+        labels = np.asarray(masked.labels[:, :slots], dtype=np.int64)
+        batch["masked_lm_positions"] = np.where(real, masked.positions[:, :slots], 0).astype(np.int64)
+        batch["masked_lm_labels"] = np.where(real, labels, IGNORE_INDEX)
+    if is_random_next is not None:
+        batch["next_sentence_label"] = np.asarray(is_random_next, dtype=np.int64)
+    return batch
+
+
 MASKING_STREAM = 0x4D41534B  # "MASK": keeps these generators apart from every other stream drawn from the seed
 
 RowMasker = Callable[[np.ndarray, np.ndarray, np.ndarray], MaskedRows]  # (rows, lengths, indices) → masked
@@ -223,7 +272,7 @@ class DynamicMasking:
         return mask_rows(rows, lengths, rng, self.tables, self.masked_lm_prob, self.max_predictions, self.whole_word)
 
     def for_epoch(self, epoch: int) -> RowMasker:
-        """``mask`` with the epoch fixed: the function ``batches.collate_rows`` takes."""
+        """``mask`` with the epoch fixed: the function ``loader.collate_rows`` takes."""
 
         def mask_in_epoch(rows: np.ndarray, lengths: np.ndarray, indices: np.ndarray) -> MaskedRows:
             return self.mask(rows, lengths, epoch, indices)

@@ -33,11 +33,10 @@ import numpy as np
 
 from bert_domain_ft.data.document_store import DocumentStore
 from bert_domain_ft.data.instances import SPECIAL_TOKENS_PER_PAIR, PairSpans, assemble_pairs, truncate_pairs
-from bert_domain_ft.data.masking import DynamicMasking, mask_rows
+from bert_domain_ft.data.masking import DynamicMasking, batch_arrays, batch_width, mask_rows
+from bert_domain_ft.data.masking import round_up as round_up  # where benchmarks/simple_padding.py looks for it
 from bert_domain_ft.errors import UserError
 
-PAD_TO_MULTIPLE_OF = 8  # batch widths are rounded up to this (vector-unit and tensor-core friendly)
-IGNORED_LABEL = -100  # cross-entropy's ignore_index; equals pretraining_model.IGNORE_INDEX (torch-free copy)
 BATCHES_PER_LENGTH_GROUP = 100  # length grouping sorts within runs of this many batches of a shuffled order
 
 # Independent random streams per epoch: SeedSequence([seed, epoch, stream]). Batches draw from the stream of
@@ -201,10 +200,6 @@ def length_grouped_order(lengths: np.ndarray, batch_size: int, seed: int, epoch:
     return np.concatenate([head, grouped[full * batch_size :]])
 
 
-def round_up(value: int, multiple: int) -> int:
-    return -(-value // multiple) * multiple
-
-
 def _spans(index: PairIndex, first: np.ndarray, second: np.ndarray, is_random: np.ndarray) -> PairSpans:
     offsets = index.sentence_offsets
     return PairSpans(offsets[first], offsets[first + 1], offsets[second], offsets[second + 1], is_random)
@@ -219,13 +214,11 @@ def assemble_batch(
     masking: DynamicMasking,
     epoch: int,
 ) -> dict[str, np.ndarray]:
-    """The masked batch of ``instances`` (indices into ``pairs``) of training epoch ``epoch``, as int64 arrays.
+    """The masked batch of ``instances`` (indices into ``pairs``) of training epoch ``epoch``, as int64 arrays
+    (layout: ``masking.batch_arrays``; the width is the longest row's, rounded up, at most max_seq_len).
 
     Truncation and masks draw from ``masking.generator(epoch, instances)``: the same batch is built the same way
-    however often it is built (resume, prefetching), while every epoch masks afresh. Keys and shapes (B rows,
-    L = longest row rounded up to a multiple of 8 but at most max_seq_len, P = most masked tokens of a row):
-    input_ids, attention_mask, token_type_ids (B, L); masked_lm_positions, masked_lm_labels (B, P), labels
-    ``IGNORED_LABEL`` in unused slots; next_sentence_label (B,), 1 = random next.
+    however often it is built (resume, prefetching), while every epoch masks afresh.
     """
     instances = np.asarray(instances, dtype=np.int64)
     rng = masking.generator(epoch, instances)
@@ -236,24 +229,9 @@ def assemble_batch(
         is_random_next=spans.is_random_next,
     )
     longest = int(np.max(truncated.a_end - truncated.a_start + truncated.b_end - truncated.b_start))
-    width = min(layout.max_seq_len, round_up(longest + SPECIAL_TOKENS_PER_PAIR, PAD_TO_MULTIPLE_OF))
+    width = batch_width(longest + SPECIAL_TOKENS_PER_PAIR, layout.max_seq_len)
     rows, lengths, segment_a = assemble_pairs(store, truncated, width, layout.cls_id, layout.sep_id, layout.pad_id)
     masked = mask_rows(
         rows, lengths, rng, masking.tables, masking.masked_lm_prob, masking.max_predictions, masking.whole_word
     )
-    positions = np.arange(width)
-    lengths = lengths.astype(np.int64)
-    attention_mask = positions[None, :] < lengths[:, None]
-    token_type_ids = (positions[None, :] >= segment_a.astype(np.int64)[:, None]) & attention_mask
-    counts = masked.counts.astype(np.int64)
-    slots = max(1, int(counts.max()))
-    real = np.arange(slots)[None, :] < counts[:, None]
-    return {
-        "input_ids": masked.input_ids.astype(np.int64),
-        "attention_mask": attention_mask.astype(np.int64),
-        "token_type_ids": token_type_ids.astype(np.int64),
-        "masked_lm_positions": np.where(real, masked.positions[:, :slots], 0).astype(np.int64),
-        # Widen before inserting -100: uint16 labels would wrap it.
-        "masked_lm_labels": np.where(real, masked.labels[:, :slots].astype(np.int64), IGNORED_LABEL),
-        "next_sentence_label": truncated.is_random_next.astype(np.int64),
-    }
+    return batch_arrays(rows, lengths, segment_a, masked, truncated.is_random_next)

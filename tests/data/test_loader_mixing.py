@@ -105,14 +105,14 @@ def test_finetune_with_batch_from_one_corpus_trains_on_single_corpus_steps_and_e
 
     corpus_ids = np.asarray(open_epoch(mixed_data, read_manifest(mixed_data), 0).corpus_ids)
     seen: list[set[int]] = []
-    original = training_data.collate_pregenerated
+    original = training_data.collate_rows
 
     def recording(arrays: Any, indices: np.ndarray, masker: Any = None) -> dict[str, torch.Tensor]:
         if arrays.corpus_ids is not None and len(arrays.corpus_ids) == len(corpus_ids):  # training epoch rows only
             seen.append(set(corpus_ids[np.asarray(indices)].tolist()))
         return original(arrays, indices, masker)
 
-    monkeypatch.setattr(training_data, "collate_pregenerated", recording)
+    monkeypatch.setattr(training_data, "collate_rows", recording)
     config = quick_config(
         mixed_data, tiny_bert_dir, tmp_path / "out", train_batch_size=16, gradient_accumulation_steps=2,
         batch_from_one_corpus=True, logging_steps=5,

@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 
 from bert_domain_ft.data.document_store import DocumentStore, build_document_store
-from bert_domain_ft.data.masking import DynamicMasking, MaskingTables, masking_tables
+from bert_domain_ft.data.masking import IGNORE_INDEX, DynamicMasking, MaskingTables, masking_tables
 from bert_domain_ft.data.simple_pairs import (
     BATCHES_PER_LENGTH_GROUP,
-    IGNORED_LABEL,
     PairIndex,
     RowLayout,
     assemble_batch,
@@ -163,12 +162,12 @@ def test_masking_follows_the_pregeneration_rules(store: DocumentStore, index: Pa
     batch = assemble_batch(store, index, pairs, instances, layout, masking, epoch=0)
     lengths = batch["attention_mask"].sum(axis=1)
     labels, positions = batch["masked_lm_labels"], batch["masked_lm_positions"]
-    counts = (labels != IGNORED_LABEL).sum(axis=1)
+    counts = (labels != IGNORE_INDEX).sum(axis=1)
     assert np.array_equal(counts, np.minimum(20, np.maximum(1, np.rint(lengths * 0.15))))
-    rows = np.repeat(np.arange(len(instances)), labels.shape[1])[labels.ravel() != IGNORED_LABEL]
-    columns = positions.ravel()[labels.ravel() != IGNORED_LABEL]
+    rows = np.repeat(np.arange(len(instances)), labels.shape[1])[labels.ravel() != IGNORE_INDEX]
+    columns = positions.ravel()[labels.ravel() != IGNORE_INDEX]
     original = unmasked["input_ids"][rows, columns]  # same stream → same truncation
-    assert np.array_equal(labels.ravel()[labels.ravel() != IGNORED_LABEL], original)
+    assert np.array_equal(labels.ravel()[labels.ravel() != IGNORE_INDEX], original)
     assert np.all(original >= SPECIAL), "special tokens are never masked"
     replaced = batch["input_ids"][rows, columns]
     assert 0.77 < np.mean(replaced == MASK) < 0.83 and 0.07 < np.mean(replaced == original) < 0.13
