@@ -181,6 +181,116 @@ class _OffsetsBuilder:
         return tuple(np.load(self.directory / f"{name}.npy", mmap_mode="r") for name in names)  # type: ignore
 
 
+class _StoreWriter:
+    """Tokenizes corpus lines batch by batch into an ``_OffsetsBuilder``, keeping the running counts."""
+
+    def __init__(self, tokenizer: Any, facts: TokenizerFacts, directory: Path | None, max_sentence_tokens: int | None):
+        self.tokenizer = tokenizer
+        self.facts = facts
+        self.max_sentence_tokens = max_sentence_tokens
+        self.continues_word = continuation_table(tokenizer, facts) if max_sentence_tokens is not None else None
+        self.builder = _OffsetsBuilder(facts.token_dtype, directory)
+        self.builder.append("sentence_offsets", np.zeros(1, np.int64))
+        self.builder.append("document_offsets", np.zeros(1, np.int64))
+        self.counters = {"tokens": 0, "sentences": 0, "documents": 0, "empty_sentences": 0, "empty_documents": 0}
+        self.document_has_sentence = self.document_has_line = False
+        self.corpus_document_ends = [0]
+        self.long_lines: list[LongLines] = []
+        self._start_long_lines()
+
+    def _start_long_lines(self) -> None:
+        self.long = {"lines": 0, "tokens": 0, "pieces": 0}
+        self.long_numbers: list[int] = []
+
+    def add_corpus(self, path: Path, progress: tqdm) -> None:
+        """Every line of ``path``, in batches of ``SENTENCES_PER_BATCH``; the corpus must hold two documents."""
+        pending: list[tuple[str, bool, int]] = []  # (text, starts a document, line number)
+        last_byte = 0
+        for line in iter_corpus_lines(path):
+            pending.append((line.text, line.starts_document, line.line_number))
+            if len(pending) >= SENTENCES_PER_BATCH:
+                self._add_batch(pending)
+                progress.update(line.end_byte - last_byte)
+                last_byte = line.end_byte
+        if pending:
+            self._add_batch(pending)
+        # The last document is closed by the end of the file, not by a blank line.
+        last_document_end: list[int] = []
+        self._close_document(last_document_end)
+        if last_document_end:
+            self.builder.append("document_offsets", np.asarray(last_document_end, dtype=np.int64))
+        progress.update(path.stat().st_size - last_byte)
+        require_two_documents(path, self.counters["documents"] - self.corpus_document_ends[-1])
+        self.corpus_document_ends.append(self.counters["documents"])
+        self.long_lines.append(LongLines(**self.long, first_line_numbers=tuple(self.long_numbers)))
+        self._start_long_lines()
+
+    def _close_document(self, document_ends: list[int]) -> None:
+        if self.document_has_sentence:
+            document_ends.append(self.counters["sentences"])
+            self.counters["documents"] += 1
+        elif self.document_has_line:
+            self.counters["empty_documents"] += 1
+        self.document_has_sentence = self.document_has_line = False
+
+    def _pieces(self, ids: list[int], line_number: int) -> list[list[int]]:
+        """The line's ids as one sentence, or cut into sentences of at most ``max_sentence_tokens`` (counted)."""
+        if self.max_sentence_tokens is None or len(ids) <= self.max_sentence_tokens:
+            return [ids]
+        assert self.continues_word is not None
+        cuts = cut_points(np.asarray(ids, dtype=np.int64), self.max_sentence_tokens, self.continues_word)
+        pieces = [ids[start:end] for start, end in zip(cuts[:-1], cuts[1:])]
+        self.long["lines"] += 1
+        self.long["tokens"] += len(ids)
+        self.long["pieces"] += len(pieces)
+        if len(self.long_numbers) < LONG_LINES_LISTED:
+            self.long_numbers.append(line_number)
+        return pieces
+
+    def _add_batch(self, pending: list[tuple[str, bool, int]]) -> None:
+        encoded = encode_sentences(self.tokenizer, [text for text, _, _ in pending])
+        kept_ids: list[list[int]] = []
+        document_ends: list[int] = []
+        for (_, starts_document, line_number), ids in zip(pending, encoded):
+            if starts_document:
+                self._close_document(document_ends)
+            self.document_has_line = True
+            if not ids:
+                self.counters["empty_sentences"] += 1
+                continue
+            pieces = self._pieces(ids, line_number)
+            kept_ids.extend(pieces)
+            self.counters["sentences"] += len(pieces)
+            self.document_has_sentence = True
+        if kept_ids:
+            self._append_tokens(kept_ids)
+        if document_ends:
+            self.builder.append("document_offsets", np.asarray(document_ends, dtype=np.int64))
+        pending.clear()
+
+    def _append_tokens(self, sentences: list[list[int]]) -> None:
+        lengths = [len(ids) for ids in sentences]
+        flat = np.fromiter(chain.from_iterable(sentences), dtype=np.int64, count=sum(lengths))
+        if flat.size and int(flat.max()) >= self.facts.vocab_size:
+            raise ValueError(f"token id {int(flat.max())} outside the vocabulary of size {self.facts.vocab_size}")
+        self.builder.append("tokens", flat.astype(self.facts.token_dtype))
+        self.builder.append("sentence_offsets", self.counters["tokens"] + np.cumsum(lengths, dtype=np.int64))
+        self.counters["tokens"] += int(flat.size)
+
+    def finish(self, tokens_file: Path | None) -> DocumentStore:
+        tokens, sentence_offsets, document_offsets = self.builder.finish()
+        return DocumentStore(
+            tokens,
+            sentence_offsets,
+            document_offsets,
+            self.counters["empty_sentences"],
+            self.counters["empty_documents"],
+            corpus_document_offsets=np.asarray(self.corpus_document_ends, dtype=np.int64),
+            tokens_file=tokens_file,
+            long_lines=tuple(self.long_lines),
+        )
+
+
 def build_document_store(
     corpus_path: Path | Sequence[Path],
     tokenizer: Any,
@@ -192,114 +302,25 @@ def build_document_store(
     """Tokenize ``corpus_path`` (or several corpora, one after the other) in batches and return the document store
     (on disk under ``directory`` if given). Each corpus must hold at least two documents. Lines longer than
     ``max_sentence_tokens`` (if given) are cut into sentences of at most that many tokens."""
-    builder = _OffsetsBuilder(facts.token_dtype, directory)
-    continues_word = continuation_table(tokenizer, facts) if max_sentence_tokens is not None else None
-    long_lines: list[LongLines] = []
-    current_long = {"lines": 0, "tokens": 0, "pieces": 0}
-    current_long_numbers: list[int] = []
-    counters = {"tokens": 0, "sentences": 0, "documents": 0, "empty_sentences": 0, "empty_documents": 0}
-    current_document_has_sentence = False
-    current_document_has_line = False
-    pending: list[tuple[str, bool, int]] = []  # (text, starts a document, line number)
-    builder.append("sentence_offsets", np.zeros(1, np.int64))
-    builder.append("document_offsets", np.zeros(1, np.int64))
-
-    def close_document(document_ends: list[int]) -> None:
-        nonlocal current_document_has_sentence, current_document_has_line
-        if current_document_has_sentence:
-            document_ends.append(counters["sentences"])
-            counters["documents"] += 1
-        elif current_document_has_line:
-            counters["empty_documents"] += 1
-        current_document_has_sentence = current_document_has_line = False
-
-    def flush() -> None:
-        nonlocal current_document_has_sentence, current_document_has_line
-        encoded = encode_sentences(tokenizer, [text for text, _, _ in pending])
-        kept_lengths: list[int] = []
-        kept_ids: list[list[int]] = []
-        document_ends: list[int] = []
-        for (_, starts_document, line_number), ids in zip(pending, encoded):
-            if starts_document:
-                close_document(document_ends)
-            current_document_has_line = True
-            if not ids:
-                counters["empty_sentences"] += 1
-                continue
-            pieces = [ids]
-            if max_sentence_tokens is not None and len(ids) > max_sentence_tokens:
-                assert continues_word is not None
-                cuts = cut_points(np.asarray(ids, dtype=np.int64), max_sentence_tokens, continues_word)
-                pieces = [ids[start:end] for start, end in zip(cuts[:-1], cuts[1:])]
-                current_long["lines"] += 1
-                current_long["tokens"] += len(ids)
-                current_long["pieces"] += len(pieces)
-                if len(current_long_numbers) < LONG_LINES_LISTED:
-                    current_long_numbers.append(line_number)
-            for piece in pieces:
-                kept_ids.append(piece)
-                kept_lengths.append(len(piece))
-            counters["sentences"] += len(pieces)
-            current_document_has_sentence = True
-        if kept_ids:
-            flat = np.fromiter(chain.from_iterable(kept_ids), dtype=np.int64, count=sum(kept_lengths))
-            if flat.size and int(flat.max()) >= facts.vocab_size:
-                raise ValueError(f"token id {int(flat.max())} outside the vocabulary of size {facts.vocab_size}")
-            builder.append("tokens", flat.astype(facts.token_dtype))
-            builder.append("sentence_offsets", counters["tokens"] + np.cumsum(kept_lengths, dtype=np.int64))
-            counters["tokens"] += int(flat.size)
-        if document_ends:
-            builder.append("document_offsets", np.asarray(document_ends, dtype=np.int64))
-        pending.clear()
-
     paths = [Path(corpus_path)] if isinstance(corpus_path, (str, Path)) else [Path(p) for p in corpus_path]
-    corpus_document_ends = [0]
+    writer = _StoreWriter(tokenizer, facts, directory, max_sentence_tokens)
     try:
         total_bytes = sum(path.stat().st_size for path in paths if path.exists())
         with tqdm(
             total=total_bytes, unit="B", unit_scale=True, desc="tokenizing", disable=not show_progress
         ) as progress:
             for path in paths:
-                last_byte = 0
-                for line in iter_corpus_lines(path):
-                    pending.append((line.text, line.starts_document, line.line_number))
-                    if len(pending) >= SENTENCES_PER_BATCH:
-                        flush()
-                        progress.update(line.end_byte - last_byte)
-                        last_byte = line.end_byte
-                if pending:
-                    flush()
-                # The last document is closed by the end of the file, not by a blank line.
-                last_document_end: list[int] = []
-                close_document(last_document_end)
-                if last_document_end:
-                    builder.append("document_offsets", np.asarray(last_document_end, dtype=np.int64))
-                progress.update(path.stat().st_size - last_byte)
-                require_two_documents(path, counters["documents"] - corpus_document_ends[-1])
-                corpus_document_ends.append(counters["documents"])
-                long_lines.append(LongLines(**current_long, first_line_numbers=tuple(current_long_numbers)))
-                current_long = {"lines": 0, "tokens": 0, "pieces": 0}
-                current_long_numbers = []
+                writer.add_corpus(path, progress)
     except BaseException:
-        builder.abandon()
+        writer.builder.abandon()
         raise
-    tokens, sentence_offsets, document_offsets = builder.finish()
-    store = DocumentStore(
-        tokens,
-        sentence_offsets,
-        document_offsets,
-        counters["empty_sentences"],
-        counters["empty_documents"],
-        corpus_document_offsets=np.asarray(corpus_document_ends, dtype=np.int64),
-        tokens_file=None if directory is None else directory / "tokens.npy",
-        long_lines=tuple(long_lines),
-    )
+    store = writer.finish(None if directory is None else directory / "tokens.npy")
     if directory is not None:
         write_json_atomic(
             directory / STORE_DESCRIPTION,
             {
                 "corpora": [str(path) for path in paths],
-                "corpus_document_offsets": corpus_document_ends,
+                "corpus_document_offsets": writer.corpus_document_ends,
                 "vocab_fingerprint": facts.vocab_fingerprint,
                 "num_tokens": store.num_tokens,
                 "num_sentences": store.num_sentences,
