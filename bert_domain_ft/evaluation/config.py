@@ -1,13 +1,14 @@
 """Settings of the evaluation stage's commands, one dataclass each, every field documented and checked on
 construction: ``evaluate`` (held-out masked-LM loss of models) and ``probe`` (a classifier fine-tuned from each model
-on the user's labelled data). Importing it does not import torch.
+on the user's labelled data) and ``plot`` (a run's training curves). Importing it does not import torch. A field's
+``metadata`` says what its command-line flag needs beyond its type and default (see ``bert_domain_ft.cli.flags``).
 
     config = ProbeConfig(models=["bert-base-uncased", "out/"], train=Path("train.csv"), test=Path("test.csv"))
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -19,9 +20,9 @@ class EvaluateConfig:
     tokenizer: str | None = None
     """Tokenizer directory the data was made with, when it is not the model's own (e.g. a model trained from
     scratch with ``--tokenizer``; finetune saves it next to the model, so usually not needed)."""
-    data: Path | None = None
+    data: Path | None = field(default=None, metadata={"one_of": "source"})
     """Pregenerated directory whose held-out set (``--holdout_fraction``) is evaluated."""
-    corpus: Path | None = None
+    corpus: Path | None = field(default=None, metadata={"one_of": "source"})
     """Corpus file to pregenerate on the fly (fixed seed) and evaluate as a whole, instead of ``data``."""
     epoch: int | None = None
     """With ``data``: evaluate training epoch N (0-based) instead of the held-out set."""
@@ -31,13 +32,13 @@ class EvaluateConfig:
     """With ``corpus``: tokens per instance, special tokens included."""
     max_instances: int | None = None
     """Evaluate only the first N instances (the same ones every time); None evaluates all."""
-    json_output: Path | None = None
-    """Also write the results as JSON to this file."""
+    json_output: Path | None = field(default=None, metadata={"flag": "json", "metavar": "FILE"})
+    """Also write the results as JSON to this file (on the command line, ``-`` prints them instead of the table)."""
     bf16: bool = False
     """Run the forward passes under bfloat16 autocast (fast on recent CPUs and GPUs)."""
     no_cuda: bool = False
     """Stay on the CPU even when a GPU is available."""
-    show_progress: bool = True
+    show_progress: bool = field(default=True, metadata={"flag": "no_progress"})
     """tqdm progress bars."""
 
     def __post_init__(self) -> None:
@@ -58,11 +59,14 @@ class EvaluateConfig:
             raise ValueError("--max_seq_len must be between 8 and 65535 (BERT uses 128 or 512)")
 
 
+DEFAULT_PROBE_PLOT = Path("probe.png")
+
+
 @dataclass
 class ProbeConfig:
     """Everything ``run_probe`` needs; ``__post_init__`` rejects impossible values."""
 
-    models: list[str]
+    models: list[str] = field(metadata={"metavar": "MODEL"})
     """Model directories (or hub ids) to compare, in display order; the first is the reference (e.g. the base)."""
     train: Path
     """Labelled training sentences: CSV with a header row, or JSON lines."""
@@ -87,20 +91,24 @@ class ProbeConfig:
     """Tokens per sentence, [CLS] and [SEP] included; longer sentences are cut."""
     tokenizer: str | None = None
     """Tokenizer for every model; None uses each model's own (finetune saves it next to the model)."""
-    json_output: Path | None = None
+    json_output: Path | None = field(default=None, metadata={"flag": "json", "metavar": "FILE"})
     """Also write the results as a JSON list (one object per model) to this file."""
-    plot_output: Path | None = None
-    """Also draw a bar chart with error bars into this PNG (needs matplotlib)."""
+    plot_output: Path | None = field(
+        default=None, metadata={"flag": "plot", "metavar": "FILE", "cli_default": DEFAULT_PROBE_PLOT}
+    )
+    """Also draw a bar chart with error bars into this PNG (needs matplotlib; the command line draws probe.png)."""
+    no_plot: bool = False
+    """Draw no chart whatever ``plot_output`` says (then no matplotlib is needed)."""
     no_cuda: bool = False
     """Stay on the CPU even when a GPU is available."""
-    show_progress: bool = True
+    show_progress: bool = field(default=True, metadata={"flag": "no_progress"})
     """tqdm progress bars."""
 
     def __post_init__(self) -> None:
         self.models = [str(model) for model in self.models]
         self.train, self.test = Path(self.train), Path(self.test)
         self.json_output = Path(self.json_output) if self.json_output is not None else None
-        self.plot_output = Path(self.plot_output) if self.plot_output is not None else None
+        self.plot_output = Path(self.plot_output) if self.plot_output is not None and not self.no_plot else None
         if not self.models:
             raise ValueError("give at least one model to probe with --models (e.g. the base model and your run)")
         if len(set(self.models)) != len(self.models):
@@ -118,3 +126,13 @@ class ProbeConfig:
     @property
     def seed_list(self) -> list[int]:
         return [self.seed + offset for offset in range(self.seeds)]
+
+
+@dataclass
+class PlotConfig:
+    """What ``bert-domain-ft plot`` draws: ``plot_run(run_dir, output)``."""
+
+    run_dir: Path = field(metadata={"positional": True, "metavar": "RUN_DIR"})
+    """A finetune run's output directory, holding its metrics.jsonl."""
+    output: Path | None = None
+    """The PNG to write; None writes RUN_DIR/training_curves.png."""

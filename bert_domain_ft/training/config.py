@@ -4,7 +4,8 @@ epochs) and ``simple`` (two-sentence pairs made on the fly, plus finetune's trai
 Field names match the original ``finetune_on_pregenerated.py`` flags, so the CLI maps flags onto fields 1:1. The
 training half of a ``SimpleConfig`` is a ``FinetuneConfig`` (same optimizer, schedule, precision, checkpoints,
 fresh-head handling), so the two commands cannot drift apart; its ``pregenerated_data`` names the corpus there.
-Importing this module does not import torch (the CLI builds a config before deciding to train).
+Importing this module does not import torch (the CLI builds a config before deciding to train). A field's
+``metadata`` says what its command-line flag needs beyond its type and default (see ``bert_domain_ft.cli.flags``).
 
     config = FinetuneConfig(pregenerated_data=Path("epochs"), output_dir=Path("out"), bert_model="bert-base-uncased")
     config = SimpleConfig.create(train_corpus=Path("corpus.txt"), output_dir=Path("out"), bert_model="bert", epochs=1)
@@ -30,10 +31,11 @@ class FinetuneConfig:
     """Local model directory or hub id to start from (any AutoModelForMaskedLM: BERT, RoBERTa, XLM-R,
     DistilBERT, DeBERTa…); its tokenizer must be the one the data was made with. None with from_scratch."""
     do_lower_case: bool | None = None
-    """None follows the tokenizer; True/False must agree with it and with the data (checked, never silent)."""
+    """Insist the tokenizer lower-cases (True) or does not (False), checked against it and the data, never silent;
+    None follows the tokenizer."""
     tokenizer: str | None = None
     """Tokenizer directory to use instead of the model's own (required with from_scratch); saved with the model."""
-    objective: str = "auto"
+    objective: str = dataclasses.field(default="auto", metadata={"choices": ("auto", "nsp", "mlm")})
     """"nsp" (masked LM + next-sentence prediction, BERT only), "mlm" (masked LM only; NSP labels in the data are
     ignored) or "auto": the data's objective, or "mlm" when the model has no NSP head, a BERT saved without a
     trained one included (a fresh NSP head rewrites the pooler that downstream classifiers read; said in one line)."""
@@ -56,8 +58,8 @@ class FinetuneConfig:
     turn and starting them again as often as needed (``epochs`` is then ignored). For a fixed budget whatever the
     corpus size, and for comparisons at an equal budget. 0: train ``epochs`` whole epochs."""
     train_batch_size: int = 32
-    """Sequences per optimizer step in each process (split into --gradient_accumulation_steps micro-batches);
-    with N processes the global batch is N × this, as in the original script."""
+    """Total sequences per optimizer step in each process, as in the original script: it is divided by
+    --gradient_accumulation_steps into micro-batches; with N processes the global batch is N times this."""
     gradient_accumulation_steps: int = 1
     """Micro-batches per optimizer step; each holds train_batch_size / this sequences."""
     learning_rate: float = 3e-5
@@ -70,9 +72,9 @@ class FinetuneConfig:
     """AdamW's epsilon (denominator guard)."""
     max_grad_norm: float = 1.0
     """Gradients are clipped to this global L2 norm before each step (0 turns clipping off)."""
-    head_warmup_steps: int | None = None
+    head_warmup_steps: int | None = dataclasses.field(default=None, metadata={"auto": True})
     """Steps that first train only the pretraining heads the checkpoint lacks, encoder frozen (no backward through
-    it), before the main schedule. None: automatic (20% of the main steps, at least 50, at most 1000); 0: off.
+    it), before the main schedule (None or auto: 20% of the main steps, at least 50, at most 1000; 0: off).
     Skipped when the checkpoint has its heads; not counted in the main steps."""
     head_learning_rate: float = 3e-3
     """Learning rate of the head warm-up (linear ramp over its first 10%, then constant): new heads start from
@@ -94,7 +96,7 @@ class FinetuneConfig:
     """Mixed precision with bfloat16 autocast (CUDA, or a CPU with bf16 units); no scaler needed."""
     loss_scale: float = 0.0
     """With --fp16: 0 scales the loss dynamically, a positive value is a static loss scale."""
-    cpu_kernels: bool = True
+    cpu_kernels: bool = dataclasses.field(default=True, metadata={"flag": "stock_kernels"})
     """On the CPU, train with bert_domain_ft's memory-light attention, faster dropout masks and recomputed
     feed-forward activation (same functions and gradients, less memory, faster); False keeps transformers' own."""
     no_cuda: bool = False
@@ -114,9 +116,9 @@ class FinetuneConfig:
     so a later --resume continues as if never stopped. For time-boxed jobs. 0 runs to the end."""
     logging_steps: int = 10
     """Write a metrics.jsonl record and refresh the progress bar every this many optimizer steps."""
-    verify_checksums: bool = False
+    verify_checksums: bool = dataclasses.field(default=False, metadata={"aliases": ("verify",)})
     """Check the SHA-256 of every epoch array against its epoch.json before training (reads all data once)."""
-    do_eval: bool = True
+    do_eval: bool = dataclasses.field(default=True, metadata={"flag": "no_eval"})
     """Evaluate on held-out data when there is some (see holdout_data) and an evaluator is available."""
     holdout_data: Path | None = None
     """A pregenerated directory whose held-out set is evaluated; None uses the training data's own holdout."""
@@ -141,7 +143,7 @@ class FinetuneConfig:
     """Classifiers (seeds) the probe trains per checkpoint."""
     probe_epochs: int = 4
     """Passes over probe_train per classifier."""
-    show_progress: bool = True
+    show_progress: bool = dataclasses.field(default=True, metadata={"flag": "no_progress"})
     """Show tqdm progress bars."""
 
     def __post_init__(self) -> None:
@@ -243,6 +245,12 @@ class FinetuneConfig:
 
 MIN_SEQ_LEN = 8  # [CLS] A [SEP] B [SEP] with a few tokens of each sentence
 
+# The flags ``simple`` takes from its FinetuneConfig: all but those about pregenerated data and held-out sets.
+_NOT_SIMPLE_FLAGS = ("pregenerated_data", "tokenizer", "objective", "from_scratch", "model_type", "config_overrides")
+_NOT_SIMPLE_FLAGS += ("batch_from_one_corpus", "reduce_memory", "verify_checksums", "do_eval", "holdout_data")
+_NOT_SIMPLE_FLAGS += ("general_holdout", "eval_steps", "eval_batch_size")
+SIMPLE_TRAINING_FLAGS = {"exclude": _NOT_SIMPLE_FLAGS, "required": ("output_dir", "bert_model")}
+
 
 @dataclass
 class SimpleConfig:
@@ -250,15 +258,15 @@ class SimpleConfig:
 
     train_corpus: Path
     """Corpus file: one sentence per line, a blank line between documents (see ``bert-domain-ft prepare``)."""
-    training: FinetuneConfig
+    training: FinetuneConfig = dataclasses.field(metadata={"nested": SIMPLE_TRAINING_FLAGS})
     """output_dir, bert_model, epochs, batch size, optimizer, precision, checkpoints: exactly as for finetune."""
     on_memory: bool = False
     """Keep the tokenized corpus in RAM. Without it the tokens stay on disk (under output_dir, removed at the end)
     and only the sentence/document offsets are in RAM, so corpora far larger than memory train fine."""
-    max_seq_len: int = 128
+    max_seq_len: int = dataclasses.field(default=128, metadata={"aliases": ("max_seq_length",)})
     """Tokens per pair at most, [CLS] and the two [SEP] included; longer pairs are truncated (the original
     script's --max_seq_length)."""
-    group_by_length: bool = True
+    group_by_length: bool = dataclasses.field(default=True, metadata={"negatable": True})
     """Batch pairs of similar length together (sorted within runs of 100 shuffled batches, the batches then
     shuffled), so short pairs pay little padding. Deterministic in the seed."""
     masked_lm_prob: float = 0.15
@@ -318,3 +326,13 @@ class SimpleConfig:
                 values[field.name] = str(value) if isinstance(value, Path) else value
         values["training"] = self.training.to_json()
         return values
+
+
+@dataclass
+class OriginalSimpleFlags:
+    """Flags of the original ``simple_lm_finetuning.py`` that set nothing of their own, so its command lines work."""
+
+    do_train: bool = False
+    """Accepted for compatibility: training is what ``simple`` does."""
+    num_train_epochs: float | None = None
+    """The original script's name for --epochs, which it overrides (a whole number, e.g. 3.0)."""

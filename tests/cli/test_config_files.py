@@ -5,38 +5,47 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import yaml
 
 from bert_domain_ft.cli import build_parser, main
-from bert_domain_ft.cli.config_files import (
+from bert_domain_ft.cli import pregenerate_training_data as classic_main
+from bert_domain_ft.cli.flags import (
     EFFECTIVE_CONFIG_NAME,
-    apply_config_file,
+    FlagParser,
     effective_config,
+    flags_of,
     load_config_file,
     parse_with_config,
     save_effective_config,
 )
-from bert_domain_ft.cli.pregenerate import classic_main
 from bert_domain_ft.errors import UserError
 
 
-def toy_parser() -> argparse.ArgumentParser:
+@dataclass
+class ToyConfig:
     """Every kind of flag the commands use: typed, required, positional list, switch, choices, exclusive group."""
-    parser = argparse.ArgumentParser(prog="toy")
-    parser.add_argument("inputs", nargs="+", type=Path)
-    parser.add_argument("--output_dir", type=Path, required=True)
-    parser.add_argument("--learning_rate", type=float, default=3e-5)
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--kind", choices=("wordpiece", "bpe"), default="wordpiece")
-    parser.add_argument("--no_progress", action="store_true")
-    parser.add_argument("--do_lower_case", action="store_true", default=None)
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--data", type=Path)
-    source.add_argument("--corpus", type=Path)
-    return parser
+
+    inputs: list[Path] = field(metadata={"positional": True})
+    output_dir: Path
+    learning_rate: float = 3e-5
+    seed: int = 42
+    kind: str = field(default="wordpiece", metadata={"choices": ("wordpiece", "bpe")})
+    show_progress: bool = field(default=True, metadata={"flag": "no_progress"})
+    do_lower_case: bool | None = None
+    data: Path | None = field(default=None, metadata={"one_of": "source"})
+    corpus: Path | None = field(default=None, metadata={"one_of": "source"})
+
+
+def toy_parser() -> FlagParser:
+    return FlagParser(prog="toy", flags=flags_of(ToyConfig))
+
+
+def apply_config_file(parser: FlagParser, argv: list[str]) -> dict:
+    return parser.file_values(argv)
 
 
 def write(path: Path, values: dict) -> Path:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bert_domain_ft.cli import finetune as finetune_cli
+from bert_domain_ft.cli import FINETUNE as finetune_cli
 from bert_domain_ft.training.config import FinetuneConfig
 
 ORIGINAL_FLAGS = [
@@ -70,7 +70,11 @@ def test_config_serialises_to_plain_json_values() -> None:
 
 def test_help_explains_the_batch_size_and_the_classic_script_exists() -> None:
     result = subprocess.run(
-        [sys.executable, "-c", "from bert_domain_ft.cli.finetune import classic_main; classic_main(['--help'])"],
+        [
+            sys.executable,
+            "-c",
+            "from bert_domain_ft.cli import finetune_on_pregenerated; finetune_on_pregenerated(['--help'])",
+        ],
         capture_output=True,
         text=True,
         check=False,
@@ -82,7 +86,7 @@ def test_help_explains_the_batch_size_and_the_classic_script_exists() -> None:
 
 
 def test_parsing_the_flags_does_not_import_torch() -> None:
-    code = "import sys; import bert_domain_ft.cli.finetune; print('torch' in sys.modules)"
+    code = "import sys; import bert_domain_ft.cli; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
 

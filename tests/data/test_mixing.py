@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tiny_assets
 
-from bert_domain_ft.cli.pregenerate import classic_main
+from bert_domain_ft.cli import pregenerate_training_data as classic_main
 from bert_domain_ft.data.epoch_format import open_epoch, read_manifest
 from bert_domain_ft.data.mixing import mixed_order, sampling_probabilities
 

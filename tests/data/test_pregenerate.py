@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bert_domain_ft.cli.pregenerate import classic_main
+from bert_domain_ft.cli import pregenerate_training_data as classic_main
 from bert_domain_ft.data.document_store import build_document_store
 from bert_domain_ft.data.epoch_format import open_epoch, read_manifest
 from bert_domain_ft.data.pregenerate import PregenerateConfig, pregenerate

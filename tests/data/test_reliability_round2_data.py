@@ -124,8 +124,7 @@ def test_a_second_writer_on_a_locked_output_directory_gets_one_line_naming_the_r
 def test_the_effective_config_is_not_written_into_a_directory_another_run_has_locked_meanwhile(
     tiny_corpus: Path, tiny_tokenizer_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from bert_domain_ft.cli import build_parser
-    from bert_domain_ft.cli.common import run_command
+    from bert_domain_ft.cli import build_parser, run_command
 
     output = tmp_path / "out"
     arguments = build_parser().parse_args(pregenerate_cli(tiny_corpus, tiny_tokenizer_dir, output))

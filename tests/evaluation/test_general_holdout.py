@@ -8,8 +8,8 @@ import pytest
 from training_helpers import make_pregenerated, quick_config, read_metrics
 
 from bert_domain_ft.cli import build_parser
-from bert_domain_ft.cli.config_files import parse_with_config
-from bert_domain_ft.cli.finetune import config_from
+from bert_domain_ft.cli.commands import finetune_config as config_from
+from bert_domain_ft.cli.flags import parse_with_config
 from bert_domain_ft.data.epoch_format import read_manifest
 from bert_domain_ft.errors import UserError
 from bert_domain_ft.evaluation import plots as plotting

@@ -12,7 +12,7 @@ import pytest
 import torch
 from test_probe import fast_config, probe_files  # noqa: F401  (probe_files is a fixture)
 
-from bert_domain_ft.cli import probe as probe_cli
+from bert_domain_ft.cli import PROBE as probe_cli
 from bert_domain_ft.evaluation.config import ProbeConfig
 from bert_domain_ft.evaluation.probe import ProbeResult, classifier_from_pretrained, run_probe
 from bert_domain_ft.evaluation.probe_report import (

@@ -10,7 +10,7 @@ from torch import nn
 from training_helpers import assert_identical_weights, load_weights, make_pregenerated, quick_config, read_metrics
 
 from bert_domain_ft.cli import build_parser
-from bert_domain_ft.cli.simple import config_from as simple_config_from
+from bert_domain_ft.cli.commands import simple_config as simple_config_from
 from bert_domain_ft.errors import UserError
 from bert_domain_ft.model.optimization import ParameterAnchor, anchor_penalty
 from bert_domain_ft.training.config import FinetuneConfig
@@ -148,7 +148,7 @@ def test_config_refuses_a_negative_weight_an_overshooting_pull_and_from_scratch(
 
 
 def test_flag_reaches_the_finetune_and_simple_configs(tmp_path: Path) -> None:
-    from bert_domain_ft.cli.finetune import config_from as finetune_config_from
+    from bert_domain_ft.cli.commands import finetune_config as finetune_config_from
 
     parser = build_parser()
     arguments = parser.parse_args(
@@ -162,8 +162,8 @@ def test_flag_reaches_the_finetune_and_simple_configs(tmp_path: Path) -> None:
 
 
 def test_anchor_weight_comes_from_a_config_file(tmp_path: Path) -> None:
-    from bert_domain_ft.cli.config_files import parse_with_config
-    from bert_domain_ft.cli.finetune import config_from as finetune_config_from
+    from bert_domain_ft.cli.commands import finetune_config as finetune_config_from
+    from bert_domain_ft.cli.flags import parse_with_config
 
     config = tmp_path / "run.json"
     config.write_text('{"pregenerated_data": "d", "output_dir": "o", "bert_model": "m", "anchor_weight": 0.25}')

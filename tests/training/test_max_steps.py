@@ -9,7 +9,7 @@ import pytest
 from training_helpers import assert_identical_weights, load_weights, make_pregenerated, quick_config, read_metrics
 
 from bert_domain_ft.cli import build_parser
-from bert_domain_ft.cli.simple import config_from as simple_config_from
+from bert_domain_ft.cli.commands import simple_config as simple_config_from
 from bert_domain_ft.errors import UserError
 from bert_domain_ft.training.recipe import finetune
 

@@ -18,7 +18,7 @@ from training_helpers import (
     read_metrics,
 )
 
-from bert_domain_ft.cli import finetune as finetune_cli
+from bert_domain_ft.cli import FINETUNE as finetune_cli
 from bert_domain_ft.errors import UserError
 from bert_domain_ft.evaluation.plots import read_run_metrics
 from bert_domain_ft.training.checkpoints import checkpoint_directories

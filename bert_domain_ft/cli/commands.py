@@ -1,0 +1,215 @@
+"""What each command does with its parsed flags: build its config, call one library function, print the result.
+
+The library is imported inside the functions, so ``--help`` and the data stages start without importing torch.
+
+    status = run_command(arguments, run_pregenerate)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bert_domain_ft.cli.flags import EXIT_USER_ERROR, build_config, effective_config, save_effective_config
+from bert_domain_ft.corpus.config import CheckConfig, PrepareConfig, SelectConfig, TokenizerTrainingConfig
+from bert_domain_ft.data.config import PregenerateConfig
+from bert_domain_ft.errors import UserError
+from bert_domain_ft.evaluation.config import EvaluateConfig, PlotConfig, ProbeConfig
+from bert_domain_ft.training.config import FinetuneConfig, SimpleConfig
+
+EXIT_REJECTED = 1
+EXIT_INTERRUPTED = 130
+STDOUT = "-"
+
+
+def run_guarded(action: Callable[[], Any]) -> int:
+    """Run ``action``; a ``UserError`` becomes ``error: <message>`` on stderr and exit status 2."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    try:
+        result = action()
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return result if isinstance(result, int) else 0
+
+
+def run_command(arguments: argparse.Namespace, run: Callable[[argparse.Namespace], Any]) -> int:
+    """``run(arguments)`` under ``run_guarded``; after a successful run, a command with an ``output_dir`` gets its
+    effective configuration saved there as ``effective_config.yaml`` (reusable with ``--config``)."""
+
+    def action() -> int:
+        result = run(arguments)
+        status = result if isinstance(result, int) else 0
+        output_dir = getattr(arguments, "output_dir", None)
+        is_main = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 writes, as during the run
+        if status == 0 and is_main and output_dir is not None and Path(output_dir).is_dir():
+            from bert_domain_ft.files import hold_output_lock
+
+            try:  # under the output lock: a run started on this directory meanwhile keeps it to itself
+                with hold_output_lock(Path(output_dir), "save effective_config.yaml"):
+                    save_effective_config(Path(output_dir), effective_config(arguments))
+            except UserError as error:  # the run's own output is complete: say so rather than fail it
+                logging.getLogger(__name__).warning("effective configuration not saved: %s", error)
+        return status
+
+    return run_guarded(action)
+
+
+def run_prepare(arguments: argparse.Namespace) -> int:
+    from bert_domain_ft.corpus.prepare import prepare_corpus
+
+    config = build_config(PrepareConfig, arguments)
+    report = prepare_corpus(config)
+    print(json.dumps(report.to_json(), indent=2) if config.print_json else report.format())
+    return 0
+
+
+def run_check(arguments: argparse.Namespace) -> int:
+    from bert_domain_ft.corpus.check import check_corpus
+
+    config = build_config(CheckConfig, arguments)
+    report = check_corpus(config.corpus, config.bert_model, config.max_seq_len, show_progress=config.show_progress)
+    print(json.dumps(report.to_json(), indent=2) if config.print_json else report.format())
+    return 0 if report.accepted else EXIT_REJECTED
+
+
+def parse_corpora(values: list[str]) -> Path | dict[str, Path]:
+    """``FILE``, ``NAME=FILE …`` or a directory of ``train.NAME`` files → a path or named paths."""
+    if len(values) == 1 and "=" not in values[0]:
+        path = Path(values[0])
+        if not path.is_dir():
+            return path
+        named = {file.suffix.lstrip("."): file for file in sorted(path.glob("train.*")) if file.is_file()}
+        if not named:
+            raise UserError(f"{path}: a directory of corpora needs files named train.NAME (e.g. train.zul)")
+        return named
+    named = {}
+    for value in values:
+        name, separator, file = value.partition("=")
+        if not separator or not name or not file:
+            raise UserError(f"--train_corpus {value}: with several corpora give each as NAME=FILE")
+        if name in named:
+            raise UserError(f"--train_corpus: the name {name!r} is given twice")
+        named[name] = Path(file)
+    return named
+
+
+def run_pregenerate(arguments: argparse.Namespace) -> int:
+    from bert_domain_ft.data.pregenerate import pregenerate
+
+    config = build_config(PregenerateConfig, arguments, train_corpus=parse_corpora(arguments.train_corpus))
+    manifest = pregenerate(config)
+    epochs, holdout = manifest["epochs"], manifest["holdout"]
+    print(
+        f"wrote {len(epochs)} epochs ({sum(e['num_instances'] for e in epochs)} instances) to {config.output_dir}"
+        + (f", held-out set of {holdout['num_instances']} instances" if holdout else "")
+    )
+    return 0
+
+
+def finetune_config(arguments: argparse.Namespace) -> FinetuneConfig:
+    return build_config(FinetuneConfig, arguments)
+
+
+def run_finetune(arguments: argparse.Namespace) -> int:
+    config = finetune_config(arguments)
+    from bert_domain_ft.training.recipe import finetune  # imports torch: only once the flags are known to be fine
+
+    finetune(config)
+    return 0
+
+
+def _epochs(arguments: argparse.Namespace) -> int:
+    """--epochs, or the original --num_train_epochs when given (it must be a whole number of epochs)."""
+    if arguments.num_train_epochs is None:
+        return int(arguments.epochs)
+    value = float(arguments.num_train_epochs)
+    if value != int(value) or value < 1:
+        raise UserError(f"--num_train_epochs {value:g}: give a whole number of epochs (e.g. 3)")
+    return int(value)
+
+
+def simple_config(arguments: argparse.Namespace) -> SimpleConfig:
+    if arguments.save_best and arguments.probe_train is None:
+        # finetune's other yardstick, the held-out MLM loss, needs pregenerated data with --holdout_fraction.
+        raise UserError("--save_best: simple has no held-out set, so the best model is the best by a probe; "
+                        "give --probe_train and --probe_test (labelled sentences, see `bert-domain-ft probe`)")  # fmt: skip
+    training = build_config(
+        FinetuneConfig, arguments, pregenerated_data=arguments.train_corpus, epochs=_epochs(arguments), do_eval=False
+    )
+    return build_config(SimpleConfig, arguments, training=training)
+
+
+def run_simple(arguments: argparse.Namespace) -> int:
+    config = simple_config(arguments)
+    from bert_domain_ft.training.simple import simple_finetune  # imports torch: only once the flags are fine
+
+    simple_finetune(config)
+    return 0
+
+
+def run_evaluate(arguments: argparse.Namespace) -> int:
+    from bert_domain_ft.evaluation.evaluate import evaluate_model
+    from bert_domain_ft.evaluation.heldout import format_result_table
+
+    to_stdout = arguments.json is not None and str(arguments.json) == STDOUT
+    config = build_config(EvaluateConfig, arguments, json_output=None if to_stdout else arguments.json)
+    result = evaluate_model(config)
+    if to_stdout:
+        print(json.dumps(result.to_json(), indent=2))
+        return 0
+    title = "held-out set" if config.epoch is None and config.data is not None else "evaluation set"
+    print(format_result_table(result, title=title))
+    if config.json_output is not None:
+        print(f"wrote {config.json_output}")
+    return 0
+
+
+def run_plot(arguments: argparse.Namespace) -> int:
+    from bert_domain_ft.evaluation.plots import plot_run
+
+    config = build_config(PlotConfig, arguments)
+    print(f"wrote {plot_run(config.run_dir, config.output)}")
+    return 0
+
+
+def run_probe(arguments: argparse.Namespace) -> int:
+    from bert_domain_ft.evaluation.probe import run_probe
+    from bert_domain_ft.evaluation.probe_report import format_probe_table
+
+    config = build_config(ProbeConfig, arguments)
+    print(format_probe_table(run_probe(config)))
+    for path in (config.json_output, config.plot_output):
+        if path is not None:
+            print(f"wrote {path}")
+    return 0
+
+
+def run_tokenizer(arguments: argparse.Namespace) -> int:
+    from bert_domain_ft.corpus.tokenizer_training import train_tokenizer
+
+    config = build_config(TokenizerTrainingConfig, arguments)
+    directory = train_tokenizer(config)
+    print(f"wrote a {config.kind} tokenizer to {directory}; use it with --tokenizer {directory}")
+    return 0
+
+
+def run_select(arguments: argparse.Namespace) -> int:
+    from bert_domain_ft.corpus.selection import select_documents
+
+    config = build_config(SelectConfig, arguments)
+    report = select_documents(config)
+    if config.print_json:
+        print(json.dumps({key: value for key, value in report.to_json().items() if key != "kept_document_indices"}, indent=2))  # fmt: skip
+    else:
+        print(report.format())
+    return 0

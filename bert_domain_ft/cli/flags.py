@@ -1,0 +1,351 @@
+"""Command-line flags derived from the config dataclasses, and ``--config`` files that set the same flags.
+
+Each field is one flag: its name (``--max_seq_len``, also the key in config files), its type (``int``, ``Path``,
+``X | None``, ``list[X]``: several values, ``bool``: a switch), its default and its help (the first sentence of the
+attribute docstring below the field). ``dataclasses.field(metadata=...)`` adds what the type cannot say:
+``flag`` (another name; on a bool that defaults to True, a switch turning it off: ``show_progress`` ↔
+``--no_progress``), ``aliases``, ``positional``, ``choices``, ``metavar``, ``nargs``, ``one_of`` (a required group of
+which exactly one is given), ``auto`` (also takes ``auto``, meaning None), ``negatable`` (``--x``/``--no-x``),
+``cli_default`` (the command line's default when it differs) and ``nested`` (a config inside the config whose
+fields are flags too: ``{"exclude": names, "required": names}``).
+
+    parser = FlagParser(prog="toy", flags=flags_of(ToyConfig)); arguments = parse_with_config(parser, argv)
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import difflib
+import functools
+import inspect
+import json
+import re
+import sys
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from bert_domain_ft.errors import UserError, at_location
+from bert_domain_ft.files import write_text_atomic
+
+EFFECTIVE_CONFIG_NAME = "effective_config.yaml"
+EXIT_USER_ERROR = 2
+_NOT_SETTINGS = {"help", "command", "config", "print_config"}  # namespace entries that are not a run's settings
+_TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
+_SWITCHES = ("store_true", "negated", "negatable")
+
+
+def steps_or_auto(text: str) -> int | None:
+    """A flag's value that is a whole number or ``auto`` (None), e.g. ``--head_warmup_steps``."""
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of steps or 'auto', got {text!r}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class Flag:
+    """One command-line flag, made from the field ``name`` of the config dataclass ``owner``."""
+
+    owner: type
+    name: str
+    dest: str  # the flag's name without dashes: the namespace attribute and the config file key
+    convert: Callable[[str], Any]  # one value's text → its value
+    default: Any
+    help: str
+    names: tuple[str, ...] = ()  # the option strings; () for a positional
+    action: str | None = None  # "store_true", "negated" (a switch setting the field False), "negatable", None
+    nargs: str | None = None
+    required: bool = False
+    choices: tuple[Any, ...] | None = None
+    metavar: str | None = None
+    group: str | None = None
+
+
+@functools.cache
+def field_docs(config_class: type) -> dict[str, str]:
+    """Field name → its attribute docstring (the string literal right below the field in the source)."""
+    try:
+        body = ast.parse(inspect.getsource(config_class).strip()).body[0].body  # type: ignore[attr-defined]
+    except (OSError, TypeError, SyntaxError):
+        return {}
+    docs = {}
+    for node, after in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(after, ast.Expr):
+            if isinstance(after.value, ast.Constant) and isinstance(after.value.value, str):
+                docs[node.target.id] = after.value.value
+    return docs
+
+
+def _help(doc: str, action: str | None, default: Any) -> str:
+    """The docstring's first sentence on one line, with the default; argparse's ``%`` escaped."""
+    text = " ".join(doc.replace("``", "").split())
+    text = re.split(r"(?<!e\.g\.)(?<!i\.e\.)(?<=[.!?])\s+", text, maxsplit=1)[0]
+    if action == "negated":
+        text = f"turn off: {text[:1].lower()}{text[1:]}"
+    elif action is None and default not in (None, ""):
+        text = f"{text} (default: {default})"
+    return text.replace("%", "%%")
+
+
+def _value_type(hint: Any) -> tuple[Any, str | None]:
+    """(type of one value, nargs) of a field's type hint: ``int | None`` → (int, None), ``list[str]`` → (str, "+")."""
+    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    members = [member for member in typing.get_args(hint) if member is not type(None)] if union else [hint]
+    if len(members) != 1:
+        return str, None
+    if typing.get_origin(members[0]) in (list, tuple):
+        return typing.get_args(members[0])[0], "+"
+    return members[0], None
+
+
+def _flag(owner: type, field: dataclasses.Field, hint: Any, required: bool) -> Flag:
+    meta = field.metadata
+    kind, nargs = _value_type(hint)
+    default = meta.get("cli_default", None if field.default is dataclasses.MISSING else field.default)
+    action = "negatable" if meta.get("negatable") else "store_true" if kind is bool else None
+    action = "negated" if action == "store_true" and default is True else action
+    default = False if action == "negated" else "auto" if meta.get("auto") else default
+    dest = meta.get("flag", field.name)
+    names = () if meta.get("positional") else tuple(f"--{name}" for name in (dest, *meta.get("aliases", ())))
+    return Flag(
+        owner, field.name, dest, steps_or_auto if meta.get("auto") else kind, default,
+        _help(field_docs(owner).get(field.name, field.name), action, default), names, action,
+        meta.get("nargs", nargs), required, meta.get("choices"), meta.get("metavar"), meta.get("one_of"),
+    )  # fmt: skip
+
+
+def flags_of(config_class: type, exclude: Sequence[str] = (), required: Sequence[str] = ()) -> list[Flag]:
+    """The flags of every field of ``config_class`` (and of the configs nested in it), in field order."""
+    hints = typing.get_type_hints(config_class)
+    flags: list[Flag] = []
+    for field in dataclasses.fields(config_class):
+        if field.name in exclude:
+            continue
+        if "nested" in field.metadata:
+            flags += flags_of(hints[field.name], **field.metadata["nested"])
+            continue
+        missing = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+        flags.append(_flag(config_class, field, hints[field.name], missing or field.name in required))
+    return flags
+
+
+def build_config(config_class: type, arguments: argparse.Namespace, **overrides: Any) -> Any:
+    """``config_class`` from the parsed flags of its own fields (None: its default) and ``overrides``.
+
+    A ``ValueError`` of its validation becomes a ``UserError``, so the user sees one line.
+    """
+    values = {}
+    for flag in flags_of(config_class):
+        value = getattr(arguments, flag.dest, None)
+        if flag.owner is config_class and value is not None:
+            values[flag.name] = not value if flag.action == "negated" else value
+    try:
+        return config_class(**{**values, **overrides})
+    except ValueError as error:
+        raise UserError(str(error)) from None
+
+
+def add_flags(parser: Any, flags: Sequence[Flag], defaults: Mapping[str, Any] = {}, lenient: bool = False) -> None:
+    """Add ``flags`` to ``parser``; ``defaults`` (from a config file) replace theirs and make them optional.
+
+    ``lenient``: nothing required and nothing set unless given, to learn what a command line itself gives.
+    """
+    groups: dict[str, Any] = {}
+    for flag in flags:
+        if flag.group and flag.group not in groups:
+            supplied = lenient or any(other.dest in defaults for other in flags if other.group == flag.group)
+            groups[flag.group] = parser.add_mutually_exclusive_group(required=not supplied)
+        optional = lenient or flag.dest in defaults
+        options: dict[str, Any] = {"help": flag.help, "default": defaults.get(flag.dest, flag.default)}
+        if lenient:
+            options["default"] = argparse.SUPPRESS
+        if flag.action in _SWITCHES:
+            options["action"] = argparse.BooleanOptionalAction if flag.action == "negatable" else "store_true"
+        else:
+            options.update(type=flag.convert, nargs=flag.nargs, choices=flag.choices, metavar=flag.metavar)
+        if not flag.names:
+            options["nargs"] = {"+": "*", None: "?"}.get(flag.nargs, flag.nargs) if optional else flag.nargs
+            groups.get(flag.group, parser).add_argument(flag.dest, **options)
+        else:
+            options.update(dest=flag.dest, required=flag.required and not optional)
+            groups.get(flag.group, parser).add_argument(*flag.names, **options)
+
+
+def add_config_flags(parser: Any, lenient: bool = False) -> None:
+    group = parser.add_argument_group("configuration file")
+    default = argparse.SUPPRESS if lenient else None
+    group.add_argument("--config", type=Path, metavar="FILE", default=default,
+                       help="YAML or JSON file of flag values (keys are the flag names without --); flags given here win")  # fmt: skip
+    group.add_argument("--print_config", action="store_true", default=default or False,
+                       help="print the effective configuration as YAML and exit")  # fmt: skip
+
+
+class FlagParser(argparse.ArgumentParser):
+    """A parser of config flags that reads ``--config FILE`` first: the file's values become the flags' defaults."""
+
+    def __init__(self, *args: Any, flags: Sequence[Flag] = (), defaults: Mapping[str, Any] = {}, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.flags = list(flags)
+        add_flags(self, self.flags, defaults)
+        add_config_flags(self)
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> tuple[argparse.Namespace, list[str]]:
+        args = list(sys.argv[1:] if args is None else args)
+        try:
+            values = {} if {"-h", "--help"} & set(args) else self.file_values(args)
+        except UserError as error:
+            print(f"error: {error}", file=sys.stderr)
+            raise SystemExit(EXIT_USER_ERROR) from None
+        parser = (
+            FlagParser(prog=self.prog, description=self.description, flags=self.flags, defaults=values)
+            if values
+            else self
+        )
+        arguments, extras = argparse.ArgumentParser.parse_known_args(parser, args, namespace)
+        names = [name for flag in self.flags for name in flag.names] + ["--config", "--print_config"]
+        for extra in extras:
+            close = difflib.get_close_matches(extra.split("=")[0], names, n=1) if extra.startswith("--") else []
+            if close:
+                parser.error(f"unrecognized argument {extra}; did you mean {close[0]}?")
+        return arguments, extras
+
+    def file_values(self, args: list[str]) -> dict[str, Any]:
+        """The values of the ``--config`` file named in ``args`` that ``args`` itself does not override."""
+        lenient = argparse.ArgumentParser(prog=self.prog, add_help=False)
+        add_flags(lenient, self.flags, lenient=True)
+        add_config_flags(lenient, lenient=True)
+        given = vars(lenient.parse_known_args(args)[0])
+        if given.get("config") is None:
+            return {}
+        path, by_dest = given["config"], {flag.dest: flag for flag in self.flags}
+        values = {}
+        for key, value in load_config_file(path).items():
+            if key not in by_dest:
+                close = difflib.get_close_matches(key, list(by_dest), n=1)
+                hint = f"did you mean '{close[0]}'?" if close else f"valid keys: {', '.join(sorted(by_dest))}"
+                raise UserError(f"{path}: unknown key '{key}'; {hint}")
+            if value is not None:  # null means "not set": the default applies
+                values[key] = convert_value(by_dest[key], value, f"{path}: key '{key}'")
+        partners = {key: {f.dest for f in self.flags if f.group and f.group == by_dest[key].group} - {key}
+                    for key in [*values, *(key for key in given if key in by_dest)]}  # fmt: skip
+        for key in values:
+            if partners[key] & set(values):
+                raise UserError(f"{path}: keys '{key}' and '{sorted(partners[key] & set(values))[0]}' exclude each other; keep one")  # fmt: skip
+        overridden = set(given).union(*(partners[key] for key in given if key in partners))
+        return {key: value for key, value in values.items() if key not in overridden}
+
+
+def _as_bool(value: Any, where: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (str, int)) and str(value).strip().lower() in _TRUE | _FALSE:
+        return str(value).strip().lower() in _TRUE
+    raise UserError(f"{where}: expected true or false, got {value!r}")
+
+
+def _convert_one(flag: Flag, value: Any, where: str) -> Any:
+    if isinstance(value, (list, dict)):
+        raise UserError(f"{where}: expected a single value, got {type(value).__name__} {value!r}")
+    try:
+        result = flag.convert(str(value).lower() if isinstance(value, bool) else str(value))
+    except (TypeError, ValueError, argparse.ArgumentTypeError) as error:
+        detail = f" ({error})" if isinstance(error, argparse.ArgumentTypeError) else ""
+        raise UserError(f"{where}: {value!r} is not a valid {getattr(flag.convert, '__name__', 'value')}{detail}") from None  # fmt: skip
+    if flag.choices is not None and result not in flag.choices:
+        raise UserError(f"{where}: {value!r} is not one of {', '.join(str(choice) for choice in flag.choices)}")
+    return result
+
+
+def convert_value(flag: Flag, value: Any, where: str) -> Any:
+    """``value`` from a config file as the command line would have given it for ``flag``."""
+    if flag.action in _SWITCHES:
+        return _as_bool(value, where)  # the key is the flag's name, so the value is the flag's (also --no_progress)
+    if flag.nargs is None:
+        return _convert_one(flag, value, where)
+    items = [_convert_one(flag, item, where) for item in (value if isinstance(value, list) else [value])]
+    if not items:
+        raise UserError(f"{where}: expected at least one value")
+    return items
+
+
+def _import_yaml() -> Any:
+    try:
+        import yaml
+    except ImportError:
+        return None
+    return yaml
+
+
+def _parse_text(path: Path, text: str) -> Any:
+    yaml = None if path.suffix.lower() == ".json" else _import_yaml()
+    try:
+        return yaml.safe_load(text) if yaml is not None else json.loads(text)
+    except json.JSONDecodeError as error:
+        if path.suffix.lower() != ".json":  # a YAML-named file holding JSON still works without PyYAML
+            raise UserError(at_location(path, None, "reading YAML needs PyYAML: pip install pyyaml (or pip install "
+                                        "'bert_domain_ft[config]'), or write the file as JSON")) from None  # fmt: skip
+        raise UserError(at_location(path, error.lineno, f"not valid JSON ({error.msg}); fix the file")) from None
+    except yaml.YAMLError as error:  # type: ignore[union-attr]
+        mark, problem = getattr(error, "problem_mark", None), getattr(error, "problem", None) or "syntax error"
+        line = mark.line + 1 if mark is not None else None
+        raise UserError(at_location(path, line, f"not valid YAML ({problem}); fix the file")) from None
+
+
+def load_config_file(path: Path) -> dict[str, Any]:
+    """The mapping of flag names to values in ``path`` (JSON for ``.json``, YAML otherwise; JSON is valid YAML)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(at_location(path, None, "config file not found; check the --config path"))
+    try:
+        values = _parse_text(path, path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UserError(at_location(path, None, "config file is not UTF-8 text; save it as UTF-8")) from None
+    if values is None:  # an empty file
+        return {}
+    if not isinstance(values, dict) or not all(isinstance(key, str) for key in values):
+        raise UserError(at_location(path, None, "must hold a mapping of flag names to values, e.g. 'max_seq_len: 128'"))
+    return values
+
+
+def _plain(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return str(value)  # a Path: its text converts back through the flag's type
+
+
+def effective_config(arguments: argparse.Namespace) -> dict[str, Any]:
+    """The run's settings in a parsed namespace, as plain YAML/JSON values (paths as strings)."""
+    return {key: _plain(value) for key, value in vars(arguments).items() if not key.startswith("_") and key not in _NOT_SETTINGS}  # fmt: skip
+
+
+def format_config(values: dict[str, Any]) -> str:
+    """YAML text of ``values`` (JSON, which is also YAML, when PyYAML is not installed)."""
+    yaml = _import_yaml()
+    if yaml is None:
+        return json.dumps(values, indent=2, ensure_ascii=False) + "\n"
+    return yaml.safe_dump(values, sort_keys=False, default_flow_style=False, allow_unicode=True)
+
+
+def save_effective_config(output_dir: Path, values: dict[str, Any]) -> Path:
+    """Write ``values`` to ``output_dir/effective_config.yaml`` atomically; ``--config`` reads it back."""
+    path = Path(output_dir) / EFFECTIVE_CONFIG_NAME
+    write_text_atomic(path, format_config(values))
+    return path
+
+
+def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """``parser.parse_args(argv)``; ``--print_config`` prints the effective configuration and exits with status 0."""
+    arguments = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    if getattr(arguments, "print_config", False):
+        sys.stdout.write(format_config(effective_config(arguments)))
+        raise SystemExit(0)
+    return arguments
