@@ -21,8 +21,8 @@ import numpy as np
 
 from bert_domain_ft.data.document_store import DocumentStore, open_document_store
 from bert_domain_ft.data.epoch_format import EPOCH_DESCRIPTION_NAME, describe_arrays
-from bert_domain_ft.data.instances import DocumentPool, assemble_pairs, create_pair_spans, pack_documents
-from bert_domain_ft.data.masking import MaskingTables, mask_rows
+from bert_domain_ft.data.instances import DocumentPool, InstanceRecipe
+from bert_domain_ft.data.masking import DynamicMasking
 from bert_domain_ft.files import NpyAppender, os_errors_as_user_errors, replace_directory, write_json_atomic
 
 TOKENS_PER_SHARD = 1 << 18
@@ -37,19 +37,13 @@ class GenerationContext:
     store: DocumentStore
     store_directory: Path | None  # set when the store is on disk (--reduce_memory)
     pools: dict[tuple[int, int], DocumentPool]  # by (stream, corpus): training or held-out documents of a corpus
-    tables: MaskingTables
-    seed: int
-    max_seq_len: int
-    short_seq_prob: float
-    masked_lm_prob: float
-    max_predictions_per_seq: int
-    whole_word: bool
-    objective: str  # "nsp": BERT pairs; "mlm": packed contiguous text, no NSP labels
-    dynamic_masking: bool  # masks are drawn by the trainer per batch, not stored
-    cross_document: bool  # "mlm" only: a sequence may run on into the next document
-    cls_id: int
-    sep_id: int
-    pad_id: int
+    recipe: InstanceRecipe  # "nsp": BERT pairs; "mlm": packed contiguous text, no NSP labels
+    masking: DynamicMasking  # the rule; its seed is the run's, which every shard's random stream starts from
+    dynamic_masking: bool  # training masks are drawn by the trainer per batch, not stored
+
+    @property
+    def several_corpora(self) -> bool:
+        return len({corpus for _, corpus in self.pools}) > 1
 
 
 @dataclass(frozen=True)
@@ -87,45 +81,23 @@ def _shard_store(context: GenerationContext) -> DocumentStore:
 
 def run_shard(task: ShardTask, context: GenerationContext) -> dict[str, Any]:
     """Generate and mask the instances of one shard; write them beside the epoch; return counts."""
-    rng = np.random.default_rng([context.seed, task.stream, task.epoch, task.corpus, task.corpus_shard])
-    store = _shard_store(context)
-    if context.objective == "mlm":
-        assert task.documents is not None
-        rows, lengths = pack_documents(
-            store, task.documents, context.max_seq_len, context.cross_document,
-            context.cls_id, context.sep_id, context.pad_id,
-        )  # fmt: skip
-        arrays = {"input_ids": rows, "lengths": lengths, "segment_a_lengths": lengths}
-    else:
-        spans = create_pair_spans(
-            store,
-            context.pools[(task.stream, task.corpus)],
-            range(task.first_position, task.end_position),
-            context.max_seq_len,
-            context.short_seq_prob,
-            rng,
-        )
-        rows, lengths, segment_a_lengths = assemble_pairs(
-            store, spans, context.max_seq_len, context.cls_id, context.sep_id, context.pad_id
-        )
-        arrays = {"input_ids": rows, "lengths": lengths, "segment_a_lengths": segment_a_lengths}
-        arrays["is_random_next"] = spans.is_random_next.astype(np.uint8)
+    rng = np.random.default_rng([context.masking.seed, task.stream, task.epoch, task.corpus, task.corpus_shard])
+    positions = range(task.first_position, task.end_position)
+    pool = context.pools[(task.stream, task.corpus)]
+    arrays = context.recipe.rows(_shard_store(context), pool, positions, task.documents, rng)
     # The held-out set is always masked once, here: evaluation must see the same masks every time.
     if not context.dynamic_masking or task.stream == HOLDOUT_STREAM:
-        masked = mask_rows(
-            rows, lengths, rng, context.tables, context.masked_lm_prob, context.max_predictions_per_seq,
-            context.whole_word,
-        )  # fmt: skip
+        masked = context.masking.mask_with(rng, arrays["input_ids"], arrays["lengths"])
         arrays.update(
             input_ids=masked.input_ids, masked_positions=masked.positions, masked_labels=masked.labels,
             num_masked=masked.counts,
         )  # fmt: skip
-    if len({corpus for _, corpus in context.pools}) > 1:
-        arrays["corpus_ids"] = np.full(len(rows), task.corpus, dtype=np.uint8)
+    if context.several_corpora:
+        arrays["corpus_ids"] = np.full(len(arrays["input_ids"]), task.corpus, dtype=np.uint8)
     with os_errors_as_user_errors(task.directory):
         for name, array in arrays.items():
             np.save(_shard_path(task.directory, task.shard, name), array)
-    return {"instances": len(rows), "tokens": task.num_tokens}
+    return {"instances": len(arrays["input_ids"]), "tokens": task.num_tokens}
 
 
 def _statistics(directory: Path, max_seq_len: int) -> dict[str, Any]:

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bert_domain_ft.data.document_store import DocumentStore, concatenated_ranges
+from bert_domain_ft.model.tokenizer import TokenizerFacts
 
 _BLOCK = 1 << 16
 
@@ -316,3 +317,52 @@ def pack_documents(
     lengths = np.minimum(capacity, np.repeat(end_token, pieces_per_document) - starts)
     source = store.read_ranges(starts, lengths)  # the pieces, back to back
     return _rows_from_pieces(source, np.cumsum(lengths) - lengths, lengths, max_seq_len, cls_id, sep_id, pad_id)
+
+
+@dataclass(frozen=True)
+class RowLayout:
+    """How a row is laid out: at most ``max_seq_len`` tokens (special tokens included), then ``pad_id``."""
+
+    max_seq_len: int
+    cls_id: int  # [CLS] / <s>: first of every row
+    sep_id: int  # [SEP] / </s>: after each segment (and between packed documents)
+    pad_id: int
+
+    @classmethod
+    def of_tokenizer(cls, max_seq_len: int, facts: TokenizerFacts) -> RowLayout:
+        return cls(max_seq_len, facts.cls_token_id, facts.sep_token_id, facts.pad_token_id)
+
+
+@dataclass(frozen=True)
+class InstanceRecipe:
+    """How documents become rows: "nsp" pairs (``create_pair_spans``) or "mlm" packed text (``pack_documents``)."""
+
+    objective: str
+    layout: RowLayout
+    short_seq_prob: float  # "nsp": share of chunks aiming at a random shorter length
+    cross_document: bool  # "mlm": a row may run on into the next document
+
+    def rows(
+        self,
+        store: DocumentStore,
+        pool: DocumentPool,
+        positions: range,
+        documents: np.ndarray | None,
+        rng: np.random.Generator,
+    ) -> dict[str, np.ndarray]:
+        """The unmasked arrays of pool ``positions`` ("nsp") or of ``documents`` in their order ("mlm"):
+        input_ids, lengths, segment_a_lengths, and is_random_next for "nsp"."""
+        layout = self.layout
+        if self.objective == "mlm":
+            assert documents is not None
+            rows, lengths = pack_documents(
+                store, documents, layout.max_seq_len, self.cross_document, layout.cls_id, layout.sep_id, layout.pad_id
+            )
+            return {"input_ids": rows, "lengths": lengths, "segment_a_lengths": lengths}
+        spans = create_pair_spans(store, pool, positions, layout.max_seq_len, self.short_seq_prob, rng)
+        rows, lengths, segment_a_lengths = assemble_pairs(
+            store, spans, layout.max_seq_len, layout.cls_id, layout.sep_id, layout.pad_id
+        )
+        arrays = {"input_ids": rows, "lengths": lengths, "segment_a_lengths": segment_a_lengths}
+        arrays["is_random_next"] = spans.is_random_next.astype(np.uint8)
+        return arrays

@@ -235,7 +235,10 @@ def masking_tables(facts: TokenizerFacts, tokenizer: Any | None) -> MaskingTable
 
 @dataclass(frozen=True)
 class DynamicMasking:
-    """Everything batch-time masking needs; built once per run, shared read-only by the loader thread."""
+    """A run's masking rule (``mask_rows``'s settings) and seed; built once, shared read-only.
+
+    At batch time (dynamic masking) ``mask`` draws from a generator keyed by the batch; pregeneration applies the
+    same rule with each shard's own generator (``mask_with``)."""
 
     tables: MaskingTables
     masked_lm_prob: float  # share of each row's tokens (special tokens counted) to predict
@@ -268,7 +271,10 @@ class DynamicMasking:
         """Masked copies of ``rows`` (N, L), the rows of instances ``indices`` of training epoch ``epoch``."""
         if len(rows) != len(indices):
             raise ValueError(f"{len(rows)} rows but {len(indices)} instance indices")
-        rng = self.generator(epoch, indices)
+        return self.mask_with(self.generator(epoch, indices), rows, lengths)
+
+    def mask_with(self, rng: np.random.Generator, rows: np.ndarray, lengths: np.ndarray) -> MaskedRows:
+        """Masked copies of ``rows`` (N, L) drawn from ``rng`` (pregeneration passes each shard's generator)."""
         return mask_rows(rows, lengths, rng, self.tables, self.masked_lm_prob, self.max_predictions, self.whole_word)
 
     def for_epoch(self, epoch: int) -> RowMasker:

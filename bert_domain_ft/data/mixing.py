@@ -35,7 +35,7 @@ import numpy as np
 
 from bert_domain_ft.corpus.task_files import TaskCorpusStats, iter_task_texts
 from bert_domain_ft.data.document_store import DocumentStore
-from bert_domain_ft.data.instances import DocumentPool, create_pair_spans, pack_documents
+from bert_domain_ft.data.instances import DocumentPool, InstanceRecipe, create_pair_spans, pack_documents
 from bert_domain_ft.errors import UserError
 
 
@@ -123,15 +123,7 @@ def read_task_sample(task_data: Path, text_column: str) -> list[str]:
     return sample
 
 
-def instances_per_token(
-    store: DocumentStore,
-    documents: np.ndarray,
-    objective: str,
-    max_seq_len: int,
-    short_seq_prob: float,
-    cross_document: bool,
-    seed: int,
-) -> float:
+def instances_per_token(store: DocumentStore, documents: np.ndarray, recipe: InstanceRecipe, seed: int) -> float:
     """Instances one pass over ``documents`` makes per token, counted on up to ``ESTIMATE_DOCUMENTS`` of them
     drawn by seed (offsets only for "nsp"; "mlm" packs the sample). Short one-sentence rows make more instances
     per token than long documents, so the copies of a task are counted in instances, not tokens."""
@@ -139,11 +131,12 @@ def instances_per_token(
     if len(documents) > ESTIMATE_DOCUMENTS:
         documents = np.sort(rng.choice(documents, size=ESTIMATE_DOCUMENTS, replace=False))
     tokens = int(store.document_token_counts()[documents].sum())
-    if objective == "mlm":
-        rows, _ = pack_documents(store, documents, max_seq_len, cross_document, 0, 0, 0)
+    max_seq_len = recipe.layout.max_seq_len
+    if recipe.objective == "mlm":
+        rows, _ = pack_documents(store, documents, max_seq_len, recipe.cross_document, 0, 0, 0)
         return len(rows) / tokens
     pool = DocumentPool.from_documents(store, documents)
-    spans = create_pair_spans(store, pool, range(len(documents)), max_seq_len, short_seq_prob, rng)
+    spans = create_pair_spans(store, pool, range(len(documents)), max_seq_len, recipe.short_seq_prob, rng)
     return len(spans) / tokens
 
 

@@ -42,8 +42,8 @@ from bert_domain_ft.data.epoch_format import (
     working_directory,
 )
 from bert_domain_ft.data.epoch_writer import GenerationContext, ShardTask
-from bert_domain_ft.data.instances import SPECIAL_TOKENS_PER_PAIR, DocumentPool
-from bert_domain_ft.data.masking import masking_tables
+from bert_domain_ft.data.instances import SPECIAL_TOKENS_PER_PAIR, DocumentPool, InstanceRecipe, RowLayout
+from bert_domain_ft.data.masking import DynamicMasking, masking_tables
 from bert_domain_ft.data.mixing import (
     instances_per_token,
     plan_task_mixing,
@@ -135,28 +135,25 @@ EPOCH_ORDER_KEY = 7  # seed-sequence word for the per-epoch document order of "m
 
 
 def _shard_tasks(
-    config: PregenerateConfig, context: GenerationContext, copies: dict[int, int], name: str, stream: int, epoch: int
+    context: GenerationContext, copies: dict[int, int], output_dir: Path, name: str, stream: int, epoch: int
 ) -> list[ShardTask]:
     """The shards of one epoch, corpus by corpus. "nsp" walks documents in corpus order (pairs are local to a
     document); "mlm" packs documents in an order drawn per epoch, so sequences differ from epoch to epoch. A
     corpus in ``copies`` (the task) is made that many times in training epochs, each copy from its own random
     streams (shard numbers continue across copies), so every copy has its own pairs and masks."""
     token_counts = context.store.document_token_counts()
-    partial = epoch_writer.fresh_partial_directory(config.output_dir / name)
+    partial = epoch_writer.fresh_partial_directory(output_dir / name)
     tasks: list[ShardTask] = []
     for pool_stream, corpus in context.pools:
         if pool_stream != stream:
             continue
         repeats = copies.get(corpus, 1) if stream == epoch_writer.TRAINING_STREAM else 1
         for copy in range(repeats):
-            tasks.extend(
-                _corpus_shards(config, context, token_counts, partial, (stream, epoch, corpus, copy), len(tasks))
-            )
+            tasks.extend(_corpus_shards(context, token_counts, partial, (stream, epoch, corpus, copy), len(tasks)))
     return tasks
 
 
 def _corpus_shards(
-    config: PregenerateConfig,
     context: GenerationContext,
     token_counts: np.ndarray,
     partial: Path,
@@ -167,8 +164,9 @@ def _corpus_shards(
     ``first_shard`` in the epoch; copy 0 is exactly what a run without copies makes."""
     stream, epoch, corpus, copy = job
     documents = context.pools[(stream, corpus)].documents
-    if context.objective == "mlm":
-        order_seed = [config.seed, stream, epoch, corpus, EPOCH_ORDER_KEY] + ([copy] if copy else [])
+    packed = context.recipe.objective == "mlm"
+    if packed:
+        order_seed = [context.masking.seed, stream, epoch, corpus, EPOCH_ORDER_KEY] + ([copy] if copy else [])
         documents = np.random.default_rng(order_seed).permutation(documents)
     cuts = epoch_writer.shard_boundaries(context.store, documents)
     per_copy = len(cuts) - 1
@@ -183,7 +181,7 @@ def _corpus_shards(
                 first_position=first,
                 end_position=end,
                 num_tokens=int(token_counts[documents[first:end]].sum()),
-                documents=documents[first:end] if context.objective == "mlm" else None,
+                documents=documents[first:end] if packed else None,
                 corpus=corpus,
                 corpus_shard=copy * per_copy + index,
             )  # fmt: skip
@@ -201,31 +199,37 @@ def _log_statistics(name: str, statistics: dict[str, Any]) -> None:
 
 
 def _generate(
-    config: PregenerateConfig, context: GenerationContext, jobs: list[tuple[str, int, int]], copies: dict[int, int]
+    context: GenerationContext,
+    jobs: list[tuple[str, int, int]],
+    copies: dict[int, int],
+    output_dir: Path,
+    num_workers: int,
+    show_progress: bool,
 ) -> dict[str, dict[str, Any]]:
     """Run every (directory name, stream, epoch) job; returns statistics by directory name."""
-    tasks_per_job = [_shard_tasks(config, context, copies, *job) for job in jobs]
-    several = len({corpus for _, corpus in context.pools}) > 1
-
-    def names_for(stream: int) -> tuple[str, ...]:
-        static = not context.dynamic_masking or stream == epoch_writer.HOLDOUT_STREAM
-        return array_names(context.objective, "static" if static else "dynamic", several)
-
+    tasks_per_job = [_shard_tasks(context, copies, output_dir, *job) for job in jobs]
     statistics: dict[str, dict[str, Any]] = {}
-    results = _run_tasks([task for tasks in tasks_per_job for task in tasks], context, config.num_workers)
+    results = _run_tasks([task for tasks in tasks_per_job for task in tasks], context, num_workers)
     total_tokens = sum(task.num_tokens for tasks in tasks_per_job for task in tasks)
-    with tqdm(total=total_tokens, unit="tok", unit_scale=True, disable=not config.show_progress) as bar:
+    with tqdm(total=total_tokens, unit="tok", unit_scale=True, disable=not show_progress) as bar:
         for (name, stream, epoch), tasks in zip(jobs, tasks_per_job):
             bar.set_description(f"generating {name}")
             for _ in tasks:
                 bar.update(next(results)["tokens"])
-            final = config.output_dir / name
+            final = output_dir / name
             extra = {"epoch": epoch if stream == epoch_writer.TRAINING_STREAM else None}
             statistics[name] = epoch_writer.assemble_epoch(
-                final.with_name(name + ".partial"), final, len(tasks), names_for(stream), config.max_seq_len, extra
-            )
+                final.with_name(name + ".partial"), final, len(tasks), _array_names(context, stream),
+                context.recipe.layout.max_seq_len, extra,
+            )  # fmt: skip
             _log_statistics(name, statistics[name])
     return statistics
+
+
+def _array_names(context: GenerationContext, stream: int) -> tuple[str, ...]:
+    """The arrays of an epoch of ``stream``: the held-out set always has its masks stored."""
+    static = not context.dynamic_masking or stream == epoch_writer.HOLDOUT_STREAM
+    return array_names(context.recipe.objective, "static" if static else "dynamic", context.several_corpora)
 
 
 def pregenerate(config: PregenerateConfig) -> dict[str, Any]:
@@ -255,39 +259,42 @@ def pregenerate(config: PregenerateConfig) -> dict[str, Any]:
         return _write_output(config, tokenizer, facts, objective)
 
 
-def _write_task_corpus(config: PregenerateConfig) -> tuple[list[tuple[str, Path]], TaskCorpusStats | None]:
+def _write_task_corpus(
+    corpora: list[tuple[str, Path]], task_data: Path | None, text_column: str, output_dir: Path
+) -> tuple[list[tuple[str, Path]], TaskCorpusStats | None]:
     """The named corpora to generate from: the user's, then the task's texts written into the output directory."""
-    corpora = config.named_corpora()
-    if config.task_data is None:
+    if task_data is None:
         return corpora, None
-    path = config.output_dir / TASK_CORPUS_FILE
-    stats = write_task_corpus(config.task_data, config.task_text_column, path)
+    path = output_dir / TASK_CORPUS_FILE
+    stats = write_task_corpus(task_data, text_column, path)
     return [*corpora, (TASK_CORPUS_NAME, path)], stats
 
 
 def _write_output(config: PregenerateConfig, tokenizer: Any, facts: TokenizerFacts, objective: str) -> dict[str, Any]:
+    """Generate into a working directory (``working_directory``) and publish it; what fails is discarded."""
     work = working_directory(config.output_dir, config.overwrite, config.resume)
     final_output = config.output_dir
     config = replace(config, output_dir=work)
     record = config.generation_record(facts.vocab_fingerprint)
     if config.resume:
-        check_resume(config.output_dir, record)
-    write_json_atomic(config.output_dir / GENERATION_RECORD, record)
-    store_directory = config.output_dir / STORE_DIRECTORY if config.reduce_memory else None
+        check_resume(work, record)
+    write_json_atomic(work / GENERATION_RECORD, record)
+    store_directory = work / STORE_DIRECTORY if config.reduce_memory else None
     if store_directory is not None:
         shutil.rmtree(store_directory, ignore_errors=True)
     # "nsp" places whole sentences; a longer one would be truncated to fit, so it is cut into pieces that fit.
     max_sentence_tokens = config.max_seq_len - SPECIAL_TOKENS_PER_PAIR if objective == "nsp" else None
     try:
-        corpora, task_stats = _write_task_corpus(config)
+        corpora, task_stats = _write_task_corpus(
+            config.named_corpora(), config.task_data, config.task_text_column, work
+        )
         paths = [path for _, path in corpora]
         store = build_document_store(
             paths, tokenizer, facts, store_directory, config.show_progress, max_sentence_tokens
         )
         _log_long_lines(corpora, store, max_sentence_tokens)
-        manifest = _generate_all(
-            config, corpora, objective, store, store_directory, tokenizer, facts, record, task_stats
-        )
+        context = _generation_context(config, objective, store, store_directory, tokenizer, facts)
+        manifest = _generate_all(config, corpora, context, facts, record, task_stats)
     except BaseException as error:
         written = work / TASK_CORPUS_FILE
         if config.task_data is not None and written.resolve() != config.task_data.resolve():
@@ -319,59 +326,119 @@ def _log_long_lines(corpora: list[tuple[str, Path]], store: DocumentStore, max_s
             )  # fmt: skip
 
 
-def _generate_all(
+def _generation_context(
     config: PregenerateConfig,
-    corpora: list[tuple[str, Path]],
     objective: str,
     store: DocumentStore,
     store_directory: Path | None,
     tokenizer: Any,
-    facts: Any,
+    facts: TokenizerFacts,
+) -> GenerationContext:
+    """What the workers share: the store, and how rows are made and masked (pools are set by ``_generate_all``)."""
+    recipe = InstanceRecipe(
+        objective=objective,
+        layout=RowLayout.of_tokenizer(config.max_seq_len, facts),
+        short_seq_prob=config.short_seq_prob,
+        cross_document=not config.no_cross_document,
+    )
+    masking = DynamicMasking(
+        tables=masking_tables(facts, tokenizer),
+        masked_lm_prob=config.masked_lm_prob,
+        max_predictions=config.max_predictions_per_seq,
+        whole_word=config.do_whole_word_mask,
+        seed=config.seed,
+    )
+    return GenerationContext(store, store_directory, {}, recipe, masking, config.dynamic_masking)
+
+
+def _document_pools(
+    store: DocumentStore, training: list[np.ndarray], held_out: list[np.ndarray]
+) -> dict[tuple[int, int], DocumentPool]:
+    """The pool of every (stream, corpus): each corpus's training documents, and its held-out ones if any."""
+    pools = {}
+    for corpus, (training_documents, held_out_documents) in enumerate(zip(training, held_out)):
+        pools[(epoch_writer.TRAINING_STREAM, corpus)] = DocumentPool.from_documents(store, training_documents)
+        if len(held_out_documents):
+            pools[(epoch_writer.HOLDOUT_STREAM, corpus)] = DocumentPool.from_documents(store, held_out_documents)
+    return pools
+
+
+def _kept_epochs(output_dir: Path, wanted: list[tuple[str, int, int]]) -> dict[str, dict[str, Any]]:
+    """Statistics of the wanted epochs an interrupted run completed (``--resume`` keeps them)."""
+    kept = {}
+    for name, _, _ in wanted:
+        done = epoch_writer.read_complete_epoch(output_dir / name)
+        if done is not None:
+            kept[name] = done
+            logger.info("%s: complete from the interrupted run, kept", name)
+    return kept
+
+
+def _generate_all(
+    config: PregenerateConfig,
+    corpora: list[tuple[str, Path]],
+    context: GenerationContext,
+    facts: TokenizerFacts,
     record: dict[str, Any],
     task_stats: TaskCorpusStats | None,
 ) -> dict[str, Any]:
+    """Split the documents, plan the mixing, make every missing epoch, and write the manifest (last)."""
+    store = context.store
     training, held_out = _split_documents(store, config.holdout_fraction, config.seed, corpora)
-    pools = {}
-    for corpus in range(len(corpora)):
-        pools[(epoch_writer.TRAINING_STREAM, corpus)] = DocumentPool.from_documents(store, training[corpus])
-        if len(held_out[corpus]):
-            pools[(epoch_writer.HOLDOUT_STREAM, corpus)] = DocumentPool.from_documents(store, held_out[corpus])
+    context = replace(context, pools=_document_pools(store, training, held_out))
     token_counts = store.document_token_counts()
     training_tokens = np.array([token_counts[documents].sum() for documents in training])
-    context = GenerationContext(
-        store=store,
-        store_directory=store_directory,
-        pools=pools,
-        tables=masking_tables(facts, tokenizer),
-        seed=config.seed,
-        max_seq_len=config.max_seq_len,
-        short_seq_prob=config.short_seq_prob,
-        masked_lm_prob=config.masked_lm_prob,
-        max_predictions_per_seq=config.max_predictions_per_seq,
-        whole_word=config.do_whole_word_mask,
-        objective=objective,
-        dynamic_masking=config.dynamic_masking,
-        cross_document=not config.no_cross_document,
-        cls_id=facts.cls_token_id,
-        sep_id=facts.sep_token_id,
-        pad_id=facts.pad_token_id,
-    )
-    probabilities, copies = _mixing(config, context, training, training_tokens)
+    probabilities, copies = _mixing(
+        context, training, training_tokens, config.sampling_exponent,
+        config.task_share if config.task_data is not None else None,
+    )  # fmt: skip
     wanted = [(epoch_directory_name(e), epoch_writer.TRAINING_STREAM, e) for e in range(config.epochs_to_generate)]
     if config.holdout_fraction > 0:
         wanted.append((HOLDOUT_DIRECTORY, epoch_writer.HOLDOUT_STREAM, 0))
-    statistics: dict[str, dict[str, Any]] = {}
-    jobs = []
-    for job in wanted:
-        done = epoch_writer.read_complete_epoch(config.output_dir / job[0]) if config.resume else None
-        if done is None:
-            jobs.append(job)
-        else:
-            statistics[job[0]] = done
-            logger.info("%s: complete from the interrupted run, kept", job[0])
-    statistics.update(_generate(config, context, jobs, copies))
+    statistics = _kept_epochs(config.output_dir, wanted) if config.resume else {}
+    jobs = [job for job in wanted if job[0] not in statistics]
+    statistics.update(_generate(context, jobs, copies, config.output_dir, config.num_workers, config.show_progress))
     remove_stale_epochs(config.output_dir, config.epochs_to_generate, config.holdout_fraction > 0)
-    corpus_entries = [
+    task_entry = None
+    if task_stats is not None and config.task_data is not None:
+        task_entry = task_manifest_entry(
+            config.task_data, config.task_text_column, config.task_share, TASK_CORPUS_FILE,
+            copies[len(corpora) - 1], task_stats,
+        )  # fmt: skip
+    manifest = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "objective": context.recipe.objective,
+        "masking": "dynamic" if config.dynamic_masking else "static",
+        "tokenizer": facts.to_json(),
+        "max_seq_len": config.max_seq_len,
+        "max_predictions_per_seq": config.max_predictions_per_seq,
+        "generation": record,
+        "corpora": _corpus_entries(corpora, store, training, held_out, training_tokens, probabilities),
+        "sampling_exponent": config.sampling_exponent,
+        "task_data": task_entry,
+        "corpus": _corpus_totals(store, training),
+        "epochs": [
+            _epoch_entry(name, e, statistics[name])
+            for name, stream, e in wanted
+            if stream == epoch_writer.TRAINING_STREAM
+        ],
+        "holdout": None if config.holdout_fraction == 0 else _holdout_entry(held_out, statistics[HOLDOUT_DIRECTORY]),
+    }
+    write_json_atomic(config.output_dir / MANIFEST_NAME, manifest)
+    return manifest
+
+
+def _corpus_entries(
+    corpora: list[tuple[str, Path]],
+    store: DocumentStore,
+    training: list[np.ndarray],
+    held_out: list[np.ndarray],
+    training_tokens: np.ndarray,
+    probabilities: np.ndarray,
+) -> list[dict[str, Any]]:
+    """The manifest's ``corpora``: each named corpus's documents, training tokens and sampling probability."""
+    return [
         {
             "name": corpus_name,
             "path": TASK_CORPUS_FILE if corpus_name == TASK_CORPUS_NAME else str(path),
@@ -382,77 +449,45 @@ def _generate_all(
         }
         for index, (corpus_name, path) in enumerate(corpora)
     ]
-    manifest = {
-        "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
-        "objective": objective,
-        "masking": "dynamic" if config.dynamic_masking else "static",
-        "tokenizer": facts.to_json(),
-        "max_seq_len": config.max_seq_len,
-        "max_predictions_per_seq": config.max_predictions_per_seq,
-        "generation": record,
-        "corpora": corpus_entries,
-        "sampling_exponent": config.sampling_exponent,
-        "task_data": None
-        if task_stats is None or config.task_data is None
-        else task_manifest_entry(
-            config.task_data,
-            config.task_text_column,
-            config.task_share,
-            TASK_CORPUS_FILE,
-            copies[len(corpora) - 1],
-            task_stats,
-        ),
-        "corpus": {
-            "documents": store.num_documents,
-            "sentences": store.num_sentences,
-            "tokens": store.num_tokens,
-            "dropped_empty_sentences": store.dropped_empty_sentences,
-            "dropped_empty_documents": store.dropped_empty_documents,
-            "training_documents": int(sum(len(documents) for documents in training)),
-        },
-        "epochs": [
-            {
-                "index": e,
-                "directory": name,
-                "num_instances": statistics[name]["num_instances"],
-                "statistics": statistics[name],
-            }
-            for name, stream, e in wanted
-            if stream == epoch_writer.TRAINING_STREAM
-        ],
-        "holdout": None
-        if config.holdout_fraction == 0
-        else {
-            "directory": HOLDOUT_DIRECTORY,
-            "documents": np.concatenate(held_out).tolist(),
-            "num_instances": statistics[HOLDOUT_DIRECTORY]["num_instances"],
-            "statistics": statistics[HOLDOUT_DIRECTORY],
-        },
+
+
+def _corpus_totals(store: DocumentStore, training: list[np.ndarray]) -> dict[str, int]:
+    """The manifest's ``corpus``: what the store holds over all corpora."""
+    return {
+        "documents": store.num_documents,
+        "sentences": store.num_sentences,
+        "tokens": store.num_tokens,
+        "dropped_empty_sentences": store.dropped_empty_sentences,
+        "dropped_empty_documents": store.dropped_empty_documents,
+        "training_documents": int(sum(len(documents) for documents in training)),
     }
-    write_json_atomic(config.output_dir / MANIFEST_NAME, manifest)
-    return manifest
+
+
+def _epoch_entry(name: str, epoch: int, statistics: dict[str, Any]) -> dict[str, Any]:
+    return {"index": epoch, "directory": name, "num_instances": statistics["num_instances"], "statistics": statistics}
+
+
+def _holdout_entry(held_out: list[np.ndarray], statistics: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "directory": HOLDOUT_DIRECTORY,
+        "documents": np.concatenate(held_out).tolist(),
+        "num_instances": statistics["num_instances"],
+        "statistics": statistics,
+    }
 
 
 def _mixing(
-    config: PregenerateConfig, context: GenerationContext, training: list[np.ndarray], training_tokens: np.ndarray
+    context: GenerationContext,
+    training: list[np.ndarray],
+    training_tokens: np.ndarray,
+    sampling_exponent: float,
+    task_share: float | None,
 ) -> tuple[np.ndarray, dict[int, int]]:
-    """Sampling probabilities of the corpora, and the copies per epoch of the task corpus (the last) if any."""
-    if config.task_data is None:
-        return sampling_probabilities(training_tokens, config.sampling_exponent), {}
-    rates = np.array(
-        [
-            instances_per_token(
-                context.store,
-                documents,
-                context.objective,
-                config.max_seq_len,
-                config.short_seq_prob,
-                context.cross_document,
-                config.seed,
-            )  # fmt: skip
-            for documents in training
-        ]
-    )
-    probabilities, copies = plan_task_mixing(training_tokens, rates, config.sampling_exponent, config.task_share)
+    """Sampling probabilities of the corpora, and the copies per epoch of the task corpus (the last), which takes
+    ``task_share`` of the draws (None: no task corpus)."""
+    if task_share is None:
+        return sampling_probabilities(training_tokens, sampling_exponent), {}
+    seed = context.masking.seed
+    rates = np.array([instances_per_token(context.store, documents, context.recipe, seed) for documents in training])
+    probabilities, copies = plan_task_mixing(training_tokens, rates, sampling_exponent, task_share)
     return probabilities, {len(training) - 1: copies}

@@ -32,8 +32,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from bert_domain_ft.data.document_store import DocumentStore
-from bert_domain_ft.data.instances import SPECIAL_TOKENS_PER_PAIR, PairSpans, assemble_pairs, truncate_pairs
-from bert_domain_ft.data.masking import DynamicMasking, batch_arrays, batch_width, mask_rows
+from bert_domain_ft.data.instances import SPECIAL_TOKENS_PER_PAIR, PairSpans, RowLayout, assemble_pairs, truncate_pairs
+from bert_domain_ft.data.masking import DynamicMasking, batch_arrays, batch_width
 from bert_domain_ft.data.masking import round_up as round_up  # where benchmarks/simple_padding.py looks for it
 from bert_domain_ft.errors import UserError
 
@@ -44,16 +44,6 @@ BATCHES_PER_LENGTH_GROUP = 100  # length grouping sorts within runs of this many
 PAIR_STREAM = 1
 ORDER_STREAM = 2
 TASK_STREAM = 3
-
-
-@dataclass(frozen=True)
-class RowLayout:
-    """How a pair becomes a row: ``[CLS] A [SEP] B [SEP]``, at most ``max_seq_len`` tokens, then padding."""
-
-    max_seq_len: int  # special tokens included
-    cls_id: int
-    sep_id: int
-    pad_id: int
 
 
 @dataclass(frozen=True)
@@ -231,7 +221,5 @@ def assemble_batch(
     longest = int(np.max(truncated.a_end - truncated.a_start + truncated.b_end - truncated.b_start))
     width = batch_width(longest + SPECIAL_TOKENS_PER_PAIR, layout.max_seq_len)
     rows, lengths, segment_a = assemble_pairs(store, truncated, width, layout.cls_id, layout.sep_id, layout.pad_id)
-    masked = mask_rows(
-        rows, lengths, rng, masking.tables, masking.masked_lm_prob, masking.max_predictions, masking.whole_word
-    )
+    masked = masking.mask_with(rng, rows, lengths)
     return batch_arrays(rows, lengths, segment_a, masked, truncated.is_random_next)
