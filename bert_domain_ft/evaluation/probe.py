@@ -27,10 +27,9 @@ from __future__ import annotations
 
 import logging
 import math
-import statistics
 import zlib
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -41,8 +40,10 @@ from tqdm.auto import tqdm
 from bert_domain_ft.corpus.task_files import LabelledSet, class_names, read_probe_pair
 from bert_domain_ft.errors import UserError
 from bert_domain_ft.evaluation.config import ProbeConfig
-from bert_domain_ft.evaluation.probe_report import PairedDifference, paired_difference
+from bert_domain_ft.evaluation.probe_report import ProbeResult, require_matplotlib, write_probe_json, write_probe_plot
 from bert_domain_ft.model.optimization import build_optimizer, build_scheduler, parameter_groups, warmup_steps_for
+
+logger = logging.getLogger(__name__)
 
 BUCKET_BATCHES = 8  # batches per pool of similar-length sentences
 # ``make_classifier(num_labels, seed)`` returns a fresh sequence classifier whose new weights depend on the seed only.
@@ -211,67 +212,6 @@ def train_and_score(
     return accuracy_score(test.label_ids, predicted), macro_f1_score(test.label_ids, predicted, num_classes)
 
 
-logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ProbeResult:
-    """Test scores of the classifiers fine-tuned from one model, one entry per seed (fractions 0..1)."""
-
-    model: str
-    seeds: tuple[int, ...]
-    accuracies: tuple[float, ...]
-    macro_f1s: tuple[float, ...]
-    name: str = field(default="", compare=False)  # label for tables and charts; the model itself when empty
-
-    @property
-    def label(self) -> str:
-        return self.name or self.model
-
-    @property
-    def accuracy_mean(self) -> float:
-        return statistics.fmean(self.accuracies)
-
-    @property
-    def accuracy_std(self) -> float:
-        return _sample_std(self.accuracies)
-
-    @property
-    def macro_f1_mean(self) -> float:
-        return statistics.fmean(self.macro_f1s)
-
-    @property
-    def macro_f1_std(self) -> float:
-        return _sample_std(self.macro_f1s)
-
-    def paired_with(self, reference: ProbeResult, metric: str = "accuracy") -> PairedDifference:
-        """This model minus ``reference`` seed by seed (``metric``: "accuracy" or "macro_f1"), with its interval."""
-        if self.seeds != reference.seeds:
-            raise ValueError(f"{self.label} and {reference.label} were probed with different seeds: not paired")
-        scores = {
-            "accuracy": (self.accuracies, reference.accuracies),
-            "macro_f1": (self.macro_f1s, reference.macro_f1s),
-        }
-        return paired_difference(*scores[metric])
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "model": self.model,
-            "accuracy_mean": self.accuracy_mean,
-            "accuracy_std": self.accuracy_std,
-            "macro_f1_mean": self.macro_f1_mean,
-            "macro_f1_std": self.macro_f1_std,
-            "seeds": list(self.seeds),
-            "accuracy_per_seed": list(self.accuracies),
-            "macro_f1_per_seed": list(self.macro_f1s),
-        }
-
-
-def _sample_std(values: Sequence[float]) -> float:
-    """Sample standard deviation (n − 1 in the denominator); 0 for a single seed."""
-    return statistics.stdev(values) if len(values) > 1 else 0.0
-
-
 def _load_tokenizer(name: str) -> Any:
     from transformers import AutoTokenizer
 
@@ -316,7 +256,6 @@ class Prober:
     """The labelled data read and checked once, then ``probe(model)`` for as many models as needed."""
 
     def __init__(self, config: ProbeConfig):
-
         self.config = config
         self.train, self.test = read_probe_pair(config.train, config.test, config.text_column, config.label_column)
         self.classes = class_names(self.train, self.test)
@@ -336,7 +275,6 @@ class Prober:
         return np.asarray([index[label] for label in labelled.labels], dtype=np.int64)
 
     def _encoded_sets(self, tokenizer_name: str) -> tuple[EncodedSet, EncodedSet]:
-
         if tokenizer_name not in self._encoded:
             tokenizer = _load_tokenizer(tokenizer_name)
             length = self.config.max_seq_len
@@ -348,9 +286,6 @@ class Prober:
 
     def probe(self, model: str, name: str = "", make_classifier: ClassifierFactory | None = None) -> ProbeResult:
         """Fine-tune and score one classifier per seed from ``model`` (or ``make_classifier(num_labels, seed)``)."""
-        import torch
-        from tqdm.auto import tqdm
-
         train, test = self._encoded_sets(self.config.tokenizer or model)
         factory = make_classifier or classifier_from_pretrained(model)
         device = torch.device("cuda" if torch.cuda.is_available() and not self.config.no_cuda else "cpu")
@@ -381,7 +316,6 @@ class Prober:
 
 def run_probe(config: ProbeConfig, names: Sequence[str] | None = None) -> list[ProbeResult]:
     """Probe every model of ``config`` (``names`` label them in tables); writes the JSON and PNG it asks for."""
-    from bert_domain_ft.evaluation.probe_report import require_matplotlib, write_probe_json, write_probe_plot
     from bert_domain_ft.model.loading import check_model_files
 
     if names is not None and len(names) != len(config.models):

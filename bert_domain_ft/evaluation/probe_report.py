@@ -27,9 +27,9 @@ import io
 import math
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from bert_domain_ft.errors import UserError
 from bert_domain_ft.evaluation.heldout import render_table
@@ -161,8 +161,63 @@ def paired_difference(
     return PairedDifference(mean, mean - half_width, mean + half_width, len(differences), confidence)
 
 
-if TYPE_CHECKING:
-    from bert_domain_ft.evaluation.probe import ProbeResult
+@dataclass(frozen=True)
+class ProbeResult:
+    """Test scores of the classifiers fine-tuned from one model, one entry per seed (fractions 0..1)."""
+
+    model: str
+    seeds: tuple[int, ...]
+    accuracies: tuple[float, ...]
+    macro_f1s: tuple[float, ...]
+    name: str = field(default="", compare=False)  # label for tables and charts; the model itself when empty
+
+    @property
+    def label(self) -> str:
+        return self.name or self.model
+
+    @property
+    def accuracy_mean(self) -> float:
+        return statistics.fmean(self.accuracies)
+
+    @property
+    def accuracy_std(self) -> float:
+        return _sample_std(self.accuracies)
+
+    @property
+    def macro_f1_mean(self) -> float:
+        return statistics.fmean(self.macro_f1s)
+
+    @property
+    def macro_f1_std(self) -> float:
+        return _sample_std(self.macro_f1s)
+
+    def paired_with(self, reference: ProbeResult, metric: str = "accuracy") -> PairedDifference:
+        """This model minus ``reference`` seed by seed (``metric``: "accuracy" or "macro_f1"), with its interval."""
+        if self.seeds != reference.seeds:
+            raise ValueError(f"{self.label} and {reference.label} were probed with different seeds: not paired")
+        scores = {
+            "accuracy": (self.accuracies, reference.accuracies),
+            "macro_f1": (self.macro_f1s, reference.macro_f1s),
+        }
+        return paired_difference(*scores[metric])
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "accuracy_mean": self.accuracy_mean,
+            "accuracy_std": self.accuracy_std,
+            "macro_f1_mean": self.macro_f1_mean,
+            "macro_f1_std": self.macro_f1_std,
+            "seeds": list(self.seeds),
+            "accuracy_per_seed": list(self.accuracies),
+            "macro_f1_per_seed": list(self.macro_f1s),
+        }
+
+
+def _sample_std(values: Sequence[float]) -> float:
+    """Sample standard deviation (n − 1 in the denominator); 0 for a single seed."""
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
 
 _FIGURE_HEIGHT_INCHES = 4.5
 _DPI = 110
