@@ -129,7 +129,11 @@ class _CorpusWriter:
 
 
 def _write_sentences(
-    blocks: Iterable[TextBlock], splitter: SentenceSplitter, config: PrepareConfig, writer: _CorpusWriter
+    blocks: Iterable[TextBlock],
+    splitter: SentenceSplitter,
+    min_sentence_chars: int,
+    max_sentence_chars: int,
+    writer: _CorpusWriter,
 ) -> None:
     report = writer.report
     carry = ""  # the last, possibly unfinished, sentence of a paragraph that continues in the next block
@@ -140,10 +144,10 @@ def _write_sentences(
         sentences = splitter.split(text) if text else []
         carry = sentences.pop() if block.continues_paragraph and sentences else ""
         for sentence in sentences:
-            if len(sentence) < config.min_sentence_chars:
+            if len(sentence) < min_sentence_chars:
                 report.short_sentences_dropped += 1
                 continue
-            pieces = split_long_sentence(sentence, config.max_sentence_chars)
+            pieces = split_long_sentence(sentence, max_sentence_chars)
             if len(pieces) > 1:
                 report.long_sentences_split += 1
                 report.pieces_from_long_sentences += len(pieces)
@@ -153,23 +157,21 @@ def _write_sentences(
 
 
 def _punkt_parameters(
-    config: PrepareConfig, blocks: Iterator[TextBlock]
+    punkt: str, language: str, sample_limit: int, blocks: Iterator[TextBlock]
 ) -> tuple[PunktParameters, dict[str, Any], Iterator[TextBlock]]:
-    """The Punkt parameters to use, how they were obtained, and the block stream to go on with (sample replayed)."""
-    if config.punkt == "pretrained":
-        return (
-            load_pretrained_punkt(config.punkt_language),
-            {"source": "pretrained", "language": config.punkt_language},
-            blocks,
-        )
-    if config.punkt != "train":
-        return load_punkt_parameters(Path(config.punkt)), {"source": "file", "path": str(config.punkt)}, blocks
+    """The Punkt parameters to use (``punkt``: "pretrained" for ``language``'s, "train" on the first
+    ``sample_limit`` bytes, or a parameters file), how they were obtained, and the block stream to go on with
+    (the sample replayed)."""
+    if punkt == "pretrained":
+        return load_pretrained_punkt(language), {"source": "pretrained", "language": language}, blocks
+    if punkt != "train":
+        return load_punkt_parameters(Path(punkt)), {"source": "file", "path": str(punkt)}, blocks
     sample: list[TextBlock] = []  # held in memory (at most punkt_sample_bytes of text) and replayed for writing
     sample_bytes = 0
     for block in blocks:
         sample.append(block)
         sample_bytes += len(block.text.encode("utf-8")) + 2
-        if sample_bytes >= config.punkt_sample_bytes:
+        if sample_bytes >= sample_limit:
             break
     logger.info("training Punkt on the first %.1f MB of text", sample_bytes / 1e6)
     parameters = train_punkt(block.text for block in sample if block.text)
@@ -184,14 +186,13 @@ def _describe_punkt_source(provenance: dict[str, Any]) -> str:
     return f"loaded from {provenance['path']}"
 
 
-def _check_output_free(config: PrepareConfig) -> None:
-    if config.overwrite:
+def _check_output_free(output: Path, punkt: str, punkt_parameters_path: Path, overwrite: bool) -> None:
+    """Refuse to replace ``output`` or the Punkt parameters beside it without ``overwrite`` (unless they are the
+    parameters file the run reads)."""
+    if overwrite:
         return
-    reused = (
-        config.punkt not in ("train", "pretrained")
-        and Path(config.punkt).resolve() == config.punkt_parameters_path.resolve()
-    )
-    for path in (config.output, None if reused else config.punkt_parameters_path):
+    reused = punkt not in ("train", "pretrained") and Path(punkt).resolve() == punkt_parameters_path.resolve()
+    for path in (output, None if reused else punkt_parameters_path):
         if path is not None and path.exists():
             raise UserError(
                 at_location(path, None, "already exists; pass --overwrite to replace it or choose another --output")
@@ -200,7 +201,7 @@ def _check_output_free(config: PrepareConfig) -> None:
 
 def prepare_corpus(config: PrepareConfig) -> PrepareReport:
     """Turn ``config.inputs`` into ``config.output`` in the corpus format; return (and log) what was done."""
-    _check_output_free(config)
+    _check_output_free(config.output, config.punkt, config.punkt_parameters_path, config.overwrite)
     assert config.glob is not None
     # Our own outputs (and a temporary left by a crash) may sit inside an input directory: never read them back.
     own_files = [config.output, config.output.with_name(config.output.name + TEMPORARY_SUFFIX)]
@@ -214,8 +215,13 @@ def prepare_corpus(config: PrepareConfig) -> PrepareReport:
     with progress, atomic_output(config.output) as handle:
         raw_blocks = iter_text_blocks(files, options, on_bytes=progress.update)
         blocks = (dataclasses.replace(block, text=normalise_text(block.text)) for block in raw_blocks)
-        parameters, provenance, blocks = _punkt_parameters(config, blocks)
-        _write_sentences(blocks, SentenceSplitter(parameters), config, _CorpusWriter(handle, report))
+        parameters, provenance, blocks = _punkt_parameters(
+            config.punkt, config.punkt_language, config.punkt_sample_bytes, blocks
+        )
+        writer = _CorpusWriter(handle, report)
+        _write_sentences(
+            blocks, SentenceSplitter(parameters), config.min_sentence_chars, config.max_sentence_chars, writer
+        )
         # Saved before the corpus appears, so a finished corpus always has the parameters that split it beside it.
         if provenance["source"] != "file" or Path(config.punkt).resolve() != config.punkt_parameters_path.resolve():
             save_punkt_parameters(config.punkt_parameters_path, parameters, provenance)

@@ -238,11 +238,11 @@ class _CorpusTotals:
     words: int = 0
 
 
-def _count_corpus(config: SelectConfig, scorer: Scorer) -> _CorpusTotals:
+def _count_corpus(corpus: Path, scorer: Scorer, show_progress: bool) -> _CorpusTotals:
     """Pass 1: documents and words; for BM25 also the queries' document frequencies and the mean length."""
     totals = _CorpusTotals()
     frequency, terms = None, 0
-    batches = _iter_batches(config.corpus, COUNTING_BATCH_DOCUMENTS, "counting", config.show_progress)
+    batches = _iter_batches(corpus, COUNTING_BATCH_DOCUMENTS, "counting", show_progress)
     for batch in batches:
         totals.documents += len(batch.texts)
         totals.words += int(batch.words.sum())
@@ -255,14 +255,14 @@ def _count_corpus(config: SelectConfig, scorer: Scorer) -> _CorpusTotals:
     return totals
 
 
-def _rank(config: SelectConfig, scorer: Scorer, num_queries: int, k: int) -> _RankedLists:
+def _rank(corpus: Path, scorer: Scorer, num_queries: int, k: int, show_progress: bool) -> _RankedLists:
     """Pass 2: score every document against every query, keeping each query's ``k`` best."""
     lists = _RankedLists(num_queries, k)
     if isinstance(scorer, BM25Scorer):
         batch_documents = max(16, min(4096, SCORES_PER_BATCH // num_queries))
     else:
         batch_documents = EMBEDDING_BATCH_DOCUMENTS
-    for batch in _iter_batches(config.corpus, batch_documents, f"scoring (k={k})", config.show_progress):
+    for batch in _iter_batches(corpus, batch_documents, f"scoring (k={k})", show_progress):
         lists.add(batch, scorer.score(batch.texts), scorer.minimum_score)
     return lists
 
@@ -285,10 +285,10 @@ def _write_documents(corpus: Path, output: Path, choice: _Choice) -> None:
             target.write(b"" if last == b"\n" else b"\n")  # the corpus's last line may lack its line end
 
 
-def _check_output_free(config: SelectConfig) -> None:
-    if config.overwrite:
+def _check_output_free(output: Path, overwrite: bool) -> None:
+    if overwrite:
         return
-    for path in (config.output, _sidecar(config.output)):
+    for path in (output, _sidecar(output)):
         if path.exists():
             raise UserError(at_location(path, None, "already exists; pass --overwrite or choose another --output"))
 
@@ -297,10 +297,38 @@ def _sidecar(output: Path) -> Path:
     return output.with_name(output.name + ".json")
 
 
+def _choose(
+    corpus: Path,
+    scorer: Scorer,
+    queries: int,
+    documents: int,
+    budget_words: int,
+    k: int,
+    seed: int,
+    show_progress: bool,
+) -> tuple[_RankedLists, _Choice, int, int]:
+    """Rank with ``k`` candidates per task text, deepening the lists until the round robin fills the budget (or
+    the memory bound stops it); returns the lists, the choice, the final k and the number of scoring passes."""
+    passes = 0
+    while True:
+        lists = _rank(corpus, scorer, queries, k, show_progress)
+        passes += 1
+        deeper = min(4 * k, documents)
+        exact = deeper > k and queries * deeper <= MAX_CANDIDATES
+        choice = _round_robin(lists, budget_words, query_turns(queries, seed), exact)
+        if choice is not None:
+            break
+        logger.info("a task text ran out of its %d candidates before the budget was filled: k=%d", k, deeper)
+        k = deeper
+    if queries * 4 * k > MAX_CANDIDATES and choice.words < budget_words:
+        logger.warning("ranked lists cut at %d documents per task text (memory bound); the budget may be unfilled", k)
+    return lists, choice, k, passes
+
+
 def select_documents(config: SelectConfig) -> SelectionReport:
     """Write the corpus documents nearest to the task's texts to ``config.output``; see the module docstring."""
     started = time.perf_counter()
-    _check_output_free(config)
+    _check_output_free(config.output, config.overwrite)
     open_corpus_checked(config.corpus)
     queries = [row.text for row in iter_task_texts(config.task_data, config.text_column)]
     if config.method == "bm25":
@@ -308,25 +336,15 @@ def select_documents(config: SelectConfig) -> SelectionReport:
     else:
         assert config.bert_model is not None
         scorer = EmbeddingScorer(config.bert_model, queries)
-    totals = _count_corpus(config, scorer)
+    totals = _count_corpus(config.corpus, scorer, config.show_progress)
     if totals.documents == 0:
         raise UserError(at_location(config.corpus, None, "holds no document with text; nothing to select from"))
     budget_words = config.tokens or math.ceil((config.fraction or 1.0) * totals.words)
     expected_documents = budget_words / max(totals.words / max(totals.documents, 1), 1.0)
     k = min(totals.documents, math.ceil(LIST_SLACK * expected_documents / len(queries)) + LIST_EXTRA)
-    passes = 0
-    while True:
-        lists = _rank(config, scorer, len(queries), k)
-        passes += 1
-        deeper = min(4 * k, totals.documents)
-        exact = deeper > k and len(queries) * deeper <= MAX_CANDIDATES
-        choice = _round_robin(lists, budget_words, query_turns(len(queries), config.seed), exact)
-        if choice is not None:
-            break
-        logger.info("a task text ran out of its %d candidates before the budget was filled: k=%d", k, deeper)
-        k = deeper
-    if len(queries) * 4 * k > MAX_CANDIDATES and choice.words < budget_words:
-        logger.warning("ranked lists cut at %d documents per task text (memory bound); the budget may be unfilled", k)
+    lists, choice, k, passes = _choose(
+        config.corpus, scorer, len(queries), totals.documents, budget_words, k, config.seed, config.show_progress
+    )
     _write_documents(config.corpus, config.output, choice)
     added = choice.added_per_query
     report = SelectionReport(

@@ -105,16 +105,15 @@ def _special_tokens(kind: str) -> list[Any]:
     ]
 
 
-def _trainer(config: TokenizerTrainingConfig) -> Any:
+def _trainer(kind: str, vocab_size: int, min_frequency: int, show_progress: bool) -> Any:
     from tokenizers import pre_tokenizers, trainers
 
-    specials = _special_tokens(config.kind)
-    common = {"vocab_size": config.vocab_size, "special_tokens": specials, "show_progress": config.show_progress}
-    if config.kind == "wordpiece":
-        return trainers.WordPieceTrainer(min_frequency=config.min_frequency, continuing_subword_prefix="##", **common)
-    if config.kind == "bpe":
+    common = {"vocab_size": vocab_size, "special_tokens": _special_tokens(kind), "show_progress": show_progress}
+    if kind == "wordpiece":
+        return trainers.WordPieceTrainer(min_frequency=min_frequency, continuing_subword_prefix="##", **common)
+    if kind == "bpe":
         return trainers.BpeTrainer(
-            min_frequency=config.min_frequency, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), **common
+            min_frequency=min_frequency, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), **common
         )
     return trainers.UnigramTrainer(unk_token="<unk>", **common)
 
@@ -150,6 +149,7 @@ def _unigram_minimum(scan: CorpusScan) -> int:
 
 
 def _too_small(config: TokenizerTrainingConfig, needed: int, exact: bool) -> UserError:
+    """The error naming the vocabulary size this corpus needs (``exact``, or about) for ``config``'s kind."""
     bound = "" if exact else " about"
     return UserError(
         at_location(
@@ -166,7 +166,11 @@ def _train(config: TokenizerTrainingConfig, scan: CorpusScan) -> Any:
     batches = -(-scan.sentences // _LINES_PER_BATCH)
     logger.info("training a %s tokenizer of %d entries on %d sentences", config.kind, config.vocab_size, scan.sentences)
     try:
-        tokenizer.train_from_iterator(_iter_batches(config.corpus), trainer=_trainer(config), length=batches)
+        tokenizer.train_from_iterator(
+            _iter_batches(config.corpus),
+            trainer=_trainer(config.kind, config.vocab_size, config.min_frequency, config.show_progress),
+            length=batches,
+        )
     except Exception as error:
         if "not large enough" in str(error):  # Unigram: the alphabet alone exceeds vocab_size
             raise _too_small(config, _unigram_minimum(scan), exact=False) from None
@@ -197,12 +201,11 @@ def transformers_files(config: TokenizerTrainingConfig) -> dict[str, dict[str, A
     return {"tokenizer_config.json": settings, "special_tokens_map.json": dict(spec.roles)}
 
 
-def _check_output(config: TokenizerTrainingConfig) -> None:
-    output = config.output
+def _check_output(output: Path, corpus: Path, overwrite: bool) -> None:
     if output.exists() and not output.is_dir():
         raise UserError(at_location(output, None, "exists and is not a directory; choose another --output"))
     if output.is_dir() and any(output.iterdir()):
-        if not config.overwrite:
+        if not overwrite:
             raise UserError(
                 at_location(
                     output,
@@ -210,7 +213,7 @@ def _check_output(config: TokenizerTrainingConfig) -> None:
                     "already holds files; pass --overwrite to replace the whole directory, or choose another --output",
                 )
             )
-        if output.resolve() in config.corpus.resolve().parents:
+        if output.resolve() in corpus.resolve().parents:
             raise UserError(at_location(output, None, "holds the corpus, which --overwrite would delete; move it"))
 
 
@@ -237,7 +240,7 @@ def _write_directory(config: TokenizerTrainingConfig, tokenizer: Any, scan: Corp
 
 def train_tokenizer(config: TokenizerTrainingConfig) -> Path:
     """Train the tokenizer ``config`` describes on its corpus and write it to ``config.output``; return that path."""
-    _check_output(config)
+    _check_output(config.output, config.corpus, config.overwrite)
     scan = scan_corpus(config.corpus, config.show_progress)
     # Byte-level BPE's alphabet is fixed (checked by the config); WordPiece's ('##' forms too) is only known once
     # trained, and training stops right after counting words when it does not fit.
