@@ -1,7 +1,7 @@
 """The ``bert-domain-ft`` command and the three classic scripts: each command's flags are the fields of its configs.
 
-A command is a name, a line of help, the config dataclasses its flags come from (``flags.flags_of``) and the
-function in ``commands`` that runs it. Every command also takes ``--config FILE`` and ``--print_config``.
+A command is a name, the config dataclasses its flags come from (``flags.flags_of``) and the function in
+``commands`` that runs it. Every command also takes ``--config FILE`` and ``--print_config``.
 
     bert-domain-ft pregenerate --train_corpus data/sample_corpus.txt --bert_model MODEL --output_dir out/
 """
@@ -15,7 +15,7 @@ from typing import Any
 
 from bert_domain_ft.cli import commands
 from bert_domain_ft.cli.commands import run_command, run_guarded
-from bert_domain_ft.cli.flags import FlagParser, flags_of, parse_with_config, steps_or_auto
+from bert_domain_ft.cli.flags import Flag, FlagParser, add_flags, flags_of, parse_with_config, steps_or_auto
 from bert_domain_ft.corpus.config import CheckConfig, PrepareConfig, SelectConfig, TokenizerTrainingConfig
 from bert_domain_ft.data.config import PregenerateConfig
 from bert_domain_ft.evaluation.config import EvaluateConfig, PlotConfig, ProbeConfig
@@ -26,94 +26,57 @@ __all__ = ["build_parser", "main", "parse_with_config", "run_command", "run_guar
 
 @dataclasses.dataclass(frozen=True)
 class Command:
+    """A command: its name, the config dataclasses whose fields are its flags, and its run function (whose
+    docstring is its help line); ``classic`` names the original ``lm_finetuning`` script it also runs as."""
+
     name: str
-    help: str
-    configs: tuple[type, ...]  # the dataclasses whose fields are the flags
+    configs: tuple[type, ...]
     run: Callable[[argparse.Namespace], int]
     config_from: Callable[[argparse.Namespace], Any] | None = None
-    classic: str | None = None  # the name of the original lm_finetuning script it also runs as
+    classic: str | None = None
 
-    def flags(self) -> list[Any]:
+    @property
+    def help(self) -> str:
+        return (self.run.__doc__ or self.name).strip()
+
+    def flags(self) -> list[Flag]:
         return [flag for config in self.configs for flag in flags_of(config)]
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        """Add the command's flags to any parser (no ``--config``)."""
-        from bert_domain_ft.cli.flags import add_flags
-
+        """Add the command's flags to any parser (without ``--config``)."""
         add_flags(parser, self.flags())
 
     def classic_main(self, argv: Sequence[str] | None = None) -> int:
-        """The console script named after an original ``lm_finetuning`` script: same flags, plus ``--config``."""
+        """Run as the console script named after an original ``lm_finetuning`` script: same flags, and ``--config``."""
         parser = FlagParser(prog=self.classic, description=self.help, flags=self.flags())
         return run_command(parse_with_config(parser, argv), self.run)
 
 
-PREPARE = Command(
-    "prepare",
-    "Turn raw text into the corpus format: one sentence per line (Punkt), a blank line between documents.",
-    (PrepareConfig,),
-    commands.run_prepare,
-)
-CHECK = Command(
-    "check",
-    "Validate a corpus file and describe it; exit status 0 only if pregeneration will accept it.",
-    (CheckConfig,),
-    commands.run_check,
-)
 PREGENERATE = Command(
-    "pregenerate",
-    "Turn a corpus (one sentence per line, blank line between documents) into epochs of masked NSP instances.",
-    (PregenerateConfig,),
-    commands.run_pregenerate,
-    classic="pregenerate-training-data",
+    "pregenerate", (PregenerateConfig,), commands.run_pregenerate, classic="pregenerate-training-data"
 )
 FINETUNE = Command(
-    "finetune",
-    "continue pretraining a model on pregenerated epochs (masked LM, + NSP for BERT), or pretrain one from scratch",
-    (FinetuneConfig,),
-    commands.run_finetune,
-    commands.finetune_config,
-    classic="finetune-on-pregenerated",
+    "finetune", (FinetuneConfig,), commands.run_finetune, commands.finetune_config, "finetune-on-pregenerated"
 )
 SIMPLE = Command(
-    "simple",
-    "continue pretraining a BERT on a corpus in one command: sentence pairs and masks made on the fly",
-    (SimpleConfig, OriginalSimpleFlags),
-    commands.run_simple,
-    commands.simple_config,
-    classic="simple-lm-finetuning",
+    "simple", (SimpleConfig, OriginalSimpleFlags), commands.run_simple, commands.simple_config, "simple-lm-finetuning"
 )
-EVALUATE = Command(
-    "evaluate",
-    "Evaluate a model on held-out data: masked-LM loss, perplexity, MLM accuracy, NSP accuracy.",
-    (EvaluateConfig,),
-    commands.run_evaluate,
-)
-PLOT = Command(
-    "plot",
-    "Plot a finetune run's metrics.jsonl (losses, held-out metrics, learning rate) into a PNG.",
-    (PlotConfig,),
-    commands.run_plot,
-)
-PROBE = Command(
-    "probe",
-    "Compare models on a downstream task: fine-tune a classifier from each (several seeds), print accuracy/F1.",
-    (ProbeConfig,),
-    commands.run_probe,
-)
-TOKENIZER = Command(
-    "tokenizer",
-    "Train a new tokenizer (WordPiece, byte-level BPE or Unigram) on a corpus; AutoTokenizer loads the result.",
-    (TokenizerTrainingConfig,),
-    commands.run_tokenizer,
-)
-SELECT = Command(
-    "select",
-    "Keep the corpus documents nearest to your task's texts (each task text gets neighbours), up to a budget.",
-    (SelectConfig,),
-    commands.run_select,
-)
-COMMANDS = {command.name: command for command in (PREPARE, CHECK, PREGENERATE, FINETUNE, SIMPLE, EVALUATE, PLOT, PROBE, TOKENIZER, SELECT)}  # fmt: skip
+PROBE = Command("probe", (ProbeConfig,), commands.run_probe)
+COMMANDS = {
+    command.name: command
+    for command in (
+        Command("prepare", (PrepareConfig,), commands.run_prepare),
+        Command("check", (CheckConfig,), commands.run_check),
+        PREGENERATE,
+        FINETUNE,
+        SIMPLE,
+        Command("evaluate", (EvaluateConfig,), commands.run_evaluate),
+        Command("plot", (PlotConfig,), commands.run_plot),
+        PROBE,
+        Command("tokenizer", (TokenizerTrainingConfig,), commands.run_tokenizer),
+        Command("select", (SelectConfig,), commands.run_select),
+    )
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -65,6 +65,7 @@ def run_command(arguments: argparse.Namespace, run: Callable[[argparse.Namespace
 
 
 def run_prepare(arguments: argparse.Namespace) -> int:
+    """Turn raw text into the corpus format: one sentence per line (Punkt), a blank line between documents."""
     from bert_domain_ft.corpus.prepare import prepare_corpus
 
     config = build_config(PrepareConfig, arguments)
@@ -74,6 +75,7 @@ def run_prepare(arguments: argparse.Namespace) -> int:
 
 
 def run_check(arguments: argparse.Namespace) -> int:
+    """Validate a corpus file and describe it; exit status 0 only if pregeneration will accept it."""
     from bert_domain_ft.corpus.check import check_corpus
 
     config = build_config(CheckConfig, arguments)
@@ -104,6 +106,7 @@ def parse_corpora(values: list[str]) -> Path | dict[str, Path]:
 
 
 def run_pregenerate(arguments: argparse.Namespace) -> int:
+    """Turn a corpus (one sentence per line, blank line between documents) into epochs of masked NSP instances."""
     from bert_domain_ft.data.pregenerate import pregenerate
 
     config = build_config(PregenerateConfig, arguments, train_corpus=parse_corpora(arguments.train_corpus))
@@ -121,6 +124,7 @@ def finetune_config(arguments: argparse.Namespace) -> FinetuneConfig:
 
 
 def run_finetune(arguments: argparse.Namespace) -> int:
+    """continue pretraining a model on pregenerated epochs (masked LM, + NSP for BERT), or pretrain one from scratch"""
     config = finetune_config(arguments)
     from bert_domain_ft.training.recipe import finetune  # imports torch: only once the flags are known to be fine
 
@@ -150,6 +154,7 @@ def simple_config(arguments: argparse.Namespace) -> SimpleConfig:
 
 
 def run_simple(arguments: argparse.Namespace) -> int:
+    """continue pretraining a BERT on a corpus in one command: sentence pairs and masks made on the fly"""
     config = simple_config(arguments)
     from bert_domain_ft.training.simple import simple_finetune  # imports torch: only once the flags are fine
 
@@ -158,6 +163,7 @@ def run_simple(arguments: argparse.Namespace) -> int:
 
 
 def run_evaluate(arguments: argparse.Namespace) -> int:
+    """Evaluate a model on held-out data: masked-LM loss, perplexity, MLM accuracy, NSP accuracy."""
     from bert_domain_ft.evaluation.evaluate import evaluate_model
     from bert_domain_ft.evaluation.heldout import format_result_table
 
@@ -175,6 +181,7 @@ def run_evaluate(arguments: argparse.Namespace) -> int:
 
 
 def run_plot(arguments: argparse.Namespace) -> int:
+    """Plot a finetune run's metrics.jsonl (losses, held-out metrics, learning rate) into a PNG."""
     from bert_domain_ft.evaluation.plots import plot_run
 
     config = build_config(PlotConfig, arguments)
@@ -183,6 +190,7 @@ def run_plot(arguments: argparse.Namespace) -> int:
 
 
 def run_probe(arguments: argparse.Namespace) -> int:
+    """Compare models on a downstream task: fine-tune a classifier from each (several seeds), print accuracy/F1."""
     from bert_domain_ft.evaluation.probe import run_probe
     from bert_domain_ft.evaluation.probe_report import format_probe_table
 
@@ -195,6 +203,7 @@ def run_probe(arguments: argparse.Namespace) -> int:
 
 
 def run_tokenizer(arguments: argparse.Namespace) -> int:
+    """Train a new tokenizer (WordPiece, byte-level BPE or Unigram) on a corpus; AutoTokenizer loads the result."""
     from bert_domain_ft.corpus.tokenizer_training import train_tokenizer
 
     config = build_config(TokenizerTrainingConfig, arguments)
@@ -204,6 +213,7 @@ def run_tokenizer(arguments: argparse.Namespace) -> int:
 
 
 def run_select(arguments: argparse.Namespace) -> int:
+    """Keep the corpus documents nearest to your task's texts (each task text gets neighbours), up to a budget."""
     from bert_domain_ft.corpus.selection import select_documents
 
     config = build_config(SelectConfig, arguments)

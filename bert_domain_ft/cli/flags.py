@@ -152,39 +152,24 @@ def build_config(config_class: type, arguments: argparse.Namespace, **overrides:
         raise UserError(str(error)) from None
 
 
-def add_flags(parser: Any, flags: Sequence[Flag], defaults: Mapping[str, Any] = {}, lenient: bool = False) -> None:
-    """Add ``flags`` to ``parser``; ``defaults`` (from a config file) replace theirs and make them optional.
-
-    ``lenient``: nothing required and nothing set unless given, to learn what a command line itself gives.
-    """
+def add_flags(parser: Any, flags: Sequence[Flag], defaults: Mapping[str, Any] = {}) -> None:
+    """Add ``flags`` to ``parser``; ``defaults`` (a config file's values) replace theirs and make them optional."""
     groups: dict[str, Any] = {}
     for flag in flags:
         if flag.group and flag.group not in groups:
-            supplied = lenient or any(other.dest in defaults for other in flags if other.group == flag.group)
+            supplied = any(other.dest in defaults for other in flags if other.group == flag.group)
             groups[flag.group] = parser.add_mutually_exclusive_group(required=not supplied)
-        optional = lenient or flag.dest in defaults
         options: dict[str, Any] = {"help": flag.help, "default": defaults.get(flag.dest, flag.default)}
-        if lenient:
-            options["default"] = argparse.SUPPRESS
         if flag.action in _SWITCHES:
             options["action"] = argparse.BooleanOptionalAction if flag.action == "negatable" else "store_true"
         else:
             options.update(type=flag.convert, nargs=flag.nargs, choices=flag.choices, metavar=flag.metavar)
-        if not flag.names:
-            options["nargs"] = {"+": "*", None: "?"}.get(flag.nargs, flag.nargs) if optional else flag.nargs
+        if not flag.names:  # a positional the config file gives may be left out
+            options["nargs"] = {"+": "*", None: "?"}.get(flag.nargs) if flag.dest in defaults else flag.nargs
             groups.get(flag.group, parser).add_argument(flag.dest, **options)
         else:
-            options.update(dest=flag.dest, required=flag.required and not optional)
+            options.update(dest=flag.dest, required=flag.required and flag.dest not in defaults)
             groups.get(flag.group, parser).add_argument(*flag.names, **options)
-
-
-def add_config_flags(parser: Any, lenient: bool = False) -> None:
-    group = parser.add_argument_group("configuration file")
-    default = argparse.SUPPRESS if lenient else None
-    group.add_argument("--config", type=Path, metavar="FILE", default=default,
-                       help="YAML or JSON file of flag values (keys are the flag names without --); flags given here win")  # fmt: skip
-    group.add_argument("--print_config", action="store_true", default=default or False,
-                       help="print the effective configuration as YAML and exit")  # fmt: skip
 
 
 class FlagParser(argparse.ArgumentParser):
@@ -194,7 +179,12 @@ class FlagParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
         self.flags = list(flags)
         add_flags(self, self.flags, defaults)
-        add_config_flags(self)
+        group = self.add_argument_group("configuration file")
+        keys = "YAML or JSON file of flag values (keys are the flag names without --); flags given here win"
+        group.add_argument("--config", type=Path, metavar="FILE", help=keys)
+        group.add_argument(
+            "--print_config", action="store_true", help="print the effective configuration as YAML and exit"
+        )
 
     def parse_known_args(self, args: Any = None, namespace: Any = None) -> tuple[argparse.Namespace, list[str]]:
         args = list(sys.argv[1:] if args is None else args)
@@ -203,43 +193,41 @@ class FlagParser(argparse.ArgumentParser):
         except UserError as error:
             print(f"error: {error}", file=sys.stderr)
             raise SystemExit(EXIT_USER_ERROR) from None
-        parser = (
-            FlagParser(prog=self.prog, description=self.description, flags=self.flags, defaults=values)
-            if values
-            else self
-        )
+        parser = FlagParser(prog=self.prog, description=self.description, flags=self.flags, defaults=values)
         arguments, extras = argparse.ArgumentParser.parse_known_args(parser, args, namespace)
+        for key in values:  # a flag given for another member of the key's exclusive group wins over the file
+            if any(getattr(arguments, other) is not None for other in self.partners(key)):
+                setattr(arguments, key, None)
         names = [name for flag in self.flags for name in flag.names] + ["--config", "--print_config"]
-        for extra in extras:
-            close = difflib.get_close_matches(extra.split("=")[0], names, n=1) if extra.startswith("--") else []
-            if close:
-                parser.error(f"unrecognized argument {extra}; did you mean {close[0]}?")
+        for extra in (extra for extra in extras if extra.startswith("--")):
+            for close in difflib.get_close_matches(extra.split("=")[0], names, n=1):
+                parser.error(f"unrecognized argument {extra}; did you mean {close}?")
         return arguments, extras
 
+    def partners(self, dest: str) -> set[str]:
+        """The other flags in ``dest``'s exclusive group."""
+        group = next((flag.group for flag in self.flags if flag.dest == dest), None)
+        return {flag.dest for flag in self.flags if group and flag.group == group} - {dest}
+
     def file_values(self, args: list[str]) -> dict[str, Any]:
-        """The values of the ``--config`` file named in ``args`` that ``args`` itself does not override."""
-        lenient = argparse.ArgumentParser(prog=self.prog, add_help=False)
-        add_flags(lenient, self.flags, lenient=True)
-        add_config_flags(lenient, lenient=True)
-        given = vars(lenient.parse_known_args(args)[0])
-        if given.get("config") is None:
-            return {}
-        path, by_dest = given["config"], {flag.dest: flag for flag in self.flags}
+        """The values of the ``--config`` file named in ``args`` (``{}`` without one), converted and checked."""
+        finder = argparse.ArgumentParser(add_help=False)
+        finder.add_argument("--config", type=Path, nargs="?")  # no value: the parser says so
+        path = finder.parse_known_args(args)[0].config
+        by_dest = {flag.dest: flag for flag in self.flags}
         values = {}
-        for key, value in load_config_file(path).items():
+        for key, value in load_config_file(path).items() if path is not None else ():
             if key not in by_dest:
                 close = difflib.get_close_matches(key, list(by_dest), n=1)
                 hint = f"did you mean '{close[0]}'?" if close else f"valid keys: {', '.join(sorted(by_dest))}"
                 raise UserError(f"{path}: unknown key '{key}'; {hint}")
             if value is not None:  # null means "not set": the default applies
                 values[key] = convert_value(by_dest[key], value, f"{path}: key '{key}'")
-        partners = {key: {f.dest for f in self.flags if f.group and f.group == by_dest[key].group} - {key}
-                    for key in [*values, *(key for key in given if key in by_dest)]}  # fmt: skip
         for key in values:
-            if partners[key] & set(values):
-                raise UserError(f"{path}: keys '{key}' and '{sorted(partners[key] & set(values))[0]}' exclude each other; keep one")  # fmt: skip
-        overridden = set(given).union(*(partners[key] for key in given if key in partners))
-        return {key: value for key, value in values.items() if key not in overridden}
+            if self.partners(key) & set(values):
+                other = min(self.partners(key) & set(values))
+                raise UserError(f"{path}: keys '{key}' and '{other}' exclude each other; keep one")
+        return values
 
 
 def _as_bool(value: Any, where: str) -> bool:
