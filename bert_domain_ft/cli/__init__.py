@@ -95,16 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_command(arguments, COMMANDS[arguments.command].run)
 
 
-def pregenerate_training_data(argv: Sequence[str] | None = None) -> int:
-    """The ``pregenerate-training-data`` console script (the original example's flags work unchanged)."""
-    return PREGENERATE.classic_main(argv)
-
-
-def finetune_on_pregenerated(argv: Sequence[str] | None = None) -> int:
-    """The ``finetune-on-pregenerated`` console script (the original script's name and flags)."""
-    return FINETUNE.classic_main(argv)
-
-
-def simple_lm_finetuning(argv: Sequence[str] | None = None) -> int:
-    """The ``simple-lm-finetuning`` console script (the original script's name and flags)."""
-    return SIMPLE.classic_main(argv)
+# The console scripts named after the original lm_finetuning scripts (see setup.cfg).
+pregenerate_training_data = PREGENERATE.classic_main
+finetune_on_pregenerated = FINETUNE.classic_main
+simple_lm_finetuning = SIMPLE.classic_main

@@ -8,6 +8,7 @@ The library is imported inside the functions, so ``--help`` and the data stages 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -18,10 +19,10 @@ from typing import Any
 
 from bert_domain_ft.cli.flags import EXIT_USER_ERROR, build_config, effective_config, save_effective_config
 from bert_domain_ft.corpus.config import CheckConfig, PrepareConfig, SelectConfig, TokenizerTrainingConfig
-from bert_domain_ft.data.config import PregenerateConfig
+from bert_domain_ft.data.config import PregenerateConfig, corpora_from_text
 from bert_domain_ft.errors import UserError
 from bert_domain_ft.evaluation.config import EvaluateConfig, PlotConfig, ProbeConfig
-from bert_domain_ft.training.config import FinetuneConfig, SimpleConfig
+from bert_domain_ft.training.config import FinetuneConfig, OriginalSimpleFlags, SimpleConfig
 
 EXIT_REJECTED = 1
 EXIT_INTERRUPTED = 130
@@ -64,14 +65,19 @@ def run_command(arguments: argparse.Namespace, run: Callable[[argparse.Namespace
     return run_guarded(action)
 
 
+def _show(report: Any, as_json: bool, leave_out: str = "") -> int:
+    """Print ``report`` as a table, or as JSON (without its ``leave_out`` entry); 0."""
+    values = {key: value for key, value in report.to_json().items() if key != leave_out} if as_json else {}
+    print(json.dumps(values, indent=2) if as_json else report.format())
+    return 0
+
+
 def run_prepare(arguments: argparse.Namespace) -> int:
     """Turn raw text into the corpus format: one sentence per line (Punkt), a blank line between documents."""
     from bert_domain_ft.corpus.prepare import prepare_corpus
 
     config = build_config(PrepareConfig, arguments)
-    report = prepare_corpus(config)
-    print(json.dumps(report.to_json(), indent=2) if config.print_json else report.format())
-    return 0
+    return _show(prepare_corpus(config), config.print_json)
 
 
 def run_check(arguments: argparse.Namespace) -> int:
@@ -80,36 +86,14 @@ def run_check(arguments: argparse.Namespace) -> int:
 
     config = build_config(CheckConfig, arguments)
     report = check_corpus(config.corpus, config.bert_model, config.max_seq_len, show_progress=config.show_progress)
-    print(json.dumps(report.to_json(), indent=2) if config.print_json else report.format())
-    return 0 if report.accepted else EXIT_REJECTED
-
-
-def parse_corpora(values: list[str]) -> Path | dict[str, Path]:
-    """``FILE``, ``NAME=FILE …`` or a directory of ``train.NAME`` files → a path or named paths."""
-    if len(values) == 1 and "=" not in values[0]:
-        path = Path(values[0])
-        if not path.is_dir():
-            return path
-        named = {file.suffix.lstrip("."): file for file in sorted(path.glob("train.*")) if file.is_file()}
-        if not named:
-            raise UserError(f"{path}: a directory of corpora needs files named train.NAME (e.g. train.zul)")
-        return named
-    named = {}
-    for value in values:
-        name, separator, file = value.partition("=")
-        if not separator or not name or not file:
-            raise UserError(f"--train_corpus {value}: with several corpora give each as NAME=FILE")
-        if name in named:
-            raise UserError(f"--train_corpus: the name {name!r} is given twice")
-        named[name] = Path(file)
-    return named
+    return _show(report, config.print_json) or (0 if report.accepted else EXIT_REJECTED)
 
 
 def run_pregenerate(arguments: argparse.Namespace) -> int:
     """Turn a corpus (one sentence per line, blank line between documents) into epochs of masked NSP instances."""
     from bert_domain_ft.data.pregenerate import pregenerate
 
-    config = build_config(PregenerateConfig, arguments, train_corpus=parse_corpora(arguments.train_corpus))
+    config = build_config(PregenerateConfig, arguments, train_corpus=corpora_from_text(arguments.train_corpus))
     manifest = pregenerate(config)
     epochs, holdout = manifest["epochs"], manifest["holdout"]
     print(
@@ -119,8 +103,7 @@ def run_pregenerate(arguments: argparse.Namespace) -> int:
     return 0
 
 
-def finetune_config(arguments: argparse.Namespace) -> FinetuneConfig:
-    return build_config(FinetuneConfig, arguments)
+finetune_config = functools.partial(build_config, FinetuneConfig)  # the flags → a FinetuneConfig
 
 
 def run_finetune(arguments: argparse.Namespace) -> int:
@@ -132,23 +115,17 @@ def run_finetune(arguments: argparse.Namespace) -> int:
     return 0
 
 
-def _epochs(arguments: argparse.Namespace) -> int:
-    """--epochs, or the original --num_train_epochs when given (it must be a whole number of epochs)."""
-    if arguments.num_train_epochs is None:
-        return int(arguments.epochs)
-    value = float(arguments.num_train_epochs)
-    if value != int(value) or value < 1:
-        raise UserError(f"--num_train_epochs {value:g}: give a whole number of epochs (e.g. 3)")
-    return int(value)
-
-
 def simple_config(arguments: argparse.Namespace) -> SimpleConfig:
     if arguments.save_best and arguments.probe_train is None:
         # finetune's other yardstick, the held-out MLM loss, needs pregenerated data with --holdout_fraction.
         raise UserError("--save_best: simple has no held-out set, so the best model is the best by a probe; "
                         "give --probe_train and --probe_test (labelled sentences, see `bert-domain-ft probe`)")  # fmt: skip
     training = build_config(
-        FinetuneConfig, arguments, pregenerated_data=arguments.train_corpus, epochs=_epochs(arguments), do_eval=False
+        FinetuneConfig,
+        arguments,
+        pregenerated_data=arguments.train_corpus,
+        epochs=build_config(OriginalSimpleFlags, arguments).epochs(arguments.epochs),
+        do_eval=False,
     )
     return build_config(SimpleConfig, arguments, training=training)
 
@@ -191,11 +168,10 @@ def run_plot(arguments: argparse.Namespace) -> int:
 
 def run_probe(arguments: argparse.Namespace) -> int:
     """Compare models on a downstream task: fine-tune a classifier from each (several seeds), print accuracy/F1."""
-    from bert_domain_ft.evaluation.probe import run_probe
-    from bert_domain_ft.evaluation.probe_report import format_probe_table
+    from bert_domain_ft.evaluation import probe, probe_report
 
     config = build_config(ProbeConfig, arguments)
-    print(format_probe_table(run_probe(config)))
+    print(probe_report.format_probe_table(probe.run_probe(config)))
     for path in (config.json_output, config.plot_output):
         if path is not None:
             print(f"wrote {path}")
@@ -217,9 +193,4 @@ def run_select(arguments: argparse.Namespace) -> int:
     from bert_domain_ft.corpus.selection import select_documents
 
     config = build_config(SelectConfig, arguments)
-    report = select_documents(config)
-    if config.print_json:
-        print(json.dumps({key: value for key, value in report.to_json().items() if key != "kept_document_indices"}, indent=2))  # fmt: skip
-    else:
-        print(report.format())
-    return 0
+    return _show(select_documents(config), config.print_json, leave_out="kept_document_indices")

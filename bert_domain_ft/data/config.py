@@ -12,9 +12,29 @@ from typing import Any
 
 from bert_domain_ft.corpus.check import validate_max_seq_len
 from bert_domain_ft.corpus.reading import corpus_fingerprint
+from bert_domain_ft.errors import UserError
 
 TASK_CORPUS_NAME = "task"  # the corpus name of --task_data in the manifest
 TASK_CORPUS_FILE = "task_corpus.txt"  # where --task_data's texts are written, in the output directory
+
+
+def corpora_from_text(values: list[str]) -> Path | dict[str, Path]:
+    """``train_corpus`` as the command line gives it: ``FILE``, ``NAME=FILE …`` or a directory of ``train.NAME``
+    files → a path or named paths."""
+    if len(values) == 1 and "=" not in values[0] and not Path(values[0]).is_dir():
+        return Path(values[0])
+    if len(values) == 1 and "=" not in values[0]:
+        named = {file.suffix.lstrip("."): file for file in sorted(Path(values[0]).glob("train.*")) if file.is_file()}
+        if not named:
+            raise UserError(f"{values[0]}: a directory of corpora needs files named train.NAME (e.g. train.zul)")
+        return named
+    pairs = [value.partition("=") for value in values]
+    for value, (name, separator, file) in zip(values, pairs):
+        if not separator or not name or not file:
+            raise UserError(f"--train_corpus {value}: with several corpora give each as NAME=FILE")
+        if [pair[0] for pair in pairs].count(name) > 1:
+            raise UserError(f"--train_corpus: the name {name!r} is given twice")
+    return {name: Path(file) for name, _, file in pairs}
 
 
 @dataclass

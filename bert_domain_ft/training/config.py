@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bert_domain_ft.errors import UserError
+
 
 @dataclass
 class FinetuneConfig:
@@ -336,3 +338,12 @@ class OriginalSimpleFlags:
     """Accepted for compatibility: training is what ``simple`` does."""
     num_train_epochs: float | None = None
     """The original script's name for --epochs, which it overrides (a whole number, e.g. 3.0)."""
+
+    def epochs(self, epochs: int) -> int:
+        """``epochs``, or ``num_train_epochs`` when given; a ``UserError`` unless that is a whole number."""
+        if self.num_train_epochs is None:
+            return int(epochs)
+        value = float(self.num_train_epochs)
+        if value != int(value) or value < 1:
+            raise UserError(f"--num_train_epochs {value:g}: give a whole number of epochs (e.g. 3)")
+        return int(value)
