@@ -1,10 +1,11 @@
-"""Writing files safely: whole or not at all, one writer per directory, disk errors said plainly.
+"""Writing files safely: whole or not at all, one writer per directory, disk errors said plainly. Torch-free.
 
 - Atomic writes: everything the package writes goes through a temporary name in the same directory followed by
   ``os.replace``, so a crash, a SIGKILL or a full disk never leaves a half-written file that looks finished.
 - Disk errors of torch and safetensors, which wrap a full disk in their own exceptions
   (``RuntimeError: [enforce fail at inline_container.cc] …``, ``SafetensorError: … (os error 28)``), are read
-  back as the ``OSError`` they carry, so ``os_errors_as_user_errors`` can explain them in one line.
+  back as the ``OSError`` they carry, so ``os_errors_as_user_errors`` can explain them in one line; torch itself
+  is imported only by ``save_tensors``, when a checkpoint is written.
 - ``NpyAppender`` streams a ``.npy`` file whose length is not known in advance: a fixed 128-byte header holding a
   placeholder shape, rows appended as they come, the header rewritten with the real row count on ``close`` and the
   file renamed into place; ``np.load(path, mmap_mode="r")`` opens the result with no conversion.
@@ -18,8 +19,6 @@
         out.append(block)            # block.shape == (k, 128)
     with hold_output_lock(Path("data"), "pregenerate"):
         ...  # write data/
-
-Torch-free: torch is imported only by ``save_tensors``, when a checkpoint is written.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """``check``: validate a corpus file and describe it, before spending time on pregeneration.
 
-Scans every line itself (rather than through ``corpus.iter_corpus_lines``, which stops at the first bad line) so
+Scans every line itself (rather than through ``reading.iter_corpus_lines``, which stops at the first bad line) so
 that *all* lines that are not UTF-8 are reported with their numbers. "Pregeneration accepts it" follows the rules
-of ``corpus.py`` and ``document_store.py``: the file exists, is not empty, every line is valid UTF-8, and at least
+of ``reading`` and ``data.document_store``: the file exists, is not empty, every line is valid UTF-8, and at least
 two documents have text. With a tokenizer, "text" means at least one token, exactly as pregeneration counts it;
 without one, at least one visible character (a close approximation).
 

@@ -1,8 +1,8 @@
 """``prepare``: raw text in, the corpus format out (one sentence per line, a blank line between documents).
 
-Streaming in bounded memory: inputs are read paragraph by paragraph (``text_inputs``), normalised (Unicode NFC,
+Streaming in bounded memory: inputs are read paragraph by paragraph (``reading.iter_text_blocks``), normalised (Unicode NFC,
 control characters removed, whitespace collapsed), split into sentences with Punkt (trained on the first
-``punkt_sample_bytes`` of the text, see ``sentence_splitting``) and written to ``<output>.partial``, renamed to
+``punkt_sample_bytes`` of the text, see ``sentences``) and written to ``<output>.partial``, renamed to
 ``output`` only when complete. Exact-duplicate documents are found through 16-byte hashes (never by keeping texts)
 and removed by truncating the output back to where the duplicate began. Nothing is dropped without being counted.
 

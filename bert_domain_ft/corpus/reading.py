@@ -1,19 +1,17 @@
-"""Reading the corpus format, streaming.
+"""Reading text, streaming: the corpus format, and the raw inputs ``prepare`` turns into it.
 
-The corpus format: UTF-8 text, one sentence per line, documents separated by one or more blank lines (a line of
-only whitespace counts as blank); ``\n`` or ``\r\n`` line ends; an optional UTF-8 byte-order mark is ignored.
-Nothing here holds more than one line in memory.
+The corpus format is UTF-8 text, one sentence per line, documents separated by one or more blank lines (a line of
+only whitespace counts as blank); ``\\n`` or ``\\r\\n`` line ends; an optional UTF-8 byte-order mark is ignored.
+``iter_corpus_lines`` and ``iter_documents`` read it holding one line in memory.
+
+``prepare``'s raw inputs are found by ``discover_input_files`` and read by ``iter_text_blocks`` as blocks of
+paragraph text: a plain-text file is one document (or, with ``paragraph_documents``, each blank-line-separated
+paragraph is one); a JSON-lines file holds one document per line, its text under ``text_field``. Memory holds one
+paragraph at most — a paragraph longer than ``PARAGRAPH_BLOCK_CHARACTERS`` (a file without blank lines) arrives in
+several blocks marked ``continues_paragraph``.
 
     for document in iter_documents(Path("corpus.txt")):
         print(len(document), "sentences, first on line", document[0].line_number)
-
-Raw inputs of ``prepare``: finding the files and reading them, streaming, as blocks of paragraph text.
-
-A plain-text file is one document (or, with ``paragraph_documents``, each blank-line-separated paragraph is one);
-a JSON-lines file holds one document per line, its text under ``text_field``. Files are read line by line, so
-memory holds one paragraph at most — and a paragraph longer than ``PARAGRAPH_BLOCK_CHARACTERS`` (a file without
-blank lines) arrives in several blocks marked ``continues_paragraph``.
-
     for block in iter_text_blocks(discover_input_files([Path("raw/")], "*.txt", []), InputOptions()):
         print(block.starts_document, block.text[:40])
 """

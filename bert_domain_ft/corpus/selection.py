@@ -1,6 +1,6 @@
 r"""``select``: the domain documents nearest to a task's texts (kNN-TAPT, Gururangan et al. 2020), streamed.
 
-Every task text (``task_text``) is a query. Each query ranks the corpus's documents; documents are then taken
+Every task text (``task_files.iter_task_texts``) is a query. Each query ranks the corpus's documents; documents are then taken
 round-robin over the queries (in a fixed random order), each query adding its best document not yet taken,
 until the kept documents' words reach the budget (the last one may cross it). So every task text gets
 neighbours, not only the majority topic. Whole documents are kept, byte for byte, in corpus order, so NSP pairs stay within real documents.

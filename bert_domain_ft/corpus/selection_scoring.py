@@ -1,4 +1,4 @@
-"""How ``corpus_selection`` scores a batch of documents against every task text: BM25 or embedding cosine.
+"""How ``selection`` scores a batch of documents against every task text: BM25 or embedding cosine.
 
 A scorer turns a list of document texts into a ``(documents, queries)`` float64 matrix; higher is nearer, and a
 score at or below ``minimum_score`` means "no neighbour". ``BM25Scorer`` is numpy only (no torch) and needs the

@@ -2,7 +2,7 @@
 
 The corpus is streamed twice: a first pass counts sentences and characters (for the progress bar and an early
 "vocabulary too small" error), the second feeds batches of lines to the ``tokenizers`` trainer. The directory
-written loads with ``transformers.AutoTokenizer.from_pretrained`` and with ``tokenization.load_tokenizer``, and
+written loads with ``transformers.AutoTokenizer.from_pretrained`` and with ``model.tokenizer.load_tokenizer``, and
 both see the same special tokens. Each kind's pipeline (normaliser, pre-tokenizer, post-processor) is the one the
 matching transformers class rebuilds on loading (transformers 5 keeps only the vocabulary of tokenizer.json for
 these classes), so the two loaders tokenize identically.

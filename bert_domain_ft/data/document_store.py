@@ -1,14 +1,11 @@
-"""Index arithmetic shared by the data stages.
-
-concatenated_ranges(np.array([10, 50]), np.array([3, 2]))  # → [10, 11, 12, 50, 51]
-
-The tokenized corpus: one flat token array plus sentence and document offsets.
+"""The tokenized corpus: one flat token array plus sentence and document offsets.
 
 Layout (all int64 offsets, half-open ranges):
     tokens            (num_tokens,)        uint16 when every id fits, else int32
     sentence_offsets  (num_sentences + 1,) sentence s is tokens[sentence_offsets[s]:sentence_offsets[s + 1]]
     document_offsets  (num_documents + 1,) document d is sentences document_offsets[d] .. document_offsets[d + 1] - 1
-The sentences of a document are contiguous in ``tokens``, so any run of whole sentences is one slice.
+The sentences of a document are contiguous in ``tokens``, so any run of whole sentences is one slice, and
+``concatenated_ranges`` turns many such slices into one gather index.
 
 In memory by default; given a directory (``--reduce_memory``) the three arrays are ``.npy`` files there, written
 streaming and opened as read-only memmaps, so peak RAM does not grow with the corpus. Sentences that tokenize to

@@ -1,14 +1,4 @@
-"""Checks that an opened epoch agrees with its manifest and holds only values the model can take.
-
-A value out of range (a token id past the vocabulary, a masked position past the sequence) would otherwise reach
-an embedding lookup or a gather mid-epoch as an ``IndexError``, losing the run's progress since its last
-checkpoint. Every array is scanned once, in chunks of about ``SCAN_CHUNK_BYTES`` (min and max per chunk, so
-memory stays flat whatever the epoch's size); the row and value are looked up only in a chunk that fails. An
-epoch that passed is remembered by its files' (size, mtime, inode), so reopening it each epoch costs nothing.
-
-    check_epoch_against_manifest(Path("data/epoch_000"), {"input_ids": memmap, ...}, manifest)
-
-The pregenerated-data format: the one contract between pregeneration and training.
+"""The pregenerated-data format: the one contract between pregeneration and training.
 
 A pregenerated directory holds ``manifest.json`` (written last) and one sub-directory per epoch, ``epoch_000``,
 ``epoch_001``, …, plus ``holdout`` when documents were held out. An epoch directory holds fixed-width ``.npy``
@@ -38,19 +28,17 @@ the data bytes). It is built under ``epoch_XXX.partial`` and renamed when comple
 Opening an epoch checks it against the manifest (``max_seq_len`` = L, masked width ≤ ``max_predictions_per_seq``,
 the tokenizer's ``token_dtype``) and every value against its range: token ids < the vocabulary size, positions
 < L, lengths ≤ L, ``num_masked`` ≤ P, NSP labels 0/1, corpus ids < the number of corpora. The value scan reads
-each array once in chunks of ~8 MiB (min/max per chunk, numpy) and is remembered per file (size, mtime) for the
-rest of the process; ``--verify`` (SHA-256) is separate.
+each array once in chunks of ~8 MiB (min/max per chunk, numpy) and is remembered per file (size, mtime, inode)
+for the rest of the process, so reopening an epoch every training epoch costs nothing; ``--verify`` (SHA-256) is
+separate. A value out of range would otherwise reach an embedding lookup mid-epoch as an ``IndexError``.
+
+Where ``pregenerate`` writes: a new or empty output directory in place; with ``--overwrite`` beside it
+(``<output_dir>.partial``), swapped in when complete, so a failed run leaves the previous data untouched; with
+``--resume`` wherever the interrupted run wrote, after checking it used the same settings.
 
     manifest = read_manifest(Path("pregenerated"))
     epoch = open_epoch(Path("pregenerated"), manifest, epoch_index=0)
     epoch.input_ids[17], epoch.masked_labels[17, : epoch.num_masked[17]]
-
-Where a pregeneration run writes, and how a finished run replaces an older one.
-
-A new or empty output directory is written in place. ``--overwrite`` builds beside it (``<output_dir>.partial``)
-and swaps the result in when complete, so a failed run leaves the previous data untouched. ``--resume``
-continues wherever the interrupted run wrote, after checking it used the same settings.
-
     work = working_directory(output_dir, overwrite=False, resume=False)
 """
 

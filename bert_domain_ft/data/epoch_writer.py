@@ -1,8 +1,9 @@
 """Making one epoch: shards of documents become instances in worker processes, then one set of arrays.
 
 Work is cut into shards of whole documents (~256k tokens each; boundaries depend on the corpus only). Shard ``s``
-of corpus ``c`` in epoch ``e`` draws from its own random stream ``SeedSequence([seed, stream, e, c, s])``, so the bytes of an epoch
-do not depend on how many workers made it. A worker writes its shard's arrays into ``epoch_XXX.partial/``; once all
+of corpus ``c`` in epoch ``e`` draws from its own random stream ``SeedSequence([seed, stream, e, c, s])``, so the
+bytes of an epoch do not depend on how many workers made it. A worker makes its shard's rows by the context's
+``InstanceRecipe``, masks them (unless the trainer will) and writes them into ``epoch_XXX.partial/``; once all
 shards of the epoch are in, they are concatenated in order into the final arrays (with SHA-256 checksums),
 ``epoch.json`` is written, and the directory is renamed to ``epoch_XXX``.
 

@@ -1,38 +1,29 @@
-"""Scalar random draws at numpy speed for the per-sentence loops of instance generation.
+"""Instances from the document store, computed on offsets: BERT's next-sentence pairs and packed masked-LM rows.
 
-Calling ``Generator.random()`` once per draw costs ~0.5 µs of Python overhead; drawing blocks of 64k doubles and
-handing them out one at a time costs a tenth of that, and keeps the stream a pure function of the seed.
+``InstanceRecipe`` says which: with objective "nsp" an instance is ``[CLS] A [SEP] B [SEP]``, as BERT's
+create_pretraining_data makes it (``create_pair_spans``). Whole sentences of one document are gathered into a
+chunk until a target length is reached (the full ``max_seq_len - 3``, or with probability ``short_seq_prob`` a
+random shorter one, drawn per chunk so that long documents also yield some short instances); the chunk is split at
+a random sentence boundary into A and B. With probability 0.5 — always when the chunk has one sentence, so a
+one-sentence document can never yield a wrong "is next" label — B is instead a run of sentences from another
+document of the same split, that document chosen with probability proportional to its sentence count and started
+at a random sentence; the chunk's unused sentences go back for the next instance. The longer of A/B is then cut
+one token at a time, from the front or back at random, until the pair fits (``truncate_pairs``, in closed form).
+Because the sentences of a document are contiguous in the store, A and B are each one token range: an instance is
+four offsets. The Python loop walks sentences only (its random draws come from ``UniformStream``, blocks of
+doubles handed out one at a time: a tenth of ``Generator.random()``'s per-call cost); random documents, B lengths
+and truncation are computed vectorised afterwards, and token rows are gathered in one numpy pass
+(``assemble_pairs``).
 
-    draws = UniformStream(np.random.default_rng([seed, epoch, shard]))
-    if draws.uniform() < 0.5: ...
+With objective "mlm" contiguous text is packed into full rows with the tokenizer's own specials
+(``pack_documents``): a row is ``cls_id + tokens + sep_id`` (``[CLS] … [SEP]`` for BERT, ``<s> … </s>`` for
+RoBERTa), filled to the last position. Across documents (the default, as RoBERTa's FULL-SENTENCES), documents
+follow each other in the epoch's order with ``sep_id`` between them and a row may run on into the next document
+(packing fill ~100%); with ``cross_document=False`` every document is cut into its own rows and the last one of
+each is padded.
 
-Next-sentence-prediction pairs, as BERT's create_pretraining_data makes them, computed on offsets only.
-
-An instance is ``[CLS] A [SEP] B [SEP]``. Whole sentences of one document are gathered into a chunk until a target
-length is reached (the full ``max_seq_len - 3``, or with probability ``short_seq_prob`` a random shorter one, drawn
-per chunk so that long documents also yield some short instances); the chunk is split at a random sentence
-boundary into A and B. With probability 0.5 — always when the chunk has one sentence, so a one-sentence document
-can never yield a wrong "is next" label — B is instead a run of sentences from another document of the same
-split, that document chosen with probability proportional to its sentence count and started at a random
-sentence; the chunk's unused sentences go back for the next instance. The longer of A/B is then cut one token at
-a time, from the front or back at random, until the pair fits.
-
-Because the sentences of a document are contiguous in the store, A and B are each one token range: an instance
-is four offsets. The Python loop walks sentences only; random documents, B lengths and truncation are computed
-vectorised afterwards, and token arrays are gathered in one numpy pass.
-
-    spans = create_pair_spans(store, pool, pool_positions=range(0, 50), max_seq_len=128, short_seq_prob=0.1, rng=rng)
-    input_ids, lengths, segment_a_lengths = assemble_pairs(store, spans, 128, cls_id, sep_id, pad_id)
-
-Masked-LM-only instances: contiguous text packed into full sequences, with the tokenizer's own specials.
-
-A row is ``cls_id + tokens + sep_id`` (``[CLS] … [SEP]`` for BERT, ``<s> … </s>`` for RoBERTa), filled to the last
-position. Across documents (the default, as RoBERTa's FULL-SENTENCES), documents follow each other in the epoch's
-order with ``sep_id`` between them, and a sequence may run on into the next document; with
-``cross_document=False`` every document is cut into its own sequences and the last one of each is padded.
-The cut falls wherever the sequence is full — packing fill is ~100% across documents.
-
-    rows, lengths = pack_documents(store, documents, max_seq_len=128, cross_document=True, cls_id=0, sep_id=2, pad_id=1)
+    recipe = InstanceRecipe("nsp", RowLayout.of_tokenizer(128, facts), short_seq_prob=0.1, cross_document=True)
+    arrays = recipe.rows(store, pool, range(0, 50), None, rng)   # input_ids, lengths, segment_a_lengths, …
 """
 
 from __future__ import annotations

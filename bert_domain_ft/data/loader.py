@@ -1,43 +1,22 @@
-"""Turning rows of a pregenerated epoch into the tensors the model takes.
-
-A batch is a dict of int64 tensors (B = rows, L = longest row rounded up to a multiple of 8, P = masked slots):
-    input_ids, attention_mask, token_type_ids   (B, L)
-    masked_lm_positions, masked_lm_labels       (B, P)  labels are -100 in unused slots (absent when the epoch
-                                                        has no masks and no masker is given)
-    next_sentence_label                         (B,)    only for the NSP objective; 1 = random next
-Trimming to the longest row costs nothing for packed data (rows are ~full) and saves a lot for short pairs.
-
-    batch = collate_rows(epoch, np.array([4, 9, 12]))
-    batch = collate_rows(unmasked_epoch, indices, DynamicMasking.from_manifest(manifest, seed).for_epoch(0))
-
-The training order of an epoch drawn from several corpora with the manifest's sampling probabilities.
-
-Pregenerated data from several named corpora holds each corpus in its natural proportion; training draws from
-them with ``manifest["corpora"][i]["sampling_probability"]`` instead (``mixing.mixed_order``: small corpora are
-repeated, large ones subsampled, the epoch keeps its number of instances). With ``one_corpus_per_batch`` every
-block of ``batch_size`` consecutive instances of the order (one optimizer step of all processes) comes from a
-single corpus. The order is a pure function of (seed, epoch), like the usual shuffle, so exact resume holds.
-
-    mixing = CorpusMixing(seed=42, batch_size=64, one_corpus_per_batch=True)
-    order = mixing.order(corpus_ids, manifest, epoch=0)
-
-What the training loop reads: per-epoch sources of batches, and the order and sharding of each epoch.
+"""What the training loop reads: per-epoch sources of batches, the order and sharding of each epoch, prefetching.
 
 The loop only needs, for training epoch ``e``, how many instances there are and a function turning an array of
-instance indices into a batch (``EpochSource``). ``PregeneratedSource`` serves memory-mapped pregenerated epochs;
-``DatasetSource`` adapts any indexable of instances plus a collate function (the on-the-fly variant).
+instance indices into a batch (``EpochSource``). ``PregeneratedSource`` serves memory-mapped pregenerated epochs,
+gathered by ``collate_rows`` into the tensors of ``masking.batch_arrays`` (rows trimmed to the batch's longest,
+masked now when the data was pregenerated for dynamic masking); ``DatasetSource`` adapts any indexable of
+instances plus a collate function.
 
-The order of epoch ``e`` is a pure function of ``(seed, e)`` (``epoch_permutation``) and ``plan_epoch`` cuts it
-into this process's micro-batches, so resuming at micro-batch ``k`` is ``plan[k:]``: nothing is replayed.
+The order of epoch ``e`` is a pure function of ``(seed, e)``: the usual shuffle (``epoch_permutation``), or with
+several corpora a draw by the manifest's sampling probabilities (``CorpusMixing``, optionally one corpus per
+optimizer step). ``plan_epoch`` cuts it into this process's micro-batches, so resuming at micro-batch ``k`` is
+``plan[k:]``: nothing is replayed.
+
+``BatchPrefetcher`` builds the next batches in a background thread while the model computes (collating from
+memmaps is numpy work that releases the GIL; on CUDA the thread also pins the memory so the host → device copy is
+asynchronous) and times how long the loop waits.
 
     plan = plan_epoch(num_instances=1000, micro_batch_size=16, seed=42, epoch=0, rank=0, world_size=2)
-
-Build the next batches in a background thread while the model computes, and time how long the loop waits.
-
-Collating from memmaps is numpy work that releases the GIL, so a thread overlaps it with the step (torch kernels
-release the GIL too); on CUDA the thread also pins the memory so the host → device copy is asynchronous.
-
-    with BatchPrefetcher(fetch, plan, torch.device("cpu")) as batches:
+    with BatchPrefetcher(source.open_epoch(0), plan, torch.device("cpu")) as batches:
         for batch in batches: ...              # batches.wait_seconds: total time spent blocked on data
 """
 

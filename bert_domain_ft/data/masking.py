@@ -1,25 +1,22 @@
-"""Masked-LM masking of whole batches of token rows, vectorised.
+"""Masked-LM masking of token rows, vectorised, and the batch layout the model takes.
 
 Per row: ``num_to_predict = min(max_predictions, max(1, round(length * masked_lm_prob)))`` (``length`` counts the
 special tokens, as BERT does), never more than the row's maskable tokens. Candidates are the non-special tokens;
 they are taken in random order — whole words at a time with whole-word masking, skipping a word that would
 overshoot, exactly as BERT's create_pretraining_data. Of the chosen tokens 80% become the mask token, 10% a
-random non-special token, 10% stay as they are; labels hold the original tokens, positions ascend.
+random non-special token, 10% stay as they are; labels hold the original tokens, positions ascend. The row-wise
+random order is an argsort of random keys, so an epoch is masked in a handful of numpy calls (``mask_rows``).
 
-The row-wise random order is an argsort of random keys, so an epoch is masked in a handful of numpy calls.
-
-    masked = mask_rows(rows, lengths, rng, tables, masked_lm_prob=0.15, max_predictions=20, whole_word=False)
-
-Masking at batch time (RoBERTa's dynamic masking) for data pregenerated with ``--dynamic_masking``.
-
-The rules are pregeneration's own (``masking.mask_rows``: the same share of tokens, 80% mask / 10% random /
-10% kept, never a special token, whole words when the data asked for it), with the settings read from the
-manifest. Each batch draws from its own generator, seeded by (seed, training epoch, the batch's instance
-indices): a batch is masked the same way however often it is built (exact resume, any prefetching, any process),
-while the same instance gets fresh masks in every epoch. Pure numpy.
+``DynamicMasking`` holds a run's rule and seed. Pregeneration applies it with each shard's generator; data
+pregenerated with ``--dynamic_masking`` (RoBERTa's dynamic masking) and the ``simple`` stage mask at batch time
+instead, each batch from its own generator seeded by (seed, training epoch, the batch's instance indices): a
+batch is masked the same way however often it is built (exact resume, any prefetching, any process), while the
+same instance gets fresh masks in every epoch. ``batch_arrays`` lays the rows and their masks out as the int64
+arrays the model takes, for the loader's pregenerated batches and the simple stage's alike. Pure numpy.
 
     masking = DynamicMasking.from_manifest(manifest, seed=42, tokenizer=tokenizer)
-    masked = masking.mask(rows, lengths, epoch=0, indices=np.array([3, 17, 21]))   # a masking.MaskedRows
+    masked = masking.mask(rows, lengths, epoch=0, indices=np.array([3, 17, 21]))   # a MaskedRows
+    batch = batch_arrays(rows, lengths, segment_a_lengths, masked)
 """
 
 from __future__ import annotations

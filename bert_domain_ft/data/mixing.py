@@ -1,27 +1,21 @@
-"""Several corpora in one run: exponent-smoothed sampling probabilities and the training order they give.
+"""Several corpora in one run, the task's own text among them: sampling probabilities and the training order.
 
 Corpus i is drawn with probability p_i ∝ (n_i / Σn)^α (n = training tokens; α = ``sampling_exponent``): α = 1 keeps
 the natural proportions, α → 0 makes every corpus equally likely, and XLM-R's 0.3 lifts small corpora (languages)
 without drowning the large ones. The order of an epoch draws a corpus for every slot (or for every batch, with
 ``one_corpus_per_batch``) and takes that corpus's next instance from its own shuffled list, starting the list
-again when it runs out, so small corpora are repeated and large ones subsampled. A task's own text
-(``--task_data``, TAPT) gets a fixed share instead: ``probabilities_with_task_share`` gives it exactly that
-probability and the other corpora the rest by the exponent rule; ``task_copies`` says how many freshly paired and
-masked copies of it an epoch holds, so that its repeats are not the same masks again. Pure numpy; deterministic
-under the generator.
+again when it runs out, so small corpora are repeated and large ones subsampled (``mixed_order``).
 
-    order = mixed_order(corpus_ids, sampling_probabilities(tokens, 0.3), batch_size=32, one_corpus_per_batch=False, rng=rng)
+A task's own text (``--task_data``, task-adaptive pretraining) is one more corpus, named "task" and never held
+out. Its file is read once before anything is written (``read_task_sample``: a bad row is one line naming
+``file:line``), then written in the corpus format (``task_files.write_task_corpus``) and tokenized after the
+user's corpora. Training draws exactly ``task_share`` of each epoch from it and the other corpora the rest by the
+exponent rule (``probabilities_with_task_share``). Because the task text is small, an epoch holds several copies
+of it, each paired and masked afresh (``task_copies``, from the instances per token ``instances_per_token``
+estimates), so that the other corpora are drawn about once per epoch and the task's repeats do not meet the same
+masks again. Pure numpy; deterministic under the generator.
 
-The task's own text as one more corpus of pregeneration (``--task_data``, task-adaptive pretraining).
-
-The task file is read once before anything is written (``read_task_sample``: a bad row is one line naming
-``file:line``), then written into the output directory in the corpus format (``task_text.write_task_corpus``)
-and tokenized after the user's corpora as the corpus named "task". Training draws exactly ``task_share`` of each
-epoch from it (``mixing.probabilities_with_task_share``). Because the task text is small, an epoch holds several
-copies of it, each paired and masked afresh (``plan_task_mixing``), so that the other corpora are drawn
-about once per epoch and the task's repeats do not meet the same masks again. The task corpus is never held
-out. No torch here.
-
+    order = mixed_order(corpus_ids, sampling_probabilities(tokens, 0.3), 32, one_corpus_per_batch=False, rng=rng)
     probabilities, copies = plan_task_mixing(training_tokens, rates, sampling_exponent=1.0, task_share=0.5)
 """
 

@@ -1,10 +1,11 @@
-"""Pregeneration: corpus → N epochs of masked NSP instances packed to ``max_seq_len`` (format: epoch_format.py).
+"""``pregenerate``: corpus → N epochs of masked instances packed to ``max_seq_len`` (format: ``epoch_format``).
 
-Steps: check the output directory → load the tokenizer → write the task's texts as a corpus (``task_data``,
-see ``task_corpus``) → tokenize the corpora into a document store (in RAM, or on disk with ``reduce_memory``) →
-set documents aside for the held-out set → generate every epoch in shards, in ``num_workers`` processes → write
-``manifest.json`` last. ``resume`` keeps complete epochs and makes the rest; the result is byte-identical to an
-uninterrupted run, whatever ``num_workers`` is.
+Steps: check the inputs and load the tokenizer → take the output directory's lock → write the task's texts as a
+corpus (``task_data``, see ``mixing``) → tokenize the corpora into a document store (in RAM, or on disk with
+``reduce_memory``) → set documents aside for the held-out set → plan the corpora's mixing → generate every epoch
+in shards, in ``num_workers`` processes (``epoch_writer``) → write ``manifest.json`` last. ``resume`` keeps
+complete epochs and makes the rest; the result is byte-identical to an uninterrupted run, whatever
+``num_workers`` is.
 
     manifest = pregenerate(PregenerateConfig(train_corpus=Path("c.txt"), output_dir=Path("out"), bert_model="bert"))
 """

@@ -15,7 +15,7 @@ drawn per epoch; each repeat gets its own partner draw, and masks are drawn per 
 
 An epoch is a pure function of ``(seed, epoch)``, drawn in a handful of numpy calls over sentence indices; only
 the index (sentence and document offsets) is in RAM. Token ids are read and masked when a batch is built, with
-the batch-time masking of ``dynamic_masking`` (its generator is keyed by seed, epoch and the batch's instances):
+the batch-time masking of ``masking.DynamicMasking`` (its generator is keyed by seed, epoch and the batch's instances):
 every epoch sees fresh masks, and a resumed run sees exactly the batches it would have seen. Pairs longer than
 ``max_seq_len`` are truncated and masked by the pregeneration stage's own code (``instances.truncate_pairs``,
 ``masking.mask_rows``).

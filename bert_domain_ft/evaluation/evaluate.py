@@ -1,21 +1,19 @@
-"""The ``evaluate`` stage: a model directory against a pregenerated held-out set, or against a corpus.
+"""The ``evaluate`` stage, and the held-out sets it and training measure a model on.
 
-With ``data`` it evaluates the held-out set of a pregenerated directory (or one training epoch when ``epoch`` is
-given). With ``corpus`` the corpus is pregenerated on the fly into a temporary directory with the fixed
-``EVALUATION_SEED``, so two models evaluated on the same corpus see exactly the same pairs and masks.
+``evaluate_model`` loads a model and measures its masked-LM (and NSP) loss on pregenerated data: with ``data``
+the held-out set of a pregenerated directory (or one training epoch when ``epoch`` is given); with ``corpus`` the
+corpus is pregenerated on the fly into a temporary directory with the fixed ``EVALUATION_SEED``, so two models
+evaluated on the same corpus see exactly the same pairs and masks. ``check_model_fits_data`` refuses data whose
+token ids or lengths the model cannot take.
+
+The general held-out set (``--general_holdout`` of finetune) is text outside the user's domain, evaluated beside
+the domain's to show forgetting: a pregenerated directory (its held-out set, else its first epoch) or a corpus
+file pregenerated once, like the domain data (tokenizer, objective, max_seq_len, masking settings) but with the
+fixed ``GENERAL_SEED``, into ``output_dir/general_holdout/``, where a later run or ``--resume`` with the same
+settings and corpus reuses it. Its metrics are reported under ``heldout.GENERAL_PREFIX`` keys.
 
     result = evaluate_model(EvaluateConfig(model="finetuned_lm", data=Path("pregenerated")))
-
-The general held-out set: text outside the user's domain, evaluated beside the domain's to show forgetting.
-
-``--general_holdout`` names either a pregenerated directory (its held-out set is used, else its first epoch) or a
-corpus file, which is pregenerated once by the pregeneration library, with the run's tokenizer, objective,
-max_seq_len and masking settings and a fixed seed, into ``output_dir/general_holdout/`` (one epoch of all its
-documents, static masks). A later run or ``--resume`` with the same settings and corpus reuses it. Its metrics
-are reported under ``evaluation.GENERAL_PREFIX`` keys (``with_general``).
-
     directory = prepare_general_holdout(Path("general.txt"), output_dir, data_manifest, "bert-dir", tokenizer)
-    instances = open_general_holdout(directory)
 """
 
 from __future__ import annotations
@@ -128,8 +126,6 @@ def _evaluate_directory(config: EvaluateConfig, directory: Path, epoch: int | No
 
 
 def _pregenerate_corpus(config: EvaluateConfig, output_dir: Path) -> None:
-    from bert_domain_ft.data.pregenerate import PregenerateConfig, pregenerate
-
     assert config.corpus is not None
     pregenerate(
         PregenerateConfig(

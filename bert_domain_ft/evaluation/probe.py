@@ -1,24 +1,17 @@
-"""The probe's inner loop: fine-tune one sequence classifier with one seed, then score it on the test sentences.
-
-Deliberately small and fully determined by the seed, and the same for every model probed with that seed: each
-weight the checkpoint lacks (the classification layer; the pooler of a checkpoint without one) is drawn from its
-own generator seeded by (seed, parameter name) (``draw_new_weights``), so two encoders start from the same head
-whatever else their loading drew; dropout draws from ``torch.manual_seed(seed)`` set again once the model is
-built; and the order of the training sentences in epoch e is drawn from ``numpy.random.default_rng([seed, e])``
-(``epoch_batches``). Everything runs inside ``torch.random.fork_rng`` so the caller's random state is left exactly
-as it was.
-
-    encoded = encode_set(tokenizer, texts, label_ids, max_seq_len=64)
-    accuracy, macro_f1 = train_and_score(make_classifier, train, test, ClassifierRecipe(), seed=0, device=cpu)
-
-The downstream probe: does adaptation help a real task? Fine-tune a classifier from each model and compare.
+"""The downstream probe: does adaptation help a real task? Fine-tune a classifier from each model and compare.
 
 For every model (a base model, a finetune run, its checkpoints) and every seed, a sequence classifier
 (``AutoModelForSequenceClassification``: the encoder, its pooler and a new linear layer) is fine-tuned on the same
-labelled training sentences in the same order and scored on the test sentences; accuracy and macro-F1 are reported
-as mean ± standard deviation over the seeds. Same seeds, same data: the same numbers, run after run. Seed s gives
-every model the same classifier head, dropout stream and data order, so each model after the first is compared
-with the first seed by seed (``ProbeResult.paired_with``: mean difference and its 95% Student's t interval).
+labelled training sentences in the same order and scored on the test sentences (``train_and_score``); accuracy and
+macro-F1 are reported as mean ± standard deviation over the seeds (``probe_report.ProbeResult``). Each run is
+small and fully determined by its seed, and the same for every model probed with that seed: each weight the
+checkpoint lacks (the classification layer; the pooler of a checkpoint without one) is drawn from its own
+generator seeded by (seed, parameter name) (``draw_new_weights``), so two encoders start from the same head
+whatever else their loading drew; dropout draws from ``torch.manual_seed(seed)`` set again once the model is
+built; and the order of the training sentences in epoch e is drawn from ``numpy.random.default_rng([seed, e])``
+(``epoch_batches``). Everything runs inside ``torch.random.fork_rng``, leaving the caller's random state as it
+was. Same seeds, same data: the same numbers, run after run, and each model after the first is compared with the
+first seed by seed (``ProbeResult.paired_with``). ``Prober`` reads the labelled files once for many models.
 
     results = run_probe(ProbeConfig(models=["base", "run"], train=Path("train.csv"), test=Path("test.csv")))
 """

@@ -1,23 +1,19 @@
-"""Paired comparison of two models' probe scores over the same seeds, with a Student's t confidence interval.
+"""Probe results and how they are shown: per-seed scores, paired comparisons, a table, a JSON list and a chart.
 
-Both models are probed with the same seeds, so seed s gives each of them the same classifier initialisation and
-data order: the per-seed difference d_s = score_model(s) − score_reference(s) removes the part of the spread that
-the seed causes in both. The interval is mean(d) ± t_{(1+c)/2, n−1} · stdev(d) / √n over the n seeds; when it
-covers 0, the seeds' noise can explain the difference. The t quantile is computed here (no scipy): bisection on
-the t CDF, itself from the regularized incomplete beta function (continued fraction). Pure Python, no torch.
+A ``ProbeResult`` holds one model's test scores, one per seed. Every model is probed with the same seeds, so seed
+s gives each the same classifier initialisation and data order: the per-seed difference d_s = score_model(s) −
+score_reference(s) removes the part of the spread that the seed causes in both (``paired_difference``). The
+interval is mean(d) ± t_{(1+c)/2, n−1} · stdev(d) / √n over the n seeds; when it covers 0, the seeds' noise can
+explain the difference. The t quantile is computed here (no scipy): bisection on the t CDF, itself from the
+regularized incomplete beta function (continued fraction).
 
-    difference = paired_difference(model.accuracies, base.accuracies)   # → mean, low, high, verdict
-
-How probe results are shown: a side-by-side table, a JSON list, and a bar chart with error bars (PNG).
-
-Every model after the first is also compared with the first seed by seed (``ProbeResult.paired_with``): the table
-adds a paired section (mean difference in points, 95% interval, verdict), the JSON adds ``paired_vs_first`` and
-``paired_macro_f1_vs_first`` ({reference, mean, low, high, verdict, seeds}; fractions), the chart adds the
-difference and verdict under each model's name.
-
+Every model after the first is compared with the first: the table adds a paired section (mean difference in
+points, 95% interval, verdict), the JSON adds ``paired_vs_first`` and ``paired_macro_f1_vs_first`` ({reference,
+mean, low, high, verdict, seeds}; fractions), the chart adds the difference and verdict under each model's name.
 The chart uses matplotlib's Agg canvas (no display, no pyplot state), imported only when drawing; matplotlib is
 the optional ``plot`` extra. No torch here.
 
+    difference = model.paired_with(base)                  # → mean, low, high, verdict
     print(format_probe_table(results)); write_probe_json(Path("probe.json"), results)
 """
 
