@@ -52,30 +52,22 @@ class Command:
         return run_command(parse_with_config(parser, argv), self.run)
 
 
-PREGENERATE = Command(
-    "pregenerate", (PregenerateConfig,), commands.run_pregenerate, classic="pregenerate-training-data"
-)
+PREPARE = Command("prepare", (PrepareConfig,), commands.run_prepare)
+CHECK = Command("check", (CheckConfig,), commands.run_check)
+PREGENERATE = Command("pregenerate", (PregenerateConfig,), commands.run_pregenerate, None, "pregenerate-training-data")
 FINETUNE = Command(
     "finetune", (FinetuneConfig,), commands.run_finetune, commands.finetune_config, "finetune-on-pregenerated"
 )
 SIMPLE = Command(
     "simple", (SimpleConfig, OriginalSimpleFlags), commands.run_simple, commands.simple_config, "simple-lm-finetuning"
 )
+EVALUATE = Command("evaluate", (EvaluateConfig,), commands.run_evaluate)
+PLOT = Command("plot", (PlotConfig,), commands.run_plot)
 PROBE = Command("probe", (ProbeConfig,), commands.run_probe)
+TOKENIZER = Command("tokenizer", (TokenizerTrainingConfig,), commands.run_tokenizer)
+SELECT = Command("select", (SelectConfig,), commands.run_select)
 COMMANDS = {
-    command.name: command
-    for command in (
-        Command("prepare", (PrepareConfig,), commands.run_prepare),
-        Command("check", (CheckConfig,), commands.run_check),
-        PREGENERATE,
-        FINETUNE,
-        SIMPLE,
-        Command("evaluate", (EvaluateConfig,), commands.run_evaluate),
-        Command("plot", (PlotConfig,), commands.run_plot),
-        PROBE,
-        Command("tokenizer", (TokenizerTrainingConfig,), commands.run_tokenizer),
-        Command("select", (SelectConfig,), commands.run_select),
-    )
+    c.name: c for c in (PREPARE, CHECK, PREGENERATE, FINETUNE, SIMPLE, EVALUATE, PLOT, PROBE, TOKENIZER, SELECT)
 }
 
 

@@ -48,8 +48,7 @@ def run_command(arguments: argparse.Namespace, run: Callable[[argparse.Namespace
     effective configuration saved there as ``effective_config.yaml`` (reusable with ``--config``)."""
 
     def action() -> int:
-        result = run(arguments)
-        status = result if isinstance(result, int) else 0
+        status = run(arguments)
         output_dir = getattr(arguments, "output_dir", None)
         is_main = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 writes, as during the run
         if status == 0 and is_main and output_dir is not None and Path(output_dir).is_dir():
@@ -120,14 +119,9 @@ def simple_config(arguments: argparse.Namespace) -> SimpleConfig:
         # finetune's other yardstick, the held-out MLM loss, needs pregenerated data with --holdout_fraction.
         raise UserError("--save_best: simple has no held-out set, so the best model is the best by a probe; "
                         "give --probe_train and --probe_test (labelled sentences, see `bert-domain-ft probe`)")  # fmt: skip
-    training = build_config(
-        FinetuneConfig,
-        arguments,
-        pregenerated_data=arguments.train_corpus,
-        epochs=build_config(OriginalSimpleFlags, arguments).epochs(arguments.epochs),
-        do_eval=False,
-    )
-    return build_config(SimpleConfig, arguments, training=training)
+    epochs = build_config(OriginalSimpleFlags, arguments).epochs(arguments.epochs)
+    overrides = {"pregenerated_data": arguments.train_corpus, "epochs": epochs, "do_eval": False}
+    return build_config(SimpleConfig, arguments, training=build_config(FinetuneConfig, arguments, **overrides))
 
 
 def run_simple(arguments: argparse.Namespace) -> int:
@@ -147,11 +141,8 @@ def run_evaluate(arguments: argparse.Namespace) -> int:
     to_stdout = arguments.json is not None and str(arguments.json) == STDOUT
     config = build_config(EvaluateConfig, arguments, json_output=None if to_stdout else arguments.json)
     result = evaluate_model(config)
-    if to_stdout:
-        print(json.dumps(result.to_json(), indent=2))
-        return 0
     title = "held-out set" if config.epoch is None and config.data is not None else "evaluation set"
-    print(format_result_table(result, title=title))
+    print(json.dumps(result.to_json(), indent=2) if to_stdout else format_result_table(result, title=title))
     if config.json_output is not None:
         print(f"wrote {config.json_output}")
     return 0

@@ -1,13 +1,12 @@
 """Command-line flags derived from the config dataclasses, and ``--config`` files that set the same flags.
 
-Each field is one flag: its name (``--max_seq_len``, also the key in config files), its type (``int``, ``Path``,
-``X | None``, ``list[X]``: several values, ``bool``: a switch), its default and its help (the first sentence of the
-attribute docstring below the field). ``dataclasses.field(metadata=...)`` adds what the type cannot say:
-``flag`` (another name; on a bool that defaults to True, a switch turning it off: ``show_progress`` ↔
-``--no_progress``), ``aliases``, ``positional``, ``choices``, ``metavar``, ``nargs``, ``one_of`` (a required group of
-which exactly one is given), ``auto`` (also takes ``auto``, meaning None), ``negatable`` (``--x``/``--no-x``),
-``cli_default`` (the command line's default when it differs) and ``nested`` (a config inside the config whose
-fields are flags too: ``{"exclude": names, "required": names}``).
+Each field is one flag: its name (``--max_seq_len``, also the key in config files), type (``X | None``, ``list[X]``:
+several values, ``bool``: a switch), default and help (the first sentence of the docstring below the field).
+``dataclasses.field(metadata=...)`` adds what the type cannot say: ``flag`` (another name; on a bool defaulting to
+True, a switch turning it off: ``show_progress`` ↔ ``--no_progress``), ``aliases``, ``positional``, ``choices``,
+``metavar``, ``nargs``, ``one_of`` (a required group, exactly one given), ``auto`` (also takes ``auto``: None),
+``negatable`` (``--x``/``--no-x``), ``cli_default`` and ``nested`` (a config inside whose fields are flags too:
+``{"exclude": names, "required": names}``).
 
     parser = FlagParser(prog="toy", flags=flags_of(ToyConfig)); arguments = parse_with_config(parser, argv)
 """
@@ -23,6 +22,7 @@ import inspect
 import json
 import re
 import sys
+import textwrap
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -37,16 +37,14 @@ EXIT_USER_ERROR = 2
 _NOT_SETTINGS = {"help", "command", "config", "print_config"}  # namespace entries that are not a run's settings
 _TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
 _SWITCHES = ("store_true", "negated", "negatable")
+_CONFIG_HELP = "YAML or JSON file of flag values (keys are the flag names without --); flags given here win"
 
 
 def steps_or_auto(text: str) -> int | None:
     """A flag's value that is a whole number or ``auto`` (None), e.g. ``--head_warmup_steps``."""
-    if text.strip().lower() == "auto":
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of steps or 'auto', got {text!r}") from None
+    if text.strip().lower() != "auto" and not text.strip().lstrip("+-").isdigit():
+        raise argparse.ArgumentTypeError(f"expected a number of steps or 'auto', got {text!r}")
+    return None if text.strip().lower() == "auto" else int(text)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,14 +70,13 @@ class Flag:
 def field_docs(config_class: type) -> dict[str, str]:
     """Field name → its attribute docstring (the string literal right below the field in the source)."""
     try:
-        body = ast.parse(inspect.getsource(config_class).strip()).body[0].body  # type: ignore[attr-defined]
+        body = ast.parse(textwrap.dedent(inspect.getsource(config_class))).body[0].body  # type: ignore[attr-defined]
     except (OSError, TypeError, SyntaxError):
         return {}
     docs = {}
     for node, after in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(after, ast.Expr):
-            if isinstance(after.value, ast.Constant) and isinstance(after.value.value, str):
-                docs[node.target.id] = after.value.value
+        if isinstance(node, ast.AnnAssign) and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant):
+            docs[ast.unparse(node.target)] = str(after.value.value)
     return docs
 
 
@@ -137,10 +134,8 @@ def flags_of(config_class: type, exclude: Sequence[str] = (), required: Sequence
 
 
 def build_config(config_class: type, arguments: argparse.Namespace, **overrides: Any) -> Any:
-    """``config_class`` from the parsed flags of its own fields (None: its default) and ``overrides``.
-
-    A ``ValueError`` of its validation becomes a ``UserError``, so the user sees one line.
-    """
+    """``config_class`` from the flags of its own fields (None: its default) and ``overrides``; a ``ValueError`` of
+    its validation becomes a ``UserError`` (one line for the user)."""
     values = {}
     for flag in flags_of(config_class):
         value = getattr(arguments, flag.dest, None)
@@ -180,11 +175,8 @@ class FlagParser(argparse.ArgumentParser):
         self.flags = list(flags)
         add_flags(self, self.flags, defaults)
         group = self.add_argument_group("configuration file")
-        keys = "YAML or JSON file of flag values (keys are the flag names without --); flags given here win"
-        group.add_argument("--config", type=Path, metavar="FILE", help=keys)
-        group.add_argument(
-            "--print_config", action="store_true", help="print the effective configuration as YAML and exit"
-        )
+        group.add_argument("--config", type=Path, metavar="FILE", help=_CONFIG_HELP)
+        group.add_argument("--print_config", action="store_true", help="print the effective configuration (YAML), exit")
 
     def parse_known_args(self, args: Any = None, namespace: Any = None) -> tuple[argparse.Namespace, list[str]]:
         args = list(sys.argv[1:] if args is None else args)
@@ -230,14 +222,6 @@ class FlagParser(argparse.ArgumentParser):
         return values
 
 
-def _as_bool(value: Any, where: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, (str, int)) and str(value).strip().lower() in _TRUE | _FALSE:
-        return str(value).strip().lower() in _TRUE
-    raise UserError(f"{where}: expected true or false, got {value!r}")
-
-
 def _convert_one(flag: Flag, value: Any, where: str) -> Any:
     if isinstance(value, (list, dict)):
         raise UserError(f"{where}: expected a single value, got {type(value).__name__} {value!r}")
@@ -253,8 +237,13 @@ def _convert_one(flag: Flag, value: Any, where: str) -> Any:
 
 def convert_value(flag: Flag, value: Any, where: str) -> Any:
     """``value`` from a config file as the command line would have given it for ``flag``."""
+    word = str(value).strip().lower()
+    if flag.action in _SWITCHES and (
+        isinstance(value, bool) or isinstance(value, (str, int)) and word in _TRUE | _FALSE
+    ):
+        return word in _TRUE  # the key is the flag's name, so the value is the flag's (also --no_progress)
     if flag.action in _SWITCHES:
-        return _as_bool(value, where)  # the key is the flag's name, so the value is the flag's (also --no_progress)
+        raise UserError(f"{where}: expected true or false, got {value!r}")
     if flag.nargs is None:
         return _convert_one(flag, value, where)
     items = [_convert_one(flag, item, where) for item in (value if isinstance(value, list) else [value])]
@@ -303,11 +292,9 @@ def load_config_file(path: Path) -> dict[str, Any]:
 
 
 def _plain(value: Any) -> Any:
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
     if isinstance(value, (list, tuple)):
         return [_plain(item) for item in value]
-    return str(value)  # a Path: its text converts back through the flag's type
+    return value if value is None or isinstance(value, (bool, int, float, str)) else str(value)  # Path → its text
 
 
 def effective_config(arguments: argparse.Namespace) -> dict[str, Any]:
