@@ -26,7 +26,6 @@ from bert_domain_ft.training.config import FinetuneConfig, OriginalSimpleFlags, 
 
 EXIT_REJECTED = 1
 EXIT_INTERRUPTED = 130
-STDOUT = "-"
 
 
 def run_guarded(action: Callable[[], Any]) -> int:
@@ -138,7 +137,7 @@ def run_evaluate(arguments: argparse.Namespace) -> int:
     from bert_domain_ft.evaluation.evaluate import evaluate_model
     from bert_domain_ft.evaluation.heldout import format_result_table
 
-    to_stdout = arguments.json is not None and str(arguments.json) == STDOUT
+    to_stdout = arguments.json is not None and str(arguments.json) == "-"  # print the JSON
     config = build_config(EvaluateConfig, arguments, json_output=None if to_stdout else arguments.json)
     result = evaluate_model(config)
     title = "held-out set" if config.epoch is None and config.data is not None else "evaluation set"

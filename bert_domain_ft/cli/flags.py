@@ -95,11 +95,8 @@ def _value_type(hint: Any) -> tuple[Any, str | None]:
     """(type of one value, nargs) of a field's type hint: ``int | None`` → (int, None), ``list[str]`` → (str, "+")."""
     union = typing.get_origin(hint) in (typing.Union, types.UnionType)
     members = [member for member in typing.get_args(hint) if member is not type(None)] if union else [hint]
-    if len(members) != 1:
-        return str, None
-    if typing.get_origin(members[0]) in (list, tuple):
-        return typing.get_args(members[0])[0], "+"
-    return members[0], None
+    one = members[0] if len(members) == 1 else str  # several: the command line gives text (e.g. NAME=FILE)
+    return (typing.get_args(one)[0], "+") if typing.get_origin(one) in (list, tuple) else (one, None)
 
 
 def _flag(owner: type, field: dataclasses.Field, hint: Any, required: bool) -> Flag:
@@ -122,14 +119,12 @@ def flags_of(config_class: type, exclude: Sequence[str] = (), required: Sequence
     """The flags of every field of ``config_class`` (and of the configs nested in it), in field order."""
     hints = typing.get_type_hints(config_class)
     flags: list[Flag] = []
-    for field in dataclasses.fields(config_class):
-        if field.name in exclude:
-            continue
+    for field in (field for field in dataclasses.fields(config_class) if field.name not in exclude):
         if "nested" in field.metadata:
             flags += flags_of(hints[field.name], **field.metadata["nested"])
-            continue
-        missing = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
-        flags.append(_flag(config_class, field, hints[field.name], missing or field.name in required))
+        else:
+            missing = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+            flags.append(_flag(config_class, field, hints[field.name], missing or field.name in required))
     return flags
 
 
@@ -319,7 +314,7 @@ def save_effective_config(output_dir: Path, values: dict[str, Any]) -> Path:
 
 def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:
     """``parser.parse_args(argv)``; ``--print_config`` prints the effective configuration and exits with status 0."""
-    arguments = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    arguments = parser.parse_args(argv)
     if getattr(arguments, "print_config", False):
         sys.stdout.write(format_config(effective_config(arguments)))
         raise SystemExit(0)
