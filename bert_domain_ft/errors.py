@@ -20,3 +20,8 @@ def at_location(path: str | Path, line_number: int | None, problem: str) -> str:
     if line_number is None:
         return f"{path}: {problem}"
     return f"{path}:{line_number}: {problem}"
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of ``error``'s message (its type's name when it has none): a library's error in one line."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from bert_domain_ft.errors import UserError
+from bert_domain_ft.errors import UserError, first_line
 
 EMBEDDED_TOKENS = 256  # of a document's start; fewer if the model has fewer positions
 EMBEDDED_CHARACTERS = 16 * EMBEDDED_TOKENS  # text handed to the tokenizer: always more than 256 tokens' worth
@@ -134,8 +134,7 @@ class EmbeddingScorer:
                 self.tokenizer = AutoTokenizer.from_pretrained(bert_model)
                 self.model = AutoModel.from_pretrained(bert_model)
         except (OSError, ValueError, KeyError) as error:
-            first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-            raise UserError(f"{bert_model}: cannot load the model and tokenizer ({first_line})") from None
+            raise UserError(f"{bert_model}: cannot load the model and tokenizer ({first_line(error)})") from None
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model.eval().to(self.device)
         self.max_tokens = min(EMBEDDED_TOKENS, usable_positions(self.model.config))

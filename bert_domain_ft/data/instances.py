@@ -253,10 +253,15 @@ def assemble_pairs(
 SPECIAL_TOKENS_PER_ROW = 2  # cls_id at the start, sep_id at the end
 
 
+def _token_ranges(store: DocumentStore, documents: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """First and end token offsets of each of ``documents``."""
+    sentences = store.document_offsets
+    return store.sentence_offsets[sentences[documents]], store.sentence_offsets[sentences[documents + 1]]
+
+
 def _document_stream(store: DocumentStore, documents: np.ndarray, sep_id: int) -> np.ndarray:
     """The tokens of ``documents`` in order, ``sep_id`` after each but the last."""
-    first_token = store.sentence_offsets[store.document_offsets[documents]]
-    end_token = store.sentence_offsets[store.document_offsets[documents + 1]]
+    first_token, end_token = _token_ranges(store, documents)
     lengths = end_token - first_token
     with_separators = lengths + 1
     destinations = concatenated_ranges(np.cumsum(with_separators) - with_separators, lengths)
@@ -300,8 +305,7 @@ def pack_documents(
         starts = np.arange(0, len(stream), capacity, dtype=np.int64)
         lengths = np.minimum(capacity, len(stream) - starts)
         return _rows_from_pieces(stream, starts, lengths, max_seq_len, cls_id, sep_id, pad_id)
-    first_token = store.sentence_offsets[store.document_offsets[documents]]
-    end_token = store.sentence_offsets[store.document_offsets[documents + 1]]
+    first_token, end_token = _token_ranges(store, documents)
     pieces_per_document = -(-(end_token - first_token) // capacity)
     piece_index = concatenated_ranges(np.zeros_like(pieces_per_document), pieces_per_document)
     starts = np.repeat(first_token, pieces_per_document) + piece_index * capacity

@@ -31,7 +31,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from bert_domain_ft.corpus.task_files import LabelledSet, class_names, read_probe_pair
-from bert_domain_ft.errors import UserError
+from bert_domain_ft.errors import UserError, first_line
 from bert_domain_ft.evaluation.config import ProbeConfig
 from bert_domain_ft.evaluation.probe_report import ProbeResult, require_matplotlib, write_probe_json, write_probe_plot
 from bert_domain_ft.model.optimization import build_optimizer, build_scheduler, parameter_groups, warmup_steps_for
@@ -214,9 +214,8 @@ def _load_tokenizer(name: str) -> Any:
         with quiet_transformers():
             return AutoTokenizer.from_pretrained(name)
     except (OSError, ValueError, TypeError) as error:
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise UserError(
-            f"{name}: cannot load a tokenizer ({first_line}); give a model directory with tokenizer files "
+            f"{name}: cannot load a tokenizer ({first_line(error)}); give a model directory with tokenizer files "
             "or name one with --tokenizer"
         ) from None
 
@@ -236,8 +235,7 @@ def classifier_from_pretrained(model: str) -> ClassifierFactory:
                     model, num_labels=num_labels, output_loading_info=True
                 )
         except (OSError, ValueError) as error:
-            first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-            raise UserError(f"{model}: cannot load the model ({first_line}); give a model directory") from None
+            raise UserError(f"{model}: cannot load the model ({first_line(error)}); give a model directory") from None
         std = float(getattr(classifier.config, "initializer_range", 0.02))
         draw_new_weights(classifier, loading.get("missing_keys", ()), seed, std)
         return classifier
