@@ -5,7 +5,7 @@
 A randomly initialised model of ``--model_type`` with RoBERTa's vocabulary (50265) at MiniLM size (6 layers,
 hidden 384), batch 16 × 128 tokens with 15% (19 per row) masked, forward + backward, on this CPU, one thread per
 core. (a) baseline: ``AutoModelForMaskedLM(..., labels=...)``, logits over the vocabulary at every position;
-(b) ours: ``training.objective.PretrainingObjective`` (hidden states gathered at the masked positions, projection
+(b) ours: ``training.loop.PretrainingObjective`` (hidden states gathered at the masked positions, projection
 fused with the cross-entropy); (c) the same with the CPU kernels ``finetune`` turns on (memory-light attention,
 fast dropout masks, recomputed feed-forward blocks). Rounds interleave the variants; each variant's best round is compared (load
 only slows a round down). Targets: (b) ≥ 1.3× (a), (c) ≥ 1.6× (a) in sequences/s; the same loss as (a).
@@ -62,9 +62,9 @@ def time_steps(step, steps: int) -> float:
 
 def with_cpu_kernels(model: torch.nn.Module) -> torch.nn.Module:
     # The kernels only: finetune's glibc malloc settings are process-wide and would speed up (a) and (b) too.
-    from bert_domain_ft.training.recipe import use_cpu_kernels
+    from bert_domain_ft.kernels import use_cpu_kernels
 
-    use_cpu_kernels(model, bf16=False)
+    use_cpu_kernels(model, bf16=False, tune_allocator=False)
     return model
 
 
@@ -74,7 +74,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
     arguments = parser.parse_args()
-    from bert_domain_ft.model.losses import PretrainingObjective
+    from bert_domain_ft.training.loop import PretrainingObjective
 
     model = build(arguments.model_type)
     objective = PretrainingObjective(model, with_nsp=False)

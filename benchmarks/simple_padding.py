@@ -73,9 +73,9 @@ def throughput(model_path: str, fixed: list[Batch], grouped: list[Batch], rounds
     """Training sequences/s on the fixed-padded and the grouped batches, the model loaded as `simple` loads it."""
     import torch
 
-    from bert_domain_ft.model.losses import PretrainingObjective
     from bert_domain_ft.training.config import FinetuneConfig
     from bert_domain_ft.training.distributed import DistributedContext
+    from bert_domain_ft.training.loop import PretrainingObjective
     from bert_domain_ft.training.recipe import load_training_model
 
     torch.manual_seed(0)

@@ -1,20 +1,11 @@
-"""Plain-text tables for the terminal: one function, so every table the tool prints lines up the same way.
-
-Evaluation per corpus of data drawn from several named corpora: batches that never mix corpora, and the table.
-
-Held-out instances of several corpora carry ``corpus_ids`` (epoch_format.py). Evaluating them in batches of one
-corpus each makes every batch's loss and counts belong to exactly one corpus, so the per-corpus sums (and the
-overall ones, which are their total) stay exact without any per-row bookkeeping. Pure numpy and text.
-
-    for corpus, rows in batches_by_corpus(epoch.corpus_ids, epoch.num_instances, batch_size=64): ...
-    print(format_corpus_table({"zul": {...}, "xho": {...}}))
-
-Held-out evaluation of a pretraining model: masked-LM loss, perplexity, MLM accuracy (NSP accuracy for BERT).
+"""Held-out evaluation of a pretraining model: masked-LM loss, perplexity, MLM accuracy (NSP accuracy for BERT).
 
 Losses and correct counts are summed exactly over fixed, consecutive batches with the model in eval mode, so the
 same model on the same data gives the same numbers every time. The MLM logits are computed at the masked
-positions only (``masked_lm.model_losses``, any masked-LM model): memory stays bounded whatever the vocabulary.
-Data from several corpora is evaluated in batches of one corpus each, giving exact results per corpus too.
+positions only (``pretraining.pretraining_losses``, any masked-LM model): memory stays bounded whatever the
+vocabulary. Held-out instances of several corpora carry ``corpus_ids``; they are evaluated in batches of one
+corpus each (``batches_by_corpus``), so every batch's sums belong to exactly one corpus and the per-corpus results
+are exact too. The results print as plain-text tables (``render_table``: every table of the tool lines up alike).
 
     result = evaluate_pretraining(model, open_holdout(Path("pregenerated")), batch_size=64, device="cpu")
     print(format_result_table(result))
@@ -36,7 +27,7 @@ from tqdm.auto import tqdm
 from bert_domain_ft.data.epoch_format import EpochArrays, open_holdout, read_manifest
 from bert_domain_ft.data.loader import collate_pregenerated
 from bert_domain_ft.errors import UserError
-from bert_domain_ft.model.losses import model_losses
+from bert_domain_ft.model.pretraining import pretraining_losses
 
 
 def render_table(rows: Sequence[Sequence[str]]) -> str:
@@ -248,7 +239,7 @@ def evaluate_pretraining(
         ):
             for corpus, rows in tqdm(batches, desc="evaluating", unit="batch", disable=not show_progress):
                 batch = {name: tensor.to(device) for name, tensor in collate_pregenerated(epoch, rows).items()}
-                output = model_losses(model, batch)
+                output = pretraining_losses(model, batch, fused=False)  # no gradients: plain logits
                 totals.add(output)
                 if corpus is not None:  # every batch is within one corpus: its sums are that corpus's
                     per_corpus.setdefault(corpus, _Totals()).add(output, instances=len(rows))

@@ -1,34 +1,28 @@
-"""CPU dropout with keep-masks from numpy's PCG64 instead of torch's CPU Bernoulli sampler: ~4.5× faster.
-
-torch draws CPU Bernoulli samples one by one from MT19937 (~5 ns each: 15 ms for one (16, 12, 128, 128) attention
-mask, ~10% of a MiniLM training step); PCG64 fills the same mask from raw random bytes in ~3.4 ms. Each mask's
-seed is drawn from torch's default generator, so masks stay reproducible from ``torch.manual_seed`` and are
-restored with torch's RNG state on resume. The drop probability is quantised to 1/65536 (0.1 → 0.1000061); the
-returned scale 1/(1 - that) keeps every activation's expectation exact.
-
-    keep, scale = keep_mask((16, 128, 384), drop_probability=0.1)    # uint8 0/1, and 1/(1-p)
-    use_fast_dropout(model)                                          # swaps the model's nn.Dropout modules
-
-Memory-light self-attention for training: keep a 1-byte dropout mask, recompute the softmax in backward.
+"""Memory-light self-attention and fast dropout masks for training on the CPU.
 
 The stock attention with dropout (torch's SDPA falls back to its math kernel when dropout is on) saves three
 (B, heads, L, L) float tensors per layer for backward: softmax output, dropout noise and dropped probabilities,
-~36 MB per layer at B=16, L=128, 12 heads. This version saves only q, k, v, its output and a 1-byte keep-mask
-(1/4 of one such tensor) and recomputes scores and softmax from q and k in backward: the same function and
-gradients, ~200 MB less activation memory for a 6-layer MiniLM at batch 16 × 128, and a slightly faster step.
+~36 MB per layer at B=16, L=128, 12 heads. ``_LightAttention`` saves only q, k, v, its output and a 1-byte
+keep-mask (1/4 of one such tensor) and recomputes scores and softmax from q and k in backward: the same function
+and gradients, ~200 MB less activation memory for a 6-layer MiniLM at batch 16 × 128, and a slightly faster step.
 It works on a few sequences at a time (``chunk_slices``), so that none of its temporaries outgrows a hidden-state
-tensor and the heap stays compact.
+tensor and the heap stays compact. It is plugged in through transformers' attention registry, and only for
+training: ``stock_attention`` puts the model's own implementation back while it is saved, so a saved config
+never names it.
 
-It is plugged in through transformers' attention registry, and only for training: ``stock_attention`` puts the
-model's own implementation back while it is saved, so a saved config never names it.
+Its keep-masks, and those of every ``nn.Dropout`` (``FastDropout``), come from numpy's PCG64 instead of torch's
+CPU Bernoulli sampler, which draws samples one by one from MT19937 (~5 ns each: 15 ms for one (16, 12, 128, 128)
+mask, ~10% of a MiniLM step); PCG64 fills the same mask from raw random bytes in ~3.4 ms. Each mask's seed is
+drawn from torch's default generator, so masks stay reproducible from ``torch.manual_seed`` and are restored with
+torch's RNG state on resume. The drop probability is quantised to 1/65536 (0.1 → 0.1000061); the scale
+1/(1 - that) keeps every activation's expectation exact.
 
-    enable_light_attention(model)
+    enable_light_attention(model); use_fast_dropout(model)     # or kernels.use_cpu_kernels(model, bf16)
     with stock_attention(model): model.save_pretrained(directory)
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -89,8 +83,6 @@ def use_fast_dropout(model: nn.Module) -> int:
                 replaced += 1
     return replaced
 
-
-logger = logging.getLogger(__name__)
 
 IMPLEMENTATION = "bert_domain_ft_light"
 _ORIGINAL = "_bert_domain_ft_original_attention"
@@ -231,13 +223,6 @@ def enable_light_attention(model: nn.Module) -> bool:
     setattr(model, _ORIGINAL, config._attn_implementation)
     config._attn_implementation = IMPLEMENTATION
     return True
-
-
-def restore_attention(model: nn.Module) -> None:
-    """Put back the attention implementation the model was loaded with (before saving it)."""
-    original = getattr(model, _ORIGINAL, None)
-    if original is not None:
-        model.config._attn_implementation = original
 
 
 @contextmanager

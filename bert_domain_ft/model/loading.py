@@ -1,26 +1,22 @@
-"""Loading the model to train or evaluate: a BERT with its pretraining heads, or any ``AutoModelForMaskedLM``.
+"""Loading the model to train or evaluate (a BERT with its pretraining heads, or any ``AutoModelForMaskedLM``),
+or building a new one from scratch.
 
 A BERT loads as ``BertForPreTraining`` whatever the objective (its NSP head is kept, and saved, even when only
 masked LM is trained); RoBERTa, XLM-R, DistilBERT, DeBERTa… load as ``AutoModelForMaskedLM``. A head the
 checkpoint lacks starts at random and is reported in ``LoadedModel.fresh_heads`` (one warning line), so the
 head warm-up applies to it. ``usable_positions`` is how long an input the model takes (RoBERTa: 2 fewer).
-
 Every load of a local directory first goes through ``check_model_files``: a ``config.json`` that is not JSON
 (named with line:column) or a ``*.safetensors`` file cut short is one ``UserError`` line, never a traceback from
-deep inside transformers or safetensors. The safetensors check reads only the header (8-byte little-endian
-length, then JSON with each tensor's byte range), so it costs microseconds whatever the model's size.
+deep inside transformers or safetensors (the safetensors check reads only the header: microseconds).
+
+``build_model_from_scratch`` makes a randomly initialised masked-LM model of any type: the configuration starts
+from transformers' defaults for ``model_type``; the tokenizer fixes the vocabulary size and the special ids,
+``max_seq_len`` the position table (plus the padding offset of RoBERTa-style models), and ``config_overrides``
+("hidden_size=256,num_hidden_layers=4") everything else, checked before any weight is allocated (unknown keys
+named with the closest valid one, sizes positive, dropouts in [0, 1), heads dividing the hidden size).
 
     loaded = load_model_for_objective("path/to/roberta", "mlm")
     assert manifest["max_seq_len"] <= usable_positions(loaded.model.config)
-
-A randomly initialised masked-LM model of any type, sized by the user, to pretrain from scratch.
-
-The configuration starts from transformers' defaults for ``model_type``; the tokenizer fixes the vocabulary size
-and the special ids (pad, and bos/eos/cls/sep where the type has them), ``max_seq_len`` the position table (plus
-the padding offset of RoBERTa-style models), and ``config_overrides`` ("hidden_size=256,num_hidden_layers=4")
-everything else. Overrides are checked before any weight is allocated: unknown keys are named with the closest
-valid one, sizes must be positive, dropouts in [0, 1), heads must divide the hidden size.
-
     model = build_model_from_scratch("roberta", "tok/", "hidden_size=256,num_hidden_layers=4", max_seq_len=128)
 """
 

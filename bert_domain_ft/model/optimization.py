@@ -1,23 +1,19 @@
-"""AdamW with BERT's weight-decay exemptions, and the linear warm-up / linear decay learning-rate schedule.
+"""AdamW with BERT's weight-decay exemptions, the linear warm-up / linear decay schedule, and the L2-SP anchor.
 
 ``parameter_groups`` is a pure function of the model's named parameters and optional per-parameter learning-rate
-multipliers, so other phases (head warm-up, layer-wise decay) build their groups with it too.
+multipliers, so other phases (head warm-up, layer-wise decay, the probe's classifier) build their groups with it.
+
+``ParameterAnchor`` guards against forgetting by pulling the pretrained weights back towards where they started:
+the penalty λ/2 · Σ‖θ − θ₀‖² over every parameter that came from the checkpoint (fresh heads have no meaningful
+start and are left free), applied decoupled like AdamW's weight decay: after each optimizer step,
+θ ← θ − lr_t · λ · (θ − θ₀), with lr_t the parameter group's scheduled rate at that step (one step of gradient
+descent on the penalty alone). The update is a pure function of the weights, so every DDP process applies the
+same one and the replicas stay identical. θ₀ is a float32 copy (4 bytes per anchored parameter); ``distance``
+gives the penalty and the drift ‖θ − θ₀‖ (one pass over the parameters, meant for logging steps only).
 
     groups = parameter_groups(model, learning_rate=3e-5, weight_decay=0.01)
     optimizer = build_optimizer(groups, learning_rate=3e-5, epsilon=1e-8, device=torch.device("cpu"))
     scheduler = build_scheduler(optimizer, total_steps=1000, warmup_steps=100)
-
-L2-SP: a guard against forgetting that pulls the pretrained weights back towards where they started.
-
-The penalty is λ/2 · Σ‖θ − θ₀‖² over every parameter that came from the checkpoint (fresh heads have no
-meaningful start and are left free). It is applied decoupled, like AdamW's weight decay: after each optimizer
-step, θ ← θ − lr_t · λ · (θ − θ₀), with lr_t the parameter group's scheduled rate at that step, i.e. one step of
-gradient descent on the penalty alone (its gradient is λ · (θ − θ₀)). The update is a pure function of the
-weights, so every DDP process applies the same one and the replicas stay identical.
-
-θ₀ is a float32 copy: 4 bytes per anchored parameter. ``distance`` gives the penalty and the drift ‖θ − θ₀‖
-(one pass over the parameters, meant for logging steps only).
-
     anchor = ParameterAnchor.from_model(model, exclude=head_parameters(model, fresh_heads), device=device)
     optimizer.step(); anchor.pull(optimizer.param_groups, weight=0.01)   # before scheduler.step()
 """

@@ -1,8 +1,18 @@
-"""The training stage: stream pregenerated epochs through ``BertForPreTraining`` and save the adapted model.
+"""The training stages: continue a model's pretraining (``finetune`` on pregenerated epochs, ``simple`` on pairs
+made on the fly) and save the adapted model.
 
-Modules: config (FinetuneConfig), data (epoch sources, batch plans), compatibility (data ↔ model checks),
-legacy_format (original JSON epochs → memmaps), objective (the loss module), optimization (AdamW, schedule),
-precision (autocast, GradScaler), distributed (torchrun), checkpoints, metrics, loop (the loop), recipe (finetune: the stage).
+Modules, in pipeline order:
+
+- config: ``FinetuneConfig`` and ``SimpleConfig``, the stages' settings (importing it does not import torch).
+- distributed: torchrun launch, process group and device, one writer per output directory.
+- setup: data, model, optimizer and evaluation of a run, built and checked against each other.
+- precision: autocast, the fp16 gradient scaler, the NaN/overflow watch over every step.
+- checkpoints: exactly resumable checkpoints, checked for damage before they are loaded.
+- metrics: the running sums of a logging window and the ``metrics.jsonl`` log.
+- loop: ``TrainingLoop``, the head warm-up and main phases run by one step code.
+- selection: ``--save_best`` and the downstream probe of checkpoints.
+- recipe: ``finetune``, the stage's outline, and the training half ``train_and_save``.
+- simple: ``simple_finetune``, the one-command stage on a corpus.
 
     from bert_domain_ft.training import FinetuneConfig, finetune
     finetune(FinetuneConfig(pregenerated_data=Path("epochs"), output_dir=Path("out"), bert_model="bert-base-uncased"))

@@ -1,13 +1,4 @@
-"""Whether a checkpoint is still what was saved: a completion record written last, checked before loading.
-
-``checkpoint_complete.json`` maps every other file of the checkpoint to its size in bytes and its BLAKE2b digest
-(16 bytes, hex). ``checkpoint_damage`` compares sizes first (free) and then digests (one read of the files,
-~1 GB/s); a file that still fails to load is reported by ``damage_named`` as a ``DamagedCheckpoint`` naming it.
-
-    write_completion_record(directory)            # after every other file is written
-    problem = checkpoint_damage(directory)        # None: intact (or written before records existed)
-
-Checkpoints that make a run resumable exactly: model, optimizer, scheduler, scaler, RNG states, data position.
+"""Checkpoints that make a run resumable exactly: model, optimizer, scheduler, scaler, RNG states, data position.
 
 ``output_dir/checkpoint-STEP/`` holds the model (``save_pretrained``, safetensors, so it loads on its own), the
 tokenizer, ``optimizer.pt``, ``scheduler.pt``, ``scaler.pt``, ``rng_state.pt`` (one entry per process) and
@@ -15,14 +6,15 @@ tokenizer, ``optimizer.pt``, ``scheduler.pt``, ``scaler.pt``, ``rng_state.pt`` (
 ``checkpoint-STEP.partial`` and renamed when complete, so a ``checkpoint-STEP`` directory is always whole.
 Everything is read back with ``torch.load(weights_only=True)``.
 
-Written last, ``checkpoint_complete.json`` lists every other file with its size in bytes and BLAKE2b digest, so
-a checkpoint damaged after it was saved (a truncated copy, a full disk during a sync) is recognised before it is
-loaded. ``--resume`` (``CheckpointManager.resume``) takes the newest intact checkpoint and names, in a warning,
-each newer one it skips; a checkpoint without the file (written by an earlier version) counts as intact when it
-loads.
+Written last, ``checkpoint_complete.json`` maps every other file to its size in bytes and its BLAKE2b digest (16
+bytes, hex), so a checkpoint damaged after it was saved (a truncated copy, a full disk during a sync) is
+recognised before it is loaded: ``checkpoint_damage`` compares sizes first (free), then digests (one read of the
+files, ~1 GB/s), and a file that still fails to load is named by ``damage_named`` (``DamagedCheckpoint``).
+``--resume`` (``CheckpointManager.resume``) takes the newest intact checkpoint and names, in a warning, each newer
+one it skips; a checkpoint without the record (written by an earlier version) counts as intact when it loads.
 
     manager = CheckpointManager(output_dir, context, model, optimizer, scheduler, precision, run_settings)
-    manager.save(position); position = manager.load(latest_checkpoint(output_dir))
+    manager.save(position); directory, position = manager.resume()
 """
 
 from __future__ import annotations
@@ -55,6 +47,8 @@ from bert_domain_ft.files import (
 from bert_domain_ft.kernels.attention import stock_attention
 from bert_domain_ft.model.pretraining import quiet_transformers
 from bert_domain_ft.training.distributed import DistributedContext, barrier, gather_objects
+
+logger = logging.getLogger(__name__)
 
 COMPLETION_FILE = "checkpoint_complete.json"
 _HASH_BLOCK_BYTES = 1 << 22  # files are hashed in 4 MiB reads: memory stays flat whatever the model's size
@@ -124,8 +118,6 @@ def damage_named(path: Path) -> Iterator[None]:
     except Exception as error:
         raise DamagedCheckpoint(f"{path}: cannot be loaded ({first_line(error)[:200]})") from None
 
-
-logger = logging.getLogger(__name__)
 
 CHECKPOINT_PREFIX = "checkpoint-"
 STATE_FILE = "training_state.json"

@@ -1,20 +1,16 @@
-"""Running under ``torchrun``: detect the launch, set up the process group and device, rank-0-only helpers.
+"""Running under ``torchrun``: the launch, the process group and device, rank-0-only helpers, one writer per run.
 
 ``torchrun --nproc_per_node N`` (and ``--nnodes`` across machines) sets RANK, LOCAL_RANK and WORLD_SIZE; a plain
-``python`` run is a world of one. GPUs use NCCL, CPUs gloo. Only the main process (rank 0) writes files.
+``python`` run is a world of one. GPUs use NCCL, CPUs gloo. Only the main process (rank 0) writes files, so only
+rank 0 takes the lock on ``<output_dir>.lock`` (``files.hold_output_lock``) for the run; whether it got it is
+broadcast, so when another run holds the directory every process raises the same ``UserError`` instead of the
+other ranks waiting forever at the next barrier.
 
     context = init_distributed(no_cuda=False)
-    try: ...
-    finally: cleanup(context)
-
-One writer per training output directory, under DDP too: rank 0 holds ``<output_dir>.lock`` for the run.
-
-Only rank 0 writes ``output_dir``, so only rank 0 takes the lock (``output_lock.hold_output_lock``). Whether it
-got it is broadcast, so when another run holds the directory every process raises the same ``UserError``
-instead of the other ranks waiting forever at the next barrier.
-
-    with hold_run_lock(context, config.output_dir, "finetune"):
-        prepare_output_dir(config, context); ...
+    try:
+        with hold_run_lock(context, output_dir, "finetune"): ...
+    finally:
+        cleanup(context)
 """
 
 from __future__ import annotations

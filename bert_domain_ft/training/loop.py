@@ -1,41 +1,40 @@
-"""The training loop: epochs of micro-batches → accumulated, clipped, scheduled optimizer steps.
+"""The training loop: phases of accumulated, clipped, scheduled optimizer steps, all run by the same step code.
 
-It knows nothing about where batches come from (any ``EpochSource``), which loss is trained (any module whose
-``forward(batch)`` returns a ``PretrainingOutput``), or how the optimizer was built; ``finetune`` assembles those.
-Per optimizer step it may log (``metrics.jsonl`` + progress bar), evaluate, checkpoint and stop.
+The loop knows nothing about where batches come from (any ``EpochSource``) or how the main optimizer was built;
+``recipe.finetune`` assembles those. A phase (``Phase``) is what trains and how: the loss module (DDP-wrapped
+under several processes), the optimizer over its parameters, its learning-rate schedule. Two phases exist:
 
-    position = TrainingLoop(setup, LoopSettings(epochs=3, micro_batch_size=32)).run(TrainingPosition())
+- the head warm-up (``TrainingLoop.warm_up_heads``). A checkpoint without its masked-LM or NSP head (an encoder
+  saved alone, a fine-tuned BERT) gets randomly initialised heads; training everything at once would send their
+  random gradients into the encoder (ULMFiT's gradual unfreezing answers the same problem). So a fresh run first
+  trains only ``head_parameters(model, fresh_heads)`` for a few hundred steps at ``--head_learning_rate``
+  (linear ramp over its first 10%, then constant), the encoder frozen and run under ``torch.no_grad()``: no
+  activations kept, no backward through it, about half the cost of a full step. Its steps do not count in
+  ``global_step``; they are logged as ``"kind": "head_warmup"`` records (``"step": 0``, ``"warmup_step": k``)
+  after a ``"kind": "head_warmup_eval"`` of the fresh heads. No checkpoint is written during it: a resumed run
+  (from a checkpoint, taken after it) does not repeat it. A checkpoint that has its heads skips it.
+- the main phase (``TrainingLoop.run``): epochs of micro-batches from a ``TrainingPosition``, exactly resumable
+  at any checkpoint; per optimizer step it may log (``metrics.jsonl`` + progress bar), evaluate, checkpoint
+  and stop.
 
-Fresh pretraining heads are warmed up, not trusted: train only the new heads, with the encoder frozen, first.
-
-A checkpoint without its masked-LM or NSP head (sentence-transformers models, fine-tuned BERTs) gets randomly
-initialised heads. Training everything at once sends the random head's gradients into the encoder and can leave
-it worse for downstream tasks than before adaptation (ULMFiT's gradual unfreezing answers the same problem). So
-before the usual schedule, only ``head_parameters(model, fresh_heads)`` train for a few hundred steps at
-``--head_learning_rate``. The encoder runs under ``torch.no_grad()``: no activations kept, no backward pass
-through it: a warm-up step costs about half a full one (MiniLM-L6, batch 32 × 128, bf16, one CPU thread: 1.5 s
-against 2.9 s; the rest is the vocabulary projection). A checkpoint that has its heads skips the phase.
-
-Warm-up steps are not counted in the run's ``global_step`` (the main schedule, checkpoints, --eval_steps and
---stop_after_steps are unchanged); they are logged to ``metrics.jsonl`` as ``"kind": "head_warmup"`` records
-(``"step": 0``, ``"warmup_step": k``), after a ``"kind": "head_warmup_eval"`` of the fresh heads. No
-checkpoint is written during the phase: a run killed in it starts over, a run resumed from a checkpoint (taken
-after the phase) does not repeat it.
-
-    plan = plan_head_warmup(requested=None, fresh_heads=("mlm", "nsp"), with_nsp=True, main_steps=600)
-    HeadWarmup(setup, settings, plan, learning_rate=3e-3, weight_decay=0.01).run()
+    loop = TrainingLoop(setup, LoopSettings(epochs=3, micro_batch_size=32))
+    loop.warm_up_heads(TrainingPosition(), with_nsp=True)
+    position = loop.run(TrainingPosition())
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -43,6 +42,7 @@ from tqdm.auto import tqdm
 
 from bert_domain_ft.data.loader import (
     Batch,
+    BatchFetcher,
     BatchPrefetcher,
     EpochSource,
     micro_batches_per_epoch,
@@ -50,14 +50,14 @@ from bert_domain_ft.data.loader import (
     plan_epoch,
     source_order,
 )
-from bert_domain_ft.model.losses import encoder_inputs, masked_lm_head, masked_lm_losses, output_from_logits
 from bert_domain_ft.model.optimization import ParameterAnchor, build_optimizer, parameter_groups
 from bert_domain_ft.model.pretraining import (
     MLM_HEAD,
     NSP_HEAD,
     PretrainingOutput,
-    gather_masked_hidden,
     head_parameters,
+    masked_lm_head,
+    pretraining_losses,
 )
 from bert_domain_ft.training.checkpoints import (
     CheckpointManager,
@@ -65,14 +65,23 @@ from bert_domain_ft.training.checkpoints import (
     capture_rng_state,
     restore_rng_state,
 )
-from bert_domain_ft.training.config import FinetuneConfig
-from bert_domain_ft.training.distributed import DistributedContext, barrier, sum_across_processes
+from bert_domain_ft.training.distributed import DistributedContext, barrier
 from bert_domain_ft.training.metrics import MetricsLog, MetricsWindow
 from bert_domain_ft.training.precision import Precision, StepHealth
 
 logger = logging.getLogger(__name__)
 
 Evaluator = Callable[[nn.Module], dict[str, float]]
+
+
+Settings = TypeVar("Settings")
+
+
+def settings_from(kind: type[Settings], source: Any) -> Settings:
+    """The dataclass ``kind`` filled from the same-named attributes of ``source`` (a ``FinetuneConfig``): each part
+    of a run declares the values it uses, and none is copied by hand. Fields ``source`` lacks keep their defaults."""
+    names = [field.name for field in dataclasses.fields(kind)]  # type: ignore[arg-type]
+    return kind(**{name: getattr(source, name) for name in names if hasattr(source, name)})
 
 
 @dataclass(frozen=True)
@@ -92,6 +101,38 @@ class LoopSettings:
     show_progress: bool = True
     prefetch_depth: int = 2  # batches built ahead in a background thread
     anchor_weight: float = 0.0  # λ of the pull towards the starting weights after each step (0: none)
+    head_warmup_steps: int | None = None  # warm-up steps of fresh heads (None: automatic, see plan_head_warmup)
+    head_learning_rate: float = 3e-3  # the warm-up's peak learning rate
+    weight_decay: float = 0.01  # of the warm-up's optimizer (the main one is built by the recipe)
+    adam_epsilon: float = 1e-8
+
+
+class PretrainingObjective(nn.Module):
+    """``pretraining_losses`` as a module, so that DistributedDataParallel sees (and synchronises) the whole pass.
+
+    DDP only averages gradients of computations that go through its own ``forward``. With ``frozen_encoder``
+    (the head warm-up) the encoder runs without gradients and the heads train on the logits of the masked rows:
+    the fused projection saves memory at the peak of a full backward pass, which such a step never reaches.
+    """
+
+    def __init__(self, model: nn.Module, with_nsp: bool = True, frozen_encoder: bool = False):
+        super().__init__()
+        self.model = model
+        self.with_nsp = with_nsp
+        self.frozen_encoder = frozen_encoder
+        masked_lm_head(model)  # recognised (and checked) now, so a fallback notice comes before training
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> PretrainingOutput:
+        frozen = self.frozen_encoder
+        return pretraining_losses(self.model, batch, self.with_nsp, fused=not frozen, frozen_encoder=frozen)
+
+
+def distributed(module: nn.Module, context: DistributedContext) -> nn.Module:
+    """``module`` DDP-wrapped when there are several processes (over the parameters that require gradients now)."""
+    if not context.is_distributed:
+        return module
+    device_ids = [context.device.index] if context.device.type == "cuda" else None
+    return DistributedDataParallel(module, device_ids=device_ids)
 
 
 @dataclass
@@ -117,6 +158,19 @@ class TrainingSetup:
     on_checkpoint: Callable[[Path, int], None] | None = None
 
 
+@dataclass
+class Phase:
+    """What one phase trains and how; the loop's step code runs every phase alike."""
+
+    objective: nn.Module  # forward(batch) -> PretrainingOutput; DDP-wrapped under several processes
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    clipped: list[nn.Parameter]  # clipped together to settings.max_grad_norm
+    window: MetricsWindow  # sums since the phase's last record
+    health: StepHealth | None = None  # the NaN stop and the fp16 skipped-step accounting (main phase)
+    anchor: ParameterAnchor | None = None  # pulled towards after each step taken
+
+
 def total_optimizer_steps(source: EpochSource, settings: LoopSettings, world_size: int) -> int:
     """Optimizer steps of the whole run (epochs may differ in size): ``max_steps`` when set."""
     if settings.max_steps:
@@ -135,190 +189,6 @@ def run_finished(position: TrainingPosition, epochs: int, max_steps: int) -> boo
     if max_steps:
         return position.global_step >= max_steps
     return position.epoch >= epochs
-
-
-class TrainingLoop:
-    """Runs ``settings.epochs`` epochs from a ``TrainingPosition``, exactly resumable at any checkpoint."""
-
-    def __init__(self, setup: TrainingSetup, settings: LoopSettings):
-        self.setup = setup
-        self.settings = settings
-        self.context = setup.context
-        self.total_steps = total_optimizer_steps(setup.source, settings, setup.context.world_size)
-        self.window = MetricsWindow(setup.context.device)
-        self.position = TrainingPosition()
-        self.last_saved_step = -1
-        self.last_evaluated_step = -1
-        self.last_grad_norm: torch.Tensor | None = None
-        self.last_learning_rate = 0.0  # of the step just taken (the scheduler has already moved on)
-        self.health = StepHealth(setup.precision, setup.checkpoints)  # NaN stop, fp16 skipped steps
-        self.progress: tqdm | None = None
-
-    def run(self, start: TrainingPosition) -> TrainingPosition:
-        """Train from ``start`` to the end (or to ``stop_after_steps``); returns the final position."""
-        self.position = start
-        self.last_saved_step = start.global_step if start.global_step > 0 else -1
-        if self.settings.stop_after_steps and start.global_step >= self.settings.stop_after_steps:
-            logger.info("already at step %d, --stop_after_steps %d: nothing to do", start.global_step,
-                        self.settings.stop_after_steps)  # fmt: skip
-            return start
-        self.progress = tqdm(
-            total=self.total_steps,
-            initial=start.global_step,
-            desc="finetune",
-            unit="step",
-            dynamic_ncols=True,
-            disable=not (self.settings.show_progress and self.context.is_main),
-        )
-        self.setup.model.train()
-        try:
-            if start.global_step == 0:
-                self._evaluate()
-            stopped = False
-            while not self._finished() and not stopped:
-                stopped = self._run_epoch(self.position.epoch, self.position.batch_in_epoch)
-            if not stopped or self._finished():  # the end, not --stop_after_steps: evaluate the final model
-                self._evaluate()
-        finally:
-            self.progress.close()
-        return self.position
-
-    def _finished(self) -> bool:
-        return run_finished(self.position, self.settings.epochs, self.settings.max_steps)
-
-    def _run_epoch(self, epoch: int, first_batch: int) -> bool:
-        """Train epoch ``epoch`` from micro-batch ``first_batch``; ``True`` when asked to stop early."""
-        settings, context = self.settings, self.context
-        size = self.setup.source.epoch_size(epoch)
-        order = source_order(self.setup.source, epoch)  # None: the usual shuffle of (seed, epoch)
-        plan = plan_epoch(
-            size, settings.micro_batch_size, settings.seed, epoch, context.rank, context.world_size, order
-        )
-        accumulation = settings.gradient_accumulation_steps
-        of_epochs = "" if settings.max_steps else f"/{settings.epochs}"
-        self.progress.set_description(f"epoch {epoch + 1}{of_epochs}")
-        fetch = self.setup.source.open_epoch(epoch)
-        with BatchPrefetcher(fetch, plan[first_batch:], context.device, settings.prefetch_depth) as batches:
-            waited = 0.0
-            for index, batch in enumerate(batches, start=first_batch):
-                self.window.data_wait_seconds += batches.wait_seconds - waited
-                waited = batches.wait_seconds
-                group_start = index - index % accumulation
-                group_size = min(accumulation, len(plan) - group_start)
-                last_of_group = index == group_start + group_size - 1
-                self._forward_backward(batch, group_size, synchronise=last_of_group)
-                if last_of_group:
-                    self._optimizer_step()
-                    self.position = TrainingPosition(self.position.global_step + 1, epoch, index + 1)
-                    if self._after_step(epoch_finished=index + 1 == len(plan)):
-                        return True
-        self.position = TrainingPosition(self.position.global_step, epoch + 1, 0)
-        if self.last_saved_step != self.position.global_step:
-            self._save()
-        return False
-
-    def _forward_backward(self, batch: Batch, group_size: int, synchronise: bool) -> PretrainingOutput:
-        objective = self.setup.objective
-        # Gradients are all-reduced only on the last micro-batch of an accumulation group.
-        no_sync = isinstance(objective, DistributedDataParallel) and not synchronise
-        with objective.no_sync() if no_sync else contextlib.nullcontext():  # type: ignore[operator]
-            with self.setup.precision.autocast():
-                output = objective(batch)
-            self.setup.precision.backward(output.loss / group_size)
-        self.window.add(output, sequences=int(batch["input_ids"].shape[0]))
-        self.health.add_loss(output.loss)
-        return output
-
-    def _optimizer_step(self) -> None:
-        setup = self.setup
-        setup.precision.unscale(setup.optimizer)
-        if self.settings.max_grad_norm > 0:
-            parameters = [p for group in setup.optimizer.param_groups for p in group["params"]]
-            self.last_grad_norm = torch.nn.utils.clip_grad_norm_(parameters, self.settings.max_grad_norm)
-        step = self.position.global_step + 1
-        self.health.check_before_step(step, self.last_grad_norm if self.settings.max_grad_norm > 0 else None)
-        taken = setup.precision.step(setup.optimizer)
-        if taken and setup.anchor is not None:  # decoupled like weight decay: at this step's rate, skipped with it
-            setup.anchor.pull(setup.optimizer.param_groups, self.settings.anchor_weight)
-        self.health.after_step(step, taken=taken)
-        # The peak rate (with --layerwise_lr_decay the lower layers' groups run at a fraction of it).
-        self.last_learning_rate = max(float(group["lr"]) for group in setup.optimizer.param_groups)
-        setup.scheduler.step()
-        setup.optimizer.zero_grad(set_to_none=True)
-
-    def _after_step(self, epoch_finished: bool) -> bool:
-        """Log, evaluate, checkpoint as scheduled; ``True`` when the run should stop here."""
-        settings, step = self.settings, self.position.global_step
-        self.progress.update(1)
-        asked_to_stop = bool(settings.stop_after_steps) and step >= settings.stop_after_steps
-        at_max_steps = bool(settings.max_steps) and step >= settings.max_steps  # the end, possibly mid-epoch
-        stop = asked_to_stop or at_max_steps
-        if step % settings.logging_steps == 0 or step == self.total_steps or stop:
-            self._report()
-        if settings.eval_steps and step % settings.eval_steps == 0 and not at_max_steps:  # the end evaluates
-            self._evaluate()
-        # The end-of-epoch checkpoint follows right away, so a scheduled save there would be written twice.
-        if (settings.save_steps and step % settings.save_steps == 0 and not epoch_finished) or stop:
-            self._save()
-        if asked_to_stop and not at_max_steps:
-            logger.info("stopping after step %d as asked (--stop_after_steps); continue with --resume", step)
-        return stop
-
-    def _epoch_progress(self) -> float:
-        epoch = self.position.epoch if self.settings.max_steps else min(self.position.epoch, self.settings.epochs - 1)
-        size = self.setup.source.epoch_size(epoch)
-        batches = micro_batches_per_epoch(size, self.settings.micro_batch_size, self.context.world_size)
-        return round(self.position.epoch + self.position.batch_in_epoch / max(batches, 1), 4)
-
-    def _report(self) -> None:
-        summary = self.window.summary(self.context)  # a collective call: every process gets here
-        learning_rate = self.last_learning_rate
-        record = {"kind": "train", "step": self.position.global_step, "epoch": self._epoch_progress()}
-        record.update({"lr": learning_rate, **summary})
-        if self.last_grad_norm is not None:
-            record["grad_norm"] = float(self.last_grad_norm)
-        if self.setup.precision.scaler is not None:  # fp16: steps the scaler skipped since the previous record
-            record["skipped_steps"] = self.health.take_window_skips()
-        if self.setup.anchor is not None and self.context.is_main:  # one pass over the weights: logging steps only
-            record.update(self.setup.anchor.distance(self.settings.anchor_weight))
-        self.setup.metrics.append(record)
-        postfix = {"mlm": f"{summary['mlm_loss']:.3f}", "lr": f"{learning_rate:.2e}"}
-        if "nsp_loss" in summary:
-            postfix["nsp"] = f"{summary['nsp_loss']:.3f}"
-        postfix["seq/s"] = f"{summary['sequences_per_second']:.1f}"
-        self.progress.set_postfix(postfix, refresh=False)
-        self.window.reset()
-
-    def _evaluate(self) -> None:
-        """Run the evaluator on the main process (the others wait); it does not disturb training randomness."""
-        if self.setup.evaluate is None or self.last_evaluated_step == self.position.global_step:
-            return
-        self.last_evaluated_step = self.position.global_step
-        started = time.perf_counter()
-        if self.context.is_main:
-            model = self.setup.model
-            rng_state = capture_rng_state()
-            model.eval()
-            try:
-                results = self.setup.evaluate(model)
-            finally:
-                model.train()
-                restore_rng_state(rng_state)
-            step = self.position.global_step
-            self.setup.metrics.append({"kind": "eval", "step": step, "epoch": self._epoch_progress(), **results})
-            if self.setup.on_evaluated is not None:
-                self.setup.on_evaluated(step, results)
-            logger.info("evaluation at step %d: %s", step, ", ".join(f"{k} {v:.4g}" for k, v in results.items()))
-        barrier(self.context)
-        self.window.started += time.perf_counter() - started  # keep sequences/s about training only
-
-    def _save(self) -> None:
-        started = time.perf_counter()
-        directory = self.setup.checkpoints.save(self.position)
-        if self.setup.on_checkpoint is not None:  # timed with the save: not counted as training time
-            self.setup.on_checkpoint(directory, self.position.global_step)
-        self.last_saved_step = self.position.global_step
-        self.window.started += time.perf_counter() - started
 
 
 # Automatic length: this share of the main run's optimizer steps, at least AUTO_MIN_STEPS, at most AUTO_MAX_STEPS.
@@ -365,6 +235,12 @@ def plan_head_warmup(
     return HeadWarmupPlan(steps, heads, f"head warm-up: {steps} steps (automatic: {why})")
 
 
+def warmup_learning_rate(step: int, steps: int, peak: float) -> float:
+    """Learning rate of 0-based warm-up step ``step``: a linear ramp over ``RAMP_FRACTION`` of it, then ``peak``."""
+    ramp = max(1, round(RAMP_FRACTION * steps))
+    return peak * min(1.0, (step + 1) / ramp)
+
+
 @contextmanager
 def only_trainable(model: nn.Module, parameters: list[nn.Parameter]) -> Iterator[None]:
     """Freeze every parameter of ``model`` except ``parameters``; restore each flag afterwards."""
@@ -379,179 +255,274 @@ def only_trainable(model: nn.Module, parameters: list[nn.Parameter]) -> Iterator
             parameter.requires_grad_(previous[name])
 
 
-class HeadWarmupObjective(nn.Module):
-    """Pretraining losses with the encoder run under ``torch.no_grad()``: gradients reach the heads only.
+class TrainingLoop:
+    """Runs the phases of a run on a ``TrainingSetup``: the head warm-up, then the main epochs."""
 
-    The pooler (part of the NSP head) runs with gradients on the encoder's last hidden states.
-    """
-
-    def __init__(self, model: nn.Module, with_nsp: bool):
-        super().__init__()
-        self.model = model
-        self.with_nsp = with_nsp
-
-    def forward(self, batch: dict[str, torch.Tensor]) -> PretrainingOutput:
-        if not hasattr(self.model, "bert"):  # RoBERTa, DistilBERT…: a masked-LM head only
-            return masked_lm_with_frozen_encoder(self.model, batch)
-        bert = self.model.bert
-        with torch.no_grad():  # the pooler's output computed here is discarded: it is recomputed with gradients
-            sequence_output = bert(
-                input_ids=batch["input_ids"],
-                attention_mask=batch["attention_mask"],
-                token_type_ids=batch["token_type_ids"],
-            )[0]
-        hidden, labels = gather_masked_hidden(sequence_output, batch["masked_lm_positions"], batch["masked_lm_labels"])
-        output = PretrainingOutput.from_mlm_logits(self.model.cls.predictions(hidden), labels)
-        if self.with_nsp and "next_sentence_label" in batch and bert.pooler is not None:
-            logits = self.model.cls.seq_relationship(bert.pooler(sequence_output)).float()
-            nsp_labels = batch["next_sentence_label"]
-            output.nsp_loss = nn.functional.cross_entropy(logits, nsp_labels)
-            output.nsp_correct = (logits.argmax(dim=-1) == nsp_labels).sum()
-            output.nsp_count = torch.tensor(nsp_labels.numel(), device=nsp_labels.device)
-        return output
-
-
-def masked_lm_with_frozen_encoder(model: nn.Module, batch: dict[str, torch.Tensor]) -> PretrainingOutput:
-    """Masked-LM losses of any masked-LM model with its encoder under ``torch.no_grad()``."""
-    head = masked_lm_head(model)
-    if head is None:  # an unknown head: the full pass (the frozen encoder gets no update either way, only slower)
-        return masked_lm_losses(model, batch)
-    with torch.no_grad():
-        sequence_output = head.encoder(**encoder_inputs(head.encoder, batch))[0]
-    hidden, labels = gather_masked_hidden(sequence_output, batch["masked_lm_positions"], batch["masked_lm_labels"])
-    return output_from_logits(head.logits(hidden), labels)
-
-
-def warmup_learning_rate(step: int, steps: int, peak: float) -> float:
-    """Learning rate of 0-based warm-up step ``step``: a linear ramp over ``RAMP_FRACTION`` of it, then ``peak``."""
-    ramp = max(1, round(RAMP_FRACTION * steps))
-    return peak * min(1.0, (step + 1) / ramp)
-
-
-class HeadWarmup:
-    """Runs the warm-up phase of ``plan`` on the pieces of a ``TrainingSetup`` (same data, precision, metrics)."""
-
-    def __init__(
-        self,
-        setup: TrainingSetup,
-        settings: LoopSettings,
-        plan: HeadWarmupPlan,
-        learning_rate: float,
-        weight_decay: float,
-        adam_epsilon: float = 1e-8,
-    ):
+    def __init__(self, setup: TrainingSetup, settings: LoopSettings):
         self.setup = setup
         self.settings = settings
-        self.plan = plan
-        self.learning_rate = learning_rate
-        self.parameters = head_parameters(setup.model, plan.heads)
-        names = {id(parameter) for parameter in self.parameters}
-        only = {name for name, parameter in setup.model.named_parameters() if id(parameter) in names}
-        groups = parameter_groups(setup.model, learning_rate, weight_decay, only=only)
-        self.optimizer = build_optimizer(groups, learning_rate, adam_epsilon, setup.context.device)
-        with_nsp = getattr(_unwrap(setup.objective), "with_nsp", True)
-        self.objective = HeadWarmupObjective(setup.model, with_nsp=with_nsp)
+        self.context = setup.context
+        self.total_steps = total_optimizer_steps(setup.source, settings, setup.context.world_size)
+        parameters = [p for group in setup.optimizer.param_groups for p in group["params"]]
+        self.main = Phase(
+            setup.objective, setup.optimizer, setup.scheduler, parameters, MetricsWindow(setup.context.device),
+            StepHealth(setup.precision, setup.checkpoints), setup.anchor,
+        )  # fmt: skip
+        self.position = TrainingPosition()
+        self.last_saved_step = -1
+        self.last_evaluated_step = -1
+        self.last_grad_norm: torch.Tensor | None = None
+        self.last_learning_rate = 0.0  # of the step just taken (the scheduler has already moved on)
+        self.progress: tqdm | None = None
 
-    def _batches(self) -> Iterator[dict[str, torch.Tensor]]:
-        """Micro-batches of training epoch 0 in its own order (cycled when the warm-up is longer than an epoch)."""
-        source, settings, context = self.setup.source, self.settings, self.setup.context
-        fetch = source.open_epoch(0)
-        while True:
-            plan = plan_epoch(
-                source.epoch_size(0), settings.micro_batch_size, settings.seed, 0, context.rank, context.world_size
-            )
-            for rows in plan:
-                yield {name: tensor.to(context.device) for name, tensor in fetch(rows).items()}
+    # ------------------------------------------------------------------------------------------ the step code
 
-    def _average_gradients(self) -> None:
-        """Average the head gradients over processes (the heads are tiny: one all-reduce each is cheap)."""
-        context = self.setup.context
-        if not context.is_distributed:
-            return
-        for parameter in self.parameters:
-            if parameter.grad is not None:
-                total = sum_across_processes(context, parameter.grad.detach().double().flatten())
-                parameter.grad.copy_((total / context.world_size).view_as(parameter.grad).to(parameter.grad.device))
+    def _train_steps(
+        self, phase: Phase, plan: Sequence[np.ndarray], fetch: BatchFetcher, first: int = 0
+    ) -> Iterator[int]:
+        """Forward and backward each micro-batch of ``plan[first:]``, an optimizer step at the end of each
+        accumulation group (the last group of a plan may be shorter); yields the micro-batches done after each step."""
+        accumulation = self.settings.gradient_accumulation_steps
+        with BatchPrefetcher(fetch, plan[first:], self.context.device, self.settings.prefetch_depth) as batches:
+            waited = 0.0
+            for index, batch in enumerate(batches, start=first):
+                phase.window.data_wait_seconds += batches.wait_seconds - waited
+                waited = batches.wait_seconds
+                group_start = index - index % accumulation
+                group_size = min(accumulation, len(plan) - group_start)
+                last_of_group = index == group_start + group_size - 1
+                self._forward_backward(phase, batch, group_size, synchronise=last_of_group)
+                if last_of_group:
+                    self._optimizer_step(phase)
+                    yield index + 1
 
-    def _step(self, batches: Iterator[dict[str, torch.Tensor]], window: MetricsWindow) -> None:
-        precision, accumulation = self.setup.precision, self.settings.gradient_accumulation_steps
-        for _ in range(accumulation):
-            batch = next(batches)
-            with precision.autocast():
-                output = self.objective(batch)
-            precision.backward(output.loss / accumulation)
-            window.add(output, sequences=int(batch["input_ids"].shape[0]))
-        self._average_gradients()
-        precision.unscale(self.optimizer)
+    def _forward_backward(self, phase: Phase, batch: Batch, group_size: int, synchronise: bool) -> None:
+        objective = phase.objective
+        # Gradients are all-reduced only on the last micro-batch of an accumulation group.
+        no_sync = isinstance(objective, DistributedDataParallel) and not synchronise
+        with objective.no_sync() if no_sync else contextlib.nullcontext():  # type: ignore[operator]
+            with self.setup.precision.autocast():
+                output = objective(batch)
+            self.setup.precision.backward(output.loss / group_size)
+        phase.window.add(output, sequences=int(batch["input_ids"].shape[0]))
+        if phase.health is not None:
+            phase.health.add_loss(output.loss)
+
+    def _optimizer_step(self, phase: Phase) -> None:
+        precision, optimizer, health = self.setup.precision, phase.optimizer, phase.health
+        precision.unscale(optimizer)
+        grad_norm = None
         if self.settings.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(self.parameters, self.settings.max_grad_norm)
-        precision.step(self.optimizer)
-        self.optimizer.zero_grad(set_to_none=True)
+            grad_norm = torch.nn.utils.clip_grad_norm_(phase.clipped, self.settings.max_grad_norm)
+        step = self.position.global_step + 1
+        if health is not None:
+            self.last_grad_norm = grad_norm
+            health.check_before_step(step, grad_norm)
+        taken = precision.step(optimizer)
+        if taken and phase.anchor is not None:  # decoupled like weight decay: at this step's rate, skipped with it
+            phase.anchor.pull(optimizer.param_groups, self.settings.anchor_weight)
+        if health is not None:
+            health.after_step(step, taken=taken)
+        # The peak rate (with --layerwise_lr_decay the lower layers' groups run at a fraction of it).
+        self.last_learning_rate = max(float(group["lr"]) for group in optimizer.param_groups)
+        phase.scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
 
-    def _report(self, step: int, learning_rate: float, window: MetricsWindow, progress: tqdm) -> None:
-        summary = window.summary(self.setup.context)
+    def _run_evaluator(self) -> dict[str, float]:
+        """The evaluator's metrics of the model (main process only); training randomness is left undisturbed."""
+        model, evaluate = self.setup.model, self.setup.evaluate
+        assert evaluate is not None
+        rng_state = capture_rng_state()
+        model.eval()
+        try:
+            return evaluate(model)
+        finally:
+            model.train()
+            restore_rng_state(rng_state)
+
+    # ------------------------------------------------------------------------------------- the head warm-up
+
+    def warm_up_heads(self, start: TrainingPosition, with_nsp: bool) -> HeadWarmupPlan:
+        """The head warm-up a fresh run needs (see the module docstring); returns what was planned."""
+        if start.global_step > 0:
+            logger.info("resuming at step %d: no head warm-up (it ran before the first checkpoint)", start.global_step)
+            return HeadWarmupPlan(0, (), "resumed")
+        settings = self.settings
+        plan = plan_head_warmup(settings.head_warmup_steps, self.setup.fresh_heads, with_nsp, self.total_steps)
+        if plan.steps == 0:
+            logger.info("%s", plan.reason)
+            return plan
+        heads, rate = " and ".join(head.upper() for head in plan.heads), settings.head_learning_rate
+        logger.info("%s: the fresh %s head(s) train alone at lr %g, encoder frozen", plan.reason, heads, rate)
+        if self.setup.evaluate is not None and self.context.is_main:
+            results = self._run_evaluator()
+            self.setup.metrics.append({"kind": "head_warmup_eval", "phase": "head_warmup", "step": 0, **results})
+            logger.info("before the head warm-up: %s", ", ".join(f"{k} {v:.4g}" for k, v in results.items()))
+        barrier(self.context)
+        self._run_head_warmup(plan, with_nsp)
+        return plan
+
+    def _warmup_phase(self, parameters: list[nn.Parameter], steps: int, with_nsp: bool) -> Phase:
+        """The heads' own optimizer and ramp-then-constant schedule; built while only they require gradients,
+        so a DDP wrapper synchronises exactly them."""
+        settings, model = self.settings, self.setup.model
+        chosen = {id(parameter) for parameter in parameters}
+        only = {name for name, parameter in model.named_parameters() if id(parameter) in chosen}
+        rate = settings.head_learning_rate
+        groups = parameter_groups(model, rate, settings.weight_decay, only=only)
+        optimizer = build_optimizer(groups, rate, settings.adam_epsilon, self.context.device)
+        # LambdaLR scales the peak rate of the groups: the rate of step k is warmup_learning_rate(k, steps, rate).
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_learning_rate(step, steps, 1.0))
+        objective = distributed(PretrainingObjective(model, with_nsp, frozen_encoder=True), self.context)
+        return Phase(objective, optimizer, scheduler, parameters, MetricsWindow(self.context.device))
+
+    def _run_head_warmup(self, plan: HeadWarmupPlan, with_nsp: bool) -> None:
+        """Train the heads for ``plan.steps`` optimizer steps on training epoch 0's micro-batches in their own
+        order (cycled when the warm-up is longer than an epoch); every other parameter ends bit-identical."""
+        settings, source, context, model = self.settings, self.setup.source, self.context, self.setup.model
+        started = time.perf_counter()
+        parameters = head_parameters(model, plan.heads)
+        epoch = plan_epoch(source.epoch_size(0), settings.micro_batch_size, settings.seed, 0, context.rank,
+                           context.world_size)  # fmt: skip
+        micro_batches = [
+            epoch[index % len(epoch)] for index in range(plan.steps * settings.gradient_accumulation_steps)
+        ]
+        show = settings.show_progress and context.is_main
+        model.train()
+        with only_trainable(model, parameters), tqdm(total=plan.steps, desc="head warm-up", disable=not show) as bar:
+            phase = self._warmup_phase(parameters, plan.steps, with_nsp)
+            steps = self._train_steps(phase, micro_batches, source.open_epoch(0))
+            for step, _ in enumerate(steps, start=1):  # runs to its end: the plan holds exactly these steps
+                bar.update(1)
+                if step % settings.logging_steps == 0 or step == plan.steps:
+                    self._report_warmup(phase, step, plan.steps, bar)
+        logger.info("head warm-up done: %d steps in %.0f s", plan.steps, time.perf_counter() - started)
+
+    def _report_warmup(self, phase: Phase, step: int, steps: int, bar: tqdm) -> None:
+        summary = phase.window.summary(self.context)  # a collective call: every process gets here
         # "step" is the main schedule's (0: before it), so resuming, which drops records after its step, keeps these.
         record = {"kind": "head_warmup", "phase": "head_warmup", "step": 0, "warmup_step": step}
-        record.update({"warmup_steps": self.plan.steps, "lr": learning_rate, **summary})
+        record.update({"warmup_steps": steps, "lr": self.last_learning_rate, **summary})
         self.setup.metrics.append(record)
-        progress.set_postfix({"mlm": f"{summary['mlm_loss']:.3f}", "lr": f"{learning_rate:.2e}"}, refresh=False)
+        bar.set_postfix({"mlm": f"{summary['mlm_loss']:.3f}", "lr": f"{self.last_learning_rate:.2e}"}, refresh=False)
+        phase.window.reset()
+
+    # --------------------------------------------------------------------------------------- the main phase
+
+    def run(self, start: TrainingPosition) -> TrainingPosition:
+        """Train from ``start`` to the end (or to ``stop_after_steps``); returns the final position."""
+        self.position = start
+        self.last_saved_step = start.global_step if start.global_step > 0 else -1
+        if self.settings.stop_after_steps and start.global_step >= self.settings.stop_after_steps:
+            logger.info("already at step %d, --stop_after_steps %d: nothing to do", start.global_step,
+                        self.settings.stop_after_steps)  # fmt: skip
+            return start
+        self.main.window.reset()  # throughput counts this phase only
+        self.progress = tqdm(
+            total=self.total_steps,
+            initial=start.global_step,
+            desc="finetune",
+            unit="step",
+            dynamic_ncols=True,
+            disable=not (self.settings.show_progress and self.context.is_main),
+        )
+        self.setup.model.train()
+        try:
+            if start.global_step == 0:
+                self._evaluate()
+            stopped = False
+            while not self._finished() and not stopped:
+                stopped = self._run_epoch(self.position.epoch, self.position.batch_in_epoch)
+            if not stopped or self._finished():  # the end, not --stop_after_steps: evaluate the final model
+                self._evaluate()
+        finally:
+            self.progress.close()
+        return self.position
+
+    def _finished(self) -> bool:
+        return run_finished(self.position, self.settings.epochs, self.settings.max_steps)
+
+    def _run_epoch(self, epoch: int, first_batch: int) -> bool:
+        """Train epoch ``epoch`` from micro-batch ``first_batch``; ``True`` when asked to stop early."""
+        settings, context, source = self.settings, self.context, self.setup.source
+        order = source_order(source, epoch)  # None: the usual shuffle of (seed, epoch)
+        plan = plan_epoch(source.epoch_size(epoch), settings.micro_batch_size, settings.seed, epoch, context.rank,
+                          context.world_size, order)  # fmt: skip
+        of_epochs = "" if settings.max_steps else f"/{settings.epochs}"
+        self.progress.set_description(f"epoch {epoch + 1}{of_epochs}")
+        with contextlib.closing(self._train_steps(self.main, plan, source.open_epoch(epoch), first_batch)) as steps:
+            for done in steps:
+                self.position = TrainingPosition(self.position.global_step + 1, epoch, done)
+                if self._after_step(epoch_finished=done == len(plan)):
+                    return True
+        self.position = TrainingPosition(self.position.global_step, epoch + 1, 0)
+        if self.last_saved_step != self.position.global_step:
+            self._save()
+        return False
+
+    def _after_step(self, epoch_finished: bool) -> bool:
+        """Log, evaluate, checkpoint as scheduled; ``True`` when the run should stop here."""
+        settings, step = self.settings, self.position.global_step
+        self.progress.update(1)
+        asked_to_stop = bool(settings.stop_after_steps) and step >= settings.stop_after_steps
+        at_max_steps = bool(settings.max_steps) and step >= settings.max_steps  # the end, possibly mid-epoch
+        stop = asked_to_stop or at_max_steps
+        if step % settings.logging_steps == 0 or step == self.total_steps or stop:
+            self._report()
+        if settings.eval_steps and step % settings.eval_steps == 0 and not at_max_steps:  # the end evaluates
+            self._evaluate()
+        # The end-of-epoch checkpoint follows right away, so a scheduled save there would be written twice.
+        if (settings.save_steps and step % settings.save_steps == 0 and not epoch_finished) or stop:
+            self._save()
+        if asked_to_stop and not at_max_steps:
+            logger.info("stopping after step %d as asked (--stop_after_steps); continue with --resume", step)
+        return stop
+
+    def _epoch_progress(self) -> float:
+        epoch = self.position.epoch if self.settings.max_steps else min(self.position.epoch, self.settings.epochs - 1)
+        size = self.setup.source.epoch_size(epoch)
+        batches = micro_batches_per_epoch(size, self.settings.micro_batch_size, self.context.world_size)
+        return round(self.position.epoch + self.position.batch_in_epoch / max(batches, 1), 4)
+
+    def _report(self) -> None:
+        window, health = self.main.window, self.main.health
+        summary = window.summary(self.context)  # a collective call: every process gets here
+        learning_rate = self.last_learning_rate
+        record = {"kind": "train", "step": self.position.global_step, "epoch": self._epoch_progress()}
+        record.update({"lr": learning_rate, **summary})
+        if self.last_grad_norm is not None:
+            record["grad_norm"] = float(self.last_grad_norm)
+        if self.setup.precision.scaler is not None and health is not None:  # fp16: skips since the last record
+            record["skipped_steps"] = health.take_window_skips()
+        if self.setup.anchor is not None and self.context.is_main:  # one pass over the weights: logging steps only
+            record.update(self.setup.anchor.distance(self.settings.anchor_weight))
+        self.setup.metrics.append(record)
+        postfix = {"mlm": f"{summary['mlm_loss']:.3f}", "lr": f"{learning_rate:.2e}"}
+        if "nsp_loss" in summary:
+            postfix["nsp"] = f"{summary['nsp_loss']:.3f}"
+        postfix["seq/s"] = f"{summary['sequences_per_second']:.1f}"
+        self.progress.set_postfix(postfix, refresh=False)
         window.reset()
 
-    def run(self) -> None:
-        """Train the heads for ``plan.steps`` optimizer steps; every other parameter ends bit-identical."""
-        setup, steps = self.setup, self.plan.steps
-        model = setup.model
-        window = MetricsWindow(setup.context.device)
+    def _evaluate(self) -> None:
+        """Run the evaluator on the main process (the others wait); it does not disturb training randomness."""
+        if self.setup.evaluate is None or self.last_evaluated_step == self.position.global_step:
+            return
+        self.last_evaluated_step = step = self.position.global_step
         started = time.perf_counter()
-        show = self.settings.show_progress and setup.context.is_main
-        batches = self._batches()
-        model.train()
-        with only_trainable(model, self.parameters), tqdm(total=steps, desc="head warm-up", disable=not show) as bar:
-            for step in range(steps):
-                learning_rate = warmup_learning_rate(step, steps, self.learning_rate)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = learning_rate
-                self._step(batches, window)
-                bar.update(1)
-                if (step + 1) % self.settings.logging_steps == 0 or step + 1 == steps:
-                    self._report(step + 1, learning_rate, window, bar)
-        logger.info("head warm-up done: %d steps in %.0f s", steps, time.perf_counter() - started)
+        if self.context.is_main:
+            results = self._run_evaluator()
+            self.setup.metrics.append({"kind": "eval", "step": step, "epoch": self._epoch_progress(), **results})
+            if self.setup.on_evaluated is not None:
+                self.setup.on_evaluated(step, results)
+            logger.info("evaluation at step %d: %s", step, ", ".join(f"{k} {v:.4g}" for k, v in results.items()))
+        barrier(self.context)
+        self.main.window.started += time.perf_counter() - started  # keep sequences/s about training only
 
-
-def _unwrap(objective: nn.Module) -> nn.Module:
-    return getattr(objective, "module", objective)  # a DistributedDataParallel wrapper keeps it in .module
-
-
-def _evaluate_fresh_heads(setup: TrainingSetup) -> None:
-    """The held-out metrics with the heads as loaded (random), logged as ``"kind": "head_warmup_eval"``."""
-    if setup.evaluate is not None and setup.context.is_main:
-        rng_state = capture_rng_state()  # evaluation must not shift the training's random streams
-        setup.model.eval()
-        try:
-            results = setup.evaluate(setup.model)
-        finally:
-            setup.model.train()
-            restore_rng_state(rng_state)
-        setup.metrics.append({"kind": "head_warmup_eval", "phase": "head_warmup", "step": 0, **results})
-        logger.info("before the head warm-up: %s", ", ".join(f"{k} {v:.4g}" for k, v in results.items()))
-    barrier(setup.context)
-
-
-def warm_up_fresh_heads(
-    setup: TrainingSetup, settings: LoopSettings, config: FinetuneConfig, with_nsp: bool, start: TrainingPosition
-) -> HeadWarmupPlan:
-    """Run the head warm-up a fresh run needs (see the module docstring); returns what was planned."""
-    if start.global_step > 0:
-        logger.info("resuming at step %d: no head warm-up (it ran before the first checkpoint)", start.global_step)
-        return HeadWarmupPlan(0, (), "resumed")
-    main_steps = total_optimizer_steps(setup.source, settings, setup.context.world_size)
-    plan = plan_head_warmup(config.head_warmup_steps, setup.fresh_heads, with_nsp, main_steps)
-    if plan.steps == 0:
-        logger.info("%s", plan.reason)
-        return plan
-    heads = " and ".join(head.upper() for head in plan.heads)
-    rate = config.head_learning_rate
-    logger.info("%s: the fresh %s head(s) train alone at lr %g, encoder frozen", plan.reason, heads, rate)
-    _evaluate_fresh_heads(setup)
-    HeadWarmup(setup, settings, plan, config.head_learning_rate, config.weight_decay, config.adam_epsilon).run()
-    return plan
+    def _save(self) -> None:
+        started = time.perf_counter()
+        directory = self.setup.checkpoints.save(self.position)
+        if self.setup.on_checkpoint is not None:  # timed with the save: not counted as training time
+            self.setup.on_checkpoint(directory, self.position.global_step)
+        self.last_saved_step = self.position.global_step
+        self.main.window.started += time.perf_counter() - started

@@ -1,9 +1,11 @@
 """Training metrics: a window of running sums, and the ``metrics.jsonl`` log (one JSON record per line).
 
 Records have ``"kind": "train"`` (step, epoch, lr, mlm_loss, nsp_loss, nsp_acc, sequences_per_second, …, and
-anchor_penalty λ/2·Σ‖θ−θ₀‖² and drift ‖θ−θ₀‖ of the pretrained weights from their start) or ``"kind": "eval"``
-(step, epoch and whatever the evaluator returns: the held-out metrics, with --general_holdout also general_*). Only the main process writes. On resume, the
-records after the checkpoint's step are dropped so the log reads as one uninterrupted run.
+anchor_penalty λ/2·Σ‖θ−θ₀‖² and drift ‖θ−θ₀‖ of the pretrained weights from their start), ``"kind": "eval"``
+(step, epoch and whatever the evaluator returns: the held-out metrics, with --general_holdout also general_*),
+or the kinds of the head warm-up, model selection and probe (see loop.py and selection.py). Only the main
+process writes. On resume, the records after the checkpoint's step are dropped so the log reads as one
+uninterrupted run.
 
     log = MetricsLog(output_dir / "metrics.jsonl", enabled=context.is_main)
     log.append({"kind": "train", "step": 10, "mlm_loss": 2.3})

@@ -1,23 +1,19 @@
-"""Mixed precision: ``torch.autocast`` contexts and the fp16 gradient scaler, from the --fp16/--bf16 flags.
+"""Mixed precision from the --fp16/--bf16 flags, and the watch over every optimizer step of the main phase.
 
 fp16 needs a loss scaler (CUDA only): dynamic by default, static with ``--loss_scale S``. bf16 has fp32's range,
 so it needs none, and runs on CUDA and on CPUs with bf16 units. Weights and optimizer state stay fp32.
 
+Without a gradient scaler (fp32, bf16) a non-finite loss or gradient norm means the next optimizer step would
+write NaN into the weights (and every later checkpoint), so ``StepHealth`` stops the run *before* that step with
+one line naming the step and the last good checkpoint. With fp16 the scaler skips such a step by itself and
+lowers the loss scale: that is routine at the start of a run, so it is counted (``skipped_steps`` in
+``metrics.jsonl``) and logged; only ``MAX_CONSECUTIVE_SKIPPED_STEPS`` skips in a row (the scale collapsing, or a
+static ``--loss_scale`` that always overflows) stop the run.
+
     precision = setup_precision(torch.device("cpu"), fp16=False, bf16=True, loss_scale=0.0)
     with precision.autocast(): loss = objective(batch).loss
-
-Watching every optimizer step: a NaN/inf loss stops the run before it reaches the weights; fp16 overflow
-skips are counted, logged, and stop the run only when they never end.
-
-Without a gradient scaler (fp32, bf16) a non-finite loss or gradient norm means the next optimizer step would
-write NaN into the weights (and every later checkpoint), so the run stops *before* that step with one line
-naming the step and the last good checkpoint. With fp16 the scaler skips such a step by itself and lowers the
-loss scale: that is routine at the start of a run, so it is counted (``skipped_steps`` in ``metrics.jsonl``)
-and logged; only ``MAX_CONSECUTIVE_SKIPPED_STEPS`` skips in a row (the scale collapsing, or a static
-``--loss_scale`` that always overflows) stop the run.
-
     health = StepHealth(precision, checkpoints)
-    health.add_loss(output.loss)                                   # every micro-batch
+    health.add_loss(loss)                                          # every micro-batch
     health.check_before_step(step, grad_norm); taken = precision.step(optimizer); health.after_step(step, taken)
 """
 

@@ -1,46 +1,29 @@
-"""``--save_best``: keep the model with the best held-out score so far as ``output_dir/best/``.
+"""Choosing among a run's models: ``--save_best`` and the downstream probe (``--probe_train/--probe_test``).
 
-The score is the held-out masked-LM loss (lower is better) or, when a downstream probe is configured, the probe's
-mean accuracy (higher is better; ``CheckpointProbe`` first ``keep``s the starting model, then offers only the
-checkpoints that beat it beyond the seeds' noise). ``best/`` holds a loadable model (``save_pretrained`` files
-and the tokenizer) plus ``best.json`` (step, metric, value); it is written as ``best.partial`` and renamed when
-complete, so ``best/`` is always whole. Each new best is also logged to ``metrics.jsonl`` as ``"kind": "best"``. A resumed
-run reads ``best/best.json`` so it only replaces the model with a better one.
+``attach_model_selection`` wires both into a ``TrainingSetup``'s hooks. ``BestModelKeeper`` keeps the model with
+the best score so far as ``output_dir/best/``: a loadable model (``save_pretrained`` files and the tokenizer) plus
+``best.json`` (step, metric, value), written as ``best.partial`` and renamed when complete, so ``best/`` is always
+whole; each new best is logged to ``metrics.jsonl`` as ``"kind": "best"``, and a resumed run reads ``best.json``
+so it only replaces the model with a better one. Without a probe the score is the held-out masked-LM loss of each
+evaluation (lower is better; the evaluation before the first step included).
 
-    keeper = BestModelKeeper(output_dir, metrics, metric="mlm_loss", higher_is_better=False)
-    keeper.consider(step=200, value=2.31, write=lambda directory: model.save_pretrained(directory))
-
-``finetune --probe_train F --probe_test F``: the downstream probe on the starting model and every checkpoint.
-
-Masked-LM loss alone cannot say which checkpoint helps a task; the probe (``bert_domain_ft.evaluation.probe``) fine-tunes a
-classifier from each model on the user's labelled sentences and logs its test accuracy and macro-F1 (mean ± std
-over seeds, and the per-seed scores) to ``metrics.jsonl`` as ``"kind": "probe"`` records (``bert-domain-ft plot``
-draws them). Step 0 is the starting model: the model as loaded, after the head warm-up if one ran (the warm-up
-leaves the encoder as loaded; it trains a fresh pooler with the NSP head); its record names ``--bert_model``.
-Every later record adds ``paired_vs_start``: the checkpoint's accuracy minus the starting model's, seed by seed
-(same seeds: same classifier start and data order), with its 95% interval and verdict.
-
-With ``--save_best`` the starting model is the first candidate for ``output_dir/best/``; a checkpoint replaces
-the best only when it beats the starting model beyond the seeds' noise (the interval lies above 0) and has a
-higher mean accuracy than the best so far. The probe runs on the main process while the others wait; its
-randomness is its own (the training run stays exactly resumable).
-
-    probe = CheckpointProbe(config, context, metrics, keeper=None)
-    probe.probe_starting_model(model, tokenizer, output_dir)      # then: setup.on_checkpoint = probe.on_checkpoint
-
-Choosing among a run's models: ``--save_best`` and the downstream probe (``--probe_train/--probe_test``).
-
-Wires ``BestModelKeeper`` and ``CheckpointProbe`` into a ``TrainingSetup``'s hooks. With a probe, the starting
-model (step 0: as loaded, after the head warm-up if one ran) is probed and is the first candidate for ``best/``;
-each checkpoint is probed and replaces the best only when it beats the starting model beyond the seeds' noise
-(paired 95% interval above 0) with a higher mean accuracy than the best so far; the run ends with one line
-saying which model won. Without a probe, ``best/`` follows the held-out masked-LM loss of each evaluation (the
-evaluation before the first step included).
+Masked-LM loss alone cannot say which checkpoint helps a task, so ``CheckpointProbe`` fine-tunes a classifier
+(``bert_domain_ft.evaluation.probe``) from the starting model and from every checkpoint on the user's labelled
+sentences, and logs its test accuracy and macro-F1 (mean ± std over seeds, and the per-seed scores) as
+``"kind": "probe"`` records (``bert-domain-ft plot`` draws them). Step 0 is the starting model: as loaded, after
+the head warm-up if one ran (the warm-up leaves the encoder as loaded; it trains a fresh pooler with the NSP
+head); its record names ``--bert_model``. Every later record adds ``paired_vs_start``: the checkpoint's accuracy
+minus the starting model's, seed by seed (same seeds: same classifier start and data order), with its 95%
+interval and verdict. With a probe, the score of ``--save_best`` is the probe's mean accuracy: the starting model
+is the first candidate, and a checkpoint replaces the best only when it beats the starting model beyond the
+seeds' noise (the interval lies above 0) with a higher mean accuracy than the best so far. The run ends with one
+line saying which model won. The probe runs on the main process while the others wait; its randomness is its own
+(the training run stays exactly resumable).
 
     selection = attach_model_selection(config, context, setup, tokenizer, start)
-    warm_up_fresh_heads(setup, settings, config, with_nsp, start)
+    loop.warm_up_heads(start, with_nsp)
     selection.score_starting_model(start)          # step 0
-    TrainingLoop(setup, settings).run(start); selection.report()
+    loop.run(start); selection.report()
 """
 
 from __future__ import annotations
@@ -213,7 +196,7 @@ class CheckpointProbe:
 
     def __init__(
         self,
-        config: FinetuneConfig,
+        probe_config: ProbeConfig,
         context: DistributedContext,
         metrics: MetricsLog,
         keeper: BestModelKeeper | None = None,
@@ -221,8 +204,8 @@ class CheckpointProbe:
         self.context = context
         self.metrics = metrics
         self.keeper = keeper
-        self.starting_model_name = str(config.bert_model)
-        self.prober = Prober(probe_config_for(config))
+        self.starting_model_name = str(probe_config.models[0])  # the model --bert_model names
+        self.prober = Prober(probe_config)
         logger.info("probe on the starting model and every checkpoint: %s", self.prober.describe())
 
     def _probe(self, model: str | Path, step: int) -> tuple[ProbeResult, dict[str, Any]]:
@@ -349,7 +332,7 @@ def attach_model_selection(
         logger.warning("--save_best with --probe_seeds 1: no interval, so no checkpoint can be shown to beat the "
                        "starting model; best/ will hold it (use --probe_seeds 5)")  # fmt: skip
     if with_probe:
-        selection.probe = CheckpointProbe(config, context, setup.metrics, keeper)
+        selection.probe = CheckpointProbe(probe_config_for(config), context, setup.metrics, keeper)
         setup.on_checkpoint = selection.probe.on_checkpoint
     elif keeper is not None:
         write = model_writer(setup.model, tokenizer)

@@ -1,35 +1,51 @@
-"""Checks that pregenerated data fits the model it is about to train, before the first step.
+"""Building and checking the pieces of a finetune run: data, model, optimizer and schedule, evaluation.
 
-Token ids only mean something with the vocabulary they were made with, so the manifest's tokenizer facts are
-compared with the model's tokenizer; a difference is one ``UserError`` saying which side differs and what to do.
-
-    check_data_matches_model(data_dir, manifest, describe_tokenizer(tokenizer, name), max_positions=512,
-                             model_vocab_size=30522)
-
-Which objective a run trains and which model it starts from: a checkpoint of any masked-LM type, or a new one.
-
+Pregenerated data is opened (data in the original JSON format converted once), checked epoch by epoch, and
+served by a ``PregeneratedSource`` (dynamic masks, several corpora mixed). Token ids only mean something with the
+vocabulary they were made with, so the manifest's tokenizer facts, sequence length and format are compared with
+the model's before the first step; a difference is one ``UserError`` saying which side differs and what to do.
 ``resolve_training_objective`` reconciles --objective with the data ("nsp" needs NSP labels; a model without an
-NSP head trains "mlm", said in one line). ``build_training_model`` loads --bert_model for that objective
-(``masked_lm.load_model_for_objective``) or, with --from_scratch, builds a --model_type model for --tokenizer
-(``model_factory``).
+NSP head trains "mlm", said in one line) and ``build_training_model`` loads --bert_model for it or, with
+--from_scratch, builds a --model_type model for --tokenizer. The optimizer and schedule, and the held-out
+evaluator the loop calls, are built from the values they use (``OptimizationSettings``, ``settings_from``).
 
     objective = resolve_training_objective(config, manifest)
     loaded = build_training_model(config, objective, max_seq_len=manifest["max_seq_len"])
+    check_data_matches_model(data_dir, manifest, facts, usable_positions(loaded.model.config), vocab_size)
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bert_domain_ft.data.epoch_format import MANIFEST_NAME
+import torch
+
+from bert_domain_ft.data.epoch_format import MANIFEST_NAME, EpochArrays, open_epoch, open_holdout, read_manifest
+from bert_domain_ft.data.legacy_format import convert_legacy_directory, is_legacy_directory
+from bert_domain_ft.data.loader import CorpusMixing, PregeneratedSource
+from bert_domain_ft.data.masking import DynamicMasking
 from bert_domain_ft.errors import UserError
+from bert_domain_ft.evaluation.evaluate import general_holdout_directory, open_general_holdout, prepare_general_holdout
+from bert_domain_ft.evaluation.heldout import build_evaluator, corpus_names, with_general
 from bert_domain_ft.model.files import FRESH_NSP_HEAD_NOTE, has_trained_nsp_head
 from bert_domain_ft.model.loading import build_model_from_scratch, checkpoint_model_type, load_model_for_objective
+from bert_domain_ft.model.optimization import (
+    build_optimizer,
+    build_scheduler,
+    layerwise_lr_multiplier,
+    parameter_groups,
+    warmup_steps_for,
+)
 from bert_domain_ft.model.pretraining import LoadedModel
-from bert_domain_ft.model.tokenizer import TokenizerFacts
+from bert_domain_ft.model.tokenizer import TokenizerFacts, describe_tokenizer
 from bert_domain_ft.training.config import FinetuneConfig
+from bert_domain_ft.training.distributed import DistributedContext, barrier
+from bert_domain_ft.training.loop import Evaluator
+
+logger = logging.getLogger(__name__)
 
 SUPPORTED_OBJECTIVES = ("nsp", "mlm")
 SUPPORTED_MASKING = ("static", "dynamic")
@@ -111,9 +127,6 @@ def check_format(where: Path, manifest: dict[str, Any]) -> None:
         )
 
 
-logger = logging.getLogger(__name__)
-
-
 def resolve_training_objective(config: FinetuneConfig, manifest: dict[str, Any]) -> str:
     """The objective to train, "nsp" or "mlm": --objective when given (checked against the data), else the
     data's own, or "mlm" with a one-line notice when the data has NSP labels but the model has no NSP head."""
@@ -150,3 +163,112 @@ def build_training_model(config: FinetuneConfig, objective: str, max_seq_len: in
         config.model_type, config.tokenizer, config.config_overrides, max_seq_len, with_nsp_head=objective == "nsp"
     )
     return LoadedModel(model=model, fresh_heads=())  # everything is new: no head to warm up on its own first
+
+
+# ---------------------------------------------------------------------------------------------------- the data
+
+
+def open_training_data(
+    data_dir: Path, context: DistributedContext, tokenizer: Any, facts: TokenizerFacts, show_progress: bool
+) -> tuple[Path, dict[str, Any]]:
+    """The memmap data directory and its manifest; data in the original JSON format is converted first (once)."""
+    if not data_dir.is_dir():
+        raise UserError(f"{data_dir}: no such directory; give the output directory of `bert-domain-ft pregenerate`")
+    if is_legacy_directory(data_dir):
+        if context.is_main:
+            convert_legacy_directory(data_dir, tokenizer, facts, show_progress=show_progress)
+        barrier(context)
+        data_dir = convert_legacy_directory(data_dir, tokenizer, facts, show_progress=False)
+    return data_dir, read_manifest(data_dir)
+
+
+def check_epochs(data_dir: Path, manifest: dict[str, Any], epochs: int, verify: bool) -> None:
+    """Every epoch gets the fast size/shape/dtype/value-range check up front (a truncated or altered file is refused
+    before training); ``verify`` also compares each array's SHA-256 with its epoch.json (reads all the data once).
+    Called after the manifest was checked against the model, whose message says more about data made for another
+    model than an array/manifest mismatch would."""
+    for index in range(min(len(manifest["epochs"]), epochs)):
+        open_epoch(data_dir, manifest, index, verify_checksum=verify)
+    if verify:
+        logger.info("%s: checksums verified", data_dir / MANIFEST_NAME)
+
+
+def pregenerated_source(
+    data_dir: Path, manifest: dict[str, Any], config: FinetuneConfig, tokenizer: Any, world_size: int
+) -> PregeneratedSource:
+    """The training epochs: masked per batch from the seed when the data has no fixed masks (resumable, fresh every
+    epoch); several corpora drawn by their sampling probabilities, per optimizer step of all processes."""
+    masking = None
+    if manifest["masking"] == "dynamic":
+        masking = DynamicMasking.from_manifest(manifest, seed=config.seed, tokenizer=tokenizer)
+    global_batch_size = config.train_batch_size * world_size
+    mixing = CorpusMixing(config.seed, global_batch_size, config.batch_from_one_corpus)
+    return PregeneratedSource(data_dir, manifest, config.epochs, masking=masking, mixing=mixing)
+
+
+# -------------------------------------------------------------------------------------- optimizer and schedule
+
+
+@dataclass(frozen=True)
+class OptimizationSettings:
+    """What the main optimizer and its schedule are built from (``settings_from(OptimizationSettings, config)``)."""
+
+    learning_rate: float
+    weight_decay: float = 0.01
+    adam_epsilon: float = 1e-8
+    warmup_proportion: float = 0.1
+    layerwise_lr_decay: float = 1.0  # 1.0: one rate for every layer
+
+
+def build_optimization(
+    model: torch.nn.Module, settings: OptimizationSettings, total_steps: int, device: torch.device
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """AdamW over the decay / no-decay groups and the warm-up + linear-decay schedule over ``total_steps``."""
+    multiplier = None
+    if settings.layerwise_lr_decay < 1.0:
+        multiplier = layerwise_lr_multiplier(model, settings.layerwise_lr_decay)
+        logger.info("layer-wise learning rates: × %g per layer below the top (embeddings × %.3g)",
+                    settings.layerwise_lr_decay, multiplier("bert.embeddings.word_embeddings.weight"))  # fmt: skip
+    groups = parameter_groups(model, settings.learning_rate, settings.weight_decay, lr_multiplier=multiplier)
+    optimizer = build_optimizer(groups, settings.learning_rate, settings.adam_epsilon, device)
+    warmup_steps = warmup_steps_for(total_steps, settings.warmup_proportion)
+    logger.info("%d optimizer steps, the first %d warming up", total_steps, warmup_steps)
+    return optimizer, build_scheduler(optimizer, total_steps, warmup_steps)
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+
+
+def _evaluator_of(
+    evaluation_set: EpochArrays, names_from: Path, config: FinetuneConfig, device: torch.device
+) -> Evaluator:
+    """The evaluator of one held-out set (logits only at masked positions); several corpora: results per corpus."""
+    autocast_dtype = torch.bfloat16 if config.bf16 else torch.float16 if config.fp16 else None
+    names = corpus_names(read_manifest(names_from), 0) or None
+    return build_evaluator(evaluation_set, config.eval_batch_size, device, autocast_dtype, names=names)
+
+
+def build_evaluation(
+    config: FinetuneConfig, context: DistributedContext, data_dir: Path, tokenizer: Any
+) -> Evaluator | None:
+    """The evaluator called by the loop before the first step, every --eval_steps and at the end, or None.
+
+    The held-out set is the pregenerated ``holdout/`` (or ``--holdout_data``); with --general_holdout, general
+    text is evaluated too (``general_*`` keys).
+    """
+    if not config.do_eval:
+        return None
+    evaluate = None
+    holdout = open_holdout(config.holdout_data or data_dir, verify_checksum=config.verify_checksums)
+    if holdout is not None:
+        evaluate = _evaluator_of(holdout, config.holdout_data or data_dir, config, context.device)
+    if config.general_holdout is None:
+        return evaluate
+    if context.is_main:  # a corpus file is pregenerated once, by rank 0; the others wait for it
+        prepare_general_holdout(config.general_holdout, config.output_dir, read_manifest(data_dir),
+                                config.bert_model, tokenizer, config.tokenizer)  # fmt: skip
+    barrier(context)
+    directory = general_holdout_directory(config.general_holdout, config.output_dir)
+    fingerprint = describe_tokenizer(tokenizer, str(config.tokenizer or config.bert_model)).vocab_fingerprint
+    general = open_general_holdout(directory, fingerprint, verify_checksum=config.verify_checksums)
+    return with_general(evaluate, _evaluator_of(general, directory, config, context.device))

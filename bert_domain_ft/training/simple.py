@@ -159,10 +159,11 @@ def load_store(
     return open_document_store(final)
 
 
-def remove_store(config: SimpleConfig, context: DistributedContext) -> None:
-    """Delete the on-disk store (rank 0). Every process is past its last read: the run ends with a barrier."""
-    if context.is_main and not config.on_memory:
-        shutil.rmtree(config.output_dir / STORE_DIRECTORY, ignore_errors=True)
+def remove_store(context: DistributedContext, output_dir: Path, on_memory: bool) -> None:
+    """Delete the on-disk store (rank 0; none ``on_memory``). Every process is past its last read: the run ends
+    with a barrier."""
+    if context.is_main and not on_memory:
+        shutil.rmtree(output_dir / STORE_DIRECTORY, ignore_errors=True)
 
 
 def check_model_fits(config: SimpleConfig, model_config: Any, facts: TokenizerFacts) -> None:
@@ -189,8 +190,10 @@ def simple_finetune(config: SimpleConfig) -> Path:
     try:
         seed_everything(training.seed)
         with hold_run_lock(context, config.output_dir, "simple"):  # one writer: a second run is refused
-            prepare_output_dir(training, context)
-            tokenizer, facts, saveable_tokenizer = setup_tokenizer(training)
+            prepare_output_dir(context, training.output_dir, training.pregenerated_data, training.resume,
+                               training.overwrite_output_dir)  # fmt: skip
+            tokenizer, facts, saveable_tokenizer = setup_tokenizer(training.tokenizer or training.bert_model,
+                                                                   training.do_lower_case)  # fmt: skip
             loaded = load_training_model(training, context)
             check_model_fits(config, loaded.model.config, facts)
             if NSP_HEAD in loaded.fresh_heads:  # simple always trains NSP; pregenerate + finetune need not
@@ -203,7 +206,7 @@ def simple_finetune(config: SimpleConfig) -> Path:
                     training, context, loaded, source, saveable_tokenizer, with_nsp=True, arguments=arguments
                 )
             finally:
-                remove_store(config, context)
+                remove_store(context, config.output_dir, config.on_memory)
         return config.output_dir
     finally:
         cleanup(context)

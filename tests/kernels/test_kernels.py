@@ -95,7 +95,7 @@ def test_bert_losses_gradients_and_weights_are_unchanged_by_the_kernels(tiny_ber
 
     def loss_and_gradients() -> tuple[float, list[torch.Tensor]]:
         model.zero_grad()
-        loss = pretraining_losses(model, batch).loss
+        loss = pretraining_losses(model, batch, fused=False).loss
         loss.backward()
         return loss.item(), [parameter.grad.clone() for parameter in model.parameters()]
 
@@ -273,7 +273,7 @@ def test_both_feed_forward_variants_keep_bert_losses_and_gradients(tiny_bert_dir
             "masked_lm_labels": torch.tensor([[7, 8], [9, 10]]),
             "next_sentence_label": torch.tensor([0, 1]),
         }
-        loss = pretraining_losses(model, batch).loss
+        loss = pretraining_losses(model, batch, fused=False).loss
         loss.backward()
         results.append((loss.item(), [parameter.grad.clone() for parameter in model.parameters()]))
     for loss, gradients in results[1:]:

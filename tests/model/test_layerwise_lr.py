@@ -9,7 +9,8 @@ from training_helpers import quick_config
 
 from bert_domain_ft.model.optimization import layer_depth, layerwise_lr_multiplier, parameter_groups
 from bert_domain_ft.model.pretraining import load_pretraining_model
-from bert_domain_ft.training.recipe import _setup_optimization
+from bert_domain_ft.training.loop import settings_from
+from bert_domain_ft.training.setup import OptimizationSettings, build_optimization
 
 
 def expected_depth(name: str, num_layers: int) -> int:
@@ -56,7 +57,8 @@ def test_finetune_builds_its_optimizer_and_schedule_with_the_decay(tiny_bert_dir
 
     model = load_pretraining_model(str(tiny_bert_dir)).model
     config = quick_config(tmp_path, tiny_bert_dir, tmp_path / "run", learning_rate=1e-3, layerwise_lr_decay=0.5)
-    optimizer, scheduler = _setup_optimization(config, model, total_steps=10, device=torch.device("cpu"))
+    settings = settings_from(OptimizationSettings, config)
+    optimizer, scheduler = build_optimization(model, settings, total_steps=10, device=torch.device("cpu"))
     peaks = sorted({group["initial_lr"] for group in optimizer.param_groups})
     assert peaks == pytest.approx([1e-3 * 0.25, 1e-3 * 0.5, 1e-3])  # embeddings, layer 0, layer 1 and the heads
     for _ in range(5):

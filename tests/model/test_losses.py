@@ -13,8 +13,15 @@ import torch
 
 from bert_domain_ft.errors import UserError
 from bert_domain_ft.model.loading import load_masked_lm_model, load_model_for_objective, usable_positions
-from bert_domain_ft.model.losses import full_logit_losses, masked_lm_head, masked_lm_losses, model_losses
-from bert_domain_ft.model.pretraining import IGNORE_INDEX, head_parameters
+from bert_domain_ft.model.pretraining import (
+    IGNORE_INDEX,
+    PretrainingOutput,
+    encoder_inputs,
+    gather_masked_hidden,
+    head_parameters,
+    masked_lm_head,
+    pretraining_losses,
+)
 
 VOCAB = 120
 TINY: dict[str, dict[str, Any]] = {
@@ -52,24 +59,38 @@ def random_batch(rows: int = 3, width: int = 24, slots: int = 5) -> dict[str, to
     }
 
 
+def full_logit_losses(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> PretrainingOutput:
+    """The reference: the model's own forward pass (logits at every position), gathered at the masked positions."""
+    output = model(**encoder_inputs(model.base_model, batch))
+    logits = output.logits if hasattr(output, "logits") else output.prediction_logits
+    selected, labels = gather_masked_hidden(logits, batch["masked_lm_positions"], batch["masked_lm_labels"])
+    return PretrainingOutput.from_mlm_logits(selected, labels)
+
+
+def masked_lm_losses(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> PretrainingOutput:
+    """The sparse path as evaluation runs it: logits of the masked rows only."""
+    return pretraining_losses(model, batch, fused=False)
+
+
 def gradients(model: torch.nn.Module, loss: torch.Tensor) -> dict[str, torch.Tensor]:
     model.zero_grad(set_to_none=True)
     loss.backward()
     return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["logits", "fused"])
 @pytest.mark.parametrize("model_type", sorted(TINY))
-def test_sparse_masked_lm_loss_and_gradients_equal_the_full_logit_ones(model_type: str) -> None:
+def test_sparse_masked_lm_loss_and_gradients_equal_the_full_logit_ones(model_type: str, fused: bool) -> None:
     model = tiny_masked_lm(model_type)
     batch = random_batch()
     assert masked_lm_head(model) is not None, "the head of this architecture should be recognised"
-    sparse, full = masked_lm_losses(model, batch), full_logit_losses(model, batch)
+    sparse, full = pretraining_losses(model, batch, fused=fused), full_logit_losses(model, batch)
     assert sparse.nsp_loss is None
     assert int(sparse.mlm_count) == int(full.mlm_count) == 13
     assert int(sparse.mlm_correct) == int(full.mlm_correct)
     torch.testing.assert_close(sparse.mlm_loss, full.mlm_loss, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(sparse.mlm_loss_sum, full.mlm_loss_sum, rtol=1e-5, atol=1e-5)
-    sparse_grads = gradients(model, masked_lm_losses(model, batch).mlm_loss)
+    sparse_grads = gradients(model, pretraining_losses(model, batch, fused=fused).mlm_loss)
     full_grads = gradients(model, full_logit_losses(model, batch).mlm_loss)
     assert sparse_grads.keys() == full_grads.keys()
     for name in sparse_grads:
@@ -93,7 +114,7 @@ def test_an_unknown_head_falls_back_to_the_full_forward_pass_with_one_notice(cap
     )
     model = AutoModelForMaskedLM.from_config(config).eval()
     batch = random_batch()
-    with caplog.at_level(logging.WARNING, logger="bert_domain_ft.model.losses"):
+    with caplog.at_level(logging.WARNING, logger="bert_domain_ft.model.pretraining"):
         first = masked_lm_losses(model, batch)
         second = masked_lm_losses(model, batch)
     assert masked_lm_head(model) is None
@@ -125,9 +146,9 @@ def test_a_bert_with_an_nsp_head_still_gets_its_nsp_loss(tiny_bert_dir: Path) ->
     loaded = load_model_for_objective(str(tiny_bert_dir), "nsp")
     batch = random_batch()
     batch["next_sentence_label"] = torch.tensor([0, 1, 0])
-    output = model_losses(loaded.model.eval(), batch)
+    output = masked_lm_losses(loaded.model.eval(), batch)
     assert output.nsp_loss is not None and int(output.nsp_count) == 3
-    assert model_losses(loaded.model, batch, with_nsp=False).nsp_loss is None
+    assert pretraining_losses(loaded.model, batch, with_nsp=False).nsp_loss is None
 
 
 def test_an_encoder_only_checkpoint_loads_with_a_fresh_mlm_head(tmp_path: Path) -> None:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pytest
 import torch
 
 from bert_domain_ft.errors import UserError
-from bert_domain_ft.model import losses as fused_head
-from bert_domain_ft.model.losses import fused_pretraining_losses
+from bert_domain_ft.model import pretraining
 from bert_domain_ft.model.optimization import (
     build_optimizer,
     build_scheduler,
@@ -21,6 +21,8 @@ from bert_domain_ft.model.optimization import (
 )
 from bert_domain_ft.model.pretraining import IGNORE_INDEX, load_pretraining_model, pretraining_losses
 from bert_domain_ft.training.precision import setup_precision
+
+gathered_pretraining_losses = functools.partial(pretraining_losses, fused=False)
 
 
 @pytest.fixture(scope="module")
@@ -116,13 +118,13 @@ def _random_batch(vocab_size: int, generator: torch.Generator) -> dict[str, torc
 
 @pytest.mark.parametrize(
     ("losses", "chunk_rows"),
-    [(pretraining_losses, 128), (fused_pretraining_losses, 128), (fused_pretraining_losses, 5)],
+    [(gathered_pretraining_losses, 128), (pretraining_losses, 128), (pretraining_losses, 5)],
     ids=["gathered", "fused", "fused-in-chunks-of-5"],  # 13 masked rows padded to 32: 6 chunks of 5, then 2
 )
 def test_masked_position_loss_and_gradients_equal_the_full_logit_loss(  # type: ignore[no-untyped-def]
     model: torch.nn.Module, losses, chunk_rows: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(fused_head, "CHUNK_ROWS", chunk_rows)
+    monkeypatch.setattr(pretraining, "CHUNK_ROWS", chunk_rows)
     model.eval()  # no dropout: the two passes must see the same network
     batch = _random_batch(model.config.vocab_size, torch.Generator().manual_seed(0))
     full_labels = torch.full_like(batch["input_ids"], IGNORE_INDEX)
@@ -151,9 +153,9 @@ def test_masked_position_loss_and_gradients_equal_the_full_logit_loss(  # type: 
 def test_fused_head_under_bf16_autocast_stays_close_to_fp32(model: torch.nn.Module) -> None:
     model.eval()
     batch = _random_batch(model.config.vocab_size, torch.Generator().manual_seed(1))
-    exact = fused_pretraining_losses(model, batch).mlm_loss.item()
+    exact = pretraining_losses(model, batch).mlm_loss.item()
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        low = fused_pretraining_losses(model, batch)
+        low = pretraining_losses(model, batch)
     low.loss.backward()
     assert low.mlm_loss.item() == pytest.approx(exact, rel=0.02)
     assert all(p.grad is None or p.grad.dtype == torch.float32 for p in model.parameters())
@@ -164,7 +166,7 @@ def test_fused_head_under_bf16_autocast_stays_close_to_fp32(model: torch.nn.Modu
 def test_fused_head_with_no_masked_token_gives_zero_loss_and_gradients(model: torch.nn.Module) -> None:
     batch = _random_batch(model.config.vocab_size, torch.Generator().manual_seed(2))
     batch["masked_lm_labels"][:] = IGNORE_INDEX
-    output = fused_pretraining_losses(model, batch, with_nsp=False)
+    output = pretraining_losses(model, batch, with_nsp=False)
     output.loss.backward()
     assert output.loss.item() == 0.0 and int(output.mlm_count) == 0 and int(output.mlm_correct) == 0
     assert float(model.cls.predictions.bias.grad.abs().sum()) == 0.0

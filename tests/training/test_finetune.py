@@ -160,9 +160,9 @@ def test_evaluator_runs_first_every_eval_steps_and_last_without_disturbing_train
         torch.rand(1000)  # uses the global RNG: training must not notice
         return {"mlm_loss": 1.5}
 
-    monkeypatch.setattr(recipe, "_setup_evaluation", lambda *arguments: evaluate)
+    monkeypatch.setattr(recipe.build, "build_evaluation", lambda *arguments: evaluate)
     evaluated = finetune(quick_config(data_dir, tiny_bert_dir, tmp_path / "with_eval", eval_steps=4))
-    monkeypatch.setattr(recipe, "_setup_evaluation", lambda *arguments: None)
+    monkeypatch.setattr(recipe.build, "build_evaluation", lambda *arguments: None)
     plain = finetune(quick_config(data_dir, tiny_bert_dir, tmp_path / "plain"))
     records = read_metrics(evaluated)
     eval_steps = [record["step"] for record in records if record["kind"] == "eval"]

@@ -18,7 +18,7 @@ from bert_domain_ft.training.loop import (
     AUTO_FRACTION,
     AUTO_MAX_STEPS,
     AUTO_MIN_STEPS,
-    HeadWarmupObjective,
+    PretrainingObjective,
     auto_warmup_steps,
     plan_head_warmup,
     warmup_learning_rate,
@@ -48,15 +48,15 @@ def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def warmup_only(monkeypatch: pytest.MonkeyPatch) -> dict[str, dict[str, torch.Tensor]]:
     """Run finetune up to the end of the head warm-up only: weights right before and right after it."""
     captured: dict[str, dict[str, torch.Tensor]] = {}
-    original = recipe.warm_up_fresh_heads
+    original = recipe.TrainingLoop.warm_up_heads
 
-    def wrapped(setup: Any, *arguments: Any) -> Any:
-        captured["before"] = snapshot(setup.model)
-        plan = original(setup, *arguments)
-        captured["after"] = snapshot(setup.model)
+    def wrapped(loop: Any, *arguments: Any) -> Any:
+        captured["before"] = snapshot(loop.setup.model)
+        plan = original(loop, *arguments)
+        captured["after"] = snapshot(loop.setup.model)
         return plan
 
-    monkeypatch.setattr(recipe, "warm_up_fresh_heads", wrapped)
+    monkeypatch.setattr(recipe.TrainingLoop, "warm_up_heads", wrapped)
     monkeypatch.setattr(recipe.TrainingLoop, "run", lambda self, start: start)  # stop before the main phase
     return captured
 
@@ -95,7 +95,7 @@ def test_the_encoder_gets_no_gradient_even_when_its_parameters_require_one(tiny_
         "masked_lm_labels": torch.tensor([[7, 8], [9, -100]]),
         "next_sentence_label": torch.tensor([0, 1]),
     }
-    HeadWarmupObjective(model, with_nsp=True)(batch).loss.backward()
+    PretrainingObjective(model, with_nsp=True, frozen_encoder=True)(batch).loss.backward()
     # The word-embedding matrix is also the MLM decoder's (tied): the warm-up freezes it; here it requires grad.
     tied = "bert.embeddings.word_embeddings.weight"
     encoder = [p for name, p in model.named_parameters() if name.startswith(ENCODER_PREFIXES) and name != tied]

@@ -9,12 +9,17 @@ import torch
 from training_helpers import read_metrics
 
 from bert_domain_ft.data.loader import DatasetSource
-from bert_domain_ft.model.losses import PretrainingObjective
 from bert_domain_ft.model.optimization import build_optimizer, build_scheduler, parameter_groups
 from bert_domain_ft.model.pretraining import IGNORE_INDEX, load_pretraining_model
 from bert_domain_ft.training.checkpoints import CheckpointManager, TrainingPosition, checkpoint_directories
 from bert_domain_ft.training.distributed import DistributedContext
-from bert_domain_ft.training.loop import LoopSettings, TrainingLoop, TrainingSetup, total_optimizer_steps
+from bert_domain_ft.training.loop import (
+    LoopSettings,
+    PretrainingObjective,
+    TrainingLoop,
+    TrainingSetup,
+    total_optimizer_steps,
+)
 from bert_domain_ft.training.metrics import MetricsLog
 from bert_domain_ft.training.precision import setup_precision
 

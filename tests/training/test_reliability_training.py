@@ -30,13 +30,13 @@ from bert_domain_ft import files as disk_errors
 from bert_domain_ft.cli import main
 from bert_domain_ft.data.epoch_format import open_epoch, read_manifest
 from bert_domain_ft.errors import UserError
-from bert_domain_ft.model.losses import PretrainingObjective
 from bert_domain_ft.model.optimization import build_optimizer, build_scheduler, parameter_groups
 from bert_domain_ft.model.pretraining import PretrainingOutput, load_pretraining_model
 from bert_domain_ft.training import precision as step_health
 from bert_domain_ft.training import recipe
 from bert_domain_ft.training.checkpoints import CheckpointManager, TrainingPosition, checkpoint_directories
 from bert_domain_ft.training.distributed import DistributedContext
+from bert_domain_ft.training.loop import PretrainingObjective
 from bert_domain_ft.training.precision import Precision, setup_precision
 from bert_domain_ft.training.recipe import finetune
 
@@ -139,9 +139,9 @@ import torch
 torch.set_num_threads(1)
 from bert_domain_ft.training import loop
 step = loop.TrainingLoop._optimizer_step
-def slow_step(self):
+def slow_step(self, *arguments):
     time.sleep(0.3)  # room for the parent to kill it between two checkpoints
-    step(self)
+    step(self, *arguments)
 loop.TrainingLoop._optimizer_step = slow_step
 from bert_domain_ft.cli import main
 sys.exit(main(sys.argv[1:]))
