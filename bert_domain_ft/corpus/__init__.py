@@ -1,4 +1,4 @@
-"""The corpus stage: text in, in the corpus format (one sentence per line, a blank line between documents). No torch.
+"""The corpus stage: text in, in the corpus format (one sentence per line, a blank line between documents). Torch-free to import.
 
 config              the settings of prepare, check, select and tokenizer (one dataclass each)
 reading             streaming the corpus format, and finding and reading ``prepare``'s raw inputs
@@ -6,7 +6,6 @@ sentences           Punkt sentence splitting trained on the user's text, its par
 prepare             ``prepare``: raw text → the corpus format, normalised, split, duplicates removed
 check               ``check``: is a corpus file usable, and what does it hold
 task_files          the task's own files: labelled sentences for the probe, texts for TAPT and selection
-selection_scoring   BM25 and embedding scores of documents against task texts
-selection           ``select``: the corpus documents nearest to a task's texts (kNN-TAPT), streamed
+selection           ``select``: the corpus documents nearest to a task's texts (kNN-TAPT; BM25 or embeddings)
 tokenizer_training  ``tokenizer``: a WordPiece, byte-level BPE or Unigram tokenizer trained on the corpus
 """

@@ -13,7 +13,8 @@ exactly that of unlimited lists (up to ``MAX_CANDIDATES`` entries in all, beyond
 may stay unfilled). The chosen documents are then copied by offset. The task texts themselves
 (queries) are held in memory: a task's labelled data is small.
 
-Methods:
+Methods (a scorer turns a batch of document texts into a ``(documents, queries)`` float64 matrix, higher is
+nearer; at or below its ``minimum_score`` means "no neighbour"):
 
 * ``bm25``: Okapi BM25 (``k1``, ``b``) with the always-positive idf ``log(1 + (N - n + 0.5) / (n + 0.5))``, over
   lower-cased ``\w+`` words, a small built-in stopword list dropped. Two streaming passes: document frequencies
@@ -27,6 +28,7 @@ Methods:
 The budget counts whitespace-separated words for both methods (the model's tokenizer is not used for it: the
 unit must not depend on the method; WordPiece makes about 1.3 tokens of an English word). Ties are broken by
 document index, so the selection is deterministic. ``<output>.json`` records the method, budget and kept indices.
+``BM25Scorer`` and the streaming are numpy only; ``EmbeddingScorer`` imports torch and transformers when built.
 
     report = select_documents(SelectConfig(Path("train.csv"), Path("corpus.txt"), Path("selected.txt"), tokens=10**6))
 """
@@ -35,20 +37,21 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from bert_domain_ft.corpus.config import SelectConfig
 from bert_domain_ft.corpus.reading import open_corpus_checked
-from bert_domain_ft.corpus.selection_scoring import BM25Scorer, EmbeddingScorer, Scorer
 from bert_domain_ft.corpus.task_files import iter_task_texts
-from bert_domain_ft.errors import UserError, at_location
+from bert_domain_ft.errors import UserError, at_location, first_line
 from bert_domain_ft.files import atomic_output, write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -63,6 +66,148 @@ COPY_CHUNK_BYTES = 1 << 20
 # generous, as memory is cheap here and another scoring pass (an embedding pass above all) is not.
 LIST_SLACK = 4
 LIST_EXTRA = 16
+
+
+EMBEDDED_TOKENS = 256  # of a document's start; fewer if the model has fewer positions
+EMBEDDED_CHARACTERS = 16 * EMBEDDED_TOKENS  # text handed to the tokenizer: always more than 256 tokens' worth
+EMBEDDING_BATCH_TEXTS = 16  # 16 × 256 tokens: attention scores of ~50 MB per layer for a 12-head model
+_WORD = re.compile(r"\w+")
+STOPWORDS = frozenset(
+    "a about after all also am an and any are as at be been being but by can could did do does for from had has "
+    "have he her here him his how i if in into is it its just may me more most my no not of on once only or other "
+    "our out over she should so some such than that the their them then there these they this those through to "
+    "too under up very was we were what when where which while who why will with would you your".split()
+)
+
+
+class Scorer(Protocol):
+    minimum_score: float  # a document scoring at most this is no neighbour of the query
+
+    def score(self, texts: list[str]) -> np.ndarray:
+        """(documents, queries) float64 similarity of each text to each query."""
+        ...
+
+
+def words_for_bm25(text: str, keep_stopwords: bool) -> list[str]:
+    """Lower-cased runs of letters, digits and underscores, the built-in stopwords dropped unless kept."""
+    words = _WORD.findall(text.lower())
+    return words if keep_stopwords else [word for word in words if word not in STOPWORDS]
+
+
+class BM25Scorer:
+    """Okapi BM25 of documents against fixed queries, through the queries' postings (term id → query, count)."""
+
+    minimum_score = 0.0  # no word in common
+
+    def __init__(self, vocabulary: dict[str, int], postings: np.ndarray, num_queries: int, settings: dict[str, Any]):
+        self.vocabulary = vocabulary  # the queries' terms only: nothing else can score
+        # postings: (P, 3) int64 rows (term id, query, count) sorted by term; term_starts is its CSR index.
+        self.term_starts = np.searchsorted(postings[:, 0], np.arange(len(vocabulary) + 1))
+        self.posting_queries = postings[:, 1]
+        self.posting_counts = postings[:, 2].astype(np.float64)
+        self.num_queries = num_queries
+        self.k1, self.b, self.keep_stopwords = settings["k1"], settings["b"], settings["keep_stopwords"]
+        self.idf = np.zeros(len(vocabulary))
+        self.average_length = 1.0
+
+    @classmethod
+    def for_queries(cls, queries: Sequence[str], k1: float, b: float, keep_stopwords: bool) -> BM25Scorer:
+        vocabulary: dict[str, int] = {}
+        postings = []
+        for query, text in enumerate(queries):
+            for term, count in Counter(words_for_bm25(text, keep_stopwords)).items():
+                postings.append((vocabulary.setdefault(term, len(vocabulary)), query, count))
+        table = np.array(sorted(postings), dtype=np.int64).reshape(-1, 3)
+        return cls(vocabulary, table, len(queries), {"k1": k1, "b": b, "keep_stopwords": keep_stopwords})
+
+    def _term_counts(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(document, term id, count) of the query terms in ``texts``, and every text's length in terms."""
+        rows, term_ids, counts, lengths = [], [], [], []
+        for row, text in enumerate(texts):
+            terms = words_for_bm25(text, self.keep_stopwords)
+            lengths.append(len(terms))
+            for term, count in Counter(terms).items():
+                term_id = self.vocabulary.get(term)
+                if term_id is not None:
+                    rows.append(row)
+                    term_ids.append(term_id)
+                    counts.append(count)
+        return (
+            np.array(rows, np.int64),
+            np.array(term_ids, np.int64),
+            np.array(counts, np.float64),
+            np.array(lengths, np.float64),
+        )
+
+    def count_batch(self, texts: list[str]) -> tuple[np.ndarray, int]:
+        """Pass 1: for each query term, how many of ``texts`` hold it; and the texts' total length in terms."""
+        _, term_ids, _, lengths = self._term_counts(texts)
+        return np.bincount(term_ids, minlength=len(self.vocabulary)), int(lengths.sum())
+
+    def set_corpus_statistics(self, document_frequency: np.ndarray, num_documents: int, num_terms: int) -> None:
+        # The "+1 inside the log" idf stays positive for terms in over half the documents (Okapi's may go negative).
+        self.idf = np.log1p((num_documents - document_frequency + 0.5) / (document_frequency + 0.5))
+        self.average_length = max(num_terms / max(num_documents, 1), 1e-9)
+
+    def score(self, texts: list[str]) -> np.ndarray:
+        rows, term_ids, counts, lengths = self._term_counts(texts)
+        norm = self.k1 * (1 - self.b + self.b * lengths[rows] / self.average_length)
+        weights = self.idf[term_ids] * counts * (self.k1 + 1) / (counts + norm)
+        # Each (document, term) meets every query holding the term: expand it along the term's postings.
+        starts = self.term_starts[term_ids]
+        repeats = self.term_starts[term_ids + 1] - starts
+        first_output = np.cumsum(repeats) - repeats
+        positions = np.arange(int(repeats.sum())) + np.repeat(starts - first_output, repeats)
+        cells = np.repeat(rows, repeats) * self.num_queries + self.posting_queries[positions]
+        values = np.repeat(weights, repeats) * self.posting_counts[positions]
+        scores = np.bincount(cells, weights=values, minlength=len(texts) * self.num_queries)
+        return scores.reshape(len(texts), self.num_queries)
+
+
+class EmbeddingScorer:
+    """Cosine similarity of mean-pooled last hidden states (``transformers.AutoModel``), exact (one matmul)."""
+
+    minimum_score = -math.inf  # every document is someone's neighbour
+
+    def __init__(self, bert_model: str, queries: Sequence[str]):
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        from bert_domain_ft.model.loading import usable_positions
+        from bert_domain_ft.model.pretraining import quiet_transformers
+
+        try:
+            with quiet_transformers():
+                self.tokenizer = AutoTokenizer.from_pretrained(bert_model)
+                self.model = AutoModel.from_pretrained(bert_model)
+        except (OSError, ValueError, KeyError) as error:
+            raise UserError(f"{bert_model}: cannot load the model and tokenizer ({first_line(error)})") from None
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model.eval().to(self.device)
+        self.max_tokens = min(EMBEDDED_TOKENS, usable_positions(self.model.config))
+        self.queries = self.embed(list(queries))  # (Q, H) float32, unit length
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """(len(texts), hidden) unit vectors; texts are embedded shortest first to pad little."""
+        import torch
+
+        order = np.argsort([len(text) for text in texts], kind="stable")
+        vectors = np.zeros((len(texts), self.model.config.hidden_size), dtype=np.float32)
+        for start in range(0, len(texts), EMBEDDING_BATCH_TEXTS):
+            chosen = order[start : start + EMBEDDING_BATCH_TEXTS]
+            batch = [texts[index][:EMBEDDED_CHARACTERS] for index in chosen]
+            encoded = self.tokenizer(
+                batch, truncation=True, max_length=self.max_tokens, padding=True, return_tensors="pt"
+            ).to(self.device)
+            with torch.inference_mode():
+                hidden = self.model(**encoded).last_hidden_state.float()  # (B, L, H)
+            mask = encoded["attention_mask"].unsqueeze(-1).float()
+            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+            vectors[chosen] = torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy()
+        return vectors
+
+    def score(self, texts: list[str]) -> np.ndarray:
+        return (self.embed(texts) @ self.queries.T).astype(np.float64)
 
 
 @dataclass

@@ -16,8 +16,7 @@ import pytest
 from bert_domain_ft.cli import main
 from bert_domain_ft.corpus import selection as corpus_selection
 from bert_domain_ft.corpus.config import SelectConfig
-from bert_domain_ft.corpus.selection import query_turns, select_documents
-from bert_domain_ft.corpus.selection_scoring import STOPWORDS, BM25Scorer
+from bert_domain_ft.corpus.selection import STOPWORDS, BM25Scorer, query_turns, select_documents
 from bert_domain_ft.errors import UserError
 
 TOPICS = {
