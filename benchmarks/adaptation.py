@@ -178,7 +178,8 @@ def selected_corpus(task: Task, method: str, work: Path) -> Path:
 
 
 def pregenerated(model: str, name: str, data: dict[str, Any], objective: str, work: Path, seed: int) -> Path:
-    from bert_domain_ft.data.pregenerate import PregenerateConfig, pregenerate
+    from bert_domain_ft.data.config import PregenerateConfig
+    from bert_domain_ft.data.pregenerate import pregenerate
 
     output = work / "data" / f"{name}_{objective}"  # name: the recipe's data (and selection method)
     if not (output / "manifest.json").exists():

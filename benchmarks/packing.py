@@ -16,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from bert_domain_ft.data.config import PregenerateConfig
 from bert_domain_ft.data.document_store import build_document_store
-from bert_domain_ft.data.pregenerate import PregenerateConfig, pregenerate
+from bert_domain_ft.data.pregenerate import pregenerate
 from bert_domain_ft.model.tokenizer import describe_tokenizer, load_tokenizer
 
 

@@ -43,7 +43,8 @@ REPORT = {{"tokens": tokens}}
 
 PREGENERATE = """
 from pathlib import Path
-from bert_domain_ft.data.pregenerate import PregenerateConfig, pregenerate
+from bert_domain_ft.data.config import PregenerateConfig
+from bert_domain_ft.data.pregenerate import pregenerate
 manifest = pregenerate(PregenerateConfig(train_corpus=Path({corpus!r}), output_dir=Path({output!r}), bert_model={model!r},
     epochs_to_generate={epochs}, max_seq_len=128, reduce_memory={reduce}, num_workers={workers}, overwrite=True,
     show_progress=False))

@@ -1,4 +1,4 @@
-"""The corpus stage: text in, in the corpus format (one sentence per line, a blank line between documents). Torch-free to import.
+"""The corpus stage: text in, in the corpus format (a sentence a line, blank lines between documents). No torch.
 
 config              the settings of prepare, check, select and tokenizer (one dataclass each)
 reading             streaming the corpus format, and finding and reading ``prepare``'s raw inputs

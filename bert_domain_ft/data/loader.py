@@ -324,6 +324,5 @@ class BatchPrefetcher:
         self.close()
 
 
-collate_pregenerated = (
-    collate_rows  # old name, still imported by evaluation/heldout.py: remove once it uses collate_rows
-)
+# The old name, still imported by evaluation/heldout.py: remove once it imports collate_rows.
+collate_pregenerated = collate_rows
