@@ -240,12 +240,12 @@ def build_optimization(
 
 
 def _evaluator_of(
-    evaluation_set: EpochArrays, names_from: Path, config: FinetuneConfig, device: torch.device
+    evaluation_set: EpochArrays, names_from: Path, batch_size: int, device: torch.device, dtype: torch.dtype | None
 ) -> Evaluator:
-    """The evaluator of one held-out set (logits only at masked positions); several corpora: results per corpus."""
-    autocast_dtype = torch.bfloat16 if config.bf16 else torch.float16 if config.fp16 else None
+    """The evaluator of one held-out set (logits only at masked positions, autocast to ``dtype`` when given);
+    several corpora: results per corpus, named by the manifest in ``names_from``."""
     names = corpus_names(read_manifest(names_from), 0) or None
-    return build_evaluator(evaluation_set, config.eval_batch_size, device, autocast_dtype, names=names)
+    return build_evaluator(evaluation_set, batch_size, device, dtype, names=names)
 
 
 def build_evaluation(
@@ -258,10 +258,13 @@ def build_evaluation(
     """
     if not config.do_eval:
         return None
+    dtype = torch.bfloat16 if config.bf16 else torch.float16 if config.fp16 else None
     evaluate = None
     holdout = open_holdout(config.holdout_data or data_dir, verify_checksum=config.verify_checksums)
     if holdout is not None:
-        evaluate = _evaluator_of(holdout, config.holdout_data or data_dir, config, context.device)
+        evaluate = _evaluator_of(
+            holdout, config.holdout_data or data_dir, config.eval_batch_size, context.device, dtype
+        )
     if config.general_holdout is None:
         return evaluate
     if context.is_main:  # a corpus file is pregenerated once, by rank 0; the others wait for it
@@ -271,4 +274,4 @@ def build_evaluation(
     directory = general_holdout_directory(config.general_holdout, config.output_dir)
     fingerprint = describe_tokenizer(tokenizer, str(config.tokenizer or config.bert_model)).vocab_fingerprint
     general = open_general_holdout(directory, fingerprint, verify_checksum=config.verify_checksums)
-    return with_general(evaluate, _evaluator_of(general, directory, config, context.device))
+    return with_general(evaluate, _evaluator_of(general, directory, config.eval_batch_size, context.device, dtype))
