@@ -65,172 +65,9 @@ from bert_domain_ft.model.tokenizer import TokenizerFacts, describe_tokenizer, l
 logger = logging.getLogger(__name__)
 
 STORE_DIRECTORY = "document_store.partial"
-
-
-def resolve_objective(requested: str, model: str | None, facts: TokenizerFacts) -> str:
-    """ "auto" means NSP for a BERT with a trained NSP head (the only family that has one), MLM for everything
-    else: other families, and BERT encoders saved without their pretraining heads (``FRESH_NSP_HEAD_NOTE``)."""
-    if requested != "auto":
-        return requested
-    model_config = read_model_config(model)
-    if model_config is not None:
-        is_bert = model_config.get("model_type") == "bert"
-    else:
-        is_bert = facts.continuation_prefix is not None  # no model yet: a WordPiece tokenizer means a BERT
-    if not is_bert:
-        logger.info("objective: masked LM only (this model has no next-sentence-prediction head)")
-        return "mlm"
-    if has_trained_nsp_head(model) is False:
-        logger.info("objective: masked LM only: %s; --objective nsp trains it anyway", FRESH_NSP_HEAD_NOTE)
-        return "mlm"
-    return "nsp"
-
-
-def _split_documents(
-    store: DocumentStore, holdout_fraction: float, seed: int, corpora: list[tuple[str, Path]]
-) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Per corpus, training and held-out document indices (ascending); held-out ones chosen by seed. The task
-    corpus is all training: it is small, and TAPT means training on all of it (it is not the domain to measure)."""
-    assert store.corpus_document_offsets is not None
-    training, held_out = [], []
-    for corpus, (name, path) in enumerate(corpora):
-        first, end = (int(value) for value in store.corpus_document_offsets[corpus : corpus + 2])
-        everything = np.arange(first, end, dtype=np.int64)
-        fraction = 0.0 if name == TASK_CORPUS_NAME else holdout_fraction
-        count = int(round(len(everything) * fraction))
-        if fraction > 0 and (count < 2 or len(everything) - count < 2):
-            raise UserError(
-                f"{path}: {len(everything)} documents cannot give {holdout_fraction:.0%} held out with at least two "
-                "documents on each side (NSP needs two); change --holdout_fraction or add documents"
-            )
-        rng = np.random.default_rng([seed, epoch_writer.HOLDOUT_STREAM, corpus])
-        chosen = np.sort(first + rng.choice(len(everything), size=count, replace=False))
-        training.append(np.setdiff1d(everything, chosen))
-        held_out.append(chosen)
-    return training, held_out
-
-
-_worker_context: GenerationContext | None = None
-
-
-def _run_in_worker(task: ShardTask) -> dict[str, Any]:
-    assert _worker_context is not None
-    return epoch_writer.run_shard(task, _worker_context)
-
-
-def _run_tasks(tasks: list[ShardTask], context: GenerationContext, num_workers: int) -> Iterator[dict[str, Any]]:
-    """Results in task order; forked workers inherit ``context`` (memmaps included) instead of pickling it."""
-    global _worker_context
-    _worker_context = context
-    if num_workers == 1 or "fork" not in multiprocessing.get_all_start_methods():
-        if num_workers > 1:
-            logger.warning("this platform cannot fork: generating in one process")
-        for task in tasks:
-            yield epoch_writer.run_shard(task, context)
-        return
-    with multiprocessing.get_context("fork").Pool(num_workers) as pool:
-        yield from pool.imap(_run_in_worker, tasks)
-
-
 EPOCH_ORDER_KEY = 7  # seed-sequence word for the per-epoch document order of "mlm" packing
 
-
-def _shard_tasks(
-    context: GenerationContext, copies: dict[int, int], output_dir: Path, name: str, stream: int, epoch: int
-) -> list[ShardTask]:
-    """The shards of one epoch, corpus by corpus. "nsp" walks documents in corpus order (pairs are local to a
-    document); "mlm" packs documents in an order drawn per epoch, so sequences differ from epoch to epoch. A
-    corpus in ``copies`` (the task) is made that many times in training epochs, each copy from its own random
-    streams (shard numbers continue across copies), so every copy has its own pairs and masks."""
-    token_counts = context.store.document_token_counts()
-    partial = epoch_writer.fresh_partial_directory(output_dir / name)
-    tasks: list[ShardTask] = []
-    for pool_stream, corpus in context.pools:
-        if pool_stream != stream:
-            continue
-        repeats = copies.get(corpus, 1) if stream == epoch_writer.TRAINING_STREAM else 1
-        for copy in range(repeats):
-            tasks.extend(_corpus_shards(context, token_counts, partial, (stream, epoch, corpus, copy), len(tasks)))
-    return tasks
-
-
-def _corpus_shards(
-    context: GenerationContext,
-    token_counts: np.ndarray,
-    partial: Path,
-    job: tuple[int, int, int, int],
-    first_shard: int,
-) -> list[ShardTask]:
-    """The shards of one copy of one corpus in one epoch, ``job`` = (stream, epoch, corpus, copy), numbered from
-    ``first_shard`` in the epoch; copy 0 is exactly what a run without copies makes."""
-    stream, epoch, corpus, copy = job
-    documents = context.pools[(stream, corpus)].documents
-    packed = context.recipe.objective == "mlm"
-    if packed:
-        order_seed = [context.masking.seed, stream, epoch, corpus, EPOCH_ORDER_KEY] + ([copy] if copy else [])
-        documents = np.random.default_rng(order_seed).permutation(documents)
-    cuts = epoch_writer.shard_boundaries(context.store, documents)
-    per_copy = len(cuts) - 1
-    tasks: list[ShardTask] = []
-    for index, (first, end) in enumerate(zip(cuts[:-1], cuts[1:])):
-        tasks.append(
-            ShardTask(
-                directory=partial,
-                stream=stream,
-                epoch=epoch,
-                shard=first_shard + index,
-                first_position=first,
-                end_position=end,
-                num_tokens=int(token_counts[documents[first:end]].sum()),
-                documents=documents[first:end] if packed else None,
-                corpus=corpus,
-                corpus_shard=copy * per_copy + index,
-            )  # fmt: skip
-        )
-    return tasks
-
-
-def _log_statistics(name: str, statistics: dict[str, Any]) -> None:
-    parts = [f"{statistics['num_instances']} instances", f"packing fill {100 * statistics['packing_fill']:.1f}%"]
-    if statistics["random_next_fraction"] is not None:
-        parts.append(f"random next {100 * statistics['random_next_fraction']:.1f}%")
-    if statistics["mean_masked_per_instance"] is not None:
-        parts.append(f"{statistics['mean_masked_per_instance']:.1f} masked tokens per instance")
-    logger.info("%s: %s", name, ", ".join(parts))
-
-
-def _generate(
-    context: GenerationContext,
-    jobs: list[tuple[str, int, int]],
-    copies: dict[int, int],
-    output_dir: Path,
-    num_workers: int,
-    show_progress: bool,
-) -> dict[str, dict[str, Any]]:
-    """Run every (directory name, stream, epoch) job; returns statistics by directory name."""
-    tasks_per_job = [_shard_tasks(context, copies, output_dir, *job) for job in jobs]
-    statistics: dict[str, dict[str, Any]] = {}
-    results = _run_tasks([task for tasks in tasks_per_job for task in tasks], context, num_workers)
-    total_tokens = sum(task.num_tokens for tasks in tasks_per_job for task in tasks)
-    with tqdm(total=total_tokens, unit="tok", unit_scale=True, disable=not show_progress) as bar:
-        for (name, stream, epoch), tasks in zip(jobs, tasks_per_job):
-            bar.set_description(f"generating {name}")
-            for _ in tasks:
-                bar.update(next(results)["tokens"])
-            final = output_dir / name
-            extra = {"epoch": epoch if stream == epoch_writer.TRAINING_STREAM else None}
-            statistics[name] = epoch_writer.assemble_epoch(
-                final.with_name(name + ".partial"), final, len(tasks), _array_names(context, stream),
-                context.recipe.layout.max_seq_len, extra,
-            )  # fmt: skip
-            _log_statistics(name, statistics[name])
-    return statistics
-
-
-def _array_names(context: GenerationContext, stream: int) -> tuple[str, ...]:
-    """The arrays of an epoch of ``stream``: the held-out set always has its masks stored."""
-    static = not context.dynamic_masking or stream == epoch_writer.HOLDOUT_STREAM
-    return array_names(context.recipe.objective, "static" if static else "dynamic", context.several_corpora)
+_worker_context: GenerationContext | None = None  # what forked workers inherit (``_run_tasks``)
 
 
 def pregenerate(config: PregenerateConfig) -> dict[str, Any]:
@@ -260,15 +97,23 @@ def pregenerate(config: PregenerateConfig) -> dict[str, Any]:
         return _write_output(config, tokenizer, facts, objective)
 
 
-def _write_task_corpus(
-    corpora: list[tuple[str, Path]], task_data: Path | None, text_column: str, output_dir: Path
-) -> tuple[list[tuple[str, Path]], TaskCorpusStats | None]:
-    """The named corpora to generate from: the user's, then the task's texts written into the output directory."""
-    if task_data is None:
-        return corpora, None
-    path = output_dir / TASK_CORPUS_FILE
-    stats = write_task_corpus(task_data, text_column, path)
-    return [*corpora, (TASK_CORPUS_NAME, path)], stats
+def resolve_objective(requested: str, model: str | None, facts: TokenizerFacts) -> str:
+    """ "auto" means NSP for a BERT with a trained NSP head (the only family that has one), MLM for everything
+    else: other families, and BERT encoders saved without their pretraining heads (``FRESH_NSP_HEAD_NOTE``)."""
+    if requested != "auto":
+        return requested
+    model_config = read_model_config(model)
+    if model_config is not None:
+        is_bert = model_config.get("model_type") == "bert"
+    else:
+        is_bert = facts.continuation_prefix is not None  # no model yet: a WordPiece tokenizer means a BERT
+    if not is_bert:
+        logger.info("objective: masked LM only (this model has no next-sentence-prediction head)")
+        return "mlm"
+    if has_trained_nsp_head(model) is False:
+        logger.info("objective: masked LM only: %s; --objective nsp trains it anyway", FRESH_NSP_HEAD_NOTE)
+        return "mlm"
+    return "nsp"
 
 
 def _write_output(config: PregenerateConfig, tokenizer: Any, facts: TokenizerFacts, objective: str) -> dict[str, Any]:
@@ -308,6 +153,17 @@ def _write_output(config: PregenerateConfig, tokenizer: Any, facts: TokenizerFac
     if work != final_output:
         publish(work, final_output)
     return manifest
+
+
+def _write_task_corpus(
+    corpora: list[tuple[str, Path]], task_data: Path | None, text_column: str, output_dir: Path
+) -> tuple[list[tuple[str, Path]], TaskCorpusStats | None]:
+    """The named corpora to generate from: the user's, then the task's texts written into the output directory."""
+    if task_data is None:
+        return corpora, None
+    path = output_dir / TASK_CORPUS_FILE
+    stats = write_task_corpus(task_data, text_column, path)
+    return [*corpora, (TASK_CORPUS_NAME, path)], stats
 
 
 def _log_long_lines(corpora: list[tuple[str, Path]], store: DocumentStore, max_sentence_tokens: int | None) -> None:
@@ -350,29 +206,6 @@ def _generation_context(
         seed=config.seed,
     )
     return GenerationContext(store, store_directory, {}, recipe, masking, config.dynamic_masking)
-
-
-def _document_pools(
-    store: DocumentStore, training: list[np.ndarray], held_out: list[np.ndarray]
-) -> dict[tuple[int, int], DocumentPool]:
-    """The pool of every (stream, corpus): each corpus's training documents, and its held-out ones if any."""
-    pools = {}
-    for corpus, (training_documents, held_out_documents) in enumerate(zip(training, held_out)):
-        pools[(epoch_writer.TRAINING_STREAM, corpus)] = DocumentPool.from_documents(store, training_documents)
-        if len(held_out_documents):
-            pools[(epoch_writer.HOLDOUT_STREAM, corpus)] = DocumentPool.from_documents(store, held_out_documents)
-    return pools
-
-
-def _kept_epochs(output_dir: Path, wanted: list[tuple[str, int, int]]) -> dict[str, dict[str, Any]]:
-    """Statistics of the wanted epochs an interrupted run completed (``--resume`` keeps them)."""
-    kept = {}
-    for name, _, _ in wanted:
-        done = epoch_writer.read_complete_epoch(output_dir / name)
-        if done is not None:
-            kept[name] = done
-            logger.info("%s: complete from the interrupted run, kept", name)
-    return kept
 
 
 def _generate_all(
@@ -430,6 +263,187 @@ def _generate_all(
     return manifest
 
 
+def _split_documents(
+    store: DocumentStore, holdout_fraction: float, seed: int, corpora: list[tuple[str, Path]]
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per corpus, training and held-out document indices (ascending); held-out ones chosen by seed. The task
+    corpus is all training: it is small, and TAPT means training on all of it (it is not the domain to measure)."""
+    assert store.corpus_document_offsets is not None
+    training, held_out = [], []
+    for corpus, (name, path) in enumerate(corpora):
+        first, end = (int(value) for value in store.corpus_document_offsets[corpus : corpus + 2])
+        everything = np.arange(first, end, dtype=np.int64)
+        fraction = 0.0 if name == TASK_CORPUS_NAME else holdout_fraction
+        count = int(round(len(everything) * fraction))
+        if fraction > 0 and (count < 2 or len(everything) - count < 2):
+            raise UserError(
+                f"{path}: {len(everything)} documents cannot give {holdout_fraction:.0%} held out with at least two "
+                "documents on each side (NSP needs two); change --holdout_fraction or add documents"
+            )
+        rng = np.random.default_rng([seed, epoch_writer.HOLDOUT_STREAM, corpus])
+        chosen = np.sort(first + rng.choice(len(everything), size=count, replace=False))
+        training.append(np.setdiff1d(everything, chosen))
+        held_out.append(chosen)
+    return training, held_out
+
+
+def _document_pools(
+    store: DocumentStore, training: list[np.ndarray], held_out: list[np.ndarray]
+) -> dict[tuple[int, int], DocumentPool]:
+    """The pool of every (stream, corpus): each corpus's training documents, and its held-out ones if any."""
+    pools = {}
+    for corpus, (training_documents, held_out_documents) in enumerate(zip(training, held_out)):
+        pools[(epoch_writer.TRAINING_STREAM, corpus)] = DocumentPool.from_documents(store, training_documents)
+        if len(held_out_documents):
+            pools[(epoch_writer.HOLDOUT_STREAM, corpus)] = DocumentPool.from_documents(store, held_out_documents)
+    return pools
+
+
+def _mixing(
+    context: GenerationContext,
+    training: list[np.ndarray],
+    training_tokens: np.ndarray,
+    sampling_exponent: float,
+    task_share: float | None,
+) -> tuple[np.ndarray, dict[int, int]]:
+    """Sampling probabilities of the corpora, and the copies per epoch of the task corpus (the last), which takes
+    ``task_share`` of the draws (None: no task corpus)."""
+    if task_share is None:
+        return sampling_probabilities(training_tokens, sampling_exponent), {}
+    seed = context.masking.seed
+    rates = np.array([instances_per_token(context.store, documents, context.recipe, seed) for documents in training])
+    probabilities, copies = plan_task_mixing(training_tokens, rates, sampling_exponent, task_share)
+    return probabilities, {len(training) - 1: copies}
+
+
+def _kept_epochs(output_dir: Path, wanted: list[tuple[str, int, int]]) -> dict[str, dict[str, Any]]:
+    """Statistics of the wanted epochs an interrupted run completed (``--resume`` keeps them)."""
+    kept = {}
+    for name, _, _ in wanted:
+        done = epoch_writer.read_complete_epoch(output_dir / name)
+        if done is not None:
+            kept[name] = done
+            logger.info("%s: complete from the interrupted run, kept", name)
+    return kept
+
+
+def _generate(
+    context: GenerationContext,
+    jobs: list[tuple[str, int, int]],
+    copies: dict[int, int],
+    output_dir: Path,
+    num_workers: int,
+    show_progress: bool,
+) -> dict[str, dict[str, Any]]:
+    """Run every (directory name, stream, epoch) job; returns statistics by directory name."""
+    tasks_per_job = [_shard_tasks(context, copies, output_dir, *job) for job in jobs]
+    statistics: dict[str, dict[str, Any]] = {}
+    results = _run_tasks([task for tasks in tasks_per_job for task in tasks], context, num_workers)
+    total_tokens = sum(task.num_tokens for tasks in tasks_per_job for task in tasks)
+    with tqdm(total=total_tokens, unit="tok", unit_scale=True, disable=not show_progress) as bar:
+        for (name, stream, epoch), tasks in zip(jobs, tasks_per_job):
+            bar.set_description(f"generating {name}")
+            for _ in tasks:
+                bar.update(next(results)["tokens"])
+            final = output_dir / name
+            extra = {"epoch": epoch if stream == epoch_writer.TRAINING_STREAM else None}
+            statistics[name] = epoch_writer.assemble_epoch(
+                final.with_name(name + ".partial"), final, len(tasks), _array_names(context, stream),
+                context.recipe.layout.max_seq_len, extra,
+            )  # fmt: skip
+            _log_statistics(name, statistics[name])
+    return statistics
+
+
+def _array_names(context: GenerationContext, stream: int) -> tuple[str, ...]:
+    """The arrays of an epoch of ``stream``: the held-out set always has its masks stored."""
+    static = not context.dynamic_masking or stream == epoch_writer.HOLDOUT_STREAM
+    return array_names(context.recipe.objective, "static" if static else "dynamic", context.several_corpora)
+
+
+def _shard_tasks(
+    context: GenerationContext, copies: dict[int, int], output_dir: Path, name: str, stream: int, epoch: int
+) -> list[ShardTask]:
+    """The shards of one epoch, corpus by corpus. "nsp" walks documents in corpus order (pairs are local to a
+    document); "mlm" packs documents in an order drawn per epoch, so sequences differ from epoch to epoch. A
+    corpus in ``copies`` (the task) is made that many times in training epochs, each copy from its own random
+    streams (shard numbers continue across copies), so every copy has its own pairs and masks."""
+    token_counts = context.store.document_token_counts()
+    partial = epoch_writer.fresh_partial_directory(output_dir / name)
+    tasks: list[ShardTask] = []
+    for pool_stream, corpus in context.pools:
+        if pool_stream != stream:
+            continue
+        repeats = copies.get(corpus, 1) if stream == epoch_writer.TRAINING_STREAM else 1
+        for copy in range(repeats):
+            tasks.extend(_corpus_shards(context, token_counts, partial, (stream, epoch, corpus, copy), len(tasks)))
+    return tasks
+
+
+def _corpus_shards(
+    context: GenerationContext,
+    token_counts: np.ndarray,
+    partial: Path,
+    job: tuple[int, int, int, int],
+    first_shard: int,
+) -> list[ShardTask]:
+    """The shards of one copy of one corpus in one epoch, ``job`` = (stream, epoch, corpus, copy), numbered from
+    ``first_shard`` in the epoch; copy 0 is exactly what a run without copies makes."""
+    stream, epoch, corpus, copy = job
+    documents = context.pools[(stream, corpus)].documents
+    packed = context.recipe.objective == "mlm"
+    if packed:
+        order_seed = [context.masking.seed, stream, epoch, corpus, EPOCH_ORDER_KEY] + ([copy] if copy else [])
+        documents = np.random.default_rng(order_seed).permutation(documents)
+    cuts = epoch_writer.shard_boundaries(context.store, documents)
+    per_copy = len(cuts) - 1
+    tasks: list[ShardTask] = []
+    for index, (first, end) in enumerate(zip(cuts[:-1], cuts[1:])):
+        tasks.append(
+            ShardTask(
+                directory=partial,
+                stream=stream,
+                epoch=epoch,
+                shard=first_shard + index,
+                first_position=first,
+                end_position=end,
+                num_tokens=int(token_counts[documents[first:end]].sum()),
+                documents=documents[first:end] if packed else None,
+                corpus=corpus,
+                corpus_shard=copy * per_copy + index,
+            )  # fmt: skip
+        )
+    return tasks
+
+
+def _run_tasks(tasks: list[ShardTask], context: GenerationContext, num_workers: int) -> Iterator[dict[str, Any]]:
+    """Results in task order; forked workers inherit ``context`` (memmaps included) instead of pickling it."""
+    global _worker_context
+    _worker_context = context
+    if num_workers == 1 or "fork" not in multiprocessing.get_all_start_methods():
+        if num_workers > 1:
+            logger.warning("this platform cannot fork: generating in one process")
+        for task in tasks:
+            yield epoch_writer.run_shard(task, context)
+        return
+    with multiprocessing.get_context("fork").Pool(num_workers) as pool:
+        yield from pool.imap(_run_in_worker, tasks)
+
+
+def _run_in_worker(task: ShardTask) -> dict[str, Any]:
+    assert _worker_context is not None
+    return epoch_writer.run_shard(task, _worker_context)
+
+
+def _log_statistics(name: str, statistics: dict[str, Any]) -> None:
+    parts = [f"{statistics['num_instances']} instances", f"packing fill {100 * statistics['packing_fill']:.1f}%"]
+    if statistics["random_next_fraction"] is not None:
+        parts.append(f"random next {100 * statistics['random_next_fraction']:.1f}%")
+    if statistics["mean_masked_per_instance"] is not None:
+        parts.append(f"{statistics['mean_masked_per_instance']:.1f} masked tokens per instance")
+    logger.info("%s: %s", name, ", ".join(parts))
+
+
 def _corpus_entries(
     corpora: list[tuple[str, Path]],
     store: DocumentStore,
@@ -475,20 +489,3 @@ def _holdout_entry(held_out: list[np.ndarray], statistics: dict[str, Any]) -> di
         "num_instances": statistics["num_instances"],
         "statistics": statistics,
     }
-
-
-def _mixing(
-    context: GenerationContext,
-    training: list[np.ndarray],
-    training_tokens: np.ndarray,
-    sampling_exponent: float,
-    task_share: float | None,
-) -> tuple[np.ndarray, dict[int, int]]:
-    """Sampling probabilities of the corpora, and the copies per epoch of the task corpus (the last), which takes
-    ``task_share`` of the draws (None: no task corpus)."""
-    if task_share is None:
-        return sampling_probabilities(training_tokens, sampling_exponent), {}
-    seed = context.masking.seed
-    rates = np.array([instances_per_token(context.store, documents, context.recipe, seed) for documents in training])
-    probabilities, copies = plan_task_mixing(training_tokens, rates, sampling_exponent, task_share)
-    return probabilities, {len(training) - 1: copies}
