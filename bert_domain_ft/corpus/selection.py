@@ -80,6 +80,311 @@ STOPWORDS = frozenset(
 )
 
 
+@dataclass
+class SelectionReport:
+    """What ``select`` kept; ``queries_*`` describe how many documents each task text added."""
+
+    method: str
+    budget_words: int
+    documents_total: int = 0
+    documents_kept: int = 0
+    words_total: int = 0
+    words_kept: int = 0
+    queries: int = 0
+    queries_with_neighbours: int = 0
+    queries_without_match: int = 0  # BM25: no word in common with any document
+    documents_per_query: tuple[int, int, float] = (0, 0, 0.0)  # min, max, mean added by one query
+    candidates_per_query: int = 0  # the k each query's ranked list was cut at
+    scoring_passes: int = 0
+    seconds: float = 0.0
+    kept_document_indices: list[int] = field(default_factory=list)  # 0-based, in corpus order
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def format(self) -> str:
+        low, high, mean = self.documents_per_query
+        rows = [
+            ("documents kept", f"{self.documents_kept:,} / {self.documents_total:,}"),
+            ("words kept", f"{self.words_kept:,} (budget {self.budget_words:,} of {self.words_total:,})"),
+            ("task texts with neighbours", f"{self.queries_with_neighbours:,} / {self.queries:,}"),
+            ("documents per task text", f"min {low}, mean {mean:.1f}, max {high}"),
+            ("task texts without any match", f"{self.queries_without_match:,}"),
+            ("seconds", f"{self.seconds:.1f} ({self.scoring_passes} scoring pass(es))"),
+        ]
+        width = max(len(name) for name, _ in rows)
+        return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
+
+def select_documents(config: SelectConfig) -> SelectionReport:
+    """Write the corpus documents nearest to the task's texts to ``config.output``; see the module docstring."""
+    started = time.perf_counter()
+    _check_output_free(config.output, config.overwrite)
+    open_corpus_checked(config.corpus)
+    queries = [row.text for row in iter_task_texts(config.task_data, config.text_column)]
+    if config.method == "bm25":
+        scorer: Scorer = BM25Scorer.for_queries(queries, config.k1, config.b, config.keep_stopwords)
+    else:
+        assert config.bert_model is not None
+        scorer = EmbeddingScorer(config.bert_model, queries)
+    totals = _count_corpus(config.corpus, scorer, config.show_progress)
+    if totals.documents == 0:
+        raise UserError(at_location(config.corpus, None, "holds no document with text; nothing to select from"))
+    budget_words = config.tokens or math.ceil((config.fraction or 1.0) * totals.words)
+    expected_documents = budget_words / max(totals.words / max(totals.documents, 1), 1.0)
+    k = min(totals.documents, math.ceil(LIST_SLACK * expected_documents / len(queries)) + LIST_EXTRA)
+    lists, choice, k, passes = _choose(
+        config.corpus, scorer, len(queries), totals.documents, budget_words, k, config.seed, config.show_progress
+    )
+    _write_documents(config.corpus, config.output, choice)
+    added = choice.added_per_query
+    report = SelectionReport(
+        method=config.method,
+        budget_words=budget_words,
+        documents_total=totals.documents,
+        documents_kept=len(choice.taken),
+        words_total=totals.words,
+        words_kept=choice.words,
+        queries=len(queries),
+        queries_with_neighbours=int((added > 0).sum()),
+        queries_without_match=int((lists.entries[:, 0, 0] < 0).sum()),
+        documents_per_query=(int(added.min()), int(added.max()), float(added.mean())),
+        candidates_per_query=k,
+        scoring_passes=passes,
+        kept_document_indices=sorted(choice.taken),
+    )
+    report.seconds = time.perf_counter() - started
+    settings = {"task_data": str(config.task_data), "corpus": str(config.corpus), "tokens": config.tokens}
+    settings |= {"fraction": config.fraction, "bert_model": config.bert_model, "k1": config.k1, "b": config.b}
+    settings |= {"keep_stopwords": config.keep_stopwords, "seed": config.seed}
+    write_json_atomic(_sidecar(config.output), {"method": config.method, **settings, **report.to_json()})
+    return report
+
+
+def _check_output_free(output: Path, overwrite: bool) -> None:
+    if overwrite:
+        return
+    for path in (output, _sidecar(output)):
+        if path.exists():
+            raise UserError(at_location(path, None, "already exists; pass --overwrite or choose another --output"))
+
+
+def _sidecar(output: Path) -> Path:
+    return output.with_name(output.name + ".json")
+
+
+@dataclass
+class _CorpusTotals:
+    documents: int = 0
+    words: int = 0
+
+
+def _count_corpus(corpus: Path, scorer: Scorer, show_progress: bool) -> _CorpusTotals:
+    """Pass 1: documents and words; for BM25 also the queries' document frequencies and the mean length."""
+    totals = _CorpusTotals()
+    frequency, terms = None, 0
+    batches = _iter_batches(corpus, COUNTING_BATCH_DOCUMENTS, "counting", show_progress)
+    for batch in batches:
+        totals.documents += len(batch.texts)
+        totals.words += int(batch.words.sum())
+        if isinstance(scorer, BM25Scorer):
+            batch_frequency, batch_terms = scorer.count_batch(batch.texts)
+            frequency = batch_frequency if frequency is None else frequency + batch_frequency
+            terms += batch_terms
+    if isinstance(scorer, BM25Scorer) and frequency is not None:
+        scorer.set_corpus_statistics(frequency, totals.documents, terms)
+    return totals
+
+
+def _choose(
+    corpus: Path,
+    scorer: Scorer,
+    queries: int,
+    documents: int,
+    budget_words: int,
+    k: int,
+    seed: int,
+    show_progress: bool,
+) -> tuple[_RankedLists, _Choice, int, int]:
+    """Rank with ``k`` candidates per task text, deepening the lists until the round robin fills the budget (or
+    the memory bound stops it); returns the lists, the choice, the final k and the number of scoring passes."""
+    passes = 0
+    while True:
+        lists = _rank(corpus, scorer, queries, k, show_progress)
+        passes += 1
+        deeper = min(4 * k, documents)
+        exact = deeper > k and queries * deeper <= MAX_CANDIDATES
+        choice = _round_robin(lists, budget_words, query_turns(queries, seed), exact)
+        if choice is not None:
+            break
+        logger.info("a task text ran out of its %d candidates before the budget was filled: k=%d", k, deeper)
+        k = deeper
+    if queries * 4 * k > MAX_CANDIDATES and choice.words < budget_words:
+        logger.warning("ranked lists cut at %d documents per task text (memory bound); the budget may be unfilled", k)
+    return lists, choice, k, passes
+
+
+def _rank(corpus: Path, scorer: Scorer, num_queries: int, k: int, show_progress: bool) -> _RankedLists:
+    """Pass 2: score every document against every query, keeping each query's ``k`` best."""
+    lists = _RankedLists(num_queries, k)
+    if isinstance(scorer, BM25Scorer):
+        batch_documents = max(16, min(4096, SCORES_PER_BATCH // num_queries))
+    else:
+        batch_documents = EMBEDDING_BATCH_DOCUMENTS
+    for batch in _iter_batches(corpus, batch_documents, f"scoring (k={k})", show_progress):
+        lists.add(batch, scorer.score(batch.texts), scorer.minimum_score)
+    return lists
+
+
+class _RankedLists:
+    """Each query's ``k`` best documents so far, best first (ties: lower document index first); -1 pads."""
+
+    def __init__(self, num_queries: int, k: int):
+        self.k = k
+        self.scores = np.full((num_queries, k), -np.inf)
+        # document index, byte offset, byte length, words: one (Q, k, 4) table so they move together
+        self.entries = np.full((num_queries, k, 4), -1, dtype=np.int64)
+
+    def add(self, batch: _Batch, scores: np.ndarray, minimum_score: float) -> None:
+        """Merge a batch's (documents, queries) ``scores`` in; only rows that gain a document are touched."""
+        by_query = scores.T  # (Q, B)
+        gains = (by_query > self.scores[:, -1:]) & (by_query > minimum_score)
+        rows = np.flatnonzero(gains.any(axis=1))
+        if len(rows) == 0:
+            return
+        size = len(batch.texts)
+        indices = np.arange(batch.first_index, batch.first_index + size)
+        batch_entries = np.stack([indices, batch.offsets, batch.lengths, batch.words], axis=1)  # (B, 4)
+        merged_scores = np.concatenate([self.scores[rows], np.where(gains[rows], by_query[rows], -np.inf)], axis=1)
+        merged = np.concatenate([self.entries[rows], np.broadcast_to(batch_entries, (len(rows), size, 4))], axis=1)
+        order = np.lexsort((merged[:, :, 0], -merged_scores), axis=-1)[:, : self.k]
+        self.scores[rows] = np.take_along_axis(merged_scores, order, axis=1)
+        kept = np.take_along_axis(merged, order[:, :, None], axis=1)
+        kept[~np.isfinite(self.scores[rows])] = -1
+        self.entries[rows] = kept
+
+
+def query_turns(num_queries: int, seed: int) -> np.ndarray:
+    """The order in which task texts take their turn in every round: a fixed random permutation, so that a task
+    file sorted by label does not let its first class take the whole budget."""
+    return np.random.default_rng(seed).permutation(num_queries)
+
+
+@dataclass
+class _Choice:
+    taken: dict[int, tuple[int, int, int]]  # document index → (byte offset, byte length, words)
+    words: int
+    added_per_query: np.ndarray  # (Q,) documents each query added
+
+
+def _round_robin(lists: _RankedLists, budget_words: int, turns: np.ndarray, exact: bool) -> _Choice | None:
+    """In rounds, each query (in ``turns`` order) takes its best untaken document, until the budget is reached.
+
+    None when ``exact`` and a query's cut list ran dry before that: its later neighbours are unknown.
+    """
+    documents = lists.entries[:, :, 0]
+    taken: dict[int, tuple[int, int, int]] = {}
+    added = np.zeros(len(documents), dtype=np.int64)
+    cursors = np.zeros(len(documents), dtype=np.int64)
+    words = 0
+    active = [int(query) for query in turns if documents[query, 0] >= 0]
+    while active and words < budget_words:
+        still_active = []
+        for query in active:
+            if words >= budget_words:
+                break
+            row, cursor = documents[query], int(cursors[query])
+            while cursor < lists.k and row[cursor] >= 0 and int(row[cursor]) in taken:
+                cursor += 1
+            if cursor == lists.k or row[cursor] < 0:
+                if exact and cursor == lists.k:
+                    return None
+                continue
+            _, offset, length, document_words = (int(value) for value in lists.entries[query, cursor])
+            taken[int(row[cursor])] = (offset, length, document_words)
+            words += document_words
+            added[query] += 1
+            cursors[query] = cursor + 1
+            still_active.append(query)
+        active = still_active
+    return _Choice(taken, words, added)
+
+
+def _write_documents(corpus: Path, output: Path, choice: _Choice) -> None:
+    """Copy the chosen documents by offset, in corpus order, a blank line between them, atomically."""
+    with atomic_output(output) as target, open(corpus, "rb") as source:
+        for number, index in enumerate(sorted(choice.taken)):
+            offset, remaining, _ = choice.taken[index]
+            target.write(b"\n" if number else b"")
+            source.seek(offset)
+            last = b""
+            while remaining > 0:
+                chunk = source.read(min(COPY_CHUNK_BYTES, remaining))
+                if not chunk:
+                    raise UserError(at_location(corpus, None, "changed while documents were selected; run again"))
+                target.write(chunk)
+                remaining -= len(chunk)
+                last = chunk[-1:]
+            target.write(b"" if last == b"\n" else b"\n")  # the corpus's last line may lack its line end
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """Consecutive corpus documents: their byte spans (first line start to last line end), words and text."""
+
+    first_index: int
+    offsets: np.ndarray  # (B,) int64
+    lengths: np.ndarray  # (B,) int64 bytes
+    words: np.ndarray  # (B,) int64 whitespace-separated words
+    texts: list[str]
+
+
+def _iter_batches(path: Path, batch_documents: int, description: str, show_progress: bool) -> Iterator[_Batch]:
+    """The corpus in batches of whole documents, streamed, with a progress bar over bytes."""
+    open_corpus_checked(path)
+    spans: list[tuple[int, int, int]] = []
+    texts: list[str] = []
+    lines: list[str] = []
+    start = end = position = first_index = batch_characters = 0
+    progress = tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc=description, disable=not show_progress)
+    with progress, open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            line_start, position = position, position + len(raw)
+            progress.update(len(raw))
+            if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw, line_start = raw[3:], 3
+            try:
+                text = raw.decode("utf-8").strip()
+            except UnicodeDecodeError as error:
+                problem = f"byte {error.start + 1} of this line is not valid UTF-8; re-encode the corpus as UTF-8"
+                raise UserError(at_location(path, number, problem)) from None
+            if text:
+                start = start if lines else line_start
+                lines.append(text)
+                end = position
+            elif lines:
+                joined = " ".join(lines)
+                spans.append((start, end - start, len(joined.split())))
+                texts.append(joined)
+                lines = []
+                batch_characters += len(joined)
+                if len(texts) == batch_documents or batch_characters >= BATCH_CHARACTERS:
+                    yield _make_batch(first_index, spans, texts)
+                    first_index += len(texts)
+                    spans, texts, batch_characters = [], [], 0
+        if lines:
+            joined = " ".join(lines)
+            spans.append((start, end - start, len(joined.split())))
+            texts.append(joined)
+        if texts:
+            yield _make_batch(first_index, spans, texts)
+
+
+def _make_batch(first_index: int, spans: list[tuple[int, int, int]], texts: list[str]) -> _Batch:
+    offsets, lengths, words = np.array(spans, dtype=np.int64).reshape(-1, 3).T
+    return _Batch(first_index, offsets, lengths, words, texts)
+
+
 class Scorer(Protocol):
     minimum_score: float  # a document scoring at most this is no neighbour of the query
 
@@ -208,308 +513,3 @@ class EmbeddingScorer:
 
     def score(self, texts: list[str]) -> np.ndarray:
         return (self.embed(texts) @ self.queries.T).astype(np.float64)
-
-
-@dataclass
-class SelectionReport:
-    """What ``select`` kept; ``queries_*`` describe how many documents each task text added."""
-
-    method: str
-    budget_words: int
-    documents_total: int = 0
-    documents_kept: int = 0
-    words_total: int = 0
-    words_kept: int = 0
-    queries: int = 0
-    queries_with_neighbours: int = 0
-    queries_without_match: int = 0  # BM25: no word in common with any document
-    documents_per_query: tuple[int, int, float] = (0, 0, 0.0)  # min, max, mean added by one query
-    candidates_per_query: int = 0  # the k each query's ranked list was cut at
-    scoring_passes: int = 0
-    seconds: float = 0.0
-    kept_document_indices: list[int] = field(default_factory=list)  # 0-based, in corpus order
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def format(self) -> str:
-        low, high, mean = self.documents_per_query
-        rows = [
-            ("documents kept", f"{self.documents_kept:,} / {self.documents_total:,}"),
-            ("words kept", f"{self.words_kept:,} (budget {self.budget_words:,} of {self.words_total:,})"),
-            ("task texts with neighbours", f"{self.queries_with_neighbours:,} / {self.queries:,}"),
-            ("documents per task text", f"min {low}, mean {mean:.1f}, max {high}"),
-            ("task texts without any match", f"{self.queries_without_match:,}"),
-            ("seconds", f"{self.seconds:.1f} ({self.scoring_passes} scoring pass(es))"),
-        ]
-        width = max(len(name) for name, _ in rows)
-        return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
-
-
-@dataclass(frozen=True)
-class _Batch:
-    """Consecutive corpus documents: their byte spans (first line start to last line end), words and text."""
-
-    first_index: int
-    offsets: np.ndarray  # (B,) int64
-    lengths: np.ndarray  # (B,) int64 bytes
-    words: np.ndarray  # (B,) int64 whitespace-separated words
-    texts: list[str]
-
-
-def _iter_batches(path: Path, batch_documents: int, description: str, show_progress: bool) -> Iterator[_Batch]:
-    """The corpus in batches of whole documents, streamed, with a progress bar over bytes."""
-    open_corpus_checked(path)
-    spans: list[tuple[int, int, int]] = []
-    texts: list[str] = []
-    lines: list[str] = []
-    start = end = position = first_index = batch_characters = 0
-    progress = tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc=description, disable=not show_progress)
-    with progress, open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            line_start, position = position, position + len(raw)
-            progress.update(len(raw))
-            if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                raw, line_start = raw[3:], 3
-            try:
-                text = raw.decode("utf-8").strip()
-            except UnicodeDecodeError as error:
-                problem = f"byte {error.start + 1} of this line is not valid UTF-8; re-encode the corpus as UTF-8"
-                raise UserError(at_location(path, number, problem)) from None
-            if text:
-                start = start if lines else line_start
-                lines.append(text)
-                end = position
-            elif lines:
-                joined = " ".join(lines)
-                spans.append((start, end - start, len(joined.split())))
-                texts.append(joined)
-                lines = []
-                batch_characters += len(joined)
-                if len(texts) == batch_documents or batch_characters >= BATCH_CHARACTERS:
-                    yield _make_batch(first_index, spans, texts)
-                    first_index += len(texts)
-                    spans, texts, batch_characters = [], [], 0
-        if lines:
-            joined = " ".join(lines)
-            spans.append((start, end - start, len(joined.split())))
-            texts.append(joined)
-        if texts:
-            yield _make_batch(first_index, spans, texts)
-
-
-def _make_batch(first_index: int, spans: list[tuple[int, int, int]], texts: list[str]) -> _Batch:
-    offsets, lengths, words = np.array(spans, dtype=np.int64).reshape(-1, 3).T
-    return _Batch(first_index, offsets, lengths, words, texts)
-
-
-class _RankedLists:
-    """Each query's ``k`` best documents so far, best first (ties: lower document index first); -1 pads."""
-
-    def __init__(self, num_queries: int, k: int):
-        self.k = k
-        self.scores = np.full((num_queries, k), -np.inf)
-        # document index, byte offset, byte length, words: one (Q, k, 4) table so they move together
-        self.entries = np.full((num_queries, k, 4), -1, dtype=np.int64)
-
-    def add(self, batch: _Batch, scores: np.ndarray, minimum_score: float) -> None:
-        """Merge a batch's (documents, queries) ``scores`` in; only rows that gain a document are touched."""
-        by_query = scores.T  # (Q, B)
-        gains = (by_query > self.scores[:, -1:]) & (by_query > minimum_score)
-        rows = np.flatnonzero(gains.any(axis=1))
-        if len(rows) == 0:
-            return
-        size = len(batch.texts)
-        indices = np.arange(batch.first_index, batch.first_index + size)
-        batch_entries = np.stack([indices, batch.offsets, batch.lengths, batch.words], axis=1)  # (B, 4)
-        merged_scores = np.concatenate([self.scores[rows], np.where(gains[rows], by_query[rows], -np.inf)], axis=1)
-        merged = np.concatenate([self.entries[rows], np.broadcast_to(batch_entries, (len(rows), size, 4))], axis=1)
-        order = np.lexsort((merged[:, :, 0], -merged_scores), axis=-1)[:, : self.k]
-        self.scores[rows] = np.take_along_axis(merged_scores, order, axis=1)
-        kept = np.take_along_axis(merged, order[:, :, None], axis=1)
-        kept[~np.isfinite(self.scores[rows])] = -1
-        self.entries[rows] = kept
-
-
-@dataclass
-class _Choice:
-    taken: dict[int, tuple[int, int, int]]  # document index → (byte offset, byte length, words)
-    words: int
-    added_per_query: np.ndarray  # (Q,) documents each query added
-
-
-def query_turns(num_queries: int, seed: int) -> np.ndarray:
-    """The order in which task texts take their turn in every round: a fixed random permutation, so that a task
-    file sorted by label does not let its first class take the whole budget."""
-    return np.random.default_rng(seed).permutation(num_queries)
-
-
-def _round_robin(lists: _RankedLists, budget_words: int, turns: np.ndarray, exact: bool) -> _Choice | None:
-    """In rounds, each query (in ``turns`` order) takes its best untaken document, until the budget is reached.
-
-    None when ``exact`` and a query's cut list ran dry before that: its later neighbours are unknown.
-    """
-    documents = lists.entries[:, :, 0]
-    taken: dict[int, tuple[int, int, int]] = {}
-    added = np.zeros(len(documents), dtype=np.int64)
-    cursors = np.zeros(len(documents), dtype=np.int64)
-    words = 0
-    active = [int(query) for query in turns if documents[query, 0] >= 0]
-    while active and words < budget_words:
-        still_active = []
-        for query in active:
-            if words >= budget_words:
-                break
-            row, cursor = documents[query], int(cursors[query])
-            while cursor < lists.k and row[cursor] >= 0 and int(row[cursor]) in taken:
-                cursor += 1
-            if cursor == lists.k or row[cursor] < 0:
-                if exact and cursor == lists.k:
-                    return None
-                continue
-            _, offset, length, document_words = (int(value) for value in lists.entries[query, cursor])
-            taken[int(row[cursor])] = (offset, length, document_words)
-            words += document_words
-            added[query] += 1
-            cursors[query] = cursor + 1
-            still_active.append(query)
-        active = still_active
-    return _Choice(taken, words, added)
-
-
-@dataclass
-class _CorpusTotals:
-    documents: int = 0
-    words: int = 0
-
-
-def _count_corpus(corpus: Path, scorer: Scorer, show_progress: bool) -> _CorpusTotals:
-    """Pass 1: documents and words; for BM25 also the queries' document frequencies and the mean length."""
-    totals = _CorpusTotals()
-    frequency, terms = None, 0
-    batches = _iter_batches(corpus, COUNTING_BATCH_DOCUMENTS, "counting", show_progress)
-    for batch in batches:
-        totals.documents += len(batch.texts)
-        totals.words += int(batch.words.sum())
-        if isinstance(scorer, BM25Scorer):
-            batch_frequency, batch_terms = scorer.count_batch(batch.texts)
-            frequency = batch_frequency if frequency is None else frequency + batch_frequency
-            terms += batch_terms
-    if isinstance(scorer, BM25Scorer) and frequency is not None:
-        scorer.set_corpus_statistics(frequency, totals.documents, terms)
-    return totals
-
-
-def _rank(corpus: Path, scorer: Scorer, num_queries: int, k: int, show_progress: bool) -> _RankedLists:
-    """Pass 2: score every document against every query, keeping each query's ``k`` best."""
-    lists = _RankedLists(num_queries, k)
-    if isinstance(scorer, BM25Scorer):
-        batch_documents = max(16, min(4096, SCORES_PER_BATCH // num_queries))
-    else:
-        batch_documents = EMBEDDING_BATCH_DOCUMENTS
-    for batch in _iter_batches(corpus, batch_documents, f"scoring (k={k})", show_progress):
-        lists.add(batch, scorer.score(batch.texts), scorer.minimum_score)
-    return lists
-
-
-def _write_documents(corpus: Path, output: Path, choice: _Choice) -> None:
-    """Copy the chosen documents by offset, in corpus order, a blank line between them, atomically."""
-    with atomic_output(output) as target, open(corpus, "rb") as source:
-        for number, index in enumerate(sorted(choice.taken)):
-            offset, remaining, _ = choice.taken[index]
-            target.write(b"\n" if number else b"")
-            source.seek(offset)
-            last = b""
-            while remaining > 0:
-                chunk = source.read(min(COPY_CHUNK_BYTES, remaining))
-                if not chunk:
-                    raise UserError(at_location(corpus, None, "changed while documents were selected; run again"))
-                target.write(chunk)
-                remaining -= len(chunk)
-                last = chunk[-1:]
-            target.write(b"" if last == b"\n" else b"\n")  # the corpus's last line may lack its line end
-
-
-def _check_output_free(output: Path, overwrite: bool) -> None:
-    if overwrite:
-        return
-    for path in (output, _sidecar(output)):
-        if path.exists():
-            raise UserError(at_location(path, None, "already exists; pass --overwrite or choose another --output"))
-
-
-def _sidecar(output: Path) -> Path:
-    return output.with_name(output.name + ".json")
-
-
-def _choose(
-    corpus: Path,
-    scorer: Scorer,
-    queries: int,
-    documents: int,
-    budget_words: int,
-    k: int,
-    seed: int,
-    show_progress: bool,
-) -> tuple[_RankedLists, _Choice, int, int]:
-    """Rank with ``k`` candidates per task text, deepening the lists until the round robin fills the budget (or
-    the memory bound stops it); returns the lists, the choice, the final k and the number of scoring passes."""
-    passes = 0
-    while True:
-        lists = _rank(corpus, scorer, queries, k, show_progress)
-        passes += 1
-        deeper = min(4 * k, documents)
-        exact = deeper > k and queries * deeper <= MAX_CANDIDATES
-        choice = _round_robin(lists, budget_words, query_turns(queries, seed), exact)
-        if choice is not None:
-            break
-        logger.info("a task text ran out of its %d candidates before the budget was filled: k=%d", k, deeper)
-        k = deeper
-    if queries * 4 * k > MAX_CANDIDATES and choice.words < budget_words:
-        logger.warning("ranked lists cut at %d documents per task text (memory bound); the budget may be unfilled", k)
-    return lists, choice, k, passes
-
-
-def select_documents(config: SelectConfig) -> SelectionReport:
-    """Write the corpus documents nearest to the task's texts to ``config.output``; see the module docstring."""
-    started = time.perf_counter()
-    _check_output_free(config.output, config.overwrite)
-    open_corpus_checked(config.corpus)
-    queries = [row.text for row in iter_task_texts(config.task_data, config.text_column)]
-    if config.method == "bm25":
-        scorer: Scorer = BM25Scorer.for_queries(queries, config.k1, config.b, config.keep_stopwords)
-    else:
-        assert config.bert_model is not None
-        scorer = EmbeddingScorer(config.bert_model, queries)
-    totals = _count_corpus(config.corpus, scorer, config.show_progress)
-    if totals.documents == 0:
-        raise UserError(at_location(config.corpus, None, "holds no document with text; nothing to select from"))
-    budget_words = config.tokens or math.ceil((config.fraction or 1.0) * totals.words)
-    expected_documents = budget_words / max(totals.words / max(totals.documents, 1), 1.0)
-    k = min(totals.documents, math.ceil(LIST_SLACK * expected_documents / len(queries)) + LIST_EXTRA)
-    lists, choice, k, passes = _choose(
-        config.corpus, scorer, len(queries), totals.documents, budget_words, k, config.seed, config.show_progress
-    )
-    _write_documents(config.corpus, config.output, choice)
-    added = choice.added_per_query
-    report = SelectionReport(
-        method=config.method,
-        budget_words=budget_words,
-        documents_total=totals.documents,
-        documents_kept=len(choice.taken),
-        words_total=totals.words,
-        words_kept=choice.words,
-        queries=len(queries),
-        queries_with_neighbours=int((added > 0).sum()),
-        queries_without_match=int((lists.entries[:, 0, 0] < 0).sum()),
-        documents_per_query=(int(added.min()), int(added.max()), float(added.mean())),
-        candidates_per_query=k,
-        scoring_passes=passes,
-        kept_document_indices=sorted(choice.taken),
-    )
-    report.seconds = time.perf_counter() - started
-    settings = {"task_data": str(config.task_data), "corpus": str(config.corpus), "tokens": config.tokens}
-    settings |= {"fraction": config.fraction, "bert_model": config.bert_model, "k1": config.k1, "b": config.b}
-    settings |= {"keep_stopwords": config.keep_stopwords, "seed": config.seed}
-    write_json_atomic(_sidecar(config.output), {"method": config.method, **settings, **report.to_json()})
-    return report
