@@ -129,6 +129,9 @@ def load_pretraining_model(name_or_path: str) -> LoadedModel:
     return LoadedModel(model=model, fresh_heads=fresh)
 
 
+# ---------------------------------------------------------------------------------------- losses and their statistics
+
+
 def gather_masked_hidden(
     sequence_output: torch.Tensor, masked_positions: torch.Tensor, masked_labels: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -179,6 +182,8 @@ def head_parameters(model: nn.Module, heads: tuple[str, ...]) -> list[nn.Paramet
             selected += list(model.bert.pooler.parameters())
     return selected
 
+
+# ---------------------------------------------------------------------------- the masked-LM head of each architecture
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
 _VERIFY_TOLERANCE = 1e-4  # float32 logits of the same computation in another order agree far closer than this
@@ -351,6 +356,8 @@ def has_nsp_head(model: nn.Module) -> bool:
     return hasattr(getattr(model, "cls", None), "seq_relationship") and hasattr(model, "bert")
 
 
+# ------------------------------------------------------------------------ the projection fused with the cross-entropy
+
 CHUNK_ROWS = 128  # masked tokens per chunk: 128 × 30522 floats = 16 MB of logits at a time
 
 
@@ -501,6 +508,9 @@ class _DecoderCrossEntropy(torch.autograd.Function):
             None,
             None,
         )
+
+
+# ---------------------------------------------------------------------------------------------------- the entry point
 
 
 def _fused_masked_lm(head: MaskedLMHead, hidden: torch.Tensor, labels: torch.Tensor) -> PretrainingOutput:
