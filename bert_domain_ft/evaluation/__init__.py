@@ -3,7 +3,7 @@
 config        the settings of evaluate and probe
 heldout       masked-LM (and NSP) loss, perplexity and accuracy on a held-out epoch, per corpus
 evaluate      ``evaluate``: a model against pregenerated held-out data or a corpus; the general held-out set
+plots         a run's training curves as one PNG, and the charts' shared matplotlib plumbing
 probe_report  probe results: paired t intervals, tables, JSON and a bar chart
 probe         ``probe``: a classifier fine-tuned from each model, per seed, scored on the test sentences
-plots         a run's training curves as one PNG
 """

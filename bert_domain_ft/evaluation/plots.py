@@ -32,7 +32,7 @@ PLOT_FILE = "training_curves.png"
 SMOOTHING_WINDOW_FRACTION = 0.05  # moving-average window as a fraction of the logged training points
 _FIGURE_SIZE_INCHES = (12.0, 8.0)
 GENERAL_LABEL = "general held-out"  # the --general_holdout curves ("general_*" keys): forgetting shows there
-_DPI = 110
+DPI = 110  # of every chart the package draws
 
 
 @dataclass
@@ -111,14 +111,23 @@ def moving_average(values: np.ndarray, window: int) -> np.ndarray:
     return (cumulative[ends] - cumulative[starts]) / (ends - starts)
 
 
-def _import_figure() -> Any:
+def matplotlib_figure(needed_by: str = "plotting", alternative: str = "") -> Any:
+    """matplotlib's ``Figure`` class (the Agg canvas: no display, no pyplot state), or a ``UserError`` saying that
+    ``needed_by`` needs it and how to install it (``alternative``: another way out, appended)."""
     try:
         from matplotlib.figure import Figure
     except ImportError:
         raise UserError(
-            "plotting needs matplotlib, which is not installed; run `pip install bert_domain_ft[plot]`"
+            f"{needed_by} needs matplotlib, which is not installed; run `pip install bert_domain_ft[plot]`{alternative}"
         ) from None
     return Figure
+
+
+def png_bytes(figure: Any) -> bytes:
+    """A matplotlib figure rendered as PNG (at the figure's own dpi)."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
 
 
 def _plot_train(axes: Any, steps: np.ndarray, values: np.ndarray, label: str, color: str) -> None:
@@ -217,16 +226,14 @@ def _draw_accuracy_and_rate(grid: Any, metrics: RunMetrics) -> None:
 
 def draw_run(metrics: RunMetrics, title: str) -> bytes:
     """The 2×2 figure of a run as PNG bytes."""
-    figure_class = _import_figure()
-    figure = figure_class(figsize=_FIGURE_SIZE_INCHES, dpi=_DPI, layout="constrained")
+    figure_class = matplotlib_figure()
+    figure = figure_class(figsize=_FIGURE_SIZE_INCHES, dpi=DPI, layout="constrained")
     grid = figure.subplots(2, 2)
     _draw_losses(grid, metrics)
     _draw_accuracy_and_rate(grid, metrics)
     last_step = max([record["step"] for record in metrics.train + metrics.evaluations])
     figure.suptitle(f"{title} — {int(last_step):,} optimizer steps")
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    return buffer.getvalue()
+    return png_bytes(figure)
 
 
 def plot_run(run_dir: Path, output: Path | None = None) -> Path:

@@ -19,7 +19,6 @@ the optional ``plot`` extra. No torch here.
 
 from __future__ import annotations
 
-import io
 import math
 import statistics
 from collections.abc import Sequence
@@ -27,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bert_domain_ft.errors import UserError
 from bert_domain_ft.evaluation.heldout import render_table
+from bert_domain_ft.evaluation.plots import DPI, matplotlib_figure, png_bytes
 from bert_domain_ft.files import write_bytes_atomic, write_json_atomic
 
 CONFIDENCE = 0.95
@@ -216,7 +215,6 @@ def _sample_std(values: Sequence[float]) -> float:
 
 
 _FIGURE_HEIGHT_INCHES = 4.5
-_DPI = 110
 _MAX_LABEL_CHARACTERS = 28  # longer model names are shortened from the left in the chart
 
 
@@ -285,15 +283,8 @@ def write_probe_json(path: Path, results: Sequence[ProbeResult]) -> None:
 
 
 def require_matplotlib() -> Any:
-    """matplotlib's ``Figure`` class, or a ``UserError`` saying how to install it."""
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise UserError(
-            "the probe's chart needs matplotlib, which is not installed; run `pip install bert_domain_ft[plot]` "
-            "or leave the chart out with --no_plot"
-        ) from None
-    return Figure
+    """matplotlib's ``Figure`` class, or a ``UserError`` saying how to install it (or do without the chart)."""
+    return matplotlib_figure("the probe's chart", " or leave the chart out with --no_plot")
 
 
 def _short(label: str) -> str:
@@ -313,7 +304,7 @@ def draw_probe_chart(results: Sequence[ProbeResult], subtitle: str = "") -> byte
     """Grouped bars (accuracy, macro-F1, in %) per model with ± one standard deviation over seeds, as PNG bytes."""
     figure_class = require_matplotlib()
     width_inches = max(6.0, 1.6 * len(results) + 2.0)
-    figure = figure_class(figsize=(width_inches, _FIGURE_HEIGHT_INCHES), dpi=_DPI, layout="constrained")
+    figure = figure_class(figsize=(width_inches, _FIGURE_HEIGHT_INCHES), dpi=DPI, layout="constrained")
     axes = figure.subplots()
     positions = list(range(len(results)))
     bar_width = 0.38
@@ -336,9 +327,7 @@ def draw_probe_chart(results: Sequence[ProbeResult], subtitle: str = "") -> byte
     axes.grid(True, axis="y", alpha=0.3)
     axes.legend(fontsize="small", loc="upper center", ncols=2)
     axes.set_title("Downstream probe" + (f"\n{subtitle}" if subtitle else ""), fontsize="medium")
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    return buffer.getvalue()
+    return png_bytes(figure)
 
 
 def write_probe_plot(path: Path, results: Sequence[ProbeResult], subtitle: str = "") -> Path:
