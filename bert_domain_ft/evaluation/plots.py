@@ -1,11 +1,11 @@
 """Training curves of a finetune run as one PNG: MLM loss, NSP loss, accuracies and learning rate against steps.
 
-Reads ``metrics.jsonl`` of a run directory (one JSON object a line: ``"kind": "train"`` records with step, lr,
-mlm_loss, mlm_acc, nsp_loss, nsp_acc; ``"kind": "eval"`` records with step and the held-out metrics of
-``bert_domain_ft.evaluation.heldout``, the general held-out set's as ``general_*``, drawn beside the domain's;
-``"kind": "head_warmup"`` records of the heads-only phase, drawn left of step 0;
-``"kind": "probe"`` records of the downstream probe, drawn with the accuracies). matplotlib is an optional extra, imported only here and only when plotting, and
-drawn with the Agg canvas (no display, no global pyplot state).
+Reads ``metrics.jsonl`` of a run directory (one JSON object a line): ``"kind": "train"`` records (step, lr,
+mlm_loss, mlm_acc, nsp_loss, nsp_acc); ``"kind": "eval"`` records with the held-out metrics of ``heldout``, the
+general held-out set's as ``general_*``, drawn beside the domain's; ``"kind": "head_warmup"`` records of the
+heads-only phase, drawn left of step 0; ``"kind": "probe"`` records of the downstream probe, drawn with the
+accuracies. matplotlib is an optional extra, imported only when drawing (``matplotlib_figure``, which the probe's
+chart uses too) and drawn with the Agg canvas (no display, no global pyplot state).
 
     png_path = plot_run(Path("finetuned_lm"))   # -> finetuned_lm/training_curves.png
 """
