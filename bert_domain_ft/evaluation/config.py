@@ -97,12 +97,12 @@ class ProbeConfig:
         default=None, metadata={"flag": "plot", "metavar": "FILE", "cli_default": DEFAULT_PROBE_PLOT}
     )
     """Also draw a bar chart with error bars into this PNG (needs matplotlib; the command line draws probe.png)."""
-    no_plot: bool = False
-    """Draw no chart whatever ``plot_output`` says (then no matplotlib is needed)."""
     no_cuda: bool = False
     """Stay on the CPU even when a GPU is available."""
     show_progress: bool = field(default=True, metadata={"flag": "no_progress"})
     """tqdm progress bars."""
+    no_plot: bool = False
+    """Draw no chart whatever ``plot_output`` says (then no matplotlib is needed)."""
 
     def __post_init__(self) -> None:
         self.models = [str(model) for model in self.models]
