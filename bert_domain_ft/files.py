@@ -42,6 +42,8 @@ import numpy as np
 
 from bert_domain_ft.errors import UserError
 
+logger = logging.getLogger(__name__)
+
 TEMPORARY_SUFFIX = ".partial"
 
 
@@ -281,8 +283,6 @@ try:  # POSIX only; elsewhere the JSON body and the pid check are the lock
     import fcntl
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
-
-logger = logging.getLogger(__name__)
 
 LOCK_SUFFIX = ".lock"
 _ATTEMPTS = 5  # a lock file removed and recreated under us between open and flock: retry this many times

@@ -32,6 +32,8 @@ from bert_domain_ft.data.document_store import DocumentStore
 from bert_domain_ft.data.instances import DocumentPool, InstanceRecipe, create_pair_spans, pack_documents
 from bert_domain_ft.errors import UserError
 
+logger = logging.getLogger(__name__)
+
 
 def sampling_probabilities(sizes: np.ndarray, exponent: float) -> np.ndarray:
     """p_i ∝ (n_i / Σn)^exponent, renormalised to sum to 1."""
@@ -94,8 +96,6 @@ def mixed_order(
         order[where] = indices[np.arange(len(where)) % len(indices)]
     return order
 
-
-logger = logging.getLogger(__name__)
 
 MAX_TASK_COPIES = 1000  # copies of the task text per epoch at most (each one shard at least: bounds the work)
 TASK_SAMPLE_TEXTS = 1000  # task texts the tokenizer check looks at
