@@ -351,7 +351,7 @@ def masked_lm_head(model: nn.Module) -> MaskedLMHead | None:
     return head
 
 
-def has_nsp_head(model: nn.Module) -> bool:
+def _has_nsp_head(model: nn.Module) -> bool:
     """Whether ``model`` is a BERT with a next-sentence-prediction head (``BertForPreTraining``)."""
     return hasattr(getattr(model, "cls", None), "seq_relationship") and hasattr(model, "bert")
 
@@ -558,7 +558,7 @@ def pretraining_losses(
         output = _fused_masked_lm(head, hidden, labels)
     else:
         output = PretrainingOutput.from_mlm_logits(head.logits(hidden), labels)
-    if with_nsp and "next_sentence_label" in batch and has_nsp_head(model):
+    if with_nsp and "next_sentence_label" in batch and _has_nsp_head(model):
         pooled = model.bert.pooler(encoded[0]) if frozen_encoder else encoded[1]
         add_nsp_statistics(output, model, pooled, batch["next_sentence_label"])
     return output

@@ -127,7 +127,7 @@ class PretrainingObjective(nn.Module):
         return pretraining_losses(self.model, batch, self.with_nsp, fused=not frozen, frozen_encoder=frozen)
 
 
-def distributed(module: nn.Module, context: DistributedContext) -> nn.Module:
+def ddp_wrapped(module: nn.Module, context: DistributedContext) -> nn.Module:
     """``module`` DDP-wrapped when there are several processes (over the parameters that require gradients now)."""
     if not context.is_distributed:
         return module
@@ -373,7 +373,7 @@ class TrainingLoop:
         optimizer = build_optimizer(groups, rate, settings.adam_epsilon, self.context.device)
         # LambdaLR scales the peak rate of the groups: the rate of step k is warmup_learning_rate(k, steps, rate).
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_learning_rate(step, steps, 1.0))
-        objective = distributed(PretrainingObjective(model, with_nsp, frozen_encoder=True), self.context)
+        objective = ddp_wrapped(PretrainingObjective(model, with_nsp, frozen_encoder=True), self.context)
         return Phase(objective, optimizer, scheduler, parameters, MetricsWindow(self.context.device))
 
     def _run_head_warmup(self, plan: HeadWarmupPlan, with_nsp: bool) -> None:

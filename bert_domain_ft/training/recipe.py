@@ -47,7 +47,7 @@ from bert_domain_ft.training.loop import (
     PretrainingObjective,
     TrainingLoop,
     TrainingSetup,
-    distributed,
+    ddp_wrapped,
     run_finished,
     settings_from,
     total_optimizer_steps,
@@ -225,7 +225,7 @@ def _setup_objective(loaded: LoadedModel, context: DistributedContext, with_nsp:
         # MLM-only data leaves the NSP head unused; freezing it keeps it out of the optimizer and of DDP.
         for parameter in head_parameters(loaded.model, ("nsp",)):
             parameter.requires_grad_(False)
-    return distributed(PretrainingObjective(loaded.model, with_nsp=with_nsp), context)
+    return ddp_wrapped(PretrainingObjective(loaded.model, with_nsp=with_nsp), context)
 
 
 def _setup_anchor(model: torch.nn.Module, fresh_heads: tuple[str, ...], weight: float, device: torch.device):

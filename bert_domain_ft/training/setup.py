@@ -79,8 +79,8 @@ def check_data_matches_model(
                 f"{where}: the data uses {name} {data[name]} but the tokenizer of {model_name} uses "
                 f"{getattr(model_facts, name)}; pregenerate the data again with --bert_model {model_name}"
             )
-    check_lengths(where, manifest, model_name, max_positions, model_vocab_size, model_facts.vocab_size)
-    check_format(where, manifest)
+    _check_lengths(where, manifest, model_name, max_positions, model_vocab_size, model_facts.vocab_size)
+    _check_format(where, manifest)
 
 
 def check_tokenizer_matches_model(
@@ -98,7 +98,7 @@ def check_tokenizer_matches_model(
     )
 
 
-def check_lengths(
+def _check_lengths(
     where: Path, manifest: dict[str, Any], model_name: str, max_positions: int, model_vocab: int, tokenizer_vocab: int
 ) -> None:
     max_seq_len = int(manifest["max_seq_len"])
@@ -114,7 +114,7 @@ def check_lengths(
         )
 
 
-def check_format(where: Path, manifest: dict[str, Any]) -> None:
+def _check_format(where: Path, manifest: dict[str, Any]) -> None:
     if manifest.get("objective") not in SUPPORTED_OBJECTIVES:
         raise UserError(
             f"{where}: objective {manifest.get('objective')!r} is not one of {SUPPORTED_OBJECTIVES}; "
