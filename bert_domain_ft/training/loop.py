@@ -169,6 +169,8 @@ class Phase:
     window: MetricsWindow  # sums since the phase's last record
     health: StepHealth | None = None  # the NaN stop and the fp16 skipped-step accounting (main phase)
     anchor: ParameterAnchor | None = None  # pulled towards after each step taken
+    grad_norm: torch.Tensor | None = None  # of the step just taken (None without clipping)
+    learning_rate: float = 0.0  # of the step just taken (the scheduler has already moved on)
 
 
 def total_optimizer_steps(source: EpochSource, settings: LoopSettings, world_size: int) -> int:
@@ -271,8 +273,6 @@ class TrainingLoop:
         self.position = TrainingPosition()
         self.last_saved_step = -1
         self.last_evaluated_step = -1
-        self.last_grad_norm: torch.Tensor | None = None
-        self.last_learning_rate = 0.0  # of the step just taken (the scheduler has already moved on)
         self.progress: tqdm | None = None
 
     # ------------------------------------------------------------------------------------------ the step code
@@ -311,20 +311,18 @@ class TrainingLoop:
     def _optimizer_step(self, phase: Phase) -> None:
         precision, optimizer, health = self.setup.precision, phase.optimizer, phase.health
         precision.unscale(optimizer)
-        grad_norm = None
         if self.settings.max_grad_norm > 0:
-            grad_norm = torch.nn.utils.clip_grad_norm_(phase.clipped, self.settings.max_grad_norm)
+            phase.grad_norm = torch.nn.utils.clip_grad_norm_(phase.clipped, self.settings.max_grad_norm)
         step = self.position.global_step + 1
         if health is not None:
-            self.last_grad_norm = grad_norm
-            health.check_before_step(step, grad_norm)
+            health.check_before_step(step, phase.grad_norm)
         taken = precision.step(optimizer)
         if taken and phase.anchor is not None:  # decoupled like weight decay: at this step's rate, skipped with it
             phase.anchor.pull(optimizer.param_groups, self.settings.anchor_weight)
         if health is not None:
             health.after_step(step, taken=taken)
         # The peak rate (with --layerwise_lr_decay the lower layers' groups run at a fraction of it).
-        self.last_learning_rate = max(float(group["lr"]) for group in optimizer.param_groups)
+        phase.learning_rate = max(float(group["lr"]) for group in optimizer.param_groups)
         phase.scheduler.step()
         optimizer.zero_grad(set_to_none=True)
 
@@ -402,9 +400,9 @@ class TrainingLoop:
         summary = phase.window.summary(self.context)  # a collective call: every process gets here
         # "step" is the main schedule's (0: before it), so resuming, which drops records after its step, keeps these.
         record = {"kind": "head_warmup", "phase": "head_warmup", "step": 0, "warmup_step": step}
-        record.update({"warmup_steps": steps, "lr": self.last_learning_rate, **summary})
+        record.update({"warmup_steps": steps, "lr": phase.learning_rate, **summary})
         self.setup.metrics.append(record)
-        bar.set_postfix({"mlm": f"{summary['mlm_loss']:.3f}", "lr": f"{self.last_learning_rate:.2e}"}, refresh=False)
+        bar.set_postfix({"mlm": f"{summary['mlm_loss']:.3f}", "lr": f"{phase.learning_rate:.2e}"}, refresh=False)
         phase.window.reset()
 
     # --------------------------------------------------------------------------------------- the main phase
@@ -487,11 +485,11 @@ class TrainingLoop:
     def _report(self) -> None:
         window, health = self.main.window, self.main.health
         summary = window.summary(self.context)  # a collective call: every process gets here
-        learning_rate = self.last_learning_rate
+        learning_rate = self.main.learning_rate
         record = {"kind": "train", "step": self.position.global_step, "epoch": self._epoch_progress()}
         record.update({"lr": learning_rate, **summary})
-        if self.last_grad_norm is not None:
-            record["grad_norm"] = float(self.last_grad_norm)
+        if self.main.grad_norm is not None:
+            record["grad_norm"] = float(self.main.grad_norm)
         if self.setup.precision.scaler is not None and health is not None:  # fp16: skips since the last record
             record["skipped_steps"] = health.take_window_skips()
         if self.setup.anchor is not None and self.context.is_main:  # one pass over the weights: logging steps only
