@@ -185,19 +185,20 @@ def _train(config: TokenizerTrainingConfig, scan: CorpusScan) -> Any:
     return tokenizer
 
 
-def transformers_files(config: TokenizerTrainingConfig) -> dict[str, dict[str, Any]]:
-    """tokenizer_config.json and special_tokens_map.json as transformers 5 writes them (4 reads them too)."""
-    spec = KIND_SPECS[config.kind]
+def transformers_files(kind: str, lowercase: bool, model_max_length: int) -> dict[str, dict[str, Any]]:
+    """tokenizer_config.json and special_tokens_map.json of a ``kind`` tokenizer as transformers 5 writes them (4
+    reads them too)."""
+    spec = KIND_SPECS[kind]
     settings: dict[str, Any] = {"backend": "tokenizers", "tokenizer_class": spec.tokenizer_class}
-    if config.kind == "wordpiece":
+    if kind == "wordpiece":
         # BertTokenizer rebuilds its normaliser from these: without do_lower_case it would lower-case.
-        settings.update(do_lower_case=config.lowercase, strip_accents=None, tokenize_chinese_chars=True)
-    elif config.kind == "bpe":
+        settings.update(do_lower_case=lowercase, strip_accents=None, tokenize_chinese_chars=True)
+    elif kind == "bpe":
         settings.update(add_prefix_space=False, trim_offsets=True, errors="replace")
     else:
         settings.update(add_prefix_space=True)
     settings.update(spec.roles)
-    settings["model_max_length"] = config.model_max_length
+    settings["model_max_length"] = model_max_length
     return {"tokenizer_config.json": settings, "special_tokens_map.json": dict(spec.roles)}
 
 
@@ -227,7 +228,7 @@ def _write_directory(config: TokenizerTrainingConfig, tokenizer: Any, scan: Corp
             tokenizer.save(str(partial / "tokenizer.json"), pretty=True)
             if config.kind != "unigram":  # vocab.txt (BERT) or vocab.json + merges.txt (RoBERTa): for other tools
                 tokenizer.model.save(str(partial))
-        for name, value in transformers_files(config).items():
+        for name, value in transformers_files(config.kind, config.lowercase, config.model_max_length).items():
             write_json_atomic(partial / name, value)
         record = {key: str(value) if isinstance(value, Path) else value for key, value in asdict(config).items()}
         record.update(sentences=scan.sentences, trained_vocab_size=tokenizer.get_vocab_size(with_added_tokens=True))
