@@ -125,18 +125,20 @@ def _evaluate_directory(config: EvaluateConfig, directory: Path, epoch: int | No
     )
 
 
-def _pregenerate_corpus(config: EvaluateConfig, output_dir: Path) -> None:
-    assert config.corpus is not None
+def _pregenerate_corpus(
+    corpus: Path, model: str, tokenizer: str | None, max_seq_len: int, output_dir: Path, show_progress: bool
+) -> None:
+    """One epoch of ``corpus`` for ``model`` (or ``tokenizer``), with the fixed ``EVALUATION_SEED``."""
     pregenerate(
         PregenerateConfig(
-            train_corpus=config.corpus,
+            train_corpus=corpus,
             output_dir=output_dir,
-            bert_model=config.model,
-            tokenizer=config.tokenizer,
+            bert_model=model,
+            tokenizer=tokenizer,
             epochs_to_generate=1,
-            max_seq_len=config.max_seq_len,
+            max_seq_len=max_seq_len,
             seed=EVALUATION_SEED,
-            show_progress=config.show_progress,
+            show_progress=show_progress,
         )
     )
 
@@ -148,8 +150,12 @@ def evaluate_model(config: EvaluateConfig) -> EvaluationResult:
         source = {"data": str(config.data), "set": "holdout" if config.epoch is None else f"epoch {config.epoch}"}
     else:
         with tempfile.TemporaryDirectory(prefix="bert_domain_ft_evaluate_") as temporary:
-            _pregenerate_corpus(config, Path(temporary) / "pregenerated")
-            result = _evaluate_directory(config, Path(temporary) / "pregenerated", epoch=0)
+            assert config.corpus is not None
+            directory = Path(temporary) / "pregenerated"
+            _pregenerate_corpus(
+                config.corpus, config.model, config.tokenizer, config.max_seq_len, directory, config.show_progress
+            )
+            result = _evaluate_directory(config, directory, epoch=0)
         source = {"corpus": str(config.corpus), "seed": EVALUATION_SEED, "max_seq_len": config.max_seq_len}
     if config.json_output is not None:
         write_json_atomic(config.json_output, {"model": config.model, **source, **result.to_json()})
