@@ -139,8 +139,10 @@ def _write_output(config: PregenerateConfig, tokenizer: Any, facts: TokenizerFac
             paths, tokenizer, facts, store_directory, config.show_progress, max_sentence_tokens
         )
         _log_long_lines(corpora, store, max_sentence_tokens)
-        context = _generation_context(config, objective, store, store_directory, tokenizer, facts)
-        manifest = _generate_all(config, corpora, context, facts, record, task_stats)
+        split = _split_documents(store, config.holdout_fraction, config.seed, corpora)
+        pools = _document_pools(store, *split)
+        context = _generation_context(config, objective, store, store_directory, pools, tokenizer, facts)
+        manifest = _generate_all(config, corpora, context, split, facts, record, task_stats)
     except BaseException as error:
         written = work / TASK_CORPUS_FILE
         if config.task_data is not None and written.resolve() != config.task_data.resolve():
@@ -188,10 +190,11 @@ def _generation_context(
     objective: str,
     store: DocumentStore,
     store_directory: Path | None,
+    pools: dict[tuple[int, int], DocumentPool],
     tokenizer: Any,
     facts: TokenizerFacts,
 ) -> GenerationContext:
-    """What the workers share: the store, and how rows are made and masked (pools are set by ``_generate_all``)."""
+    """What the workers share: the store and its document pools, and how rows are made and masked."""
     recipe = InstanceRecipe(
         objective=objective,
         layout=RowLayout.of_tokenizer(config.max_seq_len, facts),
@@ -205,21 +208,22 @@ def _generation_context(
         whole_word=config.do_whole_word_mask,
         seed=config.seed,
     )
-    return GenerationContext(store, store_directory, {}, recipe, masking, config.dynamic_masking)
+    return GenerationContext(store, store_directory, pools, recipe, masking, config.dynamic_masking)
 
 
 def _generate_all(
     config: PregenerateConfig,
     corpora: list[tuple[str, Path]],
     context: GenerationContext,
+    split: tuple[list[np.ndarray], list[np.ndarray]],
     facts: TokenizerFacts,
     record: dict[str, Any],
     task_stats: TaskCorpusStats | None,
 ) -> dict[str, Any]:
-    """Split the documents, plan the mixing, make every missing epoch, and write the manifest (last)."""
+    """Plan the mixing, make every missing epoch of the ``split`` (training, held-out documents per corpus), and
+    write the manifest (last)."""
     store = context.store
-    training, held_out = _split_documents(store, config.holdout_fraction, config.seed, corpora)
-    context = replace(context, pools=_document_pools(store, training, held_out))
+    training, held_out = split
     token_counts = store.document_token_counts()
     training_tokens = np.array([token_counts[documents].sum() for documents in training])
     probabilities, copies = _mixing(
