@@ -23,14 +23,13 @@ from typing import Any
 import numpy as np
 
 from bert_domain_ft.data.document_store import build_document_store
-from bert_domain_ft.data.masking import DynamicMasking, masking_tables
+from bert_domain_ft.data.instances import RowLayout
+from bert_domain_ft.data.masking import DynamicMasking, masking_tables, round_up
 from bert_domain_ft.data.simple_pairs import (
     PairIndex,
-    RowLayout,
     assemble_batch,
     length_grouped_order,
     pair_lengths,
-    round_up,
     sample_epoch_pairs,
 )
 from bert_domain_ft.model.tokenizer import describe_tokenizer, load_tokenizer

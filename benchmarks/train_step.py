@@ -73,7 +73,12 @@ def pregenerate_epoch(corpus: Path, model: str, output: Path) -> int:
     from bert_domain_ft.data.pregenerate import PregenerateConfig, pregenerate
 
     config = PregenerateConfig(
-        train_corpus=corpus, output_dir=output, bert_model=model, epochs_to_generate=1, max_seq_len=MAX_SEQ_LEN
+        train_corpus=corpus,
+        output_dir=output,
+        bert_model=model,
+        epochs_to_generate=1,
+        max_seq_len=MAX_SEQ_LEN,
+        objective="nsp",  # the baseline is BertForPreTraining with both losses, whatever heads the model has
     )
     return int(pregenerate(config)["epochs"][0]["num_instances"])
 
@@ -146,6 +151,7 @@ def run_ours(data: str, model: str, warmup: int, steps: int, bf16: bool, work: s
         pregenerated_data=Path(data),
         output_dir=Path(tempfile.mkdtemp(dir=work)),
         bert_model=model,
+        objective="nsp",  # like the baseline ("auto" would train MLM only on a checkpoint without an NSP head)
         epochs=1,
         train_batch_size=BATCH_SIZE,
         stop_after_steps=warmup + steps,

@@ -325,4 +325,3 @@ class BatchPrefetcher:
 
 
 # The old name, still imported by evaluation/heldout.py: remove once it imports collate_rows.
-collate_pregenerated = collate_rows

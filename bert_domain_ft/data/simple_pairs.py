@@ -34,7 +34,6 @@ import numpy as np
 from bert_domain_ft.data.document_store import DocumentStore
 from bert_domain_ft.data.instances import SPECIAL_TOKENS_PER_PAIR, PairSpans, RowLayout, assemble_pairs, truncate_pairs
 from bert_domain_ft.data.masking import DynamicMasking, batch_arrays, batch_width
-from bert_domain_ft.data.masking import round_up as round_up  # where benchmarks/simple_padding.py looks for it
 from bert_domain_ft.errors import UserError
 
 BATCHES_PER_LENGTH_GROUP = 100  # length grouping sorts within runs of this many batches of a shuffled order

@@ -25,7 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from bert_domain_ft.data.epoch_format import EpochArrays, open_holdout, read_manifest
-from bert_domain_ft.data.loader import collate_pregenerated
+from bert_domain_ft.data.loader import collate_rows
 from bert_domain_ft.errors import UserError
 from bert_domain_ft.model.pretraining import pretraining_losses
 
@@ -238,7 +238,7 @@ def evaluate_pretraining(
             torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None),
         ):
             for corpus, rows in tqdm(batches, desc="evaluating", unit="batch", disable=not show_progress):
-                batch = {name: tensor.to(device) for name, tensor in collate_pregenerated(epoch, rows).items()}
+                batch = {name: tensor.to(device) for name, tensor in collate_rows(epoch, rows).items()}
                 output = pretraining_losses(model, batch, fused=False)  # no gradients: plain logits
                 totals.add(output)
                 if corpus is not None:  # every batch is within one corpus: its sums are that corpus's

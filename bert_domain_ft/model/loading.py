@@ -30,16 +30,12 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from bert_domain_ft.errors import UserError
+from bert_domain_ft.errors import UserError, first_line
 from bert_domain_ft.model.files import read_model_config
 from bert_domain_ft.model.pretraining import MLM_HEAD, LoadedModel, load_pretraining_model, quiet_transformers
 from bert_domain_ft.model.tokenizer import describe_tokenizer, load_tokenizer
 
 logger = logging.getLogger(__name__)
-
-
-def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def safetensors_problem(path: Path) -> str | None:
@@ -99,7 +95,7 @@ def load_masked_lm_model(name_or_path: str) -> LoadedModel:
             model, loading_info = AutoModelForMaskedLM.from_pretrained(name_or_path, output_loading_info=True)
     except (OSError, ValueError, KeyError, RuntimeError) as error:  # RuntimeError: weights of another shape
         raise UserError(
-            f"{name_or_path}: cannot load a masked-LM model ({_first_line(error)}); give a model directory of a "
+            f"{name_or_path}: cannot load a masked-LM model ({first_line(error)}); give a model directory of a "
             "type transformers' AutoModelForMaskedLM knows (BERT, RoBERTa, XLM-R, DistilBERT, DeBERTa…)"
         ) from None
     prefix = f"{model.base_model_prefix}."
@@ -345,8 +341,9 @@ def build_model_from_scratch(
         with quiet_transformers():
             model = BertForPreTraining(config) if with_nsp_head else AutoModelForMaskedLM.from_config(config)
     except (ValueError, RuntimeError, TypeError, AttributeError, KeyError) as error:
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise UserError(f"{FLAG}: cannot build a {model_type} model from this configuration ({first_line})") from None
+        raise UserError(
+            f"{FLAG}: cannot build a {model_type} model from this configuration ({first_line(error)})"
+        ) from None
     parameters = sum(parameter.numel() for parameter in model.parameters())
     logger.info("new %s model from scratch: %.1fM parameters", type(model).__name__, parameters / 1e6)
     return model

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from bert_domain_ft.errors import UserError
+from bert_domain_ft.errors import UserError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -116,8 +116,9 @@ def load_pretraining_model(name_or_path: str) -> LoadedModel:
         with quiet_transformers():
             model, loading_info = BertForPreTraining.from_pretrained(name_or_path, output_loading_info=True)
     except (OSError, ValueError, RuntimeError) as error:  # RuntimeError: weights of another shape than the config
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise UserError(f"{name_or_path}: cannot load the model ({first_line}); give a BERT model directory") from None
+        raise UserError(
+            f"{name_or_path}: cannot load the model ({first_line(error)}); give a BERT model directory"
+        ) from None
     fresh = _fresh_heads(set(loading_info.get("missing_keys", ())))
     if fresh:
         logger.warning(

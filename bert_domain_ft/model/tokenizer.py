@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from bert_domain_ft.errors import UserError
+from bert_domain_ft.errors import UserError, first_line
 from bert_domain_ft.model.files import read_json_object
 
 # uint16 halves the size of every token array when every id fits in it (BERT's 30522, RoBERTa's 50265).
@@ -199,9 +199,8 @@ def _load_with_transformers(name_or_path: str) -> Any:
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, use_fast=True)
     except (OSError, ValueError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UserError(
-            f"{name_or_path}: cannot load a tokenizer ({first_line}); give a local model directory "
+            f"{name_or_path}: cannot load a tokenizer ({first_line(error)}); give a local model directory "
             "or a hub id that is available offline"
         ) from None
     if not getattr(tokenizer, "is_fast", False):

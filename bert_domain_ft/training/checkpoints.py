@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bert_domain_ft.errors import UserError
+from bert_domain_ft.errors import UserError, first_line
 from bert_domain_ft.files import (
     TEMPORARY_SUFFIX,
     os_errors_as_user_errors,
@@ -100,10 +100,6 @@ def checkpoint_damage(directory: Path) -> str | None:
         if _file_digest(directory / name) != digest:
             return f"{name} differs from what was saved"
     return None
-
-
-def first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 @contextmanager

@@ -23,12 +23,12 @@ import torch
 
 from bert_domain_ft.corpus.task_files import write_task_corpus
 from bert_domain_ft.data.document_store import DocumentStore, build_document_store, open_document_store
+from bert_domain_ft.data.instances import RowLayout
 from bert_domain_ft.data.loader import Batch, BatchFetcher
 from bert_domain_ft.data.masking import DynamicMasking, masking_tables
 from bert_domain_ft.data.simple_pairs import (
     EpochPairs,
     PairIndex,
-    RowLayout,
     assemble_batch,
     length_grouped_order,
     pair_lengths,

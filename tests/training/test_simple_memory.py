@@ -21,7 +21,7 @@ import numpy as np
 from bert_domain_ft.data.document_store import DocumentStore, open_document_store
 from bert_domain_ft.data.masking import DynamicMasking
 from bert_domain_ft.data.masking import MaskingTables
-from bert_domain_ft.data.simple_pairs import RowLayout
+from bert_domain_ft.data.instances import RowLayout
 from bert_domain_ft.training.simple import SentencePairSource
 
 BATCH = 64
