@@ -14,7 +14,7 @@ Steps (each a function below, each calling the library):
                    before the first step, along the way and at the end;
   5. probe       — does it help a task? A classifier is fine-tuned from the base and from the adapted model (several
                    seeds) to tell which area of the standard library a docstring sentence comes from, trained and
-                   tested on sentences of different modules (``demo_probe_data``);
+                   tested on sentences of different modules (``examples/demo_probe_data.py``);
   6. report      — both tables, whatever they say, and where the model, metrics and plots were written.
 
     python examples/demo.py                 # ~8 minutes on 2 CPU cores
