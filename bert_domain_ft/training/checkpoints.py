@@ -13,7 +13,7 @@ files, ~1 GB/s), and a file that still fails to load is named by ``damage_named`
 ``--resume`` (``CheckpointManager.resume``) takes the newest intact checkpoint and names, in a warning, each newer
 one it skips; a checkpoint without the record (written by an earlier version) counts as intact when it loads.
 
-    manager = CheckpointManager(output_dir, context, model, optimizer, scheduler, precision, run_settings)
+    manager = CheckpointManager(output_dir, context, model, optimizer, scheduler, precision.scaler, run_settings)
     manager.save(position); directory, position = manager.resume()
 """
 
@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -52,9 +52,6 @@ logger = logging.getLogger(__name__)
 
 COMPLETION_FILE = "checkpoint_complete.json"
 _HASH_BLOCK_BYTES = 1 << 22  # files are hashed in 4 MiB reads: memory stays flat whatever the model's size
-
-if TYPE_CHECKING:  # a type only: precision imports this module
-    from bert_domain_ft.training.precision import Precision
 
 
 class DamagedCheckpoint(UserError):
@@ -245,7 +242,7 @@ class CheckpointManager:
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
         scheduler: torch.optim.lr_scheduler.LRScheduler,
-        precision: Precision,
+        scaler: torch.amp.GradScaler | None,
         run_settings: dict[str, Any],
         save_total_limit: int = 0,
         tokenizer: Any | None = None,
@@ -255,7 +252,7 @@ class CheckpointManager:
         self.model = model
         self.optimizer = optimizer
         self.scheduler = scheduler
-        self.precision = precision
+        self.scaler = scaler  # fp16's gradient scaler, saved and restored with the optimizer (None otherwise)
         self.run_settings = run_settings
         self.save_total_limit = save_total_limit
         self.tokenizer = tokenizer
@@ -293,8 +290,8 @@ class CheckpointManager:
             self.tokenizer.save_pretrained(str(directory))
         save_tensors(self.optimizer.state_dict(), directory / OPTIMIZER_FILE)
         save_tensors(self.scheduler.state_dict(), directory / SCHEDULER_FILE)
-        if self.precision.scaler is not None:
-            save_tensors(self.precision.scaler.state_dict(), directory / SCALER_FILE)
+        if self.scaler is not None:
+            save_tensors(self.scaler.state_dict(), directory / SCALER_FILE)
         save_tensors(rng_states, directory / RNG_FILE)
         # Its presence marks the directory as complete even before the rename.
         write_json_atomic(directory / STATE_FILE, {"position": position.to_json(), "settings": self.run_settings})
@@ -370,9 +367,9 @@ class CheckpointManager:
             )
         with damage_named(directory / SCHEDULER_FILE):
             self.scheduler.load_state_dict(torch.load(directory / SCHEDULER_FILE, weights_only=True))
-        if self.precision.scaler is not None and (directory / SCALER_FILE).exists():
+        if self.scaler is not None and (directory / SCALER_FILE).exists():
             with damage_named(directory / SCALER_FILE):
-                self.precision.scaler.load_state_dict(torch.load(directory / SCALER_FILE, weights_only=True))
+                self.scaler.load_state_dict(torch.load(directory / SCALER_FILE, weights_only=True))
         with damage_named(directory / RNG_FILE):
             restore_rng_state(torch.load(directory / RNG_FILE, weights_only=True)[self.context.rank])
         return position

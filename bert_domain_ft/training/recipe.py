@@ -261,7 +261,7 @@ def _setup_training(
         name: run_values[name] if name in run_values else getattr(config, name) for name in _RESUME_SETTINGS
     }
     checkpoints = CheckpointManager(
-        config.output_dir, context, loaded.model, optimizer, scheduler, precision, run_settings,
+        config.output_dir, context, loaded.model, optimizer, scheduler, precision.scaler, run_settings,
         config.save_total_limit, tokenizer,
     )  # fmt: skip
     metrics = MetricsLog(config.output_dir / METRICS_FILE, enabled=context.is_main)

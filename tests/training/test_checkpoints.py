@@ -34,7 +34,9 @@ def _manager(model_dir: Path, output_dir: Path, **options: object) -> Checkpoint
     scheduler = build_scheduler(optimizer, total_steps=10, warmup_steps=2)
     precision = setup_precision(torch.device("cpu"), fp16=False, bf16=False, loss_scale=0)
     settings = dict(SETTINGS, **options.pop("settings", {}))  # type: ignore[call-overload]
-    return CheckpointManager(output_dir, CPU_CONTEXT, model, optimizer, scheduler, precision, settings, **options)
+    return CheckpointManager(
+        output_dir, CPU_CONTEXT, model, optimizer, scheduler, precision.scaler, settings, **options
+    )
 
 
 def _train_one_step(manager: CheckpointManager) -> None:

@@ -69,7 +69,9 @@ def build_setup(model_dir: Path, output_dir: Path, source: DatasetSource, settin
     total = total_optimizer_steps(source, settings, CPU.world_size)
     scheduler = build_scheduler(optimizer, total, warmup_steps=1)
     precision = setup_precision(CPU.device, fp16=False, bf16=False, loss_scale=0)
-    checkpoints = CheckpointManager(output_dir, CPU, model, optimizer, scheduler, precision, {"total_steps": total})
+    checkpoints = CheckpointManager(
+        output_dir, CPU, model, optimizer, scheduler, precision.scaler, {"total_steps": total}
+    )
     return TrainingSetup(
         objective=PretrainingObjective(model, with_nsp=False),
         model=model,

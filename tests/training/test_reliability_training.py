@@ -405,7 +405,9 @@ def test_weights_holding_nan_are_never_written_as_a_checkpoint(tiny_bert_dir: Pa
     optimizer = build_optimizer(parameter_groups(model, 1e-3, 0.01), 1e-3, 1e-8, torch.device("cpu"))
     context = DistributedContext(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
     precision = setup_precision(torch.device("cpu"), fp16=False, bf16=False, loss_scale=0)
-    manager = CheckpointManager(tmp_path, context, model, optimizer, build_scheduler(optimizer, 10, 1), precision, {})
+    manager = CheckpointManager(
+        tmp_path, context, model, optimizer, build_scheduler(optimizer, 10, 1), precision.scaler, {}
+    )
     manager.save(TrainingPosition(global_step=1))
     with torch.no_grad():
         model.bert.encoder.layer[0].output.dense.weight[0, 0] = float("nan")
