@@ -6,6 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from bert_domain_ft.cli import main
 from bert_domain_ft.data.pregenerate import PregenerateConfig, pregenerate
 from bert_domain_ft.training.config import FinetuneConfig
 
@@ -102,3 +105,14 @@ def write_smaller_tokenizer(directory: Path, vocab_size: int) -> Path:
         tokenizer = BertTokenizerFast(vocab_file=str(vocab_file), do_lower_case=True)
     tokenizer.save_pretrained(str(directory))
     return directory
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], arguments: list[str]) -> tuple[int, str, str]:
+    """``bert-domain-ft ARGUMENTS`` in this process: (exit status, the one ``error:`` line or "", all stderr)."""
+    capsys.readouterr()
+    status = main(arguments)
+    stderr = capsys.readouterr().err
+    assert "Traceback" not in stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) <= 1, stderr
+    return status, errors[0] if errors else "", stderr

@@ -114,7 +114,7 @@ METHODS = ("bm25", "embedding")
 @dataclass
 class SelectConfig:
     task_data: Path
-    """The task's texts: CSV/TSV/JSON lines with a text column, or plain text (see ``task_text``)."""
+    """The task's texts: CSV/TSV/JSON lines with a text column, or plain text (see ``corpus.task_files``)."""
     corpus: Path
     """The domain corpus (corpus format: one sentence per line, a blank line between documents)."""
     output: Path

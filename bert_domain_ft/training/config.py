@@ -278,7 +278,7 @@ class SimpleConfig:
     do_whole_word_mask: bool = False
     """Mask all WordPiece pieces of a word together."""
     task_data: Path | None = None
-    """The task's own texts (CSV/TSV/JSON lines/plain text, labels never read; see ``task_text``) trained on
+    """The task's own texts (CSV/TSV/JSON lines/plain text, labels never read; see ``corpus.task_files``) trained on
     beside the corpus (task-adaptive pretraining): written to ``output_dir/task_corpus.txt``, one document per
     row, and tokenized after the corpus (which is not copied). See ``simple_pairs`` for how its pairs are made."""
     task_text_column: str = "text"

@@ -20,10 +20,10 @@ from training_helpers import (
     load_weights,
     make_pregenerated,
     quick_config,
+    run_cli,
     write_smaller_tokenizer,
 )
 
-from bert_domain_ft.cli import main
 from bert_domain_ft.corpus import task_files as probe_data
 from bert_domain_ft.corpus.task_files import read_labelled_file
 from bert_domain_ft.errors import UserError
@@ -54,17 +54,6 @@ def simple_flags(corpus: Path, model: Path, output: Path, *extra: str) -> list[s
 
 def evaluate_flags(data: Path, model: Path, *extra: str) -> list[str]:
     return ["evaluate", "--model", str(model), "--data", str(data), "--epoch", "0", *QUIET_FLAGS, *extra]
-
-
-def run_cli(capsys: pytest.CaptureFixture[str], arguments: list[str]) -> tuple[int, str, str]:
-    """``bert-domain-ft ARGUMENTS`` in this process: (exit status, the one ``error:`` line or "", all stderr)."""
-    capsys.readouterr()
-    status = main(arguments)
-    stderr = capsys.readouterr().err
-    assert "Traceback" not in stderr
-    errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) <= 1, stderr
-    return status, errors[0] if errors else "", stderr
 
 
 def file_bytes(directory: Path) -> dict[str, bytes]:

@@ -22,12 +22,11 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from training_helpers import assert_identical_weights, load_weights, make_pregenerated, quick_config
+from training_helpers import assert_identical_weights, load_weights, make_pregenerated, quick_config, run_cli
 
 import bert_domain_ft
 from bert_domain_ft import files as atomic_files
 from bert_domain_ft import files as disk_errors
-from bert_domain_ft.cli import main
 from bert_domain_ft.data.epoch_format import open_epoch, read_manifest
 from bert_domain_ft.errors import UserError
 from bert_domain_ft.model.optimization import build_optimizer, build_scheduler, parameter_groups
@@ -62,17 +61,6 @@ def straight_run(tmp_path_factory: pytest.TempPathFactory, data_dir: Path, tiny_
 def finetune_flags(data: Path, model: Path, output: Path, *extra: str) -> list[str]:
     flags = ["finetune", "--pregenerated_data", str(data), "--bert_model", str(model), "--output_dir", str(output)]
     return flags + RUN_FLAGS + QUIET_FLAGS + list(extra)
-
-
-def run_cli(capsys: pytest.CaptureFixture[str], arguments: list[str]) -> tuple[int, str]:
-    """``bert-domain-ft ARGUMENTS`` in this process: (exit status, the ``error:`` line or "")."""
-    capsys.readouterr()
-    status = main(arguments)
-    stderr = capsys.readouterr().err
-    assert "Traceback" not in stderr
-    errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) <= 1, stderr
-    return status, errors[0] if errors else ""
 
 
 def file_bytes(directory: Path) -> dict[str, bytes]:
@@ -122,8 +110,8 @@ def test_flipped_byte_passes_the_fast_check_and_is_refused_by_verify(
     content[-1] ^= 1  # an NSP label 0 ↔ 1: same size and shape, still valid data, different bytes
     altered.write_bytes(bytes(content))
     output = tmp_path / "out"
-    assert run_cli(capsys, finetune_flags(data, tiny_bert_dir, output, "--stop_after_steps", "1")) == (0, "")
-    status, error = run_cli(capsys, finetune_flags(data, tiny_bert_dir, output, "--verify", "--resume"))
+    assert run_cli(capsys, finetune_flags(data, tiny_bert_dir, output, "--stop_after_steps", "1"))[:2] == (0, "")
+    status, error, _ = run_cli(capsys, finetune_flags(data, tiny_bert_dir, output, "--verify", "--resume"))
     assert status == 2
     assert error == (
         f"error: {altered}: checksum differs from the manifest; the file was altered, pregenerate the data again"
@@ -387,7 +375,7 @@ def test_nan_loss_stops_before_the_weights_change_and_keeps_the_last_good_checkp
 ) -> None:  # fmt: skip
     inject_into_objective(monkeypatch, lambda call: float("nan") if call >= 4 else None)  # from step 5 on
     output = tmp_path / "out"
-    status, error = run_cli(capsys, finetune_flags(data_dir, tiny_bert_dir, output))
+    status, error, _ = run_cli(capsys, finetune_flags(data_dir, tiny_bert_dir, output))
     assert status == 2
     assert error == (
         f"error: loss became NaN at step 5, so training stopped before that step changed the weights; the last "
@@ -504,10 +492,10 @@ def test_fp16_on_a_cpu_is_refused_before_loading_anything(
     refused_up_front(monkeypatch)
     message = "error: --fp16 needs a CUDA GPU; on the CPU use --bf16 (or drop --fp16)"
     finetune_ = finetune_flags(data_dir, tiny_bert_dir, tmp_path / "a", "--fp16", "--verify")
-    assert run_cli(capsys, finetune_) == (2, message)
+    assert run_cli(capsys, finetune_)[:2] == (2, message)
     simple = ["simple", "--train_corpus", str(tiny_corpus), "--bert_model", str(tiny_bert_dir), "--output_dir",
               str(tmp_path / "b"), "--fp16", *QUIET_FLAGS[:2]]  # fmt: skip
-    assert run_cli(capsys, simple) == (2, message)
+    assert run_cli(capsys, simple)[:2] == (2, message)
 
 
 def test_impossible_flag_combinations_are_one_line_with_the_fix(
@@ -546,7 +534,7 @@ def test_impossible_flag_combinations_are_one_line_with_the_fix(
         ),
     }
     for name, (arguments, expected) in cases.items():
-        assert run_cli(capsys, arguments) == (2, expected), name
+        assert run_cli(capsys, arguments)[:2] == (2, expected), name
     assert not list(tmp_path.rglob("*.safetensors")) and not list(tmp_path.rglob("manifest.json")), "nothing made"
 
 
