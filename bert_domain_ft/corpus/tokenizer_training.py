@@ -148,15 +148,15 @@ def _unigram_minimum(scan: CorpusScan) -> int:
     return len(KIND_SPECS["unigram"].special_tokens) + visible + 2
 
 
-def _too_small(config: TokenizerTrainingConfig, needed: int, exact: bool) -> UserError:
-    """The error naming the vocabulary size this corpus needs (``exact``, or about) for ``config``'s kind."""
+def _too_small(corpus: Path, vocab_size: int, kind: str, needed: int, exact: bool) -> UserError:
+    """The error naming the vocabulary size this corpus needs (``exact``, or about) for a ``kind`` tokenizer."""
     bound = "" if exact else " about"
     return UserError(
         at_location(
-            config.corpus,
+            corpus,
             None,
-            f"--vocab_size {config.vocab_size} cannot hold the special tokens and the characters of this corpus; "
-            f"{config.kind} needs{bound} {needed} or more: raise --vocab_size",
+            f"--vocab_size {vocab_size} cannot hold the special tokens and the characters of this corpus; "
+            f"{kind} needs{bound} {needed} or more: raise --vocab_size",
         )
     )
 
@@ -173,12 +173,15 @@ def _train(config: TokenizerTrainingConfig, scan: CorpusScan) -> Any:
         )
     except Exception as error:
         if "not large enough" in str(error):  # Unigram: the alphabet alone exceeds vocab_size
-            raise _too_small(config, _unigram_minimum(scan), exact=False) from None
+            raise _too_small(
+                config.corpus, config.vocab_size, config.kind, _unigram_minimum(scan), exact=False
+            ) from None
         raise
     size = tokenizer.get_vocab_size(with_added_tokens=True)
     if size > config.vocab_size:  # WordPiece keeps its whole alphabet ('##' forms too) even when it does not fit
         unigram = config.kind == "unigram"
-        raise _too_small(config, _unigram_minimum(scan) if unigram else size, exact=not unigram)
+        needed = _unigram_minimum(scan) if unigram else size
+        raise _too_small(config.corpus, config.vocab_size, config.kind, needed, exact=not unigram)
     if size < config.vocab_size:
         logger.warning("the corpus supports only %d vocabulary entries (asked for %d)", size, config.vocab_size)
     _attach_post_processor(tokenizer, config.kind)
@@ -246,7 +249,7 @@ def train_tokenizer(config: TokenizerTrainingConfig) -> Path:
     # Byte-level BPE's alphabet is fixed (checked by the config); WordPiece's ('##' forms too) is only known once
     # trained, and training stops right after counting words when it does not fit.
     if config.kind == "unigram" and _unigram_minimum(scan) > config.vocab_size:
-        raise _too_small(config, _unigram_minimum(scan), exact=False)
+        raise _too_small(config.corpus, config.vocab_size, config.kind, _unigram_minimum(scan), exact=False)
     tokenizer = _train(config, scan)
     _write_directory(config, tokenizer, scan)
     logger.info("wrote a %d-entry %s tokenizer to %s", tokenizer.get_vocab_size(), config.kind, config.output)
