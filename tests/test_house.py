@@ -1,7 +1,7 @@
-"""The house's one rule: data flows one way. A package may import its own modules and lower layers, never higher ones.
-
+"""The house's rules. Data flows one way: a package imports its own modules and lower layers, never higher ones.
 Layers, lowest first (README, "A map of the code"): errors/files · model · kernels · corpus · data · evaluation ·
-training · cli. Every import counts, also those inside functions (imported lazily, still a dependency).
+training · cli. Every import counts, also those inside functions (imported lazily, still a dependency). And a
+function fits on a screen: at most 60 lines.
 """
 
 from __future__ import annotations
@@ -59,6 +59,34 @@ def test_no_module_imports_a_higher_layer() -> None:
         found = upward_imports(path.read_text(encoding="utf-8"), module_name(path), path.name == "__init__.py")
         problems += [f"{path.relative_to(PACKAGE.parent)}, {problem}" for problem in found]
     assert problems == []
+
+
+MAX_FUNCTION_LINES = 60
+
+
+def long_functions(source: str, limit: int = MAX_FUNCTION_LINES) -> list[str]:
+    """``name (N lines)`` of every function or method in ``source`` longer than ``limit`` lines, decorators excluded."""
+    nodes = [node for node in ast.walk(ast.parse(source)) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    sizes = [(node.name, node.end_lineno - node.lineno + 1) for node in nodes]
+    return [f"{name} ({lines} lines)" for name, lines in sizes if lines > limit]
+
+
+def test_no_function_is_longer_than_60_lines() -> None:
+    found = [
+        f"{path.relative_to(PACKAGE.parent)}: {problem}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        for problem in long_functions(path.read_text(encoding="utf-8"))
+    ]
+    assert found == []
+
+
+def test_the_length_check_counts_def_line_and_body_of_functions_and_methods() -> None:
+    def function(name: str, body_lines: int, indent: str = "") -> str:
+        return f"{indent}def {name}():\n" + "".join(f"{indent}    x = {i}\n" for i in range(body_lines))
+
+    assert long_functions(function("fits", 59)) == []  # the def line and 59 more: 60
+    assert long_functions(function("long", 60)) == ["long (61 lines)"]
+    assert long_functions("class C:\n" + function("method", 60, indent="    ")) == ["method (61 lines)"]
 
 
 def test_every_package_is_a_known_layer() -> None:
