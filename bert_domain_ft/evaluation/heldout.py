@@ -302,8 +302,21 @@ def holdout_evaluator(
     holdout = open_holdout(Path(pregenerated_dir))
     if holdout is None:
         return None
-    names = corpus_names(read_manifest(Path(pregenerated_dir)), 0)
-    return build_evaluator(holdout, batch_size, device, autocast_dtype, max_instances, names=names or None)
+    return manifest_evaluator(holdout, Path(pregenerated_dir), batch_size, device, autocast_dtype, max_instances)
+
+
+def manifest_evaluator(
+    evaluation_set: EpochArrays,
+    directory: Path,
+    batch_size: int,
+    device: torch.device | str,
+    autocast_dtype: torch.dtype | None = None,
+    max_instances: int | None = None,
+) -> Callable[[nn.Module], dict[str, float]]:
+    """``build_evaluator`` on a held-out set of the pregenerated ``directory``, its results per corpus when that
+    directory's manifest names several corpora."""
+    names = corpus_names(read_manifest(directory), 0) or None
+    return build_evaluator(evaluation_set, batch_size, device, autocast_dtype, max_instances, names=names)
 
 
 # ---------------------------------------------------------------------------------------------------- formatting

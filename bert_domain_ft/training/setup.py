@@ -23,13 +23,13 @@ from typing import Any
 
 import torch
 
-from bert_domain_ft.data.epoch_format import MANIFEST_NAME, EpochArrays, open_epoch, open_holdout, read_manifest
+from bert_domain_ft.data.epoch_format import MANIFEST_NAME, open_epoch, open_holdout, read_manifest
 from bert_domain_ft.data.legacy_format import convert_legacy_directory, is_legacy_directory
 from bert_domain_ft.data.loader import CorpusMixing, PregeneratedSource
 from bert_domain_ft.data.masking import DynamicMasking
 from bert_domain_ft.errors import UserError
 from bert_domain_ft.evaluation.evaluate import general_holdout_directory, open_general_holdout, prepare_general_holdout
-from bert_domain_ft.evaluation.heldout import build_evaluator, corpus_names, with_general
+from bert_domain_ft.evaluation.heldout import manifest_evaluator, with_general
 from bert_domain_ft.model.files import FRESH_NSP_HEAD_NOTE, has_trained_nsp_head
 from bert_domain_ft.model.loading import build_model_from_scratch, checkpoint_model_type, load_model_for_objective
 from bert_domain_ft.model.optimization import (
@@ -239,15 +239,6 @@ def build_optimization(
 # ------------------------------------------------------------------------------------------------ evaluation
 
 
-def _evaluator_of(
-    evaluation_set: EpochArrays, names_from: Path, batch_size: int, device: torch.device, dtype: torch.dtype | None
-) -> Evaluator:
-    """The evaluator of one held-out set (logits only at masked positions, autocast to ``dtype`` when given);
-    several corpora: results per corpus, named by the manifest in ``names_from``."""
-    names = corpus_names(read_manifest(names_from), 0) or None
-    return build_evaluator(evaluation_set, batch_size, device, dtype, names=names)
-
-
 def build_evaluation(
     config: FinetuneConfig, context: DistributedContext, data_dir: Path, tokenizer: Any
 ) -> Evaluator | None:
@@ -262,7 +253,7 @@ def build_evaluation(
     evaluate = None
     holdout = open_holdout(config.holdout_data or data_dir, verify_checksum=config.verify_checksums)
     if holdout is not None:
-        evaluate = _evaluator_of(
+        evaluate = manifest_evaluator(
             holdout, config.holdout_data or data_dir, config.eval_batch_size, context.device, dtype
         )
     if config.general_holdout is None:
@@ -274,4 +265,4 @@ def build_evaluation(
     directory = general_holdout_directory(config.general_holdout, config.output_dir)
     fingerprint = describe_tokenizer(tokenizer, str(config.tokenizer or config.bert_model)).vocab_fingerprint
     general = open_general_holdout(directory, fingerprint, verify_checksum=config.verify_checksums)
-    return with_general(evaluate, _evaluator_of(general, directory, config.eval_batch_size, context.device, dtype))
+    return with_general(evaluate, manifest_evaluator(general, directory, config.eval_batch_size, context.device, dtype))
