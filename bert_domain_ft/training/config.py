@@ -103,6 +103,21 @@ class FinetuneConfig:
     feed-forward activation (same functions and gradients, less memory, faster); False keeps transformers' own."""
     no_cuda: bool = False
     """Train on the CPU even when CUDA is available."""
+    compile: bool = False
+    """On a GPU, compile the encoder with ``torch.compile`` (fused element-wise kernels): the first steps of each
+    new batch width wait for the compiler (about a minute for BERT-base), later ones run faster; see the README's
+    GPU figures for when it pays. Ignored on the CPU, whose own kernels are used instead."""
+    tf32: bool = dataclasses.field(default=True, metadata={"flag": "no_tf32"})
+    """On a GPU with TensorFloat-32 units (Ampere and later), float32 matrix products use them (10-bit mantissa,
+    float32 range, several times faster); the --no_tf32 flag keeps strict float32. Mixed precision is unaffected."""
+    deterministic: bool = False
+    """Bit-identical runs on a GPU: deterministic cuBLAS and kernels, and the attention computed by plain matrix
+    products instead of the fused (non-deterministic backward) kernels. Slower; for checking, not for speed.
+    On the CPU runs are deterministic anyway."""
+    report_to: str = dataclasses.field(default="none", metadata={"choices": ("none", "tensorboard", "wandb", "mlflow")})
+    """Also send every metrics.jsonl record (losses, perplexity, learning rate, throughput, evaluations) to an
+    experiment tracker: tensorboard, wandb or mlflow (installed separately), from the main process only;
+    "none" writes metrics.jsonl alone."""
     local_rank: int = -1
     """Set by the old torch.distributed.launch; torchrun's LOCAL_RANK environment variable takes precedence."""
     save_steps: int = 0
@@ -172,6 +187,8 @@ class FinetuneConfig:
             raise ValueError(f"adam_epsilon must be positive, got {self.adam_epsilon}")
         if self.fp16 and self.bf16:
             raise ValueError("--fp16 and --bf16 were both given; choose one")
+        if self.report_to not in ("none", "tensorboard", "wandb", "mlflow"):
+            raise ValueError(f"report_to must be none, tensorboard, wandb or mlflow, got {self.report_to!r}")
         if self.loss_scale and not self.fp16:
             raise ValueError("--loss_scale only applies with --fp16; add --fp16 or drop --loss_scale")
         self._check_head_warmup_and_probe()
