@@ -1,6 +1,8 @@
-"""CPU training kernels: the same functions and gradients as transformers' own, with less memory and time.
+"""The fast paths of a training step: CPU kernels of our own, and the settings of the step on a CUDA GPU.
 
-Modules, in the order a training step meets them:
+On a GPU (``gpu``: ``use_gpu_kernels``) PyTorch's fused kernels do the work; TF32, the deterministic mode and the
+compiled encoder are set there. On the CPU our own kernels compute the same functions and gradients as
+transformers' own, with less memory and time. The CPU modules, in the order a training step meets them:
 
 - attention: memory-light self-attention (a 1-byte dropout mask kept, the softmax recomputed in backward) and
   dropout masks drawn from numpy's PCG64 (~4.5× faster than torch's CPU sampler); ``stock_attention`` puts the
@@ -20,6 +22,7 @@ fp32 and 18% faster in bf16, for a resident peak within ~1% of glibc's defaults 
 set either way). Only on Linux with glibc; elsewhere (macOS, Windows, musl) both functions do nothing.
 
     use_cpu_kernels(model, bf16=False)      # after loading the model onto the CPU, before the first step
+    use_gpu_kernels(model, compiled=False, tf32=True, deterministic=False)   # or after moving it to a GPU
     release_free_memory()                   # after the last step
 """
 
@@ -34,6 +37,9 @@ from torch import nn
 
 from bert_domain_ft.kernels.attention import enable_light_attention, use_fast_dropout
 from bert_domain_ft.kernels.feed_forward import use_recomputed_activation, use_recomputed_feed_forward
+from bert_domain_ft.kernels.gpu import use_gpu_kernels
+
+__all__ = ["keep_freed_memory", "release_free_memory", "use_cpu_kernels", "use_gpu_kernels"]
 
 logger = logging.getLogger(__name__)
 

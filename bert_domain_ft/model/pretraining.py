@@ -79,7 +79,9 @@ class PretrainingOutput:
         device: torch.device,
     ) -> PretrainingOutput:
         """Masked-LM figures over ``count`` real masked tokens; NSP left empty (see ``add_nsp_statistics``)."""
-        return cls(mlm_loss, None, mlm_loss_sum, mlm_correct, torch.tensor(count, device=device), None, None)
+        # torch.full, not torch.tensor: a fill kernel, where a copy from host memory would wait for the GPU.
+        count_tensor = torch.full((), count, dtype=torch.long, device=device)
+        return cls(mlm_loss, None, mlm_loss_sum, mlm_correct, count_tensor, None, None)
 
     @classmethod
     def from_mlm_logits(cls, logits: torch.Tensor, labels: torch.Tensor) -> PretrainingOutput:
@@ -162,7 +164,7 @@ def add_nsp_statistics(
     nsp_logits = model.cls.seq_relationship(pooled_output).float()
     output.nsp_loss = F.cross_entropy(nsp_logits, nsp_labels)
     output.nsp_correct = (nsp_logits.argmax(dim=-1) == nsp_labels).sum()
-    output.nsp_count = torch.tensor(nsp_labels.numel(), device=nsp_labels.device)
+    output.nsp_count = torch.full((), nsp_labels.numel(), dtype=torch.long, device=nsp_labels.device)
 
 
 def head_parameters(model: nn.Module, heads: tuple[str, ...]) -> list[nn.Parameter]:
@@ -359,7 +361,16 @@ def _has_nsp_head(model: nn.Module) -> bool:
 
 # ------------------------------------------------------------------------ the projection fused with the cross-entropy
 
-CHUNK_ROWS = 128  # masked tokens per chunk: 128 × 30522 floats = 16 MB of logits at a time
+CHUNK_ROWS = 128  # masked tokens per chunk on the CPU: 128 × 30522 floats = 16 MB of logits at a time
+# On a GPU few large chunks: each chunk is a dozen kernel launches, and the caching allocator reuses any size.
+# 2048 × 30522 floats = 250 MB of logits at a time (a batch of 256 × 128 tokens masks ~5,000: 3 chunks).
+CUDA_CHUNK_ROWS = 2048
+CUDA_ROW_MULTIPLE = 64  # rows padded to this on a GPU: a few distinct matrix shapes, at most 63 idle rows
+
+
+def chunk_rows_for(device: torch.device) -> int:
+    """Masked tokens per chunk of the fused projection + cross-entropy on ``device``."""
+    return CUDA_CHUNK_ROWS if device.type == "cuda" else CHUNK_ROWS
 
 
 def _chunk_gradient(
@@ -414,6 +425,8 @@ def constant_shape_rows(hidden: torch.Tensor, labels: torch.Tensor) -> tuple[tor
     keeps oneDNN to one cached copy of the reordered weight (~22 MB per distinct shape). Padded rows carry
     IGNORE_INDEX: no loss, no gradient.
     """
+    if hidden.device.type == "cuda":  # the caching allocator needs no constant sizes
+        return pad_rows(hidden, labels, CUDA_ROW_MULTIPLE)
     autocast = torch.is_autocast_enabled(hidden.device.type)
     return pad_rows(hidden, labels, CHUNK_ROWS if autocast else FLOAT32_ROW_MULTIPLE)
 
@@ -489,7 +502,9 @@ class _DecoderCrossEntropy(torch.autograd.Function):
             inputs, matrix = hidden.to(dtype), weight.to(dtype)
             if dtype == torch.float32:
                 grads = _chunked_gradients(inputs, matrix, bias, labels, chunk_rows)
-            else:
+            elif device_type == "cuda":  # rows already padded by constant_shape_rows; a short last chunk is fine
+                grads = _low_precision_gradients(inputs, labels, matrix, bias, chunk_rows)
+            else:  # whole chunks on the CPU: oneDNN keeps one reordered copy of the weight per shape
                 grads = _low_precision_gradients(*pad_rows(inputs, labels, chunk_rows), matrix, bias, chunk_rows)
         loss_sum, correct, grad_hidden, grad_weight, grad_bias = grads
         ctx.save_for_backward(grad_hidden[:count], grad_weight, grad_bias)
@@ -521,7 +536,8 @@ def _fused_masked_lm(head: MaskedLMHead, hidden: torch.Tensor, labels: torch.Ten
     weight, bias = head.weight, head.bias
     if bias is None:  # a projection without bias (DeBERTa-v2 projects onto the word embeddings)
         bias = torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device)
-    loss_sum, correct = _DecoderCrossEntropy.apply(head.transform(hidden), weight, bias, labels, CHUNK_ROWS)
+    chunk_rows = chunk_rows_for(hidden.device)
+    loss_sum, correct = _DecoderCrossEntropy.apply(head.transform(hidden), weight, bias, labels, chunk_rows)
     return PretrainingOutput.masked_lm_only(loss_sum / max(count, 1), loss_sum.detach(), correct, count, labels.device)
 
 

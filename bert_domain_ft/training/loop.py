@@ -68,6 +68,7 @@ from bert_domain_ft.training.checkpoints import (
 from bert_domain_ft.training.distributed import DistributedContext, barrier
 from bert_domain_ft.training.metrics import MetricsLog, MetricsWindow
 from bert_domain_ft.training.precision import Precision, StepHealth
+from bert_domain_ft.training.throughput import Throughput
 
 logger = logging.getLogger(__name__)
 
@@ -156,6 +157,7 @@ class TrainingSetup:
     on_evaluated: Callable[[int, dict[str, float]], None] | None = None
     # Called on every process after each checkpoint with (its directory, global step), e.g. to probe it.
     on_checkpoint: Callable[[Path, int], None] | None = None
+    throughput: Throughput | None = None  # the FLOP count and measured GPU peak behind the logged MFU
 
 
 @dataclass
@@ -267,7 +269,8 @@ class TrainingLoop:
         self.total_steps = total_optimizer_steps(setup.source, settings, setup.context.world_size)
         parameters = [p for group in setup.optimizer.param_groups for p in group["params"]]
         self.main = Phase(
-            setup.objective, setup.optimizer, setup.scheduler, parameters, MetricsWindow(setup.context.device),
+            setup.objective, setup.optimizer, setup.scheduler, parameters,
+            MetricsWindow(setup.context.device, setup.throughput),
             StepHealth(setup.precision, setup.checkpoints), setup.anchor,
         )  # fmt: skip
         self.position = TrainingPosition()
@@ -304,7 +307,7 @@ class TrainingLoop:
             with self.setup.precision.autocast():
                 output = objective(batch)
             self.setup.precision.backward(output.loss / group_size)
-        phase.window.add(output, sequences=int(batch["input_ids"].shape[0]))
+        phase.window.add(output, batch["attention_mask"])
         if phase.health is not None:
             phase.health.add_loss(output.loss)
 
@@ -499,6 +502,9 @@ class TrainingLoop:
         if "nsp_loss" in summary:
             postfix["nsp"] = f"{summary['nsp_loss']:.3f}"
         postfix["seq/s"] = f"{summary['sequences_per_second']:.1f}"
+        if "mfu" in summary:  # on a GPU: real tokens per second and model FLOPs utilisation
+            postfix["tok/s"] = f"{summary['tokens_per_second']:,.0f}"
+            postfix["MFU"] = f"{summary['mfu']:.1%}"
         self.progress.set_postfix(postfix, refresh=False)
         window.reset()
 

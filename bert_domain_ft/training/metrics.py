@@ -1,7 +1,8 @@
 """Training metrics: a window of running sums, and the ``metrics.jsonl`` log (one JSON record per line).
 
-Records have ``"kind": "train"`` (step, epoch, lr, mlm_loss, nsp_loss, nsp_acc, sequences_per_second, …, and
-anchor_penalty λ/2·Σ‖θ−θ₀‖² and drift ‖θ−θ₀‖ of the pretrained weights from their start), ``"kind": "eval"``
+Records have ``"kind": "train"`` (step, epoch, lr, mlm_loss, nsp_loss, nsp_acc, sequences_per_second,
+tokens_per_second (real tokens, padding left out), padding_share, data_wait_share, on a GPU mfu (model FLOPs
+utilisation, see ``throughput``), …, and anchor_penalty λ/2·Σ‖θ−θ₀‖² and drift ‖θ−θ₀‖ of the pretrained weights from their start), ``"kind": "eval"``
 (step, epoch and whatever the evaluator returns: the held-out metrics, with --general_holdout also general_*),
 or the kinds of the head warm-up, model selection and probe (see loop.py and selection.py). Only the main
 process writes. On resume, the records after the checkpoint's step are dropped so the log reads as one
@@ -23,18 +24,22 @@ import torch
 from bert_domain_ft.files import os_errors_as_user_errors, write_text_atomic
 from bert_domain_ft.model.pretraining import PretrainingOutput
 from bert_domain_ft.training.distributed import DistributedContext, sum_across_processes
+from bert_domain_ft.training.throughput import Throughput
 
 METRICS_FILE = "metrics.jsonl"
 
 # Order of the counters in the window's vector (summed across processes in one all-reduce).
 _COUNTERS = ("mlm_loss_sum", "mlm_count", "mlm_correct", "nsp_loss_sum", "nsp_batches", "nsp_correct", "nsp_count")
+_COUNTERS += ("tokens", "squared_lengths", "positions")  # real tokens, Σ len² of rows, tokens + padding
 
 
 class MetricsWindow:
-    """Sums of losses and counts since the last report, kept on the device (no sync per step)."""
+    """Sums of losses and counts since the last report, kept on the device (no sync per step); with a
+    ``throughput`` (the main phase) the summary also has the MFU of the window."""
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, throughput: Throughput | None = None):
         self.device = device
+        self.throughput = throughput
         self.reset()
 
     def reset(self) -> None:
@@ -43,15 +48,19 @@ class MetricsWindow:
         self.data_wait_seconds = 0.0
         self.started = time.perf_counter()
 
-    def add(self, output: PretrainingOutput, sequences: int) -> None:
+    def add(self, output: PretrainingOutput, attention_mask: torch.Tensor) -> None:
+        """Count one micro-batch: its losses and, from its (B, L) ``attention_mask``, its real tokens."""
+        zero = torch.zeros((), device=self.device)
         values = [output.mlm_loss_sum, output.mlm_count, output.mlm_correct]
         if output.nsp_loss is not None:
             values += [output.nsp_loss.detach(), torch.ones((), device=self.device), output.nsp_correct]
             values += [output.nsp_count]
         else:
-            values += [torch.zeros((), device=self.device)] * 4
+            values += [zero] * 4
+        lengths = attention_mask.sum(dim=1, dtype=torch.float64)
+        values += [lengths.sum(), lengths.square().sum(), zero + attention_mask.numel()]
         self.sums += torch.stack([value.to(self.device, torch.float64) for value in values])
-        self.sequences += sequences
+        self.sequences += int(attention_mask.shape[0])
 
     def summary(self, context: DistributedContext) -> dict[str, float]:
         """Means over the window and all processes; throughput counts every process's sequences."""
@@ -61,8 +70,14 @@ class MetricsWindow:
             "mlm_loss": totals["mlm_loss_sum"] / max(totals["mlm_count"], 1.0),
             "mlm_acc": totals["mlm_correct"] / max(totals["mlm_count"], 1.0),
             "sequences_per_second": self.sequences * context.world_size / elapsed,
+            "tokens_per_second": totals["tokens"] / elapsed,
+            "padding_share": 1.0 - totals["tokens"] / max(totals["positions"], 1.0),
             "data_wait_share": self.data_wait_seconds / elapsed,
         }
+        if self.throughput is not None:  # all processes' work over the time they took together: per-GPU MFU
+            mfu = self.throughput.mfu(totals["tokens"], totals["squared_lengths"], totals["mlm_count"], elapsed)
+            if mfu is not None:
+                summary["mfu"] = mfu / context.world_size
         if totals["nsp_batches"]:
             summary["nsp_loss"] = totals["nsp_loss_sum"] / totals["nsp_batches"]
             summary["nsp_acc"] = totals["nsp_correct"] / max(totals["nsp_count"], 1.0)

@@ -31,11 +31,11 @@ from bert_domain_ft.files import (
     storage_errors_as_os_errors,
     write_json_atomic,
 )
-from bert_domain_ft.kernels import release_free_memory, use_cpu_kernels
+from bert_domain_ft.kernels import release_free_memory, use_cpu_kernels, use_gpu_kernels
 from bert_domain_ft.kernels.attention import stock_attention
 from bert_domain_ft.model.loading import check_model_files, usable_positions
 from bert_domain_ft.model.optimization import ParameterAnchor
-from bert_domain_ft.model.pretraining import LoadedModel, head_parameters, quiet_transformers
+from bert_domain_ft.model.pretraining import LoadedModel, head_parameters, masked_lm_head, quiet_transformers
 from bert_domain_ft.model.tokenizer import TokenizerFacts, describe_tokenizer, load_tokenizer
 from bert_domain_ft.training import setup as build
 from bert_domain_ft.training.checkpoints import CHECKPOINT_PREFIX, CheckpointManager, TrainingPosition
@@ -55,6 +55,7 @@ from bert_domain_ft.training.loop import (
 from bert_domain_ft.training.metrics import METRICS_FILE, MetricsLog
 from bert_domain_ft.training.precision import check_precision_supported, setup_precision
 from bert_domain_ft.training.selection import attach_model_selection
+from bert_domain_ft.training.throughput import Throughput
 
 logger = logging.getLogger(__name__)
 
@@ -216,6 +217,8 @@ def load_training_model(
     loaded.model.to(context.device)
     if config.cpu_kernels:
         use_cpu_kernels(loaded.model, config.bf16)
+    masked_lm_head(loaded.model)  # recognised on the eager model: a compiled one would compile the check's shapes
+    use_gpu_kernels(loaded.model, config.compile, config.tf32, config.deterministic)  # no-op off CUDA
     return loaded
 
 
@@ -270,7 +273,7 @@ def _setup_training(
         anchor = _setup_anchor(loaded.model, loaded.fresh_heads, config.anchor_weight, context.device)
     return TrainingSetup(
         objective, loaded.model, optimizer, scheduler, precision, context, source, checkpoints, metrics,
-        fresh_heads=loaded.fresh_heads, anchor=anchor,
+        fresh_heads=loaded.fresh_heads, anchor=anchor, throughput=Throughput.for_training(loaded.model, context.device),
     )  # fmt: skip
 
 
