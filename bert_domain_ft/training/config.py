@@ -14,11 +14,26 @@ Importing this module does not import torch (the CLI builds a config before deci
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bert_domain_ft.errors import UserError
+
+REPORT_TO_CHOICES = ("none", "tensorboard", "wandb", "mlflow")
+
+
+def report_to_names(value: str | Sequence[str]) -> tuple[str, ...]:
+    """``--report_to`` as a tuple of distinct tracker names: "a,b", ["a", "b"] and ["a,b"] alike; "none" alone
+    (or nothing) means no tracker; an unknown name is a ``ValueError``."""
+    items = [value] if isinstance(value, str) else list(value)
+    names = [name.strip().lower() for item in items for name in str(item).split(",") if name.strip()]
+    unknown = [name for name in names if name not in REPORT_TO_CHOICES]
+    if unknown:
+        raise ValueError(f"--report_to {unknown[0]}: choose from {', '.join(REPORT_TO_CHOICES)} (several allowed)")
+    chosen = tuple(dict.fromkeys(name for name in names if name != "none"))
+    return chosen or ("none",)
 
 
 @dataclass
@@ -114,10 +129,11 @@ class FinetuneConfig:
     """Bit-identical runs on a GPU: deterministic cuBLAS and kernels, and the attention computed by plain matrix
     products instead of the fused (non-deterministic backward) kernels. Slower; for checking, not for speed.
     On the CPU runs are deterministic anyway."""
-    report_to: str = dataclasses.field(default="none", metadata={"choices": ("none", "tensorboard", "wandb", "mlflow")})
-    """Also send every metrics.jsonl record (losses, perplexity, learning rate, throughput, evaluations) to an
-    experiment tracker: tensorboard, wandb or mlflow (installed separately), from the main process only;
-    "none" writes metrics.jsonl alone."""
+    report_to: tuple[str, ...] = dataclasses.field(default=("none",), metadata={"metavar": "TRACKER"})
+    """Also send every metrics.jsonl record (losses, perplexity, learning rate, throughput, evaluations, probe scores)
+    and the run's settings to experiment trackers: one or more of tensorboard, wandb, mlflow (space- or
+    comma-separated; each installed separately, e.g. pip install 'bert_domain_ft[tensorboard]'), from the main
+    process only; "none" writes metrics.jsonl alone. Where each writes: ``bert_domain_ft.training.trackers``."""
     local_rank: int = -1
     """Set by the old torch.distributed.launch; torchrun's LOCAL_RANK environment variable takes precedence."""
     save_steps: int = 0
@@ -187,8 +203,7 @@ class FinetuneConfig:
             raise ValueError(f"adam_epsilon must be positive, got {self.adam_epsilon}")
         if self.fp16 and self.bf16:
             raise ValueError("--fp16 and --bf16 were both given; choose one")
-        if self.report_to not in ("none", "tensorboard", "wandb", "mlflow"):
-            raise ValueError(f"report_to must be none, tensorboard, wandb or mlflow, got {self.report_to!r}")
+        self.report_to = report_to_names(self.report_to)
         if self.loss_scale and not self.fp16:
             raise ValueError("--loss_scale only applies with --fp16; add --fp16 or drop --loss_scale")
         self._check_head_warmup_and_probe()
