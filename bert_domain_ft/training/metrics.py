@@ -5,8 +5,8 @@ tokens_per_second (real tokens, padding left out), padding_share, data_wait_shar
 utilisation, see ``throughput``), …, and anchor_penalty λ/2·Σ‖θ−θ₀‖² and drift ‖θ−θ₀‖ of the pretrained weights from their start), ``"kind": "eval"``
 (step, epoch and whatever the evaluator returns: the held-out metrics, with --general_holdout also general_*),
 or the kinds of the head warm-up, model selection and probe (see loop.py and selection.py). Only the main
-process writes. On resume, the records after the checkpoint's step are dropped so the log reads as one
-uninterrupted run.
+process writes; every record also goes to the experiment trackers of ``--report_to`` (``trackers.py``). On
+resume, the records after the checkpoint's step are dropped so the log reads as one uninterrupted run.
 
     log = MetricsLog(output_dir / "metrics.jsonl", enabled=context.is_main)
     log.append({"kind": "train", "step": 10, "mlm_loss": 2.3})
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from bert_domain_ft.files import os_errors_as_user_errors, write_text_atomic
 from bert_domain_ft.model.pretraining import PretrainingOutput
 from bert_domain_ft.training.distributed import DistributedContext, sum_across_processes
 from bert_domain_ft.training.throughput import Throughput
+from bert_domain_ft.training.trackers import Tracker, close_trackers, send_record
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -85,17 +87,26 @@ class MetricsWindow:
 
 
 class MetricsLog:
-    """Appends JSON records to ``metrics.jsonl``, flushing each so a crash loses at most the record in flight."""
+    """Appends JSON records to ``metrics.jsonl``, flushing each so a crash loses at most the record in flight, and
+    hands each record to the experiment trackers of ``--report_to`` (``trackers.py``), which then see exactly
+    what the file holds."""
 
-    def __init__(self, path: Path, enabled: bool = True):
+    def __init__(self, path: Path, enabled: bool = True, trackers: Sequence[Tracker] = ()):
         self.path = Path(path)
         self.enabled = enabled
+        self.trackers = list(trackers) if enabled else []
 
     def append(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
         with os_errors_as_user_errors(self.path), open(self.path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
+        send_record(self.trackers, record)
+
+    def close(self) -> None:
+        """End the trackers' runs (flushing their files); the log itself needs no closing."""
+        close_trackers(self.trackers)
+        self.trackers = []
 
     def truncate_after(self, step: int) -> None:
         """Drop records of steps after ``step`` (left by a run that continued past its last checkpoint)."""
