@@ -16,7 +16,14 @@ from typing import Any
 from bert_domain_ft.cli import commands
 from bert_domain_ft.cli.commands import run_command, run_guarded
 from bert_domain_ft.cli.flags import Flag, FlagParser, add_flags, flags_of, parse_with_config, steps_or_auto
-from bert_domain_ft.corpus.config import CheckConfig, PrepareConfig, SelectConfig, TokenizerTrainingConfig
+from bert_domain_ft.corpus.config import (
+    CheckConfig,
+    PrepareConfig,
+    SelectConfig,
+    TokenizerTrainingConfig,
+    VocabAnalyseConfig,
+    VocabExtendConfig,
+)
 from bert_domain_ft.data.config import PregenerateConfig
 from bert_domain_ft.evaluation.config import EvaluateConfig, PlotConfig, ProbeConfig
 from bert_domain_ft.training.config import FinetuneConfig, OriginalSimpleFlags, SimpleConfig
@@ -71,20 +78,64 @@ COMMANDS = {
 }
 
 
+@dataclasses.dataclass(frozen=True)
+class CommandGroup:
+    """A command made of subcommands (``bert-domain-ft vocab analyse``); the chosen one is in the namespace
+    attribute ``<name>_command``."""
+
+    name: str
+    help: str
+    commands: dict[str, Command]
+
+    def parser(self, **kwargs: Any) -> argparse.ArgumentParser:
+        """Its parser: routes to one ``FlagParser`` per subcommand (a group takes no flags of its own)."""
+        parser = argparse.ArgumentParser(**kwargs)
+        nested = parser.add_subparsers(dest=f"{self.name}_command", metavar="COMMAND", required=True,
+                                       parser_class=FlagParser)  # fmt: skip
+        for command in self.commands.values():
+            nested.add_parser(command.name, help=command.help, description=command.help, flags=command.flags())
+        return parser
+
+
+VOCAB = CommandGroup(
+    "vocab",
+    "The domain's vocabulary: how the tokenizer splits its words (analyse), tokens of their own for the costliest "
+    "(extend).",
+    {
+        "analyse": Command("analyse", (VocabAnalyseConfig,), commands.run_vocab_analyse),
+        "extend": Command("extend", (VocabExtendConfig,), commands.run_vocab_extend),
+    },
+)
+GROUPS = {group.name: group for group in (VOCAB,)}
+
+
+def _command_parser(*, group: CommandGroup | None = None, **kwargs: Any) -> argparse.ArgumentParser:
+    """The parser of a top-level command: a ``FlagParser`` of its flags, or a group's router."""
+    return FlagParser(**kwargs) if group is None else group.parser(**kwargs)
+
+
+def chosen_command(arguments: argparse.Namespace) -> Command:
+    """The command (or a group's subcommand) that ``arguments`` were parsed for."""
+    group = GROUPS.get(arguments.command)
+    return COMMANDS[arguments.command] if group is None else group.commands[getattr(arguments, f"{group.name}_command")]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bert-domain-ft",
         description="Adapt a pretrained BERT to your domain by continuing its pretraining (masked LM + NSP).",
     )
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=FlagParser)
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_command_parser)
     for command in COMMANDS.values():
         subparsers.add_parser(command.name, help=command.help, description=command.help, flags=command.flags())
+    for group in GROUPS.values():
+        subparsers.add_parser(group.name, help=group.help, description=group.help, group=group)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = parse_with_config(build_parser(), argv)
-    return run_command(arguments, COMMANDS[arguments.command].run)
+    return run_command(arguments, chosen_command(arguments).run)
 
 
 # The console scripts named after the original lm_finetuning scripts (see setup.cfg).

@@ -18,7 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from bert_domain_ft.cli.flags import EXIT_USER_ERROR, build_config, effective_config, save_effective_config
-from bert_domain_ft.corpus.config import CheckConfig, PrepareConfig, SelectConfig, TokenizerTrainingConfig
+from bert_domain_ft.corpus.config import (
+    CheckConfig,
+    PrepareConfig,
+    SelectConfig,
+    TokenizerTrainingConfig,
+    VocabAnalyseConfig,
+    VocabExtendConfig,
+)
 from bert_domain_ft.data.config import PregenerateConfig, corpora_from_text
 from bert_domain_ft.errors import UserError
 from bert_domain_ft.evaluation.config import EvaluateConfig, PlotConfig, ProbeConfig
@@ -184,3 +191,19 @@ def run_select(arguments: argparse.Namespace) -> int:
 
     config = build_config(SelectConfig, arguments)
     return _show(select_documents(config), config.print_json, leave_out="kept_document_indices")
+
+
+def run_vocab_analyse(arguments: argparse.Namespace) -> int:
+    """How the tokenizer splits a domain's words: pieces per word, the most fragmented frequent words, sequences/MB."""
+    from bert_domain_ft.corpus.vocabulary import analyse_vocabulary
+
+    config = build_config(VocabAnalyseConfig, arguments)
+    return _show(analyse_vocabulary(config), config.print_json)
+
+
+def run_vocab_extend(arguments: argparse.Namespace) -> int:
+    """Give the domain's costliest words tokens of their own ([unused] slots first), new rows = their pieces' mean."""
+    from bert_domain_ft.corpus.vocabulary_extension import extend_vocabulary
+
+    config = build_config(VocabExtendConfig, arguments)
+    return _show(extend_vocabulary(config), config.print_json)

@@ -264,3 +264,70 @@ class TokenizerTrainingConfig:
             raise ValueError(f"--min_frequency must be at least 1, got {self.min_frequency}")
         if self.model_max_length < 1:
             raise ValueError(f"--model_max_length must be positive, got {self.model_max_length}")
+
+
+DEFAULT_MIN_PIECES = 2
+
+
+@dataclass
+class VocabAnalyseConfig:
+    """What ``bert-domain-ft vocab analyse`` measures: how the tokenizer of ``bert_model`` splits a corpus."""
+
+    corpus: Path = field(metadata={"positional": True})
+    """Text to measure (the corpus format, or any UTF-8 text: every non-blank line counts)."""
+    bert_model: str
+    """Model directory or hub id whose tokenizer is measured."""
+    max_seq_len: int = 128
+    """Tokens per training sequence, special tokens included: sets "sequences per MB"."""
+    top: int = 25
+    """How many of the most fragmented frequent words (by frequency × pieces) to list."""
+    print_json: bool = field(default=False, metadata={"flag": "json"})
+    """Print the report as JSON instead of a table."""
+    show_progress: bool = field(default=True, metadata={"flag": "no_progress"})
+    """Show a progress bar (in corpus bytes)."""
+
+    def __post_init__(self) -> None:
+        self.corpus = Path(self.corpus)
+        if self.max_seq_len < 8:
+            raise ValueError(f"--max_seq_len must be at least 8, got {self.max_seq_len}")
+        if self.top < 0:
+            raise ValueError(f"--top must be 0 or more, got {self.top}")
+
+
+@dataclass
+class VocabExtendConfig:
+    """What ``bert-domain-ft vocab extend`` adds to a model's vocabulary, and where the extended model goes."""
+
+    corpus: Path = field(metadata={"positional": True})
+    """Domain text whose frequent fragmented words are added (the corpus format, or any UTF-8 text)."""
+    bert_model: str
+    """Model directory (a BERT with a WordPiece tokenizer.json) to extend."""
+    add: int
+    """Number of words to add: BERT's [unusedX] slots are filled first, the vocabulary grows only beyond them."""
+    output: Path
+    """Directory for the extended model and tokenizer (any command accepts it as --bert_model)."""
+    min_pieces: int = DEFAULT_MIN_PIECES
+    """Only words the tokenizer splits into at least this many pieces are candidates."""
+    min_count: int = 5
+    """Only words that occur at least this often in the corpus are candidates."""
+    words: Path | None = None
+    """A file of words to add (one per line) instead of choosing them from the corpus; each must be one pre-token
+    that the tokenizer splits, and none may repeat."""
+    overwrite: bool = False
+    """Replace ``output`` when it already exists."""
+    print_json: bool = field(default=False, metadata={"flag": "json"})
+    """Print the report as JSON instead of a table."""
+    show_progress: bool = field(default=True, metadata={"flag": "no_progress"})
+    """Show a progress bar (in corpus bytes)."""
+
+    def __post_init__(self) -> None:
+        self.corpus, self.output = Path(self.corpus), Path(self.output)
+        self.words = None if self.words is None else Path(self.words)
+        if self.add < 1:
+            raise ValueError(f"--add must be at least 1, got {self.add}")
+        if self.min_pieces < 2:
+            raise ValueError(f"--min_pieces must be at least 2 (a word of one piece is a token already), got {self.min_pieces}")  # fmt: skip
+        if self.min_count < 1:
+            raise ValueError(f"--min_count must be at least 1, got {self.min_count}")
+        if Path(self.bert_model).resolve() == self.output.resolve():
+            raise ValueError("--output is the model itself; write the extended model to a new directory")
