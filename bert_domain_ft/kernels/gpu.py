@@ -24,6 +24,8 @@ import os
 import torch
 from torch import nn
 
+from bert_domain_ft.model.pretraining import masked_lm_head
+
 logger = logging.getLogger(__name__)
 
 CUBLAS_DETERMINISTIC_WORKSPACE = ":4096:8"  # cuBLAS's documented setting for reproducible results
@@ -37,8 +39,8 @@ def set_float32_matmul(tf32: bool) -> None:
 def make_deterministic(model: nn.Module) -> None:
     """Deterministic kernels process-wide and the attention as plain matrix products in ``model``.
 
-    The cuBLAS setting is read when cuBLAS starts: called before the first matrix product on the GPU (the stage
-    does so right after moving the model there)."""
+    The cuBLAS setting is read when cuBLAS starts: call this before the first matrix product on the GPU (the
+    stages do, right after moving the model there)."""
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_DETERMINISTIC_WORKSPACE)
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.deterministic = True
@@ -55,6 +57,7 @@ def make_deterministic(model: nn.Module) -> None:
 
 def compile_encoder(model: nn.Module) -> None:
     """Compile ``model``'s encoder in place (the heads and the loss stay eager: their shapes change per batch)."""
+    masked_lm_head(model)  # recognised (one short forward pass) on the eager model, not compiled for that shape
     encoder = getattr(model, "base_model", model)
     encoder.compile()
     logger.info("--compile: the encoder is compiled at its first steps (and again for evaluation); later steps "

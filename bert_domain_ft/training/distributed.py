@@ -40,6 +40,7 @@ class DistributedContext:
     local_rank: int
     world_size: int
     device: torch.device
+    process_group: bool = False  # joined torch.distributed's group (every torchrun launch, one process included)
 
     @property
     def is_main(self) -> bool:
@@ -47,7 +48,8 @@ class DistributedContext:
 
     @property
     def is_distributed(self) -> bool:
-        return self.world_size > 1
+        """Training under a process group: DDP-wrapped, gradients all-reduced (NCCL on GPUs, gloo on CPUs)."""
+        return self.process_group or self.world_size > 1
 
 
 def launch_ranks(environment: Mapping[str, str], local_rank_flag: int = -1) -> tuple[int, int, int]:
@@ -65,15 +67,21 @@ def choose_device(no_cuda: bool, local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
+_LAUNCHER_VARIABLES = ("WORLD_SIZE", "RANK", "MASTER_ADDR", "MASTER_PORT")  # set by torchrun for every process
+
+
 def init_distributed(no_cuda: bool = False, local_rank_flag: int = -1) -> DistributedContext:
-    """Join the process group when launched with several processes; pick this process's device."""
+    """Join the process group when launched by torchrun (one process too: the run then goes through DDP and
+    NCCL exactly as on several GPUs) or with several processes; pick this process's device."""
     rank, local_rank, world_size = launch_ranks(os.environ, local_rank_flag)
     device = choose_device(no_cuda, local_rank)
-    if world_size > 1 and not dist.is_initialized():
+    launched = all(name in os.environ for name in _LAUNCHER_VARIABLES)
+    if (world_size > 1 or launched) and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
         logger.info("process %d of %d on %s (%s)", rank, world_size, device, backend)
-    return DistributedContext(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
+    joined = dist.is_available() and dist.is_initialized()
+    return DistributedContext(rank, local_rank, world_size, device, process_group=joined)
 
 
 def cleanup(context: DistributedContext) -> None:

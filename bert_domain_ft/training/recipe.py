@@ -35,7 +35,7 @@ from bert_domain_ft.kernels import release_free_memory, use_cpu_kernels, use_gpu
 from bert_domain_ft.kernels.attention import stock_attention
 from bert_domain_ft.model.loading import check_model_files, usable_positions
 from bert_domain_ft.model.optimization import ParameterAnchor
-from bert_domain_ft.model.pretraining import LoadedModel, head_parameters, masked_lm_head, quiet_transformers
+from bert_domain_ft.model.pretraining import LoadedModel, head_parameters, quiet_transformers
 from bert_domain_ft.model.tokenizer import TokenizerFacts, describe_tokenizer, load_tokenizer
 from bert_domain_ft.training import setup as build
 from bert_domain_ft.training.checkpoints import CHECKPOINT_PREFIX, CheckpointManager, TrainingPosition
@@ -217,7 +217,6 @@ def load_training_model(
     loaded.model.to(context.device)
     if config.cpu_kernels:
         use_cpu_kernels(loaded.model, config.bf16)
-    masked_lm_head(loaded.model)  # recognised on the eager model: a compiled one would compile the check's shapes
     use_gpu_kernels(loaded.model, config.compile, config.tf32, config.deterministic)  # no-op off CUDA
     return loaded
 

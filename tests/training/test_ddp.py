@@ -50,3 +50,27 @@ def test_two_gloo_processes_end_identical_and_share_each_epoch_exactly(
     steps = [record["step"] for record in records]
     assert len(steps) == len(set(steps))  # one writer: rank 0
     assert not list(tmp_path.glob("out/*.partial"))
+
+
+def test_one_process_launched_by_torchrun_joins_a_process_group(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torchrun --nproc_per_node 1 trains through DDP as several processes would (NCCL on a GPU, gloo here)."""
+    import socket
+
+    import torch.distributed as dist
+
+    from bert_domain_ft.training.distributed import cleanup, init_distributed
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    for name, value in {"WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                        "MASTER_PORT": str(port)}.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    context = init_distributed(no_cuda=True)
+    try:
+        assert context.is_distributed and dist.is_initialized() and dist.get_backend() == "gloo"
+    finally:
+        cleanup(context)
+    assert not dist.is_initialized()
+    monkeypatch.delenv("MASTER_ADDR")  # a WORLD_SIZE alone (set by some clusters' shells) is no launch
+    assert not init_distributed(no_cuda=True).is_distributed
