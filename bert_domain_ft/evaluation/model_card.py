@@ -14,6 +14,8 @@ loads it (tested); nothing here needs the network.
 from __future__ import annotations
 
 import json
+import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,8 @@ CARD_FILE = "README.md"
 TAGS = ("bert_domain_ft", "fill-mask", "domain-adaptation", "continued-pretraining")
 _ARGUMENTS_FILE = "training_args.json"  # written by training.recipe (named there too; evaluation may not import it)
 _METRICS_FILE = "metrics.jsonl"
+# The console scripts of setup.cfg whose command lines are repeated as they were given.
+CONSOLE_SCRIPTS = ("bert-domain-ft", "finetune-on-pregenerated", "simple-lm-finetuning")
 
 
 def _read_json(path: Path) -> Any:
@@ -191,6 +195,18 @@ def model_card_text(run_dir: Path, command: str, best: dict[str, Any] | None = N
                  'fill = pipeline("fill-mask", model="PATH_OR_HUB_ID")', 'print(fill(f"A sentence of the domain with one {fill.tokenizer.mask_token} word."))',
                  "```", ""]  # fmt: skip
     return "\n".join(sections)
+
+
+def command_line(argv: list[str] | None = None) -> str:
+    """The command that started this process, to reproduce the run (``sys.argv``, shell-quoted); a note pointing at
+    ``training_args.json`` when the run was started from Python rather than by a command."""
+    argv = list(sys.argv if argv is None else argv)
+    program = Path(argv[0]).name if argv else ""
+    if program == "__main__.py":  # python -m bert_domain_ft (torchrun too)
+        return shlex.join(["python", "-m", "bert_domain_ft", *argv[1:]])
+    if program in CONSOLE_SCRIPTS:
+        return shlex.join([program, *argv[1:]])
+    return "# started from Python, not a command line: the run's settings are in training_args.json"
 
 
 def write_model_card(run_dir: Path, command: str) -> Path:

@@ -56,6 +56,7 @@ from bert_domain_ft.training.metrics import METRICS_FILE, MetricsLog
 from bert_domain_ft.training.precision import check_precision_supported, setup_precision
 from bert_domain_ft.training.selection import attach_model_selection
 from bert_domain_ft.training.throughput import Throughput
+from bert_domain_ft.training.trackers import open_trackers
 
 logger = logging.getLogger(__name__)
 
@@ -125,11 +126,29 @@ def train_and_save(
     ``config.to_json()``; a stage with settings of its own passes all of them).
     """
     settings = settings_from(LoopSettings, config)
-    setup = _setup_training(config, context, loaded, source, tokenizer, with_nsp, settings)
+    arguments = arguments or config.to_json()
+    setup = _setup_training(config, context, loaded, source, tokenizer, with_nsp, settings, arguments)
+    try:  # the trackers' runs end with this call, whatever happens in it
+        return _train_and_save(config, context, loaded, setup, settings, tokenizer, with_nsp, evaluate, arguments)
+    finally:
+        setup.metrics.close()
+
+
+def _train_and_save(
+    config: FinetuneConfig,
+    context: DistributedContext,
+    loaded: LoadedModel,
+    setup: TrainingSetup,
+    settings: LoopSettings,
+    tokenizer: Any,
+    with_nsp: bool,
+    evaluate: Evaluator | None,
+    arguments: dict[str, Any],
+) -> TrainingPosition:
     setup.evaluate = evaluate
     start = _resume_position(setup, config.resume, config.output_dir)
     if context.is_main:
-        write_json_atomic(config.output_dir / ARGUMENTS_FILE, arguments or config.to_json())
+        write_json_atomic(config.output_dir / ARGUMENTS_FILE, arguments)
     selection = attach_model_selection(config, context, setup, tokenizer, start)  # --save_best, --probe_*
     loop = TrainingLoop(setup, settings)
     loop.warm_up_heads(start, with_nsp)  # fresh heads first train alone
@@ -141,10 +160,12 @@ def train_and_save(
         _save_final(context, loaded.model, tokenizer, config.output_dir)
         if context.is_main:
             from bert_domain_ft.evaluation.heldout import print_run_before_after
+            from bert_domain_ft.evaluation.model_card import command_line, write_model_card
             from bert_domain_ft.evaluation.plots import plot_run_if_possible
 
             print_run_before_after(config.output_dir)
             plot_run_if_possible(config.output_dir)
+            write_model_card(config.output_dir, command_line())  # README.md: what the model is, how it scored
     return position
 
 
@@ -250,6 +271,7 @@ def _setup_training(
     tokenizer: Any,
     with_nsp: bool,
     settings: LoopSettings,
+    arguments: dict[str, Any],
 ) -> TrainingSetup:
     objective = _setup_objective(loaded, context, with_nsp)
     total_steps = total_optimizer_steps(source, settings, context.world_size)
@@ -266,7 +288,9 @@ def _setup_training(
         config.output_dir, context, loaded.model, optimizer, scheduler, precision.scaler, run_settings,
         config.save_total_limit, tokenizer,
     )  # fmt: skip
-    metrics = MetricsLog(config.output_dir / METRICS_FILE, enabled=context.is_main)
+    run_name = config.output_dir.resolve().name  # --report_to: only the main process reports
+    trackers = open_trackers(config.report_to, config.output_dir, run_name, arguments) if context.is_main else []
+    metrics = MetricsLog(config.output_dir / METRICS_FILE, enabled=context.is_main, trackers=trackers)
     anchor = None  # a model from scratch has no starting point worth keeping
     if not config.from_scratch:
         anchor = _setup_anchor(loaded.model, loaded.fresh_heads, config.anchor_weight, context.device)
