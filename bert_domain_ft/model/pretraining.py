@@ -179,7 +179,7 @@ def head_parameters(model: nn.Module, heads: tuple[str, ...]) -> list[nn.Paramet
     selected: list[nn.Parameter] = []
     if MLM_HEAD in heads:
         selected += [p for p in model.cls.predictions.parameters() if id(p) not in encoder_ids]
-    if NSP_HEAD in heads:
+    if NSP_HEAD in heads and _has_nsp_head(model):  # a BertForMaskedLM has no NSP head to select
         selected += list(model.cls.seq_relationship.parameters())
         if getattr(model.bert, "pooler", None) is not None:
             selected += list(model.bert.pooler.parameters())

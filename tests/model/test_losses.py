@@ -269,3 +269,15 @@ def test_roberta_data_longer_than_its_usable_positions_is_refused_before_trainin
         shutil.copy(roberta_encoder_dir / name, tmp_path / "short_roberta" / name)
     with pytest.raises(UserError, match="only 62 positions"):
         finetune(_roberta_config(roberta_data, tmp_path / "short_roberta", tmp_path / "out"))
+
+
+def test_a_bert_masked_lm_without_an_nsp_head_has_no_nsp_parameters(tiny_bert_dir: Path) -> None:
+    """--from_scratch --model_type bert on MLM-only data builds a BertForMaskedLM: freezing its (absent) NSP head
+    selected nothing instead of failing on cls.seq_relationship."""
+    from transformers import BertForMaskedLM
+
+    from bert_domain_ft.model.pretraining import head_parameters
+
+    model = BertForMaskedLM.from_pretrained(str(tiny_bert_dir))
+    assert head_parameters(model, ("nsp",)) == []
+    assert len(head_parameters(model, ("mlm",))) > 0
