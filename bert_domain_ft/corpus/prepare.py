@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from bert_domain_ft.corpus.config import PrepareConfig
 from bert_domain_ft.corpus.reading import InputOptions, TextBlock, discover_input_files, iter_text_blocks
+from bert_domain_ft.corpus.records import input_bytes
 from bert_domain_ft.corpus.sentences import (
     SentenceSplitter,
     load_pretrained_punkt,
@@ -210,7 +211,7 @@ def prepare_corpus(config: PrepareConfig) -> PrepareReport:
         output=str(config.output), punkt_parameters=str(config.punkt_parameters_path), input_files=len(files)
     )
     options = InputOptions(config.text_field, config.doc_break == "paragraph", config.encoding)
-    total_bytes = sum(path.stat().st_size for path in files)
+    total_bytes = sum(input_bytes(path) for path in files)
     progress = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="preparing", disable=not config.show_progress)
     with progress, atomic_output(config.output) as handle:
         raw_blocks = iter_text_blocks(files, options, on_bytes=progress.update)

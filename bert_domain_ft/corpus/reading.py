@@ -6,7 +6,9 @@ only whitespace counts as blank); ``\\n`` or ``\\r\\n`` line ends; an optional U
 
 ``prepare``'s raw inputs are found by ``discover_input_files`` and read by ``iter_text_blocks`` as blocks of
 paragraph text: a plain-text file is one document (or, with ``paragraph_documents``, each blank-line-separated
-paragraph is one); a JSON-lines file holds one document per line, its text under ``text_field``. Memory holds one
+paragraph is one); a JSON-lines file holds one document per line, its text under ``text_field``; a parquet file
+or a ``datasets`` save_to_disk directory (``records``) one document per row, its text under ``text_field``
+("text" unless given). Memory holds one
 paragraph at most — a paragraph longer than ``PARAGRAPH_BLOCK_CHARACTERS`` (a file without blank lines) arrives in
 several blocks marked ``continues_paragraph``.
 
@@ -25,6 +27,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from bert_domain_ft.corpus.records import input_bytes, is_dataset_directory, iter_record_rows, record_format
 from bert_domain_ft.errors import UserError, at_location
 
 _BYTE_ORDER_MARK = b"\xef\xbb\xbf"
@@ -168,7 +171,9 @@ def discover_input_files(inputs: Sequence[Path], glob: str, exclude: Sequence[Pa
         path = Path(given)
         if not path.exists():
             raise UserError(at_location(path, None, "input not found; give text files or directories"))
-        if path.is_dir():
+        if is_dataset_directory(path):  # a save_to_disk directory is one input, not a folder of files
+            files.append(path)
+        elif path.is_dir():
             found = sorted(candidate for candidate in path.rglob(glob) if candidate.is_file())
             found = [candidate for candidate in found if candidate.resolve() not in excluded]
             if not found:
@@ -265,12 +270,29 @@ def _iter_json_lines_file(path: Path, options: InputOptions, on_bytes: Callable[
             yield TextBlock(paragraph, starts_document=index == 0 or options.paragraph_documents)
 
 
+def _iter_record_file(path: Path, options: InputOptions, on_bytes: Callable[[int], None]) -> Iterator[TextBlock]:
+    """A parquet file or save_to_disk directory: one document per row, its text under ``text_field`` ("text"
+    unless given), streamed a batch of rows at a time."""
+    field = options.text_field or "text"
+    for row, (text,) in iter_record_rows(path, (field,), (f"name it with --text_field (now {field!r})",)):
+        if text is not None and not isinstance(text, str):
+            raise UserError(f"{path}: row {row}: column {field!r} holds {type(text).__name__}, not text")
+        paragraphs = [paragraph for paragraph in _BLANK_LINES.split(text or "") if paragraph.strip()]
+        if not paragraphs and not options.paragraph_documents:
+            yield TextBlock("", starts_document=True)  # a row without text is an empty document: counted
+        for index, paragraph in enumerate(paragraphs):
+            yield TextBlock(paragraph, starts_document=index == 0 or options.paragraph_documents)
+    on_bytes(input_bytes(path))
+
+
 def iter_text_blocks(
     files: Sequence[Path], options: InputOptions, on_bytes: Callable[[int], None] = lambda _: None
 ) -> Iterator[TextBlock]:
     """Every paragraph of every file, in order, flagged where a new document starts."""
     for path in files:
-        if options.text_field is None:
+        if record_format(path) is not None:
+            yield from _iter_record_file(path, options, on_bytes)
+        elif options.text_field is None:
             yield from _iter_plain_file(path, options, on_bytes)
         else:
             yield from _iter_json_lines_file(path, options, on_bytes)

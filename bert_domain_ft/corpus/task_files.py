@@ -1,7 +1,8 @@
 """Reading the task's own files: labelled sentences for the probe, unlabelled texts for TAPT and selection.
 
-Both read CSV (``.csv``; ``.tsv`` is tab-separated) with a header row, or JSON lines (``.jsonl``, ``.ndjson``,
-``.json``: one object a line), through one reader (``_iter_records``) that finds the named columns and reports
+Both read CSV (``.csv``; ``.tsv`` is tab-separated) with a header row, JSON lines (``.jsonl``, ``.ndjson``,
+``.json``: one object a line), parquet files and ``datasets`` save_to_disk directories (``records``: the row
+number stands for the line), through one reader (``_iter_records``) that finds the named columns and reports
 every problem as a one-line ``UserError`` naming ``file:line``; the two uses word some messages their own way
 (``_PROBE_ROWS``, ``_TASK_ROWS``).
 
@@ -23,12 +24,13 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from bert_domain_ft.corpus.config import DEFAULT_PUNKT_SAMPLE_BYTES
 from bert_domain_ft.corpus.prepare import normalise_text
+from bert_domain_ft.corpus.records import is_dataset_directory, iter_record_rows, record_format
 from bert_domain_ft.corpus.sentences import SentenceSplitter, load_punkt_parameters, split_long_sentence, train_punkt
 from bert_domain_ft.errors import UserError, at_location
 from bert_domain_ft.files import atomic_output
@@ -73,6 +75,8 @@ _TASK_ROWS = _RowWording(
     long_cell=None,
 )
 
+_DOCUMENT_ROWS = replace(_TASK_ROWS, column_flags=("name it with --text_field", "name it with --document_field"))
+
 
 def _decoded_lines(path: Path, wording: _RowWording) -> Iterator[tuple[int, str]]:
     """(line number, line with its line end) for every line; a line that is not UTF-8 is a ``UserError``."""
@@ -101,6 +105,9 @@ def _iter_records(
     """(line where the row starts, its values of ``columns``) for every non-blank row of a CSV/JSON-lines file."""
     if file_format == "json_lines":
         yield from _iter_json_records(path, columns, wording)
+        return
+    if file_format in ("parquet", "arrow"):  # the row number stands where a text file's line number would
+        yield from iter_record_rows(path, columns, wording.column_flags)
         return
     previous_limit = csv.field_size_limit()
     if wording.long_cell is not None:
@@ -198,7 +205,10 @@ def _checked_row(path: Path, line: int, text: Any, label: Any, columns: tuple[st
 
 
 def _probe_file_format(path: Path) -> str:
-    """``json_lines`` or ``csv`` by the extension; another name is JSON lines when it starts with ``{`` or ``[``."""
+    """``parquet``/``arrow`` (see ``records``), else ``json_lines`` or ``csv`` by the extension; another name is
+    JSON lines when it starts with ``{`` or ``[``."""
+    if record_format(path) is not None:
+        return str(record_format(path))
     suffix = path.suffix.lower()
     if suffix in JSON_LINES_SUFFIXES:
         return "json_lines"
@@ -212,8 +222,10 @@ def _probe_file_format(path: Path) -> str:
 def read_labelled_file(path: Path, text_column: str = "text", label_column: str = "label") -> LabelledSet:
     """Every (text, label) row of a CSV or JSON-lines file; whitespace inside texts is folded to single spaces."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(at_location(path, None, "not found; give a CSV or JSON-lines file of labelled sentences"))
+    if not (path.is_file() or is_dataset_directory(path)):
+        raise UserError(
+            at_location(path, None, "not found; give a CSV, JSON-lines or parquet file of labelled sentences")
+        )
     columns = (text_column, label_column)
     records = _iter_records(path, _probe_file_format(path), columns, _PROBE_ROWS)
     rows = [_checked_row(path, line, text, label, columns) for line, (text, label) in records]
@@ -265,6 +277,7 @@ class TaskText:
     line_number: int  # 1-based line where the row (or document) starts, for messages
     text: str  # normalised: single spaces, no control characters, never empty
     sentences: tuple[str, ...] | None = None
+    document: Any = None  # the row's value of the document column, when one is read
 
 
 @dataclass
@@ -284,11 +297,20 @@ class TaskCorpusStats:
 
 
 def task_file_format(path: Path) -> str:
-    """``csv``, ``json_lines`` or ``plain``, from the file name's extension (see the module docstring)."""
+    """``csv``, ``json_lines``, ``parquet``, ``arrow`` (a save_to_disk directory) or ``plain``, from the file
+    name's extension (see the module docstring)."""
+    if record_format(path) is not None:
+        return str(record_format(path))
     suffix = Path(path).suffix.lower()
     if suffix in CSV_DELIMITERS:
         return "csv"
     return "json_lines" if suffix in JSON_LINES_SUFFIXES else "plain"
+
+
+def holds_records(path: Path) -> bool:
+    """A file of rows with named columns (CSV/TSV, JSON lines, parquet, a save_to_disk directory), not text in
+    the corpus format."""
+    return task_file_format(path) != "plain"
 
 
 def _not_text(path: Path, line: int, column: str, value: Any) -> UserError:
@@ -318,21 +340,29 @@ def _iter_plain(path: Path) -> Iterator[TaskText]:
         yield TaskText(block_start, " ".join(block), tuple(block))
 
 
-def iter_task_rows(path: Path, text_column: str = "text") -> Iterator[TaskText | None]:
+def iter_task_rows(
+    path: Path, text_column: str = "text", document_column: str | None = None
+) -> Iterator[TaskText | None]:
     """Every row in file order: a ``TaskText``, or None for a row whose text is empty (or JSON null).
 
-    Streams the file (one row in memory). ``text_column`` is ignored for plain text.
+    Streams the file (one row, or one batch of parquet/Arrow rows, in memory). ``text_column`` is ignored for
+    plain text; ``document_column`` (its value kept as ``TaskText.document``) needs a file of columns.
     """
     path = Path(path)
     file_format = task_file_format(path)
     if file_format == "plain":
+        if document_column is not None:
+            raise UserError(at_location(path, None, "plain text has no columns: drop --document_field"))
         yield from _iter_plain(path)
         return
-    for number, (value,) in _iter_records(path, file_format, (text_column,), _TASK_ROWS):
+    columns = (text_column,) if document_column is None else (text_column, document_column)
+    wording = _TASK_ROWS if document_column is None else _DOCUMENT_ROWS
+    for number, values in _iter_records(path, file_format, columns, wording):
+        value = values[0]
         if value is not None and not isinstance(value, str):
             raise _not_text(path, number, text_column, value)
         text = normalise_text(value or "")
-        yield TaskText(number, text) if text else None
+        yield TaskText(number, text, document=values[1] if document_column else None) if text else None
 
 
 def iter_task_texts(path: Path, text_column: str = "text") -> Iterator[TaskText]:
@@ -367,10 +397,12 @@ def write_task_corpus(
     output_path: Path,
     punkt_file: Path | None = None,
     max_sentence_chars: int = 1000,
+    document_column: str | None = None,
 ) -> TaskCorpusStats:
     """Write the task's texts to ``output_path`` in the corpus format, atomically; return the counts.
 
-    Each non-empty row becomes one document. Its sentences are found by the project's Punkt splitter (the same as
+    Each non-empty row becomes one document; with ``document_column``, consecutive rows with the same value
+    there make one document together (rows that are sentences or paragraphs of one text). Its sentences are found by the project's Punkt splitter (the same as
     ``prepare``'s; it needs no download: trained, unsupervised, on the task texts themselves, or loaded from
     ``punkt_file``); corpus-format input keeps its own sentence lines. Sentences longer than
     ``max_sentence_chars`` are cut at a safe point. Two passes over the file (training, writing); labels are
@@ -388,8 +420,9 @@ def write_task_corpus(
         splitter, stats.sentence_splitter = _sentence_splitter(task_file, text_column, punkt_file)
     else:
         stats.sentence_splitter = "the file's own lines (corpus format)"
+    previous: list[Any] = []  # the document value of the last row written (none yet)
     with atomic_output(output_path) as handle:
-        for row in iter_task_rows(task_file, text_column):
+        for row in iter_task_rows(task_file, text_column, document_column):
             stats.rows += 1
             if row is None:
                 stats.empty_rows_skipped += 1
@@ -400,8 +433,11 @@ def write_task_corpus(
                 pieces = split_long_sentence(sentence, max_sentence_chars)
                 stats.long_sentences_split += len(pieces) > 1
                 lines.extend(pieces)
-            handle.write((("\n" if stats.documents else "") + "\n".join(lines) + "\n").encode("utf-8"))
-            stats.documents += 1
+            new_document = document_column is None or previous != [row.document]
+            previous = [row.document]
+            separator = "\n" if stats.documents and new_document else ""
+            handle.write((separator + "\n".join(lines) + "\n").encode("utf-8"))
+            stats.documents += new_document
             stats.sentences += len(lines)
             stats.characters += sum(len(line) for line in lines)
         if stats.documents == 0:  # raised inside: the temporary file is removed, an older output stays

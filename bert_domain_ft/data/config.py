@@ -11,17 +11,19 @@ from pathlib import Path
 from typing import Any
 
 from bert_domain_ft.corpus.check import validate_max_seq_len
-from bert_domain_ft.corpus.reading import corpus_fingerprint
+from bert_domain_ft.corpus.records import input_bytes, input_fingerprint, is_dataset_directory
+from bert_domain_ft.corpus.task_files import holds_records
 from bert_domain_ft.errors import UserError
 
 TASK_CORPUS_NAME = "task"  # the corpus name of --task_data in the manifest
 TASK_CORPUS_FILE = "task_corpus.txt"  # where --task_data's texts are written, in the output directory
+RECORDS_CORPUS_SUFFIX = "_corpus.txt"  # records in train_corpus are written as NAME_corpus.txt in the output
 
 
 def corpora_from_text(values: list[str]) -> Path | dict[str, Path]:
     """``train_corpus`` as the command line gives it: ``FILE``, ``NAME=FILE …`` or a directory of ``train.NAME``
     files → a path or named paths."""
-    if len(values) == 1 and "=" not in values[0] and not Path(values[0]).is_dir():
+    if len(values) == 1 and "=" not in values[0] and (not Path(values[0]).is_dir() or is_dataset_directory(values[0])):
         return Path(values[0])
     if len(values) == 1 and "=" not in values[0]:
         named = {file.suffix.lstrip("."): file for file in sorted(Path(values[0]).glob("train.*")) if file.is_file()}
@@ -40,13 +42,20 @@ def corpora_from_text(values: list[str]) -> Path | dict[str, Path]:
 @dataclass
 class PregenerateConfig:
     train_corpus: Path | dict[str, Path] = field(metadata={"nargs": "+"})
-    """Corpus file: one sentence per line, a blank line between documents (see ``bert-domain-ft prepare``); or
-    several named corpora ``{"zul": Path("train.zul"), …}`` (command line: ``NAME=FILE …``, or a directory of
-    ``train.NAME`` files) mixed by ``sampling_exponent``."""
+    """Corpus file: one sentence per line, a blank line between documents (see ``bert-domain-ft prepare``), or
+    records: a parquet file, a ``datasets`` save_to_disk directory or JSON lines (``.jsonl``), one document per
+    row (see ``text_field``, ``document_field``); or several named corpora ``{"zul": Path("train.zul"), …}``
+    (command line: ``NAME=FILE …``, or a directory of ``train.NAME`` files) mixed by ``sampling_exponent``."""
     output_dir: Path
     """Directory for manifest.json and the epoch_XXX/ arrays."""
     bert_model: str | None = None
     """Model directory or hub id whose tokenizer is used (the model must later be trained on this data)."""
+    text_field: str = "text"
+    """Records in train_corpus (parquet, datasets directory, JSON lines): the column holding the text. Each row is
+    split into sentences (Punkt trained on the rows) and written as a corpus to ``output_dir/NAME_corpus.txt``."""
+    document_field: str | None = None
+    """Records in train_corpus: consecutive rows with the same value in this column make one document (rows that
+    are sentences or paragraphs of a text); None: every row is a document."""
     tokenizer: str | None = None
     """A tokenizer directory other than the model's own (e.g. one trained with ``bert-domain-ft tokenizer``)."""
     objective: str = field(default="auto", metadata={"choices": ("auto", "nsp", "mlm")})
@@ -135,6 +144,8 @@ class PregenerateConfig:
             raise ValueError(f"--task_share must be in (0, 1], e.g. 0.5 for half of each epoch, got {self.task_share}")
         if not self.task_text_column:
             raise ValueError("--task_text_column must name a column")
+        if not self.text_field or self.document_field == "":
+            raise ValueError("--text_field and --document_field must name a column")
         if self.overwrite and self.resume:
             raise ValueError("--overwrite and --resume contradict each other: choose one")
 
@@ -142,14 +153,16 @@ class PregenerateConfig:
         """What determines the bytes of the output (everything but workers, memory mode and progress)."""
         record = {key: value for key, value in asdict(self).items() if key not in _NOT_AFFECTING_OUTPUT}
         record["train_corpus"] = {name: str(path) for name, path in self.named_corpora()}
-        record["corpus_bytes"] = {name: path.stat().st_size for name, path in self.named_corpora()}
-        record["corpus_fingerprint"] = {name: corpus_fingerprint(path) for name, path in self.named_corpora()}
+        record["corpus_bytes"] = {name: input_bytes(path) for name, path in self.named_corpora()}
+        record["corpus_fingerprint"] = {name: input_fingerprint(path) for name, path in self.named_corpora()}
         record["vocab_fingerprint"] = tokenizer_fingerprint
+        if any(holds_records(path) for _, path in self.named_corpora()):  # these fields shape records' text only
+            record["records"] = {"text_field": self.text_field, "document_field": self.document_field}
         if self.task_data is not None:  # the raw task file: --resume names it when it was edited
             record["task_data"] = str(self.task_data)
             record["train_corpus"][TASK_CORPUS_NAME] = str(self.task_data)
-            record["corpus_bytes"][TASK_CORPUS_NAME] = self.task_data.stat().st_size
-            record["corpus_fingerprint"][TASK_CORPUS_NAME] = corpus_fingerprint(self.task_data)
+            record["corpus_bytes"][TASK_CORPUS_NAME] = input_bytes(self.task_data)
+            record["corpus_fingerprint"][TASK_CORPUS_NAME] = input_fingerprint(self.task_data)
         return record
 
     def named_corpora(self) -> list[tuple[str, Path]]:
@@ -160,6 +173,8 @@ class PregenerateConfig:
 
 
 _NOT_AFFECTING_OUTPUT = {
+    "text_field",  # recorded under "records" when a corpus is records
+    "document_field",
     "output_dir",
     "num_workers",
     "reduce_memory",

@@ -1,7 +1,8 @@
 """``pregenerate``: corpus → N epochs of masked instances packed to ``max_seq_len`` (format: ``epoch_format``).
 
-Steps: check the inputs and load the tokenizer → take the output directory's lock → write the task's texts as a
-corpus (``task_data``, see ``mixing``) → tokenize the corpora into a document store (in RAM, or on disk with
+Steps: check the inputs and load the tokenizer → take the output directory's lock → write corpora given as
+records (parquet, a ``datasets`` directory, JSON lines: ``corpus.records``) and the task's texts as corpus files
+(``task_data``, see ``mixing``) → tokenize the corpora into a document store (in RAM, or on disk with
 ``reduce_memory``) → set documents aside for the held-out set → plan the corpora's mixing → generate every epoch
 in shards, in ``num_workers`` processes (``epoch_writer``) → write ``manifest.json`` last. ``resume`` keeps
 complete epochs and makes the rest; the result is byte-identical to an uninterrupted run, whatever
@@ -12,6 +13,7 @@ complete epochs and makes the rest; the result is byte-identical to an uninterru
 
 from __future__ import annotations
 
+import itertools
 import logging
 import multiprocessing
 import shutil
@@ -24,9 +26,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from bert_domain_ft.corpus.reading import open_corpus_checked, sample_lines
-from bert_domain_ft.corpus.task_files import TaskCorpusStats, write_task_corpus
+from bert_domain_ft.corpus.records import is_dataset_directory
+from bert_domain_ft.corpus.task_files import TaskCorpusStats, holds_records, iter_task_texts, write_task_corpus
 from bert_domain_ft.data import epoch_writer
-from bert_domain_ft.data.config import TASK_CORPUS_FILE, TASK_CORPUS_NAME, PregenerateConfig
+from bert_domain_ft.data.config import RECORDS_CORPUS_SUFFIX, TASK_CORPUS_FILE, TASK_CORPUS_NAME, PregenerateConfig
 from bert_domain_ft.data.document_store import DocumentStore, build_document_store
 from bert_domain_ft.data.epoch_format import (
     FORMAT_NAME,
@@ -65,6 +68,7 @@ from bert_domain_ft.model.tokenizer import TokenizerFacts, describe_tokenizer, l
 logger = logging.getLogger(__name__)
 
 STORE_DIRECTORY = "document_store.partial"
+SAMPLE_TEXTS = 1000  # texts of each corpus that the tokenizer check reads
 EPOCH_ORDER_KEY = 7  # seed-sequence word for the per-epoch document order of "mlm" packing
 
 _worker_context: GenerationContext | None = None  # what forked workers inherit (``_run_tasks``)
@@ -75,15 +79,14 @@ def pregenerate(config: PregenerateConfig) -> dict[str, Any]:
 
     Everything that can refuse the input is checked before anything is written; the writing holds the output
     directory's lock (``output_lock``), so a second run on the same directory is refused, not interleaved."""
-    for _, path in config.named_corpora():
-        open_corpus_checked(path)
+    samples = {name: _corpus_sample(path, config.text_field) for name, path in config.named_corpora()}
     task_sample = read_task_sample(config.task_data, config.task_text_column) if config.task_data else []
     check_model_positions(config.bert_model, config.max_seq_len)
     tokenizer_source = config.tokenizer or config.bert_model
     assert tokenizer_source is not None
     tokenizer = load_tokenizer(tokenizer_source, config.do_lower_case)
-    for _, path in config.named_corpora():
-        require_tokenizer_fits(tokenizer, tokenizer_source, path, sample_lines(path))
+    for name, path in config.named_corpora():
+        require_tokenizer_fits(tokenizer, tokenizer_source, path, samples[name])
     if config.task_data is not None:
         require_tokenizer_fits(tokenizer, tokenizer_source, config.task_data, task_sample)
     facts = describe_tokenizer(tokenizer, tokenizer_source)
@@ -95,6 +98,34 @@ def pregenerate(config: PregenerateConfig) -> dict[str, Any]:
         )
     with hold_output_lock(config.output_dir, "pregenerate"):
         return _write_output(config, tokenizer, facts, objective)
+
+
+def _corpus_sample(path: Path, text_field: str) -> list[str]:
+    """The first texts of a corpus (to judge the tokenizer by), after checking it can be read: a corpus file, or
+    records (``holds_records``) with a ``text_field`` column."""
+    if not holds_records(path):
+        open_corpus_checked(path)
+        return sample_lines(path)
+    if not (path.is_file() or is_dataset_directory(path)):
+        raise UserError(f"{path}: not found; check the --train_corpus path")
+    return [row.text for row in itertools.islice(iter_task_texts(path, text_field), SAMPLE_TEXTS)]
+
+
+def _records_as_corpora(
+    corpora: list[tuple[str, Path]], text_field: str, document_field: str | None, output_dir: Path
+) -> list[tuple[str, Path]]:
+    """The named corpora with records (parquet, a datasets directory, JSON lines) written as corpus files into
+    ``output_dir`` (``NAME_corpus.txt``: each row a document, or the rows of one ``document_field`` value)."""
+    written = []
+    for name, path in corpora:
+        if holds_records(path):
+            target = output_dir / f"{name}{RECORDS_CORPUS_SUFFIX}"
+            stats = write_task_corpus(path, text_field, target, document_column=document_field)
+            logger.info("%s: %d rows (%d empty skipped) → %d documents, %d sentences in %s", path, stats.rows,
+                        stats.empty_rows_skipped, stats.documents, stats.sentences, target)  # fmt: skip
+            path = target
+        written.append((name, path))
+    return written
 
 
 def resolve_objective(requested: str, model: str | None, facts: TokenizerFacts) -> str:
@@ -131,9 +162,8 @@ def _write_output(config: PregenerateConfig, tokenizer: Any, facts: TokenizerFac
     # "nsp" places whole sentences; a longer one would be truncated to fit, so it is cut into pieces that fit.
     max_sentence_tokens = config.max_seq_len - SPECIAL_TOKENS_PER_PAIR if objective == "nsp" else None
     try:
-        corpora, task_stats = _write_task_corpus(
-            config.named_corpora(), config.task_data, config.task_text_column, work
-        )
+        named = _records_as_corpora(config.named_corpora(), config.text_field, config.document_field, work)
+        corpora, task_stats = _write_task_corpus(named, config.task_data, config.task_text_column, work)
         paths = [path for _, path in corpora]
         store = build_document_store(
             paths, tokenizer, facts, store_directory, config.show_progress, max_sentence_tokens

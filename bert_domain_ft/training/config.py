@@ -291,9 +291,16 @@ class SimpleConfig:
     """Everything ``simple_finetune(config)`` needs; ``__post_init__`` rejects impossible values."""
 
     train_corpus: Path
-    """Corpus file: one sentence per line, a blank line between documents (see ``bert-domain-ft prepare``)."""
+    """Corpus file: one sentence per line, a blank line between documents (see ``bert-domain-ft prepare``); or
+    records: a parquet file, a ``datasets`` save_to_disk directory or JSON lines (``.jsonl``), each row a document
+    (see ``text_field``, ``document_field``), written as a corpus to ``output_dir/train_corpus.txt`` first."""
     training: FinetuneConfig = dataclasses.field(metadata={"nested": SIMPLE_TRAINING_FLAGS})
     """output_dir, bert_model, epochs, batch size, optimizer, precision, checkpoints: exactly as for finetune."""
+    text_field: str = "text"
+    """Records as train_corpus: the column holding the text (split into sentences by Punkt trained on the rows)."""
+    document_field: str | None = None
+    """Records as train_corpus: consecutive rows with the same value in this column make one document; None: every
+    row is a document."""
     on_memory: bool = False
     """Keep the tokenized corpus in RAM. Without it the tokens stay on disk (under output_dir, removed at the end)
     and only the sentence/document offsets are in RAM, so corpora far larger than memory train fine."""
@@ -333,6 +340,8 @@ class SimpleConfig:
             raise ValueError(f"--task_share must be in (0, 1], e.g. 0.5 for half of each epoch, got {self.task_share}")
         if not self.task_text_column:
             raise ValueError("--task_text_column must name a column")
+        if not self.text_field or self.document_field == "":
+            raise ValueError("--text_field and --document_field must name a column")
         if self.max_predictions_per_seq < 1:
             raise ValueError(f"max_predictions_per_seq must be at least 1, got {self.max_predictions_per_seq}")
 

@@ -4,8 +4,10 @@ The corpus is tokenized once into a document store (in RAM with ``on_memory``, e
 ``output_dir/tokenized_corpus``, removed when the run ends) and served to finetune's own training loop by
 ``SentencePairSource``: the pairs of epoch ``e`` are drawn from ``(seed, e)`` and masked when a batch is built.
 Model loading, optimizer, schedule, precision, checkpoints, resume and saving are finetune's recipe builders.
-With ``task_data`` the task's texts are written to ``output_dir/task_corpus.txt`` (rank 0) and tokenized after the
-corpus into the same store, as its last corpus; ``simple_pairs`` adds their pairs at ``task_share`` of each epoch.
+A ``train_corpus`` of records (parquet, a ``datasets`` directory, JSON lines) is first written as a corpus to
+``output_dir/train_corpus.txt`` (rank 0). With ``task_data`` the task's texts are written to
+``output_dir/task_corpus.txt`` (rank 0) and tokenized after the corpus into the same store, as its last corpus;
+``simple_pairs`` adds their pairs at ``task_share`` of each epoch.
 
     output_dir = simple_finetune(SimpleConfig.create(train_corpus=Path("corpus.txt"), output_dir=Path("out"),
                                                      bert_model="bert-base-uncased"))
@@ -21,7 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from bert_domain_ft.corpus.task_files import write_task_corpus
+from bert_domain_ft.corpus.records import is_dataset_directory
+from bert_domain_ft.corpus.task_files import holds_records, write_task_corpus
 from bert_domain_ft.data.document_store import DocumentStore, build_document_store, open_document_store
 from bert_domain_ft.data.instances import RowLayout
 from bert_domain_ft.data.loader import Batch, BatchFetcher
@@ -54,6 +57,7 @@ logger = logging.getLogger(__name__)
 
 STORE_DIRECTORY = "tokenized_corpus"
 TASK_CORPUS_FILE = "task_corpus.txt"  # --task_data's texts in the corpus format, in output_dir
+RECORDS_CORPUS_FILE = "train_corpus.txt"  # a train_corpus of records in the corpus format, in output_dir
 
 
 class SentencePairSource:
@@ -138,14 +142,31 @@ def write_task_corpus_file(config: SimpleConfig, context: DistributedContext) ->
     return path
 
 
+def write_records_corpus_file(config: SimpleConfig, context: DistributedContext) -> Path:
+    """The corpus file to tokenize: ``train_corpus`` itself, or, when it holds records (parquet, a datasets
+    directory, JSON lines), those written by rank 0 as ``output_dir/train_corpus.txt`` (each row a document)."""
+    if not holds_records(config.train_corpus):
+        return config.train_corpus
+    if not (config.train_corpus.is_file() or is_dataset_directory(config.train_corpus)):
+        raise UserError(f"{config.train_corpus}: not found; check the --train_corpus path")
+    path = config.output_dir / RECORDS_CORPUS_FILE
+    if context.is_main:
+        stats = write_task_corpus(config.train_corpus, config.text_field, path, document_column=config.document_field)
+        logger.info("%s: %d rows (%d empty skipped) → %d documents, %d sentences in %s", config.train_corpus,
+                    stats.rows, stats.empty_rows_skipped, stats.documents, stats.sentences, path)  # fmt: skip
+    barrier(context)
+    return path
+
+
 def load_store(
     config: SimpleConfig, context: DistributedContext, tokenizer: Any, facts: TokenizerFacts
 ) -> DocumentStore:
     """Tokenize the corpus (and the task text after it): in RAM per process with ``on_memory``, else once on disk
     by rank 0 (others open it)."""
     show = config.training.show_progress and context.is_main
+    corpus = write_records_corpus_file(config, context)
     task_corpus = write_task_corpus_file(config, context)
-    paths = [config.train_corpus] if task_corpus is None else [config.train_corpus, task_corpus]
+    paths = [corpus] if task_corpus is None else [corpus, task_corpus]
     if config.on_memory:
         return build_document_store(paths, tokenizer, facts, directory=None, show_progress=show)
     final = config.output_dir / STORE_DIRECTORY

@@ -1,0 +1,72 @@
+"""pregenerate and simple take a corpus kept as records (parquet, a datasets directory, JSON lines)."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from tiny_assets import synthetic_sentence
+
+from bert_domain_ft.cli import main
+from bert_domain_ft.data.config import PregenerateConfig
+from bert_domain_ft.data.pregenerate import pregenerate
+
+
+def sentence_rows(num_documents: int = 30, seed: int = 0) -> list[dict]:
+    """One sentence per row; ``doc`` says which document it belongs to (2-6 sentences each)."""
+    rng = random.Random(seed)
+    return [
+        {"doc": f"d{document}", "sentence": synthetic_sentence(rng)}
+        for document in range(num_documents)
+        for _ in range(rng.randint(2, 6))
+    ]
+
+
+def test_pregenerate_from_parquet_rows_grouped_into_documents(tmp_path: Path, tiny_bert_dir: Path) -> None:
+    import pyarrow
+    import pyarrow.parquet
+
+    rows = sentence_rows()
+    path = tmp_path / "sentences.parquet"
+    pyarrow.parquet.write_table(pyarrow.Table.from_pylist(rows), str(path), row_group_size=16)
+    config = PregenerateConfig(
+        train_corpus=path, output_dir=tmp_path / "data", bert_model=str(tiny_bert_dir), epochs_to_generate=1,
+        max_seq_len=64, text_field="sentence", document_field="doc", show_progress=False,
+    )  # fmt: skip
+    manifest = pregenerate(config)
+    assert manifest["corpus"]["documents"] == 30 and manifest["corpus"]["sentences"] == len(rows)
+    assert manifest["generation"]["records"] == {"text_field": "sentence", "document_field": "doc"}
+    written = (tmp_path / "data" / "corpus_corpus.txt").read_text(encoding="utf-8").split("\n\n")
+    assert written[0].splitlines() == [row["sentence"] for row in rows if row["doc"] == "d0"]
+
+
+def test_simple_trains_on_a_datasets_directory(tmp_path: Path, tiny_bert_dir: Path) -> None:
+    import datasets
+
+    rows = sentence_rows(seed=1)
+    texts = {}
+    for row in rows:  # one document per row: the sentences of a document joined
+        texts.setdefault(row["doc"], []).append(row["sentence"])
+    directory = tmp_path / "dataset"
+    datasets.Dataset.from_list([{"body": " ".join(value)} for value in texts.values()]).save_to_disk(str(directory))
+    output = tmp_path / "run"
+    arguments = ["simple", "--train_corpus", str(directory), "--text_field", "body", "--bert_model",
+                 str(tiny_bert_dir), "--output_dir", str(output), "--max_steps", "2", "--train_batch_size", "8",
+                 "--max_seq_length", "32", "--no_cuda", "--no_progress", "--on_memory"]  # fmt: skip
+    assert main(arguments) == 0
+    assert (output / "model.safetensors").is_file() and (output / "README.md").is_file()
+    corpus = (output / "train_corpus.txt").read_text(encoding="utf-8").strip().split("\n\n")
+    assert len(corpus) == len(texts)
+    arguments_file = json.loads((output / "training_args.json").read_text())
+    assert arguments_file["text_field"] == "body"
+
+
+def test_a_missing_document_field_is_one_line(tmp_path: Path, tiny_bert_dir: Path, capsys) -> None:
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in sentence_rows()), encoding="utf-8")
+    arguments = ["pregenerate", "--train_corpus", str(path), "--text_field", "sentence", "--document_field",
+                 "section", "--bert_model", str(tiny_bert_dir), "--output_dir", str(tmp_path / "out")]  # fmt: skip
+    assert main(arguments) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error == f"error: {path}:1: no column 'section' (columns: 'doc', 'sentence'); name it with --document_field"
