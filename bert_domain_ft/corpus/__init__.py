@@ -1,4 +1,4 @@
-"""The corpus stage: text in, in the corpus format (a sentence a line, blank lines between documents). No torch.
+"""The corpus stage: text in, in the corpus format (a sentence a line, blank lines between documents). No torch (but ``vocab extend``, through ``model.vocabulary``).
 
 config              the settings of prepare, check, select and tokenizer (one dataclass each)
 reading             streaming the corpus format, and finding and reading ``prepare``'s raw inputs
@@ -8,4 +8,6 @@ check               ``check``: is a corpus file usable, and what does it hold
 task_files          the task's own files: labelled sentences for the probe, texts for TAPT and selection
 selection           ``select``: the corpus documents nearest to a task's texts (kNN-TAPT; BM25 or embeddings)
 tokenizer_training  ``tokenizer``: a WordPiece, byte-level BPE or Unigram tokenizer trained on the corpus
+vocabulary          ``vocab analyse``: how the tokenizer splits the domain's words, the costliest first
+vocabulary_extension ``vocab extend``: the costliest words as whole-word entries ([unused] slots first), model too
 """

@@ -5,4 +5,5 @@ tokenizer     loading the tokenizer, and the facts about it that pregenerated da
 pretraining   the pretraining objective: a BERT with its heads, and the masked-LM (+ NSP) losses of any model
 loading       loading a model to train or evaluate (or building one from scratch), its files checked first
 optimization  AdamW with BERT's weight-decay exemptions, the warm-up/decay schedule, the L2-SP anchor
+vocabulary    new vocabulary rows: the mean of their pieces, their record, training only them (warm-up)
 """

@@ -109,7 +109,8 @@ def extend_model_weights(source: str, output: Path, rows: Sequence[NewRow], voca
             model.resize_token_embeddings(vocab_size, mean_resizing=False)  # new rows are set just below
     initialise_rows(model, rows)
     output.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(output), safe_serialization=True)
+    with quiet_transformers():
+        model.save_pretrained(str(output), safe_serialization=True)
     return before, parameter_count(model)
 
 

@@ -1,0 +1,167 @@
+"""What a domain vocabulary buys: ``vocab extend`` against the base tokenizer, measured in one run.
+
+1. Fragmentation on held-out text. Each domain text is split by documents (every 10th held out); ``vocab extend``
+   chooses its words from the other nine tenths; the held-out tenth is measured with the base and the extended
+   tokenizer: tokens, pieces per word, continuation share, sequences of 128 per MB. Domains: the technical
+   documentation in /work/shared/data/python_docs_corpus.txt (``--docs``) and the Python documentation's reST
+   sources (the ``pydocs`` task of ``benchmarks/adaptation.py``). With the 994 [unused] slots of the MiniLM /
+   bert-base-uncased vocabulary, and with ``--grow`` words (slots, then growth).
+2. Training and the probe, on ``benchmarks/adaptation.py``'s pydocs task and machinery (its ``adapt``,
+   ``pregenerated`` and the probe): DAPT with masked LM (``dapt_mlm``) from the base model, and the same recipe
+   from the model extended with words of the pydocs corpus (the new rows warm up with the fresh MLM head), at the
+   same budget (``--steps`` × ``--batch_size`` sequences). Reported: sequences per epoch of the pregenerated data,
+   training sequences/s, the probe of base / adapted / extended + adapted (5 seeds) with paired 95% intervals,
+   extended + adapted against adapted included.
+
+    python benchmarks/vocabulary.py --work_dir /tmp/vocabulary_benchmark            # ~25 min on 2 cores
+    python benchmarks/vocabulary.py --work_dir /tmp/vocabulary_benchmark --skip_training   # part 1 only, ~1 min
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import adaptation  # noqa: E402  (the task, adaptation and probe machinery)
+
+from bert_domain_ft.evaluation.heldout import render_table  # noqa: E402
+
+DOCS = Path("/work/shared/data/python_docs_corpus.txt")
+SLOTS = 994  # [unused] slots of the bert-base-uncased vocabulary (and MiniLM's)
+HELD_OUT_EVERY = 10  # every 10th document is held out
+
+
+def split_documents(corpus: Path, work: Path) -> tuple[Path, Path]:
+    """(training part, held-out part) of a corpus-format file: every ``HELD_OUT_EVERY``-th document held out."""
+    train, held_out = work / f"{corpus.stem}.train.txt", work / f"{corpus.stem}.heldout.txt"
+    if not held_out.exists():
+        documents = [doc.strip() for doc in corpus.read_text(encoding="utf-8").split("\n\n") if doc.strip()]
+        parts: tuple[list[str], list[str]] = ([], [])
+        for index, document in enumerate(documents):
+            parts[index % HELD_OUT_EVERY == HELD_OUT_EVERY - 1].append(document)
+        train.write_text("\n\n".join(parts[0]) + "\n", encoding="utf-8")
+        held_out.write_text("\n\n".join(parts[1]) + "\n", encoding="utf-8")
+    return train, held_out
+
+
+def extended(model: str, corpus: Path, add: int, output: Path) -> Path:
+    """``vocab extend`` of ``model`` with ``add`` words of ``corpus`` (cached in ``output``)."""
+    from bert_domain_ft.corpus.config import VocabExtendConfig
+    from bert_domain_ft.corpus.vocabulary_extension import extend_vocabulary
+
+    if not (output / "vocabulary_extension.json").exists():
+        report = extend_vocabulary(
+            VocabExtendConfig(
+                corpus=corpus, bert_model=model, add=add, output=output, overwrite=True, show_progress=False
+            )  # fmt: skip
+        )
+        print(f"  extended {Path(model).name} with {add} words of {corpus.name}: {report.vocab_size_before} → "
+              f"{report.vocab_size} rows, {report.parameters_before:,} → {report.parameters:,} parameters")  # fmt: skip
+    return output
+
+
+def fragmentation(tokenizer_dir: str, text: Path) -> Any:
+    from bert_domain_ft.corpus.config import VocabAnalyseConfig
+    from bert_domain_ft.corpus.vocabulary import analyse_vocabulary
+
+    return analyse_vocabulary(VocabAnalyseConfig(corpus=text, bert_model=tokenizer_dir, top=0, show_progress=False))
+
+
+def fragmentation_table(model: str, corpus: Path, work: Path, grow: int) -> str:
+    """Held-out fragmentation of ``corpus`` with the base tokenizer, the 994 slots, and ``grow`` words."""
+    train, held_out = split_documents(corpus, work)
+    columns = {"base": fragmentation(model, held_out)}
+    for add in (SLOTS, grow):
+        directory = extended(model, train, add, work / f"{corpus.stem}_ext{add}")
+        columns[f"+{add} words"] = fragmentation(str(directory), held_out)
+    base = columns["base"]
+    rows = [["held-out " + corpus.stem, *columns, *(f"{name} / base" for name in list(columns)[1:])]]
+    for label, value in (
+        ("tokens", lambda r: r.tokens),
+        ("pieces per word", lambda r: r.pieces_per_word),
+        ("continuation share", lambda r: r.continuation_share),
+        ("sequences of 128 per MB", lambda r: r.sequences_per_mb),
+        ("words that became [UNK]", lambda r: r.unknown_words),
+    ):
+        cells = [f"{value(r):.4g}" if isinstance(value(r), float) else str(value(r)) for r in columns.values()]
+        ratios = [f"{value(r) / value(base):.3f}" if value(base) else "-" for r in list(columns.values())[1:]]
+        rows.append([label, *cells, *ratios])
+    return render_table(rows)
+
+
+def sequences_per_epoch(data: Path) -> int:
+    return int(json.loads((data / "manifest.json").read_text())["epochs"][0]["num_instances"])
+
+
+def training_speed(run: Path) -> float:
+    """Median sequences/s of the main phase's train records in ``metrics.jsonl``."""
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    speeds = [r["sequences_per_second"] for r in records if r.get("kind") == "train" and "sequences_per_second" in r]
+    return statistics.median(speeds) if speeds else float("nan")
+
+
+def training_and_probe(model: str, work: Path, steps: int, batch: int, seeds: int, seed: int) -> None:
+    from bert_domain_ft.evaluation.config import ProbeConfig
+    from bert_domain_ft.evaluation.probe import run_probe
+    from bert_domain_ft.evaluation.probe_report import format_paired_table, format_probe_table
+
+    task = adaptation.build_pydocs_task(work)
+    print(f"task {task.name}: {task.description}", flush=True)
+    ext_model = str(extended(model, task.corpus, SLOTS, work / "pydocs_ext994"))
+    recipe = adaptation.RECIPES["dapt_mlm"]
+    runs = {}
+    for name, start, data_name in (("dapt_mlm", model, "domain"), ("ext994_dapt_mlm", ext_model, "domain_ext994")):
+        started = time.perf_counter()
+        arm = adaptation.Recipe(data_name, recipe.objective, recipe.learning_rate)  # same recipe, own data dir
+        runs[name] = adaptation.adapt(start, task, name, arm, steps, batch, work, seed)
+        print(f"  {name}: {time.perf_counter() - started:.0f} s (adaptation, data included if not cached)", flush=True)
+    data = {name: work / "data" / f"{d}_mlm" for name, d in (("dapt_mlm", "domain"), ("ext994_dapt_mlm", "domain_ext994"))}  # fmt: skip
+    rows = [["pydocs, masked LM", "sequences per epoch", "training seq/s (median)"]]
+    rows += [[name, str(sequences_per_epoch(data[name])), f"{training_speed(runs[name]):.2f}"] for name in runs]
+    print(render_table(rows))
+    ratio = sequences_per_epoch(data["ext994_dapt_mlm"]) / sequences_per_epoch(data["dapt_mlm"])
+    print(f"sequences per epoch, extended / base: {ratio:.3f}")
+    config = ProbeConfig(models=[model, *map(str, runs.values())], train=task.train, test=task.test, seeds=seeds,
+                         json_output=work / "probe_results.json", show_progress=False)  # fmt: skip
+    results = run_probe(config, names=["base", "adapted (DAPT, MLM)", "extended 994 + adapted"])
+    print(format_probe_table(results, title=f"pydocs, {steps} steps × {batch}"))
+    print()
+    print(format_paired_table(results[1:], title="extended + adapted vs adapted"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work_dir", type=Path, default=Path("vocabulary_benchmark"))
+    parser.add_argument("--docs", type=Path, default=DOCS, help="technical documentation, corpus format")
+    parser.add_argument("--grow", type=int, default=2000, help="a second extension: this many words")
+    parser.add_argument("--steps", type=int, default=142, help="optimizer steps of each adaptation (equal budget)")
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--seeds", type=int, default=5, help="probe classifiers per model")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--skip_training", action="store_true", help="fragmentation only")
+    args = parser.parse_args(argv)
+
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    work = args.work_dir / "pydocs"
+    work.mkdir(parents=True, exist_ok=True)
+    model = adaptation.minilm()
+    pydocs = adaptation.build_pydocs_task(work).corpus
+    for corpus in (args.docs, pydocs):
+        print(fragmentation_table(model, corpus, args.work_dir, args.grow), "\n", flush=True)
+    if not args.skip_training:
+        training_and_probe(model, work, args.steps, args.batch_size, args.seeds, args.seed)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
