@@ -1,4 +1,5 @@
-"""The corpus stage: text in, in the corpus format (a sentence a line, blank lines between documents). No torch (but ``vocab extend``, through ``model.vocabulary``).
+"""The corpus stage: text in, in the corpus format (a sentence a line, blank lines between documents). No torch
+(but ``vocab extend``, which rewrites the model's rows through ``model.vocabulary``).
 
 config              the settings of prepare, check, select and tokenizer (one dataclass each)
 reading             streaming the corpus format, and finding and reading ``prepare``'s raw inputs
