@@ -25,7 +25,7 @@ from bert_domain_ft.corpus.config import (
     VocabExtendConfig,
 )
 from bert_domain_ft.data.config import PregenerateConfig
-from bert_domain_ft.evaluation.config import EvaluateConfig, PlotConfig, ProbeConfig
+from bert_domain_ft.evaluation.config import EvaluateConfig, FillMaskConfig, PlotConfig, ProbeConfig
 from bert_domain_ft.training.config import FinetuneConfig, OriginalSimpleFlags, SimpleConfig
 
 __all__ = ["build_parser", "main", "parse_with_config", "run_command", "run_guarded", "steps_or_auto"]
@@ -73,8 +73,10 @@ PLOT = Command("plot", (PlotConfig,), commands.run_plot)
 PROBE = Command("probe", (ProbeConfig,), commands.run_probe)
 TOKENIZER = Command("tokenizer", (TokenizerTrainingConfig,), commands.run_tokenizer)
 SELECT = Command("select", (SelectConfig,), commands.run_select)
+FILL_MASK = Command("fill-mask", (FillMaskConfig,), commands.run_fill_mask)
 COMMANDS = {
-    c.name: c for c in (PREPARE, CHECK, PREGENERATE, FINETUNE, SIMPLE, EVALUATE, PLOT, PROBE, TOKENIZER, SELECT)
+    c.name: c
+    for c in (PREPARE, CHECK, PREGENERATE, FINETUNE, SIMPLE, EVALUATE, PLOT, PROBE, FILL_MASK, TOKENIZER, SELECT)
 }
 
 

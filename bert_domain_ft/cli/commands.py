@@ -28,7 +28,7 @@ from bert_domain_ft.corpus.config import (
 )
 from bert_domain_ft.data.config import PregenerateConfig, corpora_from_text
 from bert_domain_ft.errors import UserError
-from bert_domain_ft.evaluation.config import EvaluateConfig, PlotConfig, ProbeConfig
+from bert_domain_ft.evaluation.config import EvaluateConfig, FillMaskConfig, PlotConfig, ProbeConfig
 from bert_domain_ft.training.config import FinetuneConfig, OriginalSimpleFlags, SimpleConfig
 
 EXIT_REJECTED = 1
@@ -172,6 +172,14 @@ def run_probe(arguments: argparse.Namespace) -> int:
     for path in (config.json_output, config.plot_output):
         if path is not None:
             print(f"wrote {path}")
+    return 0
+
+
+def run_fill_mask(arguments: argparse.Namespace) -> int:
+    """Show each model's top predictions for masked words side by side (your texts, or held-out sentences)."""
+    from bert_domain_ft.evaluation.fill_mask import fill_masks, format_fill_mask
+
+    print(format_fill_mask(*fill_masks(build_config(FillMaskConfig, arguments))))
     return 0
 
 

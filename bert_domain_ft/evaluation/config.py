@@ -1,6 +1,7 @@
 """Settings of the evaluation stage's commands, one dataclass each, every field documented and checked on
 construction: ``evaluate`` (held-out masked-LM loss of models) and ``probe`` (a classifier fine-tuned from each model
-on the user's labelled data) and ``plot`` (a run's training curves). Importing it does not import torch. A field's
+on the user's labelled data), ``plot`` (a run's training curves) and ``fill-mask`` (models' predictions for masked
+words, side by side). Importing it does not import torch. A field's
 ``metadata`` says what its command-line flag needs beyond its type and default (see ``bert_domain_ft.cli.flags``).
 
     config = ProbeConfig(models=["bert-base-uncased", "out/"], train=Path("train.csv"), test=Path("test.csv"))
@@ -136,3 +137,46 @@ class PlotConfig:
     """A finetune run's output directory, holding its metrics.jsonl."""
     output: Path | None = None
     """The PNG to write; None writes RUN_DIR/training_curves.png."""
+
+
+MASK_PLACEHOLDERS = ("[MASK]", "<mask>")  # written in a text where the word to predict goes, for any model
+
+
+@dataclass
+class FillMaskConfig:
+    """What ``bert-domain-ft fill-mask`` shows: each model's top predictions for masked words, side by side."""
+
+    models: list[str] = field(metadata={"metavar": "MODEL"})
+    """Model directories (or hub ids) to compare, in column order, e.g. the base model and the adapted run."""
+    texts: list[str] = field(default_factory=list, metadata={"positional": True, "metavar": "TEXT", "nargs": "*"})
+    """Texts with [MASK] (or <mask>) where a word is to be predicted; may also follow --models directly (every
+    value holding a mask is a text)."""
+    from_holdout: int = 0
+    """Also take this many held-out sentences and mask one whole word in each (a word the tokenizer keeps in one
+    piece, chosen by seed), showing the word that was there."""
+    holdout_data: Path | None = None
+    """Pregenerated directory whose held-out set --from_holdout reads; None: the pregenerated_data named in the
+    last model's training_args.json (the run's own held-out set)."""
+    top_k: int = 5
+    """Predictions shown per model and mask, most probable first, with their probabilities."""
+    seed: int = 0
+    """Seed of the held-out sentences and words chosen."""
+    no_cuda: bool = False
+    """Stay on the CPU even when a GPU is available."""
+
+    def __post_init__(self) -> None:
+        given = [str(value) for value in self.models]
+        self.models = [value for value in given if not any(mask in value for mask in MASK_PLACEHOLDERS)]
+        self.texts = [value for value in given if value not in self.models] + [str(text) for text in self.texts]
+        self.holdout_data = Path(self.holdout_data) if self.holdout_data is not None else None
+        if not self.models:
+            raise ValueError("give the models to compare with --models (e.g. the base model and your run)")
+        if len(set(self.models)) != len(self.models):
+            raise ValueError("--models lists a model twice; give each model once")
+        if self.from_holdout < 0 or self.top_k < 1:
+            raise ValueError("--from_holdout must not be negative and --top_k must be at least 1")
+        if not self.texts and not self.from_holdout:
+            raise ValueError('give texts with [MASK] (e.g. "The [MASK] was reset.") or --from_holdout N')
+        for text in self.texts:
+            if not any(mask in text for mask in MASK_PLACEHOLDERS):
+                raise ValueError(f"{text!r}: has no [MASK]; write [MASK] where the word to predict goes")

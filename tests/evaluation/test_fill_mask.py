@@ -1,0 +1,61 @@
+"""fill-mask: each model's top predictions side by side, for given texts and for held-out sentences."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from tiny_assets import WORDS
+from training_helpers import make_pregenerated, quick_config
+
+from bert_domain_ft.cli import main
+from bert_domain_ft.evaluation.config import FillMaskConfig
+from bert_domain_ft.evaluation.fill_mask import fill_masks, format_fill_mask
+from bert_domain_ft.training.recipe import finetune
+
+
+@pytest.fixture(scope="module")
+def adapted_run(tmp_path_factory: pytest.TempPathFactory, tiny_corpus: Path, tiny_bert_dir: Path) -> Path:
+    root = tmp_path_factory.mktemp("fill_mask")
+    data = make_pregenerated(tiny_corpus, tiny_bert_dir, root / "data", epochs=1, holdout_fraction=0.1)
+    finetune(quick_config(data, tiny_bert_dir, root / "run", max_steps=2, train_batch_size=16))
+    return root / "run"
+
+
+def test_models_side_by_side_for_given_texts_and_held_out_words(adapted_run: Path, tiny_bert_dir: Path) -> None:
+    config = FillMaskConfig(models=[str(tiny_bert_dir), str(adapted_run), "The kernel [MASK] the page."],
+                            from_holdout=3, top_k=4, no_cuda=True)  # fmt: skip
+    assert config.texts == ["The kernel [MASK] the page."]  # a value with a mask after --models is a text
+    texts, results = fill_masks(config)
+    assert len(texts) == 4 and [result.label for result in results] == ["tiny_bert0", "run"]
+    for item in texts[1:]:  # held out: one whole word of the corpus masked, the rest of the sentence kept
+        assert item.text.count("[MASK]") == 1 and item.answer is not None
+        assert item.answer.lower() in {word.lower() for word in WORDS}
+    for result in results:
+        for per_text in result.predictions:
+            (top,) = per_text  # one mask per text
+            probabilities = [probability for _, probability in top]
+            assert (
+                len(top) == 4 and probabilities == sorted(probabilities, reverse=True) and 0 < sum(probabilities) <= 1
+            )
+    table = format_fill_mask(texts, results)
+    assert table.count("the word was:") == 3 and re.search(r"^rank\s+tiny_bert0\s+run$", table, re.MULTILINE)
+
+
+def test_an_encoder_without_its_head_is_marked(tiny_encoder_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert (
+        main(["fill-mask", "--models", str(tiny_encoder_dir), "a [MASK] of the page", "--top_k", "2", "--no_cuda"]) == 0
+    )
+    assert "(untrained MLM head)" in capsys.readouterr().out
+
+
+def test_a_text_without_a_mask_is_one_line(tiny_bert_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["fill-mask", "--models", str(tiny_bert_dir), "--no_cuda", "--", "no mask here"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert error == ["error: 'no mask here': has no [MASK]; write [MASK] where the word to predict goes"]
+
+
+def test_from_holdout_without_a_held_out_set_is_one_line(tiny_bert_dir: Path, capsys) -> None:
+    assert main(["fill-mask", "--models", str(tiny_bert_dir), "--from_holdout", "2", "--no_cuda"]) == 2
+    assert "give --holdout_data DIR" in capsys.readouterr().err
