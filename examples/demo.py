@@ -15,7 +15,9 @@ Steps (each a function below, each calling the library):
   5. probe       — does it help a task? A classifier is fine-tuned from the base and from the adapted model (several
                    seeds) to tell which area of the standard library a docstring sentence comes from, trained and
                    tested on sentences of different modules (``examples/demo_probe_data.py``);
-  6. report      — both tables, whatever they say, and where the model, metrics and plots were written.
+  6. report      — both tables, whatever they say, then what the base and the adapted model predict for masked
+                   words (two sentences of the domain and a few held-out ones: ``fill-mask``), and where the
+                   model (with its card, README.md), metrics and plots were written.
 
     python examples/demo.py                 # ~8 minutes on 2 CPU cores
     python examples/demo.py --quick         # ~4 minutes: a smaller corpus, one epoch, a lighter probe
@@ -321,11 +323,35 @@ def report_files(run_dir: Path, probe: ProbeOutcome | None) -> None:
     if not plot.exists():
         plot = plot_run_if_possible(run_dir)
     print()
-    print(f"model:    {run_dir}")
+    print(f"model:    {run_dir} (model card: {run_dir / 'README.md'})")
     print(f"metrics:  {run_dir / 'metrics.jsonl'}")
     print(f"plot:     {plot if plot is not None else 'not drawn (pip install bert_domain_ft[plot])'}")
     if probe is not None:
         print(f"probe:    {probe.json_path}" + (f", {probe.plot_path}" if probe.plot_path is not None else ""))
+
+
+# Sentences of the demo's domain (the standard library's docstrings) with a word to predict.
+FILL_MASK_TEXTS = ("Return a [MASK] of the items in the list.", "Raise ValueError if the [MASK] does not exist.")
+FILL_MASK_HOLDOUT = 3  # held-out sentences with one word masked
+
+
+def report_predictions(settings: DemoSettings, model: str, run_dir: Path) -> None:
+    """What the base and the adapted model predict for masked words: two sentences of the domain and a few
+    held-out ones (``bert-domain-ft fill-mask``)."""
+    from bert_domain_ft.evaluation.config import FillMaskConfig
+    from bert_domain_ft.evaluation.fill_mask import fill_masks, format_fill_mask
+
+    config = FillMaskConfig(
+        models=[model, str(run_dir)], texts=list(FILL_MASK_TEXTS), from_holdout=FILL_MASK_HOLDOUT,
+        holdout_data=settings.output_dir / "pregenerated", top_k=3,
+    )  # fmt: skip
+    texts, results = fill_masks(config, names=["base", "adapted"])
+    print()
+    print("Masked words, base vs adapted (top 3 and their probabilities; bert-domain-ft fill-mask):")
+    if results[0].untrained_head:
+        print("(the base checkpoint has no trained masked-LM head, so its column is guesswork; the adapted model's")
+        print(" head was warmed up and trained on the domain)")
+    print(format_fill_mask(texts, results))
 
 
 def run_demo(settings: DemoSettings) -> int:
@@ -340,6 +366,7 @@ def run_demo(settings: DemoSettings) -> int:
     report_mlm(run_dir, manifest, adaptation_seconds)
     if probe is not None:
         report_probe(probe)
+    report_predictions(settings, model, run_dir)
     report_files(run_dir, probe)
     return 0
 

@@ -165,16 +165,20 @@ def holdout_texts(config: FillMaskConfig) -> list[MaskedText]:
     return texts
 
 
-def fill_masks(config: FillMaskConfig) -> tuple[list[MaskedText], list[ModelPredictions]]:
-    """The texts (given, then held-out ones) and each model's predictions for them."""
+def fill_masks(
+    config: FillMaskConfig, names: list[str] | None = None
+) -> tuple[list[MaskedText], list[ModelPredictions]]:
+    """The texts (given, then held-out ones) and each model's predictions for them; ``names`` label the models'
+    columns (default: their directory names)."""
     texts = [MaskedText(text) for text in config.texts]
     if config.from_holdout:
         texts += holdout_texts(config)
     device = torch.device("cuda" if torch.cuda.is_available() and not config.no_cuda else "cpu")
     results = []
-    for model in config.models:
+    labels = names or [_label(model, config.models) for model in config.models]
+    for model, label in zip(config.models, labels):
         untrained, predictions = predict_masks(model, texts, config.top_k, device)
-        results.append(ModelPredictions(_label(model, config.models), untrained, predictions))
+        results.append(ModelPredictions(label, untrained, predictions))
     return texts, results
 
 

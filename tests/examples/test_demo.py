@@ -45,7 +45,14 @@ def test_demo_on_another_bert_prints_the_before_after_table(
     assert [line.split()[0] for line in probe_table[2:4]] == ["base", "adapted"]
     assert (output / "probe" / "probe_results.json").is_file() and (output / "probe" / "test.csv").is_file()
     assert (output / "model" / "model.safetensors").is_file()
-    assert f"model:    {output / 'model'}" in printed
+    assert f"model:    {output / 'model'} (model card: {output / 'model' / 'README.md'})" in printed
+    predictions = printed[printed.index("Masked words, base vs adapted") :]
+    assert predictions.count("the word was:") == 3 and "Return a [MASK] of the items in the list." in predictions
+    assert [line.split() for line in predictions.splitlines() if line.startswith("rank")][0] == [
+        "rank",
+        "base",
+        "adapted",
+    ]
     assert (output / "model" / "training_curves.png").stat().st_size > 0
 
 
