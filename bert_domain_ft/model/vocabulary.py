@@ -16,7 +16,7 @@ Training reads it (``fresh_rows``): the new rows are fresh like a missing head a
 every other parameter is frozen (``only_rows_change``); a trained model saved by ``finetune`` has no record.
 
     extend_model_weights("bert/", Path("bert-ext/"), [NewRow(1, (2004, 6038, 3695))], vocab_size=30522)
-    with only_rows_change(model, fresh_rows("bert-ext/"), optimizer): ...
+    with only_rows_change(partly_trained(model, heads), fresh_rows("bert-ext/"), optimizer): ...
 """
 
 from __future__ import annotations
@@ -143,14 +143,22 @@ def row_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [model.get_input_embeddings().weight, *_decoder_tensors(model)]
 
 
+def partly_trained(model: nn.Module, trained_whole: Sequence[nn.Parameter]) -> list[nn.Parameter]:
+    """The row parameters of which only the new rows train: all but those trained whole anyway (the decoder bias
+    of a fresh masked-LM head)."""
+    whole = {id(parameter) for parameter in trained_whole}
+    return [parameter for parameter in row_parameters(model) if id(parameter) not in whole]
+
+
 @contextmanager
-def only_rows_change(model: nn.Module, row_ids: Sequence[int], optimizer: torch.optim.Optimizer) -> Iterator[None]:
-    """While inside, only rows ``row_ids`` of ``row_parameters(model)`` change under ``optimizer``'s steps.
+def only_rows_change(
+    parameters: Sequence[nn.Parameter], row_ids: Sequence[int], optimizer: torch.optim.Optimizer
+) -> Iterator[None]:
+    """While inside, only rows ``row_ids`` of ``parameters`` (one row per token each) change under ``optimizer``.
 
     Gradients of the other rows are zeroed as they are computed (so gradient clipping and Adam's moments see the
     new rows alone), and after every step the other rows are put back bit for bit (decoupled weight decay would
-    otherwise shrink them). Costs one copy of each row parameter."""
-    parameters = row_parameters(model)
+    otherwise shrink them). Costs one copy of each of ``parameters``."""
     keep = [torch.ones(parameter.shape[0], dtype=torch.bool, device=parameter.device) for parameter in parameters]
     for mask in keep:
         mask[list(row_ids)] = False

@@ -12,7 +12,9 @@ under several processes), the optimizer over its parameters, its learning-rate s
   activations kept, no backward through it, about half the cost of a full step. Its steps do not count in
   ``global_step``; they are logged as ``"kind": "head_warmup"`` records (``"step": 0``, ``"warmup_step": k``)
   after a ``"kind": "head_warmup_eval"`` of the fresh heads. No checkpoint is written during it: a resumed run
-  (from a checkpoint, taken after it) does not repeat it. A checkpoint that has its heads skips it.
+  (from a checkpoint, taken after it) does not repeat it. A checkpoint that has its heads skips it. The rows a
+  ``vocab extend`` added (``TrainingSetup.fresh_rows``) are fresh too: they train in the same phase, alone of their
+  matrices (``model.vocabulary.only_rows_change``), the encoder then run with gradients so they reach the input rows.
 - the main phase (``TrainingLoop.run``): epochs of micro-batches from a ``TrainingPosition``, exactly resumable
   at any checkpoint; per optimizer step it may log (``metrics.jsonl`` + progress bar), evaluate, checkpoint
   and stop.
@@ -59,6 +61,7 @@ from bert_domain_ft.model.pretraining import (
     masked_lm_head,
     pretraining_losses,
 )
+from bert_domain_ft.model.vocabulary import only_rows_change, partly_trained
 from bert_domain_ft.training.checkpoints import (
     CheckpointManager,
     TrainingPosition,
@@ -151,6 +154,7 @@ class TrainingSetup:
     metrics: MetricsLog
     evaluate: Evaluator | None = None
     fresh_heads: tuple[str, ...] = ()  # heads initialised at random (for a heads-only warm-up phase)
+    fresh_rows: tuple[int, ...] = ()  # vocabulary rows added by `vocab extend`: they warm up with the heads
     # The starting weights: pulled towards with settings.anchor_weight, their distance logged at logging steps.
     anchor: ParameterAnchor | None = None
     # Called on the main process after each evaluation with (global step, its metrics), e.g. to keep the best model.
@@ -220,15 +224,18 @@ def auto_warmup_steps(main_steps: int) -> int:
 
 
 def plan_head_warmup(
-    requested: int | None, fresh_heads: tuple[str, ...], with_nsp: bool, main_steps: int
+    requested: int | None, fresh_heads: tuple[str, ...], with_nsp: bool, main_steps: int, fresh_rows: int = 0
 ) -> HeadWarmupPlan:
-    """The warm-up for ``--head_warmup_steps requested`` (None: automatic) given the heads the checkpoint lacked.
+    """The warm-up for ``--head_warmup_steps requested`` (None: automatic) given the heads the checkpoint lacked
+    and the number of fresh vocabulary rows.
 
     The NSP head is left out when the data has no NSP labels (it is frozen and unused then).
     """
     heads = tuple(head for head in fresh_heads if head == MLM_HEAD or (head == NSP_HEAD and with_nsp))
-    names = " and ".join(head.upper() for head in heads)
-    if not heads:
+    names = " and ".join(
+        [head.upper() for head in heads] + ([f"{fresh_rows} new vocabulary rows"] if fresh_rows else [])
+    )
+    if not heads and not fresh_rows:
         return HeadWarmupPlan(0, (), "no head warm-up: no pretraining head starts fresh on a trained encoder")
     if requested == 0:
         return HeadWarmupPlan(0, heads, f"no head warm-up (--head_warmup_steps 0): the fresh {names} train at once")
@@ -349,12 +356,20 @@ class TrainingLoop:
             logger.info("resuming at step %d: no head warm-up (it ran before the first checkpoint)", start.global_step)
             return HeadWarmupPlan(0, (), "resumed")
         settings = self.settings
-        plan = plan_head_warmup(settings.head_warmup_steps, self.setup.fresh_heads, with_nsp, self.total_steps)
+        rows = len(self.setup.fresh_rows)
+        plan = plan_head_warmup(settings.head_warmup_steps, self.setup.fresh_heads, with_nsp, self.total_steps, rows)
         if plan.steps == 0:
             logger.info("%s", plan.reason)
             return plan
-        heads, rate = " and ".join(head.upper() for head in plan.heads), settings.head_learning_rate
-        logger.info("%s: the fresh %s head(s) train alone at lr %g, encoder frozen", plan.reason, heads, rate)
+        fresh = [f"the fresh {head.upper()} head" for head in plan.heads] + (
+            [f"{rows} new vocabulary rows"] if rows else []
+        )
+        logger.info(
+            "%s: %s train alone at lr %g, the rest frozen",
+            plan.reason,
+            " and ".join(fresh),
+            settings.head_learning_rate,
+        )
         if self.setup.evaluate is not None and self.context.is_main:
             results = self._run_evaluator()
             self.setup.metrics.append({"kind": "head_warmup_eval", "phase": "head_warmup", "step": 0, **results})
@@ -363,7 +378,7 @@ class TrainingLoop:
         self._run_head_warmup(plan, with_nsp)
         return plan
 
-    def _warmup_phase(self, parameters: list[nn.Parameter], steps: int, with_nsp: bool) -> Phase:
+    def _warmup_phase(self, parameters: list[nn.Parameter], steps: int, with_nsp: bool, frozen: bool) -> Phase:
         """The heads' own optimizer and ramp-then-constant schedule; built while only they require gradients,
         so a DDP wrapper synchronises exactly them."""
         settings, model = self.settings, self.setup.model
@@ -374,7 +389,7 @@ class TrainingLoop:
         optimizer = build_optimizer(groups, rate, settings.adam_epsilon, self.context.device)
         # LambdaLR scales the peak rate of the groups: the rate of step k is warmup_learning_rate(k, steps, rate).
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_learning_rate(step, steps, 1.0))
-        objective = ddp_wrapped(PretrainingObjective(model, with_nsp, frozen_encoder=True), self.context)
+        objective = ddp_wrapped(PretrainingObjective(model, with_nsp, frozen_encoder=frozen), self.context)
         return Phase(objective, optimizer, scheduler, parameters, MetricsWindow(self.context.device))
 
     def _run_head_warmup(self, plan: HeadWarmupPlan, with_nsp: bool) -> None:
@@ -382,7 +397,9 @@ class TrainingLoop:
         order (cycled when the warm-up is longer than an epoch); every other parameter ends bit-identical."""
         settings, source, context, model = self.settings, self.setup.source, self.context, self.setup.model
         started = time.perf_counter()
-        parameters = head_parameters(model, plan.heads)
+        heads, rows = head_parameters(model, plan.heads), self.setup.fresh_rows
+        partly = partly_trained(model, heads) if rows else []  # matrices of which only the new rows train
+        parameters = heads + partly
         epoch = plan_epoch(source.epoch_size(0), settings.micro_batch_size, settings.seed, 0, context.rank,
                            context.world_size)  # fmt: skip
         micro_batches = [
@@ -391,12 +408,13 @@ class TrainingLoop:
         show = settings.show_progress and context.is_main
         model.train()
         with only_trainable(model, parameters), tqdm(total=plan.steps, desc="head warm-up", disable=not show) as bar:
-            phase = self._warmup_phase(parameters, plan.steps, with_nsp)
-            steps = self._train_steps(phase, micro_batches, source.open_epoch(0))
-            for step, _ in enumerate(steps, start=1):  # runs to its end: the plan holds exactly these steps
-                bar.update(1)
-                if step % settings.logging_steps == 0 or step == plan.steps:
-                    self._report_warmup(phase, step, plan.steps, bar)
+            phase = self._warmup_phase(parameters, plan.steps, with_nsp, frozen=not rows)
+            with only_rows_change(partly, rows, phase.optimizer) if rows else contextlib.nullcontext():
+                steps = self._train_steps(phase, micro_batches, source.open_epoch(0))
+                for step, _ in enumerate(steps, start=1):  # runs to its end: the plan holds exactly these steps
+                    bar.update(1)
+                    if step % settings.logging_steps == 0 or step == plan.steps:
+                        self._report_warmup(phase, step, plan.steps, bar)
         logger.info("head warm-up done: %d steps in %.0f s", plan.steps, time.perf_counter() - started)
 
     def _report_warmup(self, phase: Phase, step: int, steps: int, bar: tqdm) -> None:

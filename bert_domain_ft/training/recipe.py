@@ -37,6 +37,7 @@ from bert_domain_ft.model.loading import check_model_files, usable_positions
 from bert_domain_ft.model.optimization import ParameterAnchor
 from bert_domain_ft.model.pretraining import LoadedModel, head_parameters, quiet_transformers
 from bert_domain_ft.model.tokenizer import TokenizerFacts, describe_tokenizer, load_tokenizer
+from bert_domain_ft.model.vocabulary import fresh_rows
 from bert_domain_ft.training import setup as build
 from bert_domain_ft.training.checkpoints import CHECKPOINT_PREFIX, CheckpointManager, TrainingPosition
 from bert_domain_ft.training.config import FinetuneConfig
@@ -296,7 +297,7 @@ def _setup_training(
         anchor = _setup_anchor(loaded.model, loaded.fresh_heads, config.anchor_weight, context.device)
     return TrainingSetup(
         objective, loaded.model, optimizer, scheduler, precision, context, source, checkpoints, metrics,
-        fresh_heads=loaded.fresh_heads, anchor=anchor, throughput=Throughput.for_training(loaded.model, context.device),
+        fresh_heads=loaded.fresh_heads, fresh_rows=fresh_rows(config.bert_model), anchor=anchor, throughput=Throughput.for_training(loaded.model, context.device),
     )  # fmt: skip
 
 

@@ -77,7 +77,7 @@ def test_only_the_new_rows_move_under_adamw_with_weight_decay(untied) -> None:
     before = [parameter.detach().clone() for parameter in parameters]
     optimizer = torch.optim.AdamW(parameters, lr=1e-2, weight_decay=0.5)
     ids = torch.tensor([[7, 2, 3, rows[2], 120, 8]])
-    with only_rows_change(model, rows, optimizer):
+    with only_rows_change(parameters, rows, optimizer):
         for _ in range(3):
             output = model(input_ids=ids)
             output.prediction_logits[0].logsumexp(dim=-1).sum().backward()

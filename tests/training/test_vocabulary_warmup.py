@@ -1,0 +1,87 @@
+"""The rows ``vocab extend`` added are fresh: they warm up with the heads, every other weight (old rows of the
+same matrices included) ends the warm-up bit-identical, and a model with trained heads still warms up its rows."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import vocabulary_assets
+from training_helpers import make_pregenerated, quick_config
+
+from bert_domain_ft.corpus.config import VocabExtendConfig
+from bert_domain_ft.corpus.vocabulary_extension import extend_vocabulary
+from bert_domain_ft.model.vocabulary import EXTENSION_RECORD
+from bert_domain_ft.training import recipe
+from bert_domain_ft.training.loop import auto_warmup_steps, plan_head_warmup
+from bert_domain_ft.training.recipe import finetune
+
+EMBEDDINGS = "bert.embeddings.word_embeddings.weight"
+BIAS = "cls.predictions.bias"
+
+
+def extended(root: Path, with_heads: bool) -> tuple[Path, Path, list[int]]:
+    """(extended model, its pregenerated data, the new rows): 6 words, 4 into slots and 2 grown."""
+    corpus = vocabulary_assets.write_domain_corpus(root / "corpus.txt")
+    base = vocabulary_assets.write_model(root / "base", with_heads=with_heads)
+    model = root / "extended"
+    extend_vocabulary(VocabExtendConfig(corpus=corpus, bert_model=str(base), add=6, min_count=1, output=model,
+                                        show_progress=False))  # fmt: skip
+    data = make_pregenerated(corpus, model, root / "data", epochs=1, max_seq_len=32, objective="mlm")
+    rows = [entry["id"] for entry in json.loads((model / EXTENSION_RECORD).read_text())["added"]]
+    return model, data, rows
+
+
+@pytest.fixture()
+def warmup_weights(monkeypatch: pytest.MonkeyPatch) -> dict[str, dict[str, torch.Tensor]]:
+    """Run finetune up to the end of the warm-up only: the weights right before and right after it."""
+    captured: dict[str, dict[str, torch.Tensor]] = {}
+    original = recipe.TrainingLoop.warm_up_heads
+
+    def wrapped(loop: Any, *arguments: Any) -> Any:
+        captured["before"] = {k: v.detach().clone() for k, v in loop.setup.model.state_dict().items()}
+        captured["plan"] = original(loop, *arguments)
+        captured["after"] = {k: v.detach().clone() for k, v in loop.setup.model.state_dict().items()}
+        return captured["plan"]
+
+    monkeypatch.setattr(recipe.TrainingLoop, "warm_up_heads", wrapped)
+    monkeypatch.setattr(recipe.TrainingLoop, "run", lambda self, start: start)
+    return captured
+
+
+def changed_rows(before: torch.Tensor, after: torch.Tensor) -> list[int]:
+    differs = (before != after).reshape(before.shape[0], -1).any(dim=1)
+    return differs.nonzero().flatten().tolist()
+
+
+def test_new_rows_warm_up_with_a_fresh_head_and_nothing_else_of_the_encoder_moves(warmup_weights, tmp_path: Path) -> None:  # fmt: skip
+    model, data, rows = extended(tmp_path, with_heads=False)
+    finetune(quick_config(data, model, tmp_path / "run", head_warmup_steps=3, train_batch_size=8))
+    before, after = warmup_weights["before"], warmup_weights["after"]
+    assert sorted(changed_rows(before[EMBEDDINGS], after[EMBEDDINGS])) == sorted(rows)
+    encoder = [name for name in before if name.startswith("bert.") and name != EMBEDDINGS]
+    assert encoder and all(torch.equal(before[name], after[name]) for name in encoder)
+    assert not torch.equal(before["cls.predictions.transform.dense.weight"], after["cls.predictions.transform.dense.weight"])  # fmt: skip
+    assert len(changed_rows(before[BIAS], after[BIAS])) > len(rows)  # the fresh head's bias trains whole
+
+
+def test_a_model_with_trained_heads_warms_up_its_new_rows_alone(warmup_weights, tmp_path: Path) -> None:
+    model, data, rows = extended(tmp_path, with_heads=True)
+    finetune(quick_config(data, model, tmp_path / "run", train_batch_size=8, max_steps=10))
+    assert warmup_weights["plan"].steps == auto_warmup_steps(10) and warmup_weights["plan"].heads == ()
+    before, after = warmup_weights["before"], warmup_weights["after"]
+    row_tensors = [name for name in before if name in (EMBEDDINGS, BIAS) or name.startswith("cls.predictions.decoder.")]
+    for name in row_tensors:  # the decoder's weight is the embedding matrix (tied), its bias the head's
+        assert sorted(changed_rows(before[name], after[name])) == sorted(rows)
+    others = [name for name in before if name not in row_tensors]
+    assert [name for name in others if not torch.equal(before[name], after[name])] == []
+
+
+def test_the_plan_counts_fresh_rows_as_something_to_warm_up() -> None:
+    assert plan_head_warmup(None, (), False, 100).steps == 0
+    plan = plan_head_warmup(None, (), False, 100, fresh_rows=994)
+    assert plan.steps == auto_warmup_steps(100) and plan.heads == ()
+    assert "994 new vocabulary rows" in plan_head_warmup(0, (), False, 100, fresh_rows=994).reason
