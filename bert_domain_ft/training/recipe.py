@@ -297,7 +297,8 @@ def _setup_training(
         anchor = _setup_anchor(loaded.model, loaded.fresh_heads, config.anchor_weight, context.device)
     return TrainingSetup(
         objective, loaded.model, optimizer, scheduler, precision, context, source, checkpoints, metrics,
-        fresh_heads=loaded.fresh_heads, fresh_rows=fresh_rows(config.bert_model), anchor=anchor, throughput=Throughput.for_training(loaded.model, context.device),
+        fresh_heads=loaded.fresh_heads, fresh_rows=fresh_rows(config.bert_model), anchor=anchor,
+        throughput=Throughput.for_training(loaded.model, context.device),
     )  # fmt: skip
 
 
