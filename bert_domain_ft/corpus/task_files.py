@@ -402,10 +402,10 @@ def write_task_corpus(
     """Write the task's texts to ``output_path`` in the corpus format, atomically; return the counts.
 
     Each non-empty row becomes one document; with ``document_column``, consecutive rows with the same value
-    there make one document together (rows that are sentences or paragraphs of one text). Its sentences are found by the project's Punkt splitter (the same as
-    ``prepare``'s; it needs no download: trained, unsupervised, on the task texts themselves, or loaded from
-    ``punkt_file``); corpus-format input keeps its own sentence lines. Sentences longer than
-    ``max_sentence_chars`` are cut at a safe point. Two passes over the file (training, writing); labels are
+    there make one document together (rows that are sentences or paragraphs of one text). Its sentences are found
+    by the project's Punkt splitter (the same as ``prepare``'s; it needs no download: trained, unsupervised, on the
+    task texts themselves, or loaded from ``punkt_file``); corpus-format input keeps its own sentence lines.
+    Sentences longer than ``max_sentence_chars`` are cut at a safe point. Two passes over the file (training, writing); labels are
     never read; duplicate texts are kept (they are the task's distribution).
 
     A row with one sentence is still a document. NSP pregeneration (``instances``) always pairs a one-sentence

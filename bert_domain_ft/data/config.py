@@ -94,10 +94,11 @@ class PregenerateConfig:
     sampling_exponent: float = 1.0
     """Several corpora: corpus i is sampled ∝ (n_i/Σn)^α (1 = proportional, 0 = uniform, XLM-R used 0.3)."""
     task_data: Path | None = None
-    """The task's own texts (CSV/TSV/JSON lines/plain text, labels never read; see ``corpus.task_files``), added as a
-    corpus named "task" (task-adaptive pretraining). Written to ``output_dir/task_corpus.txt``, one document per
-    row. All of it is training text: ``holdout_fraction`` never picks task documents. For TAPT alone, write it
-    with ``bert-domain-ft select``/``corpus.task_files`` and pass that file as ``train_corpus`` instead."""
+    """The task's own texts (CSV/TSV/JSON lines/parquet/a datasets directory/plain text, labels never read; see
+    ``corpus.task_files``), added as a corpus named "task" (task-adaptive pretraining). Written to
+    ``output_dir/task_corpus.txt``, one document per row. All of it is training text: ``holdout_fraction`` never
+    picks task documents. For TAPT alone, write it with ``bert-domain-ft select``/``corpus.task_files`` and pass
+    that file as ``train_corpus`` instead."""
     task_text_column: str = "text"
     """The column (CSV/TSV header, JSON key) holding the task's text; ignored for plain text."""
     task_share: float = 0.5

@@ -70,7 +70,8 @@ class ProbeConfig:
     models: list[str] = field(metadata={"metavar": "MODEL"})
     """Model directories (or hub ids) to compare, in display order; the first is the reference (e.g. the base)."""
     train: Path
-    """Labelled training sentences: CSV with a header row, or JSON lines."""
+    """Labelled training sentences: CSV with a header row, JSON lines, parquet or a ``datasets`` save_to_disk
+    directory."""
     test: Path
     """Labelled test sentences, same format and exactly the same classes; ideally from other documents."""
     text_column: str = "text"

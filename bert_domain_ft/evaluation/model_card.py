@@ -158,7 +158,8 @@ def _facts_section(arguments: dict[str, Any], records: list[dict[str, Any]], bas
         f"- **Steps**: {_steps(records):,} optimizer steps of {training.get('train_batch_size')} sequences"
         + (f", after a head warm-up of {max(int(r.get('warmup_step', 0)) for r in warmup)} steps" if warmup else ""),
         f"- **Precision**: {_precision(training)}",
-        f"- **Learning rate**: {training.get('learning_rate')} (peak; linear warm-up and decay), seed {training.get('seed')}",
+        f"- **Learning rate**: {training.get('learning_rate')} (peak; linear warm-up and decay)",
+        f"- **Seed**: {training.get('seed')}",
     ]
     if training.get("anchor_weight"):
         lines.append(f"- **Anchor (L2-SP)**: λ = {training['anchor_weight']}")
@@ -192,7 +193,8 @@ def model_card_text(run_dir: Path, command: str, best: dict[str, Any] | None = N
     sections += ["## Reproduce", "", "```bash", command, "```", "",
                  "All settings are in `training_args.json`; `metrics.jsonl` holds every logged value.", ""]  # fmt: skip
     sections += ["## Use", "", "```python", "from transformers import pipeline", "",
-                 'fill = pipeline("fill-mask", model="PATH_OR_HUB_ID")', 'print(fill(f"A sentence of the domain with one {fill.tokenizer.mask_token} word."))',
+                 'fill = pipeline("fill-mask", model="PATH_OR_HUB_ID")',
+                 'print(fill(f"A sentence of the domain with one {fill.tokenizer.mask_token} word."))',
                  "```", ""]  # fmt: skip
     return "\n".join(sections)
 

@@ -168,8 +168,8 @@ class FinetuneConfig:
     """Keep the model with the best held-out score as output_dir/best/: the lowest held-out MLM loss, or the
     highest probe accuracy when probe_train/probe_test are given."""
     probe_train: Path | None = None
-    """Labelled sentences (CSV/JSON lines, columns text and label) for the downstream probe run on every saved
-    checkpoint (``bert-domain-ft probe``); needs probe_test."""
+    """Labelled sentences (CSV/JSON lines/parquet/a datasets directory, columns text and label) for the downstream
+    probe run on every saved checkpoint (``bert-domain-ft probe``); needs probe_test."""
     probe_test: Path | None = None
     """Labelled test sentences of the probe, same classes as probe_train."""
     probe_seeds: int = 5
@@ -317,9 +317,10 @@ class SimpleConfig:
     do_whole_word_mask: bool = False
     """Mask all WordPiece pieces of a word together."""
     task_data: Path | None = None
-    """The task's own texts (CSV/TSV/JSON lines/plain text, labels never read; see ``corpus.task_files``) trained on
-    beside the corpus (task-adaptive pretraining): written to ``output_dir/task_corpus.txt``, one document per
-    row, and tokenized after the corpus (which is not copied). See ``simple_pairs`` for how its pairs are made."""
+    """The task's own texts (CSV/TSV/JSON lines/parquet/a datasets directory/plain text, labels never read; see
+    ``corpus.task_files``) trained on beside the corpus (task-adaptive pretraining): written to
+    ``output_dir/task_corpus.txt``, one document per row, and tokenized after the corpus (which is not copied).
+    See ``simple_pairs`` for how its pairs are made."""
     task_text_column: str = "text"
     """The column (CSV/TSV header, JSON key) holding the task's text; ignored for plain text."""
     task_share: float = 0.5

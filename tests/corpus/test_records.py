@@ -22,11 +22,15 @@ from bert_domain_ft.errors import UserError
 NUM_DOCUMENTS = 40
 
 
+def sentences(rng: random.Random, count: int) -> list[str]:
+    return [synthetic_sentence(rng) for _ in range(count)]
+
+
 def documents(seed: int = 0) -> list[dict]:
     """Rows of a dataset: an id, a title, and a text of 1-5 sentences."""
     rng = random.Random(seed)
     return [
-        {"doc_id": index, "title": f"t{index}", "text": " ".join(synthetic_sentence(rng) for _ in range(rng.randint(1, 5)))}
+        {"doc_id": index, "title": f"t{index}", "text": " ".join(sentences(rng, rng.randint(1, 5)))}
         for index in range(NUM_DOCUMENTS)
     ]
 
@@ -98,7 +102,7 @@ def test_rows_of_one_document_field_value_make_one_document(tmp_path: Path) -> N
     stats = write_task_corpus(path, "sentence", tmp_path / "corpus.txt", document_column="doc")
     assert (stats.rows, stats.documents, stats.sentences) == (12, 4, 12)
     blocks = (tmp_path / "corpus.txt").read_text(encoding="utf-8").strip().split("\n\n")
-    assert [block.splitlines() for block in blocks][1] == ["Sentence 3 is here.", "Sentence 4 is here.", "Sentence 5 is here."]
+    assert blocks[1].splitlines() == [f"Sentence {index} is here." for index in (3, 4, 5)]
 
 
 def test_a_dataset_directory_is_fingerprinted_by_its_files(tmp_path: Path) -> None:
