@@ -108,6 +108,31 @@ def training_speed(run: Path) -> float:
     return statistics.median(speeds) if speeds else float("nan")
 
 
+def known_text_loss(adapted: Path, extension: Path, task_corpus: Path, data: Path, work: Path) -> str:
+    """The adapted model (a trained MLM head) and the same model given ``extension``'s words by ``vocab extend``
+    (no training after): masked-LM loss on the same token ids of the base tokenizer (so no new token in them)."""
+    from bert_domain_ft.corpus.config import VocabExtendConfig
+    from bert_domain_ft.corpus.vocabulary_extension import extend_vocabulary
+    from bert_domain_ft.evaluation.config import EvaluateConfig
+    from bert_domain_ft.evaluation.evaluate import evaluate_model
+
+    words = [entry["token"] for entry in json.loads((extension / "vocabulary_extension.json").read_text())["added"]]
+    word_file, output = work / "pydocs_ext994_words.txt", work / "adapted_then_extended"
+    word_file.write_text("\n".join(words) + "\n", encoding="utf-8")
+    if not (output / "vocabulary_extension.json").exists():
+        extend_vocabulary(VocabExtendConfig(corpus=task_corpus, bert_model=str(adapted), add=len(words), words=word_file,
+                                            output=output, overwrite=True, show_progress=False))  # fmt: skip
+    losses = {}
+    for name, model in (("adapted", adapted), ("adapted, then extended (no training)", output)):
+        config = EvaluateConfig(model=str(model), tokenizer=str(adapted), data=data, epoch=0, max_instances=1024,
+                                show_progress=False)  # fmt: skip
+        losses[name] = evaluate_model(config).mlm_loss
+    first = next(iter(losses.values()))
+    rows = [["known text (base tokenizer's ids)", "MLM loss", "difference"]]
+    rows += [[name, f"{loss:.5f}", f"{loss - first:+.5f}"] for name, loss in losses.items()]
+    return render_table(rows)
+
+
 def training_and_probe(model: str, work: Path, steps: int, batch: int, seeds: int, seed: int) -> None:
     from bert_domain_ft.evaluation.config import ProbeConfig
     from bert_domain_ft.evaluation.probe import run_probe
@@ -135,6 +160,8 @@ def training_and_probe(model: str, work: Path, steps: int, batch: int, seeds: in
     print(format_probe_table(results, title=f"pydocs, {steps} steps × {batch}"))
     print()
     print(format_paired_table(results[1:], title="extended + adapted vs adapted"))
+    print()
+    print(known_text_loss(runs["dapt_mlm"], work / "pydocs_ext994", task.corpus, data["dapt_mlm"], work), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
