@@ -92,7 +92,8 @@ class CommandGroup:
     def parser(self, **kwargs: Any) -> argparse.ArgumentParser:
         """Its parser: routes to one ``FlagParser`` per subcommand (a group takes no flags of its own)."""
         parser = argparse.ArgumentParser(**kwargs)
-        nested = parser.add_subparsers(dest=f"{self.name}_command", metavar="COMMAND", required=True,
+        choices = "{" + ",".join(self.commands) + "}"  # named in the error when none is given
+        nested = parser.add_subparsers(dest=f"{self.name}_command", metavar=choices, required=True,
                                        parser_class=FlagParser)  # fmt: skip
         for command in self.commands.values():
             nested.add_parser(command.name, help=command.help, description=command.help, flags=command.flags())
