@@ -73,6 +73,18 @@ def test_every_row_comes_back_in_order_across_batches(kind: str, inputs, monkeyp
     assert rows == [(index + 1, [row["text"], row["doc_id"]]) for index, row in enumerate(documents())]
 
 
+def test_reading_holds_one_row_group_not_the_file(tmp_path: Path) -> None:
+    import pyarrow
+
+    rng = random.Random(0)
+    rows = [{"text": " ".join(sentences(rng, 8))} for _ in range(16000)]  # ~6 MB of text in 32 row groups
+    path = write_parquet(tmp_path / "many_groups.parquet", rows, row_group_size=500)
+    peak = 0
+    for _ in iter_record_rows(path, ("text",)):
+        peak = max(peak, pyarrow.total_allocated_bytes())
+    assert peak < 0.2 * sum(len(row["text"]) for row in rows)  # a few row groups at most, never the whole file
+
+
 def test_prepare_reads_parquet_datasets_directories_and_json_lines_alike(inputs, tmp_path: Path) -> None:
     outputs = []
     for kind, path in inputs.items():
