@@ -25,16 +25,18 @@ DOC_BREAKS = ("file", "paragraph")
 @dataclass
 class PrepareConfig:
     inputs: tuple[Path, ...] = field(metadata={"positional": True, "metavar": "INPUT"})
-    """Plain-text files (one document each), directories (searched recursively with ``glob``), or JSON-lines files
-    when ``text_field`` is set."""
+    """Plain-text files (one document each), directories (searched recursively with ``glob``), JSON-lines files
+    when ``text_field`` is set, parquet files (``.parquet``) and ``datasets`` save_to_disk directories (one document
+    per row, see ``corpus.records``)."""
     output: Path
     """The corpus file to write; the Punkt parameters go beside it as ``<output>.punkt.json``."""
     doc_break: str = field(default="file", metadata={"choices": DOC_BREAKS})
-    """What makes a document: ``file`` (a file or JSON record) or ``paragraph`` (each blank-line-separated one)."""
+    """What makes a document: ``file`` (a file, JSON record or row) or ``paragraph`` (each blank-line-separated one)."""
     glob: str | None = None
     """File name pattern inside input directories; None means ``*.txt``, or ``*.jsonl`` with ``text_field``."""
     text_field: str | None = None
-    """Read inputs as JSON lines and take each record's text from this field."""
+    """Read plain inputs as JSON lines and take each record's text from this field; the column of parquet and
+    datasets inputs (None: "text")."""
     encoding: str = "utf-8"
     """Encoding of the inputs; must be ASCII-compatible (utf-8, latin-1, cp1252, ...). The output is always UTF-8."""
     punkt: str = field(default="train", metadata={"metavar": "{train,pretrained,FILE.punkt.json}"})
