@@ -2,6 +2,7 @@
 (but ``vocab extend``, which rewrites the model's rows through ``model.vocabulary``).
 
 config              the settings of prepare, check, select and tokenizer (one dataclass each)
+records             parquet files and ``datasets`` save_to_disk directories, streamed a batch of rows at a time
 reading             streaming the corpus format, and finding and reading ``prepare``'s raw inputs
 sentences           Punkt sentence splitting trained on the user's text, its parameters kept as JSON
 prepare             ``prepare``: raw text → the corpus format, normalised, split, duplicates removed

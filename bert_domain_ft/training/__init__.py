@@ -8,6 +8,7 @@ Modules, in pipeline order:
 - setup: data, model, optimizer and evaluation of a run, built and checked against each other.
 - precision: autocast, the fp16 gradient scaler, the NaN/overflow watch over every step.
 - checkpoints: exactly resumable checkpoints, checked for damage before they are loaded.
+- trackers: TensorBoard, W&B and MLflow (``--report_to``), fed every ``metrics.jsonl`` record.
 - metrics: the running sums of a logging window and the ``metrics.jsonl`` log.
 - loop: ``TrainingLoop``, the head warm-up and main phases run by one step code.
 - selection: ``--save_best`` and the downstream probe of checkpoints.
