@@ -153,7 +153,7 @@ class WandbTracker:
         wandb = require_tracker("wandb")
         project = os.environ.get("WANDB_PROJECT", DEFAULT_PROJECT)
         try:
-            self.run = wandb.init(project=project, name=run_name, dir=str(directory), reinit="create_new")
+            self.run = wandb.init(project=project, name=run_name, dir=str(directory))
         except Exception as error:  # noqa: BLE001 - a login or network problem, told in one line
             raise UserError(
                 f"--report_to wandb: could not start a W&B run ({first_line(error)}); run `wandb login`, or set "
