@@ -70,3 +70,12 @@ def test_a_missing_document_field_is_one_line(tmp_path: Path, tiny_bert_dir: Pat
     assert main(arguments) == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error == f"error: {path}:1: no column 'section' (columns: 'doc', 'sentence'); name it with --document_field"
+
+
+def test_a_datasets_directory_is_one_corpus_not_a_directory_of_corpora(tmp_path: Path) -> None:
+    import datasets
+
+    from bert_domain_ft.data.config import corpora_from_text
+
+    datasets.Dataset.from_list([{"text": "One text."}, {"text": "Two."}]).save_to_disk(str(tmp_path / "dataset"))
+    assert corpora_from_text([str(tmp_path / "dataset")]) == tmp_path / "dataset"
