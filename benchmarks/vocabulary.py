@@ -101,10 +101,10 @@ def sequences_per_epoch(data: Path) -> int:
     return int(json.loads((data / "manifest.json").read_text())["epochs"][0]["num_instances"])
 
 
-def training_speed(run: Path) -> float:
-    """Median sequences/s of the main phase's train records in ``metrics.jsonl``."""
+def training_speed(run: Path, kind: str = "train") -> float:
+    """Median sequences/s of the ``kind`` records in ``metrics.jsonl`` (``train``: main phase, ``head_warmup``)."""
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    speeds = [r["sequences_per_second"] for r in records if r.get("kind") == "train" and "sequences_per_second" in r]
+    speeds = [r["sequences_per_second"] for r in records if r.get("kind") == kind and "sequences_per_second" in r]
     return statistics.median(speeds) if speeds else float("nan")
 
 
@@ -149,8 +149,11 @@ def training_and_probe(model: str, work: Path, steps: int, batch: int, seeds: in
         runs[name] = adaptation.adapt(start, task, name, arm, steps, batch, work, seed)
         print(f"  {name}: {time.perf_counter() - started:.0f} s (adaptation, data included if not cached)", flush=True)
     data = {name: work / "data" / f"{d}_mlm" for name, d in (("dapt_mlm", "domain"), ("ext994_dapt_mlm", "domain_ext994"))}  # fmt: skip
-    rows = [["pydocs, masked LM", "sequences per epoch", "training seq/s (median)"]]
-    rows += [[name, str(sequences_per_epoch(data[name])), f"{training_speed(runs[name]):.2f}"] for name in runs]
+    rows = [["pydocs, masked LM", "sequences per epoch", "seq/s, main phase (median)", "seq/s, warm-up (median)"]]
+    rows += [
+        [name, str(sequences_per_epoch(data[name])), f"{training_speed(runs[name]):.2f}", f"{training_speed(runs[name], 'head_warmup'):.2f}"]
+        for name in runs
+    ]  # fmt: skip
     print(render_table(rows))
     ratio = sequences_per_epoch(data["ext994_dapt_mlm"]) / sequences_per_epoch(data["dapt_mlm"])
     print(f"sequences per epoch, extended / base: {ratio:.3f}")
