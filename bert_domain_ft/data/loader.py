@@ -322,6 +322,3 @@ class BatchPrefetcher:
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
     ) -> None:
         self.close()
-
-
-# The old name, still imported by evaluation/heldout.py: remove once it imports collate_rows.
