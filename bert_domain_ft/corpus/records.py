@@ -100,6 +100,8 @@ def arrow_files(directory: Path) -> list[Path]:
 
 def record_columns(path: Path) -> list[str]:
     """The column names of a parquet file or save_to_disk directory (reads only the schema)."""
+    if not Path(path).exists():
+        raise UserError(f"{path}: not found; check the path")
     pyarrow = _pyarrow(path)
     if record_format(path) == "parquet":
         import pyarrow.parquet as parquet
