@@ -61,10 +61,12 @@ def extended(model: str, corpus: Path, add: int, output: Path) -> Path:
         report = extend_vocabulary(
             VocabExtendConfig(
                 corpus=corpus, bert_model=model, add=add, output=output, overwrite=True, show_progress=False
-            )  # fmt: skip
+            )
         )
-        print(f"  extended {Path(model).name} with {add} words of {corpus.name}: {report.vocab_size_before} → "
-              f"{report.vocab_size} rows, {report.parameters_before:,} → {report.parameters:,} parameters")  # fmt: skip
+        print(
+            f"  extended {Path(model).name} with {add} words of {corpus.name}: {report.vocab_size_before} → "
+            f"{report.vocab_size} rows, {report.parameters_before:,} → {report.parameters:,} parameters"
+        )
     return output
 
 
@@ -120,12 +122,22 @@ def known_text_loss(adapted: Path, extension: Path, task_corpus: Path, data: Pat
     word_file, output = work / "pydocs_ext994_words.txt", work / "adapted_then_extended"
     word_file.write_text("\n".join(words) + "\n", encoding="utf-8")
     if not (output / "vocabulary_extension.json").exists():
-        extend_vocabulary(VocabExtendConfig(corpus=task_corpus, bert_model=str(adapted), add=len(words), words=word_file,
-                                            output=output, overwrite=True, show_progress=False))  # fmt: skip
+        extend_vocabulary(
+            VocabExtendConfig(
+                corpus=task_corpus,
+                bert_model=str(adapted),
+                add=len(words),
+                words=word_file,
+                output=output,
+                overwrite=True,
+                show_progress=False,
+            )
+        )
     losses = {}
     for name, model in (("adapted", adapted), ("adapted, then extended (no training)", output)):
-        config = EvaluateConfig(model=str(model), tokenizer=str(adapted), data=data, epoch=0, max_instances=1024,
-                                show_progress=False)  # fmt: skip
+        config = EvaluateConfig(
+            model=str(model), tokenizer=str(adapted), data=data, epoch=0, max_instances=1024, show_progress=False
+        )
         losses[name] = evaluate_model(config).mlm_loss
     first = next(iter(losses.values()))
     rows = [["known text (base tokenizer's ids)", "MLM loss", "difference"]]
@@ -148,17 +160,30 @@ def training_and_probe(model: str, work: Path, steps: int, batch: int, seeds: in
         arm = adaptation.Recipe(data_name, recipe.objective, recipe.learning_rate)  # same recipe, own data dir
         runs[name] = adaptation.adapt(start, task, name, arm, steps, batch, work, seed)
         print(f"  {name}: {time.perf_counter() - started:.0f} s (adaptation, data included if not cached)", flush=True)
-    data = {name: work / "data" / f"{d}_mlm" for name, d in (("dapt_mlm", "domain"), ("ext994_dapt_mlm", "domain_ext994"))}  # fmt: skip
+    data = {
+        name: work / "data" / f"{d}_mlm" for name, d in (("dapt_mlm", "domain"), ("ext994_dapt_mlm", "domain_ext994"))
+    }
     rows = [["pydocs, masked LM", "sequences per epoch", "seq/s, main phase (median)", "seq/s, warm-up (median)"]]
     rows += [
-        [name, str(sequences_per_epoch(data[name])), f"{training_speed(runs[name]):.2f}", f"{training_speed(runs[name], 'head_warmup'):.2f}"]
+        [
+            name,
+            str(sequences_per_epoch(data[name])),
+            f"{training_speed(runs[name]):.2f}",
+            f"{training_speed(runs[name], 'head_warmup'):.2f}",
+        ]
         for name in runs
-    ]  # fmt: skip
+    ]
     print(render_table(rows))
     ratio = sequences_per_epoch(data["ext994_dapt_mlm"]) / sequences_per_epoch(data["dapt_mlm"])
     print(f"sequences per epoch, extended / base: {ratio:.3f}")
-    config = ProbeConfig(models=[model, *map(str, runs.values())], train=task.train, test=task.test, seeds=seeds,
-                         json_output=work / "probe_results.json", show_progress=False)  # fmt: skip
+    config = ProbeConfig(
+        models=[model, *map(str, runs.values())],
+        train=task.train,
+        test=task.test,
+        seeds=seeds,
+        json_output=work / "probe_results.json",
+        show_progress=False,
+    )
     results = run_probe(config, names=["base", "adapted (DAPT, MLM)", "extended 994 + adapted"])
     print(format_probe_table(results, title=f"pydocs, {steps} steps × {batch}"))
     print()

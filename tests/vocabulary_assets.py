@@ -43,7 +43,7 @@ def write_model(directory: Path, with_heads: bool = True, tie: bool = True, seed
 
 def domain_sentence(rng: random.Random) -> str:
     words = tiny_assets.synthetic_sentence(rng).rstrip(".?!").split()
-    words.insert(rng.randrange(len(words) + 1), rng.choices(list(DOMAIN_WORDS), weights=list(DOMAIN_WORDS.values()))[0])  # fmt: skip
+    words.insert(rng.randrange(len(words) + 1), rng.choices(list(DOMAIN_WORDS), weights=list(DOMAIN_WORDS.values()))[0])
     return " ".join(words) + "."
 
 

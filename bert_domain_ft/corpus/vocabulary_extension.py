@@ -86,7 +86,9 @@ def free_slots(serialized: Mapping[str, Any]) -> list[int]:
     return sorted(i for token, i in vocabulary.items() if UNUSED_SLOT.fullmatch(token) and i not in claimed)
 
 
-def planned_vocabulary(vocabulary: Mapping[str, int], words: Sequence[str], slots: Sequence[int]) -> tuple[list[int], dict[str, int]]:  # fmt: skip
+def planned_vocabulary(
+    vocabulary: Mapping[str, int], words: Sequence[str], slots: Sequence[int]
+) -> tuple[list[int], dict[str, int]]:
     """(the id of each word, the vocabulary with them): slots first in order, then ids past the vocabulary."""
     first_new = max(vocabulary.values()) + 1
     ids = list(slots[: len(words)]) + list(range(first_new, first_new + max(0, len(words) - len(slots))))
@@ -101,8 +103,12 @@ def wordpiece_splitter(serialized: Mapping[str, Any], vocabulary: dict[str, int]
     from tokenizers.models import WordPiece
 
     model = serialized["model"]
-    return WordPiece(vocabulary, unk_token=model["unk_token"], continuing_subword_prefix=model.get(
-        "continuing_subword_prefix", "##"), max_input_chars_per_word=model.get("max_input_chars_per_word", 100))  # fmt: skip
+    return WordPiece(
+        vocabulary,
+        unk_token=model["unk_token"],
+        continuing_subword_prefix=model.get("continuing_subword_prefix", "##"),
+        max_input_chars_per_word=model.get("max_input_chars_per_word", 100),
+    )
 
 
 def words_made_unknown(
@@ -134,7 +140,8 @@ def plan_from_ranking(
     for _ in range(MAX_ROUNDS):
         chosen = [word for word in ranked if word.word not in passed_over][:number]
         ids, updated = planned_vocabulary(vocabulary, [word.word for word in chosen], slots)
-        culprits = words_made_unknown(counts, splits, wordpiece_splitter(serialized, updated), unk, [w.word for w in chosen])  # fmt: skip
+        splitter = wordpiece_splitter(serialized, updated)
+        culprits = words_made_unknown(counts, splits, splitter, unk, [word.word for word in chosen])
         if fixed and culprits:
             new, victim = next(iter(culprits.items()))
             raise UserError(f"{where}: adding {new!r} would turn the corpus word {victim!r} into {unk} (no "
@@ -152,7 +159,9 @@ def too_few_message(where: str, available: int, number: int) -> str:
             "fewer (or lower --min_count / --min_pieces, or give more text)")  # fmt: skip
 
 
-def words_from_list(path: Path, tokenizer: Any, counts: WordCounts, vocabulary: Mapping[str, int]) -> list[FragmentedWord]:  # fmt: skip
+def words_from_list(
+    path: Path, tokenizer: Any, counts: WordCounts, vocabulary: Mapping[str, int]
+) -> list[FragmentedWord]:
     """The user's words, normalised as the tokenizer does; a repeat, an existing token, a word the pre-tokenizer
     splits or one the tokenizer cannot spell is a ``UserError`` naming the line."""
     backend = tokenizer.backend_tokenizer
@@ -164,9 +173,15 @@ def words_from_list(path: Path, tokenizer: Any, counts: WordCounts, vocabulary: 
         if not line.strip():
             continue
         normalized = backend.normalizer.normalize_str(line.strip()) if backend.normalizer else line.strip()
-        parts = [part for part, _ in backend.pre_tokenizer.pre_tokenize_str(normalized)] if backend.pre_tokenizer else [normalized]  # fmt: skip
+        pre_tokens = (
+            backend.pre_tokenizer.pre_tokenize_str(normalized) if backend.pre_tokenizer else [(normalized, None)]
+        )
+        parts = [part for part, _ in pre_tokens]
         if len(parts) != 1:
-            problem = f"{line.strip()!r} is {len(parts)} pre-tokens ({' '.join(parts)}): the tokenizer splits it at punctuation or spaces before any vocabulary entry can match; list its parts instead"  # fmt: skip
+            problem = (
+                f"{line.strip()!r} is {len(parts)} pre-tokens ({' '.join(parts)}): the tokenizer splits it at "
+                "punctuation or spaces before any vocabulary entry can match; list its parts instead"
+            )
         elif normalized in seen:
             problem = f"{normalized!r} repeats line {seen[normalized]}; keep one"
         elif normalized in vocabulary:
@@ -248,7 +263,9 @@ class ExtensionReport:
         return "\n".join([*lines, "", f"first {len(shown)} words added (now one token each):", format_words(shown)])
 
 
-def _choose(config: VocabExtendConfig, tokenizer: Any, serialized: dict[str, Any], counts: WordCounts) -> VocabularyPlan:  # fmt: skip
+def _choose(
+    config: VocabExtendConfig, tokenizer: Any, serialized: dict[str, Any], counts: WordCounts
+) -> VocabularyPlan:
     """The plan for the user's word list, or for the best candidates of the corpus."""
     vocabulary = serialized["model"]["vocab"]
     splits = split_words(tokenizer, counts.words)
@@ -272,7 +289,7 @@ def _check_output(config: VocabExtendConfig) -> None:
 
 
 def extend_vocabulary(config: VocabExtendConfig) -> ExtensionReport:
-    """``vocab extend``: write the extended model, tokenizer and record to ``config.output`` (complete or not at all)."""
+    """``vocab extend``: the extended model, tokenizer and record in ``config.output`` (complete, or not at all)."""
     from bert_domain_ft.model.vocabulary import NewRow, extend_model_weights, write_record
 
     _check_output(config)
@@ -304,8 +321,10 @@ def extend_vocabulary(config: VocabExtendConfig) -> ExtensionReport:
         raise
     tokens_before = count_tokens(counts, tokenizer.backend_tokenizer.model)
     tokens_after = count_tokens(counts, wordpiece_splitter(serialized, plan.vocabulary))
-    return ExtensionReport(config.bert_model, str(config.output), plan.words, plan.ids, plan.slots_used,
-                           plan.slots_free, model_rows, vocab_size, before, after, tokens_before, tokens_after)  # fmt: skip
+    return ExtensionReport(
+        config.bert_model, str(config.output), plan.words, plan.ids, plan.slots_used, plan.slots_free,
+        model_rows, vocab_size, before, after, tokens_before, tokens_after,
+    )  # fmt: skip
 
 
 def count_tokens(counts: WordCounts, splitter: Any) -> int:

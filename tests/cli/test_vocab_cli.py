@@ -24,7 +24,9 @@ def test_subcommands_are_listed_and_one_is_required(capsys) -> None:
 def test_flags_and_config_files_reach_the_subcommand(tmp_path: Path) -> None:
     config = tmp_path / "extend.json"
     config.write_text(json.dumps({"bert_model": "m", "add": 994, "min_pieces": 3}))
-    arguments = parse_with_config(build_parser(), ["vocab", "extend", "c.txt", "--output", "o", "--config", str(config)])  # fmt: skip
+    arguments = parse_with_config(
+        build_parser(), ["vocab", "extend", "c.txt", "--output", "o", "--config", str(config)]
+    )
     assert chosen_command(arguments).name == "extend"
     assert (arguments.corpus, arguments.bert_model, arguments.add, arguments.min_pieces) == (Path("c.txt"), "m", 994, 3)
 

@@ -24,15 +24,20 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_figures_count_every_piece_of_every_word(model_dir: Path, tmp_path: Path) -> None:
     corpus = tmp_path / "c.txt"
     corpus.write_text("Mutex writeback mutex.\n\nThe mutex\n", encoding="utf-8")
-    report = analyse_vocabulary(VocabAnalyseConfig(corpus=corpus, bert_model=str(model_dir), top=2, max_seq_len=8,
-                                                   show_progress=False))  # fmt: skip
+    report = analyse_vocabulary(
+        VocabAnalyseConfig(corpus=corpus, bert_model=str(model_dir), top=2, max_seq_len=8, show_progress=False)
+    )
     # mutex: m ##u ##t ##e ##x (5), writeback: write ##b ##a ##c ##k (5), ".": 1, the: 1 → 3×5 + 5 + 1 + 1 = 22
     assert (report.words, report.distinct_words, report.tokens) == (6, 4, 22)
     assert report.pieces_per_word == pytest.approx(22 / 6)
     assert report.continuation_share == pytest.approx((22 - 6) / 22)
     assert report.sequences_per_mb == pytest.approx(22 * 1e6 / corpus.stat().st_size / (8 - 3))
     assert [(w.word, w.count, len(w.pieces)) for w in report.fragmented] == [("mutex", 3, 5), ("writeback", 1, 5)]
-    assert report.to_json()["most_fragmented"][0] == {"word": "mutex", "count": 3, "pieces": list(report.fragmented[0].pieces)}  # fmt: skip
+    assert report.to_json()["most_fragmented"][0] == {
+        "word": "mutex",
+        "count": 3,
+        "pieces": list(report.fragmented[0].pieces),
+    }
 
 
 def test_words_joined_by_punctuation_are_several_pre_tokens(model_dir: Path, tmp_path: Path) -> None:
@@ -42,7 +47,7 @@ def test_words_joined_by_punctuation_are_several_pre_tokens(model_dir: Path, tmp
     assert counts.words == {"pthread": 1, "_": 2, "mutex": 1, "lock": 1, "(": 1, "m": 1, ")": 1}
 
 
-def test_candidates_rank_by_tokens_saved_and_skip_tokens_short_and_rare_words(model_dir: Path, tmp_path: Path) -> None:  # fmt: skip
+def test_candidates_rank_by_tokens_saved_and_skip_tokens_short_and_rare_words(model_dir: Path, tmp_path: Path) -> None:
     corpus = tmp_path / "c.txt"
     corpus.write_text("mutex mutex writeback writeback writeback kernel kernel kernels kernels kernels zq\n", "utf-8")
     tokenizer = load_tokenizer(str(model_dir))
@@ -51,7 +56,10 @@ def test_candidates_rank_by_tokens_saved_and_skip_tokens_short_and_rare_words(mo
     ranked = choose_words(counts, splits, tokenizer.get_vocab(), min_pieces=2, min_count=2, unk="[UNK]")
     # writeback 3 × 4 saved, mutex 2 × 4, kernels (kernel ##s) 3 × 1; kernel is a token; zq occurs once
     assert [(w.word, w.tokens_saved) for w in ranked] == [("writeback", 12), ("mutex", 8), ("kernels", 3)]
-    assert [w.word for w in choose_words(counts, splits, tokenizer.get_vocab(), 3, 2, "[UNK]")] == ["writeback", "mutex"]  # fmt: skip
+    assert [w.word for w in choose_words(counts, splits, tokenizer.get_vocab(), 3, 2, "[UNK]")] == [
+        "writeback",
+        "mutex",
+    ]
 
 
 def test_the_command_prints_json_and_refuses_an_empty_corpus(model_dir: Path, tmp_path: Path, capsys) -> None:

@@ -33,8 +33,9 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def grown(base_dir: Path, corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     """Six words into four slots: two grow the vocabulary."""
     output = tmp_path_factory.mktemp("grown") / "model"
-    config = VocabExtendConfig(corpus=corpus, bert_model=str(base_dir), add=6, min_count=1, output=output,
-                               show_progress=False)  # fmt: skip
+    config = VocabExtendConfig(
+        corpus=corpus, bert_model=str(base_dir), add=6, min_count=1, output=output, show_progress=False
+    )
     report = extend_vocabulary(config)
     return output, report.to_json()
 
@@ -45,16 +46,28 @@ def test_unused_slots_are_filled_first_in_order_then_the_vocabulary_grows(grown,
     record = json.loads((output / EXTENSION_RECORD).read_text())
     ids = [entry["id"] for entry in record["added"]]
     assert ids == [*SLOTS, size, size + 1]
-    assert [entry["slot"] for entry in record["added"]] == ["[unused0]", "[unused1]", "[unused2]", "[unused3]", None, None]  # fmt: skip
+    assert [entry["slot"] for entry in record["added"]] == [
+        "[unused0]",
+        "[unused1]",
+        "[unused2]",
+        "[unused3]",
+        None,
+        None,
+    ]
     assert json.loads((output / "config.json").read_text())["vocab_size"] == size + 2 == report["vocab_size"]
     assert fresh_rows(output) == tuple(sorted(ids)) and fresh_rows(base_dir) == ()
     # the costliest word first: hypercholesterolemia (18 pieces) takes the first slot
     assert record["added"][0]["token"] == "hypercholesterolemia"
 
 
-def test_within_the_slots_vocabulary_and_parameter_count_are_unchanged(base_dir: Path, corpus: Path, tmp_path: Path) -> None:  # fmt: skip
-    report = extend_vocabulary(VocabExtendConfig(corpus=corpus, bert_model=str(base_dir), add=4, min_count=1,
-                                                 output=tmp_path / "m", show_progress=False)).to_json()  # fmt: skip
+def test_within_the_slots_vocabulary_and_parameter_count_are_unchanged(
+    base_dir: Path, corpus: Path, tmp_path: Path
+) -> None:
+    report = extend_vocabulary(
+        VocabExtendConfig(
+            corpus=corpus, bert_model=str(base_dir), add=4, min_count=1, output=tmp_path / "m", show_progress=False
+        )
+    ).to_json()
     assert report["vocab_size"] == report["vocab_size_before"] == len(vocabulary_assets.vocabulary())
     assert report["parameters"] == report["parameters_before"]
     assert report["corpus_tokens"] < report["corpus_tokens_before"]
@@ -110,7 +123,9 @@ def test_the_extended_model_reloads_trains_and_saves(grown, corpus: Path, tmp_pa
         ("mutex\n", "words.txt: lists 1 words but --add asks for 2; lower --add"),
     ],
 )
-def test_a_bad_word_list_gets_one_line_naming_the_file(base_dir: Path, corpus: Path, tmp_path: Path, capsys, lines: str, message: str) -> None:  # fmt: skip
+def test_a_bad_word_list_gets_one_line_naming_the_file(
+    base_dir: Path, corpus: Path, tmp_path: Path, capsys, lines: str, message: str
+) -> None:
     words = tmp_path / "words.txt"
     words.write_text(lines, encoding="utf-8")
     arguments = ["vocab", "extend", str(corpus), "--bert_model", str(base_dir), "--add", "2", "--words", str(words)]
@@ -120,7 +135,9 @@ def test_a_bad_word_list_gets_one_line_naming_the_file(base_dir: Path, corpus: P
     assert not (tmp_path / "out").exists()
 
 
-def test_more_words_than_qualify_get_one_line_saying_how_many_do(base_dir: Path, corpus: Path, tmp_path: Path, capsys) -> None:  # fmt: skip
+def test_more_words_than_qualify_get_one_line_saying_how_many_do(
+    base_dir: Path, corpus: Path, tmp_path: Path, capsys
+) -> None:
     arguments = ["vocab", "extend", str(corpus), "--bert_model", str(base_dir), "--add", "500", "--min_pieces", "3"]
     assert main([*arguments, "--output", str(tmp_path / "out"), "--no_progress"]) == 2
     error = capsys.readouterr().err.strip()

@@ -32,7 +32,9 @@ def untied(tmp_path_factory: pytest.TempPathFactory) -> tuple[BertForPreTraining
     root = tmp_path_factory.mktemp("untied")
     base = vocabulary_assets.write_model(root / "base", tie=False)
     extend_model_weights(str(base), root / "extended", ROWS, SIZE + 1)
-    return BertForPreTraining.from_pretrained(str(base)).eval(), BertForPreTraining.from_pretrained(str(root / "extended")).eval()  # fmt: skip
+    return BertForPreTraining.from_pretrained(str(base)).eval(), BertForPreTraining.from_pretrained(
+        str(root / "extended")
+    ).eval()
 
 
 def test_every_row_holding_tensor_gets_the_mean_of_the_pieces_rows(untied) -> None:
@@ -48,7 +50,9 @@ def test_every_row_holding_tensor_gets_the_mean_of_the_pieces_rows(untied) -> No
         assert torch.equal(new[kept], old[kept])
 
 
-def test_before_training_known_text_keeps_hidden_states_and_token_logits_the_loss_moving_by_the_new_rows_share(untied) -> None:  # fmt: skip
+def test_before_training_known_text_keeps_hidden_states_and_token_logits_the_loss_moving_by_the_new_rows_share(
+    untied,
+) -> None:
     base, extended = untied
     ids = torch.tensor([[7, 120, 130, 140, 150, 160, 8]])  # no new row among them
     with torch.no_grad():
@@ -81,7 +85,10 @@ def test_only_the_new_rows_move_under_adamw_with_weight_decay(untied) -> None:
         for _ in range(3):
             output = model(input_ids=ids)
             output.prediction_logits[0].logsumexp(dim=-1).sum().backward()
-            assert all(not parameter.grad[[i for i in range(parameter.shape[0]) if i not in rows]].any() for parameter in parameters)  # fmt: skip
+            assert all(
+                not parameter.grad[[i for i in range(parameter.shape[0]) if i not in rows]].any()
+                for parameter in parameters
+            )
             optimizer.step()
             optimizer.zero_grad()
     others = [i for i in range(before[0].shape[0]) if i not in rows]

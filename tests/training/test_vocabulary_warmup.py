@@ -28,8 +28,9 @@ def extended(root: Path, with_heads: bool) -> tuple[Path, Path, list[int]]:
     corpus = vocabulary_assets.write_domain_corpus(root / "corpus.txt")
     base = vocabulary_assets.write_model(root / "base", with_heads=with_heads)
     model = root / "extended"
-    extend_vocabulary(VocabExtendConfig(corpus=corpus, bert_model=str(base), add=6, min_count=1, output=model,
-                                        show_progress=False))  # fmt: skip
+    extend_vocabulary(
+        VocabExtendConfig(corpus=corpus, bert_model=str(base), add=6, min_count=1, output=model, show_progress=False)
+    )
     data = make_pregenerated(corpus, model, root / "data", epochs=1, max_seq_len=32, objective="mlm")
     rows = [entry["id"] for entry in json.loads((model / EXTENSION_RECORD).read_text())["added"]]
     return model, data, rows
@@ -57,14 +58,18 @@ def changed_rows(before: torch.Tensor, after: torch.Tensor) -> list[int]:
     return differs.nonzero().flatten().tolist()
 
 
-def test_new_rows_warm_up_with_a_fresh_head_and_nothing_else_of_the_encoder_moves(warmup_weights, tmp_path: Path) -> None:  # fmt: skip
+def test_new_rows_warm_up_with_a_fresh_head_and_nothing_else_of_the_encoder_moves(
+    warmup_weights, tmp_path: Path
+) -> None:
     model, data, rows = extended(tmp_path, with_heads=False)
     finetune(quick_config(data, model, tmp_path / "run", head_warmup_steps=3, train_batch_size=8))
     before, after = warmup_weights["before"], warmup_weights["after"]
     assert sorted(changed_rows(before[EMBEDDINGS], after[EMBEDDINGS])) == sorted(rows)
     encoder = [name for name in before if name.startswith("bert.") and name != EMBEDDINGS]
     assert encoder and all(torch.equal(before[name], after[name]) for name in encoder)
-    assert not torch.equal(before["cls.predictions.transform.dense.weight"], after["cls.predictions.transform.dense.weight"])  # fmt: skip
+    assert not torch.equal(
+        before["cls.predictions.transform.dense.weight"], after["cls.predictions.transform.dense.weight"]
+    )
     assert len(changed_rows(before[BIAS], after[BIAS])) > len(rows)  # the fresh head's bias trains whole
 
 
