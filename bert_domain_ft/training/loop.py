@@ -107,6 +107,7 @@ class LoopSettings:
     anchor_weight: float = 0.0  # λ of the pull towards the starting weights after each step (0: none)
     head_warmup_steps: int | None = None  # warm-up steps of fresh heads (None: automatic, see plan_head_warmup)
     head_learning_rate: float = 3e-3  # the warm-up's peak learning rate
+    learning_rate: float = 3e-5  # the main phase's peak rate: fresh vocabulary rows warm up at it (see _warmup_phase)
     weight_decay: float = 0.01  # of the warm-up's optimizer (the main one is built by the recipe)
     adam_epsilon: float = 1e-8
 
@@ -378,18 +379,25 @@ class TrainingLoop:
         self._run_head_warmup(plan, with_nsp)
         return plan
 
-    def _warmup_phase(self, parameters: list[nn.Parameter], steps: int, with_nsp: bool, frozen: bool) -> Phase:
+    def _warmup_phase(
+        self, parameters: list[nn.Parameter], steps: int, with_nsp: bool, rows: list[nn.Parameter]
+    ) -> Phase:
         """The heads' own optimizer and ramp-then-constant schedule; built while only they require gradients,
-        so a DDP wrapper synchronises exactly them."""
+        so a DDP wrapper synchronises exactly them. Fresh vocabulary rows (in ``rows``) start from their pieces'
+        mean, not at random: they train at the main phase's rate (at the heads' 3e-3, MiniLM's moved by 77% of
+        their norm in 50 steps), and the encoder runs with gradients so that they learn as inputs too."""
         settings, model = self.settings, self.setup.model
-        chosen = {id(parameter) for parameter in parameters}
+        chosen, slow = {id(parameter) for parameter in parameters}, {id(parameter) for parameter in rows}
         only = {name for name, parameter in model.named_parameters() if id(parameter) in chosen}
-        rate = settings.head_learning_rate
-        groups = parameter_groups(model, rate, settings.weight_decay, only=only)
+        slow_names = {name for name, parameter in model.named_parameters() if id(parameter) in slow}
+        rate, ratio = settings.head_learning_rate, settings.learning_rate / settings.head_learning_rate
+        groups = parameter_groups(
+            model, rate, settings.weight_decay, lambda name: ratio if name in slow_names else 1.0, only
+        )
         optimizer = build_optimizer(groups, rate, settings.adam_epsilon, self.context.device)
         # LambdaLR scales the peak rate of the groups: the rate of step k is warmup_learning_rate(k, steps, rate).
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_learning_rate(step, steps, 1.0))
-        objective = ddp_wrapped(PretrainingObjective(model, with_nsp, frozen_encoder=frozen), self.context)
+        objective = ddp_wrapped(PretrainingObjective(model, with_nsp, frozen_encoder=not rows), self.context)
         return Phase(objective, optimizer, scheduler, parameters, MetricsWindow(self.context.device))
 
     def _run_head_warmup(self, plan: HeadWarmupPlan, with_nsp: bool) -> None:
@@ -408,7 +416,7 @@ class TrainingLoop:
         show = settings.show_progress and context.is_main
         model.train()
         with only_trainable(model, parameters), tqdm(total=plan.steps, desc="head warm-up", disable=not show) as bar:
-            phase = self._warmup_phase(parameters, plan.steps, with_nsp, frozen=not rows)
+            phase = self._warmup_phase(parameters, plan.steps, with_nsp, partly)
             with only_rows_change(partly, rows, phase.optimizer) if rows else contextlib.nullcontext():
                 steps = self._train_steps(phase, micro_batches, source.open_epoch(0))
                 for step, _ in enumerate(steps, start=1):  # runs to its end: the plan holds exactly these steps

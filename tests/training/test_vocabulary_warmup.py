@@ -90,3 +90,21 @@ def test_the_plan_counts_fresh_rows_as_something_to_warm_up() -> None:
     plan = plan_head_warmup(None, (), False, 100, fresh_rows=994)
     assert plan.steps == auto_warmup_steps(100) and plan.heads == ()
     assert "994 new vocabulary rows" in plan_head_warmup(0, (), False, 100, fresh_rows=994).reason
+
+
+def test_new_rows_warm_up_at_the_main_rate_and_the_heads_at_theirs(monkeypatch, tmp_path: Path) -> None:
+    """FVT rows are no random start: at the heads' 3e-3 they would be rewritten (77% of their norm in 50 steps)."""
+    from bert_domain_ft.training import loop as loop_module
+
+    captured: list[list[dict[str, Any]]] = []
+    original = loop_module.build_optimizer
+    monkeypatch.setattr(
+        loop_module, "build_optimizer", lambda groups, *rest: captured.append(groups) or original(groups, *rest)
+    )
+    monkeypatch.setattr(recipe.TrainingLoop, "run", lambda self, start: start)
+    model, data, _ = extended(tmp_path, with_heads=False)
+    finetune(quick_config(data, model, tmp_path / "run", head_warmup_steps=1, train_batch_size=8, learning_rate=2e-5))
+    rows = len(vocabulary_assets.vocabulary()) + 2  # the extended vocabulary: 4 slots filled, 2 rows grown
+    matrix = [group for group in captured[0] if any(p.dim() == 2 and p.shape[0] == rows for p in group["params"])]
+    assert [group["initial_lr"] for group in matrix] == [2e-5]  # the word-embedding matrix (the tied decoder)
+    assert 3e-3 in {group["initial_lr"] for group in captured[0]}  # the fresh head's groups
