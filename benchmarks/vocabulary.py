@@ -10,8 +10,10 @@
    ``pregenerated`` and the probe): DAPT with masked LM (``dapt_mlm``) from the base model, and the same recipe
    from the model extended with words of the pydocs corpus (the new rows warm up with the fresh MLM head), at the
    same budget (``--steps`` × ``--batch_size`` sequences). Reported: sequences per epoch of the pregenerated data,
-   training sequences/s, the probe of base / adapted / extended + adapted (5 seeds) with paired 95% intervals,
-   extended + adapted against adapted included.
+   training sequences/s (of the two runs, and of short runs of both models in alternation, which see the same load
+   on shared cores), the probe of base / adapted / extended + adapted (5 seeds) with paired 95% intervals,
+   extended + adapted against adapted included, and the adapted model's masked-LM loss on known text before and
+   right after ``vocab extend``.
 
     python benchmarks/vocabulary.py --work_dir /tmp/vocabulary_benchmark            # ~25 min on 2 cores
     python benchmarks/vocabulary.py --work_dir /tmp/vocabulary_benchmark --skip_training   # part 1 only, ~1 min
@@ -110,6 +112,27 @@ def training_speed(run: Path, kind: str = "train") -> float:
     return statistics.median(speeds) if speeds else float("nan")
 
 
+def interleaved_speed(models: dict[str, tuple[str, Path]], work: Path, steps: int, batch: int, rounds: int = 2) -> str:
+    """Main-phase sequences/s of each (model, data), measured in alternation (``rounds`` × ``steps`` steps each, no
+    warm-up) so that both see the same load on shared cores: the adaptation runs' own figures need not."""
+    from bert_domain_ft.training import FinetuneConfig, finetune
+
+    speeds: dict[str, list[float]] = {name: [] for name in models}
+    for round_index in range(rounds):
+        for name, (model, data) in models.items():
+            output = work / "speed" / f"{name}_{round_index}"
+            finetune(FinetuneConfig(pregenerated_data=data, output_dir=output, bert_model=model, max_steps=steps,
+                                    train_batch_size=batch, bf16=True, head_warmup_steps=0, do_eval=False,
+                                    logging_steps=5, overwrite_output_dir=True, show_progress=False))  # fmt: skip
+            speeds[name].append(training_speed(output))
+    first = statistics.median(next(iter(speeds.values())))
+    rows = [["main-phase seq/s, alternating runs", *(f"round {i + 1}" for i in range(rounds)), "median", "ratio"]]
+    for name, values in speeds.items():
+        median = statistics.median(values)
+        rows.append([name, *(f"{value:.2f}" for value in values), f"{median:.2f}", f"{median / first:.3f}"])
+    return render_table(rows)
+
+
 def known_text_loss(adapted: Path, extension: Path, task_corpus: Path, data: Path, work: Path) -> str:
     """The adapted model (a trained MLM head) and the same model given ``extension``'s words by ``vocab extend``
     (no training after): masked-LM loss on the same token ids of the base tokenizer (so no new token in them)."""
@@ -188,6 +211,9 @@ def training_and_probe(model: str, work: Path, steps: int, batch: int, seeds: in
     print(format_probe_table(results, title=f"pydocs, {steps} steps × {batch}"))
     print()
     print(format_paired_table(results[1:], title="extended + adapted vs adapted"))
+    print()
+    models = {"base": (model, data["dapt_mlm"]), "extended 994": (ext_model, data["ext994_dapt_mlm"])}
+    print(interleaved_speed(models, work, 30, batch), flush=True)
     print()
     print(known_text_loss(runs["dapt_mlm"], work / "pydocs_ext994", task.corpus, data["dapt_mlm"], work), flush=True)
 
