@@ -182,8 +182,10 @@ def test_every_command_accepts_a_config_file() -> None:
     parser = build_parser()
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
     assert commands
-    for name, sub in commands.items():
-        assert {"--config", "--print_config"} <= set(sub._option_string_actions), name
+    for name, sub in commands.items():  # a group of subcommands (vocab analyse|extend): each of them
+        nested = [a.choices for a in sub._actions if isinstance(a, argparse._SubParsersAction)]
+        for full, parser in [(f"{name} {n}", p) for n, p in nested[0].items()] if nested else [(name, sub)]:
+            assert {"--config", "--print_config"} <= set(parser._option_string_actions), full
 
 
 def test_save_effective_config_writes_a_file_that_reads_back(tmp_path: Path) -> None:
