@@ -33,6 +33,7 @@ from bert_domain_ft.training.config import FinetuneConfig, OriginalSimpleFlags, 
 
 EXIT_REJECTED = 1
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what `seq 1000000 | head -1` gives seq
 
 
 def run_guarded(action: Callable[[], Any]) -> int:
@@ -46,6 +47,10 @@ def run_guarded(action: Callable[[], Any]) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `bert-domain-ft … | head`: the reader has all it wanted; no traceback
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's last flush of stdout must not fail again
+        return EXIT_BROKEN_PIPE
     return result if isinstance(result, int) else 0
 
 

@@ -249,3 +249,18 @@ def test_help_still_shows_the_defaults(capsys: pytest.CaptureFixture[str], tmp_p
     with pytest.raises(SystemExit):
         main(["pregenerate", "--config", str(tmp_path / "missing.yaml"), "--help"])
     assert "--config FILE" in capsys.readouterr().out
+
+
+def test_output_piped_into_a_reader_that_stops_early_ends_quietly(tiny_corpus: Path, tiny_bert_dir: Path) -> None:
+    """`bert-domain-ft check CORPUS | head -1`: no BrokenPipeError traceback, the status of a command cut off by
+    its reader (141)."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "bert_domain_ft", "check", str(tiny_corpus), "--bert_model", str(tiny_bert_dir)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()  # the reader is gone before the first line is written
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=120) == 141, stderr
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr
