@@ -362,15 +362,10 @@ class TrainingLoop:
         if plan.steps == 0:
             logger.info("%s", plan.reason)
             return plan
-        fresh = [f"the fresh {head.upper()} head" for head in plan.heads] + (
-            [f"{rows} new vocabulary rows"] if rows else []
-        )
-        logger.info(
-            "%s: %s train alone at lr %g, the rest frozen",
-            plan.reason,
-            " and ".join(fresh),
-            settings.head_learning_rate,
-        )
+        fresh = [f"the fresh {head.upper()} head at lr {settings.head_learning_rate:g}" for head in plan.heads]
+        fresh += [f"{rows} new vocabulary rows at lr {settings.learning_rate:g}"] if rows else []
+        verb = "trains" if len(fresh) == 1 and not rows else "train"
+        logger.info("%s: %s %s alone, the rest frozen", plan.reason, " and ".join(fresh), verb)
         if self.setup.evaluate is not None and self.context.is_main:
             results = self._run_evaluator()
             self.setup.metrics.append({"kind": "head_warmup_eval", "phase": "head_warmup", "step": 0, **results})
