@@ -2,9 +2,9 @@
 
 1. Fragmentation on held-out text. Each domain text is split by documents (every 10th held out); ``vocab extend``
    chooses its words from the other nine tenths; the held-out tenth is measured with the base and the extended
-   tokenizer: tokens, pieces per word, continuation share, sequences of 128 per MB. Domains: the technical
-   documentation in /work/shared/data/python_docs_corpus.txt (``--docs``) and the Python documentation's reST
-   sources (the ``pydocs`` task of ``benchmarks/adaptation.py``). With the 994 [unused] slots of the MiniLM /
+   tokenizer: tokens, pieces per word, continuation share, sequences of 128 per MB. Domains: the Python
+   documentation's reST sources (the ``pydocs`` task of ``benchmarks/adaptation.py``) and, with ``--docs FILE``,
+   any other text in the corpus format (the README's first row: 5.8 MB of Python documentation). With the 994 [unused] slots of the MiniLM /
    bert-base-uncased vocabulary, and with ``--grow`` words (slots, then growth).
 2. Training and the probe, on ``benchmarks/adaptation.py``'s pydocs task and machinery (its ``adapt``,
    ``pregenerated`` and the probe): DAPT with masked LM (``dapt_mlm``) from the base model, and the same recipe
@@ -36,7 +36,6 @@ import adaptation  # noqa: E402  (the task, adaptation and probe machinery)
 
 from bert_domain_ft.evaluation.heldout import render_table  # noqa: E402
 
-DOCS = Path("/work/shared/data/python_docs_corpus.txt")
 SLOTS = 994  # [unused] slots of the bert-base-uncased vocabulary (and MiniLM's)
 HELD_OUT_EVERY = 10  # every 10th document is held out
 
@@ -221,7 +220,7 @@ def training_and_probe(model: str, work: Path, steps: int, batch: int, seeds: in
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work_dir", type=Path, default=Path("vocabulary_benchmark"))
-    parser.add_argument("--docs", type=Path, default=DOCS, help="technical documentation, corpus format")
+    parser.add_argument("--docs", type=Path, help="another domain text to measure first (corpus format)")
     parser.add_argument("--grow", type=int, default=2000, help="a second extension: this many words")
     parser.add_argument("--steps", type=int, default=142, help="optimizer steps of each adaptation (equal budget)")
     parser.add_argument("--batch_size", type=int, default=32)
@@ -237,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     model = adaptation.minilm()
     pydocs = adaptation.build_pydocs_task(work).corpus
-    for corpus in (args.docs, pydocs):
+    for corpus in ([args.docs] if args.docs else []) + [pydocs]:
         print(fragmentation_table(model, corpus, args.work_dir, args.grow), "\n", flush=True)
     if not args.skip_training:
         training_and_probe(model, work, args.steps, args.batch_size, args.seeds, args.seed)
