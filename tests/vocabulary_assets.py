@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Any
 
 import tiny_assets
 
@@ -53,3 +54,42 @@ def write_domain_corpus(path: Path, num_documents: int = 40, seed: int = 0) -> P
     documents = ["\n".join(domain_sentence(rng) for _ in range(rng.randint(2, 6))) for _ in range(num_documents)]
     path.write_text("\n\n".join(documents) + "\n", encoding="utf-8")
     return path
+
+
+def write_extended(root: Path, with_heads: bool) -> tuple[Path, Path, list[int]]:
+    """(extended model, its pregenerated data, the new rows): 6 words of the domain corpus, 4 into slots, 2 grown."""
+    import json
+
+    from training_helpers import make_pregenerated
+
+    from bert_domain_ft.corpus.config import VocabExtendConfig
+    from bert_domain_ft.corpus.vocabulary_extension import extend_vocabulary
+    from bert_domain_ft.model.vocabulary import EXTENSION_RECORD
+
+    corpus = write_domain_corpus(root / "corpus.txt")
+    base = write_model(root / "base", with_heads=with_heads)
+    model = root / "extended"
+    extend_vocabulary(
+        VocabExtendConfig(corpus=corpus, bert_model=str(base), add=6, min_count=1, output=model, show_progress=False)
+    )
+    data = make_pregenerated(corpus, model, root / "data", epochs=1, max_seq_len=32, objective="mlm")
+    rows = [entry["id"] for entry in json.loads((model / EXTENSION_RECORD).read_text())["added"]]
+    return model, data, rows
+
+
+def capture_warmup(monkeypatch: Any) -> dict[str, Any]:
+    """While ``monkeypatch`` lasts, finetune records the weights right before and right after the head warm-up
+    (copied to the CPU) and its plan, in the returned dict ("before", "after", "plan")."""
+    from bert_domain_ft.training import recipe
+
+    captured: dict[str, Any] = {}
+    original = recipe.TrainingLoop.warm_up_heads
+
+    def wrapped(loop: Any, *arguments: Any) -> Any:
+        captured["before"] = {k: v.detach().cpu().clone() for k, v in loop.setup.model.state_dict().items()}
+        captured["plan"] = original(loop, *arguments)
+        captured["after"] = {k: v.detach().cpu().clone() for k, v in loop.setup.model.state_dict().items()}
+        return captured["plan"]
+
+    monkeypatch.setattr(recipe.TrainingLoop, "warm_up_heads", wrapped)
+    return captured

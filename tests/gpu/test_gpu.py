@@ -154,33 +154,10 @@ def test_an_extended_vocabulary_warms_up_its_new_rows_alone_on_the_gpu(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The gradient masks and the restore of old rows (``model.vocabulary.only_rows_change``) on CUDA tensors."""
-    import json
-
     import vocabulary_assets
 
-    from bert_domain_ft.corpus.config import VocabExtendConfig
-    from bert_domain_ft.corpus.vocabulary_extension import extend_vocabulary
-    from bert_domain_ft.model.vocabulary import EXTENSION_RECORD
-    from bert_domain_ft.training import recipe
-
-    corpus = vocabulary_assets.write_domain_corpus(tmp_path / "corpus.txt")
-    base = vocabulary_assets.write_model(tmp_path / "base", with_heads=True)
-    model = tmp_path / "extended"
-    extend_vocabulary(
-        VocabExtendConfig(corpus=corpus, bert_model=str(base), add=6, min_count=1, output=model, show_progress=False)
-    )
-    rows = sorted(entry["id"] for entry in json.loads((model / EXTENSION_RECORD).read_text())["added"])
-    data = make_pregenerated(corpus, model, tmp_path / "data", epochs=1, max_seq_len=32, objective="mlm")
-    captured: dict[str, dict[str, torch.Tensor]] = {}
-    original = recipe.TrainingLoop.warm_up_heads
-
-    def warm_up_and_capture(loop, *arguments):  # type: ignore[no-untyped-def]
-        captured["before"] = {k: v.detach().cpu().clone() for k, v in loop.setup.model.state_dict().items()}
-        plan = original(loop, *arguments)
-        captured["after"] = {k: v.detach().cpu().clone() for k, v in loop.setup.model.state_dict().items()}
-        return plan
-
-    monkeypatch.setattr(recipe.TrainingLoop, "warm_up_heads", warm_up_and_capture)
+    model, data, rows = vocabulary_assets.write_extended(tmp_path, with_heads=True)
+    captured = vocabulary_assets.capture_warmup(monkeypatch)
     finetune(gpu_config(data, model, tmp_path / "run", train_batch_size=8, max_steps=10, bf16=True))
     before, after = captured["before"], captured["after"]
     moved = {name for name in before if not torch.equal(before[name], after[name])}
@@ -188,5 +165,5 @@ def test_an_extended_vocabulary_warms_up_its_new_rows_alone_on_the_gpu(
     assert embeddings in moved and moved <= {embeddings, "cls.predictions.bias", "cls.predictions.decoder.weight",
                                              "cls.predictions.decoder.bias"}  # fmt: skip
     differs = (before[embeddings] != after[embeddings]).any(dim=1).nonzero().flatten().tolist()
-    assert differs == rows
+    assert differs == sorted(rows)
     assert (tmp_path / "run" / "model.safetensors").is_file()

@@ -3,18 +3,14 @@ same matrices included) ends the warm-up bit-identical, and a model with trained
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 import vocabulary_assets
-from training_helpers import make_pregenerated, quick_config
+from training_helpers import quick_config
 
-from bert_domain_ft.corpus.config import VocabExtendConfig
-from bert_domain_ft.corpus.vocabulary_extension import extend_vocabulary
-from bert_domain_ft.model.vocabulary import EXTENSION_RECORD
 from bert_domain_ft.training import recipe
 from bert_domain_ft.training.loop import auto_warmup_steps, plan_head_warmup
 from bert_domain_ft.training.recipe import finetune
@@ -23,32 +19,10 @@ EMBEDDINGS = "bert.embeddings.word_embeddings.weight"
 BIAS = "cls.predictions.bias"
 
 
-def extended(root: Path, with_heads: bool) -> tuple[Path, Path, list[int]]:
-    """(extended model, its pregenerated data, the new rows): 6 words, 4 into slots and 2 grown."""
-    corpus = vocabulary_assets.write_domain_corpus(root / "corpus.txt")
-    base = vocabulary_assets.write_model(root / "base", with_heads=with_heads)
-    model = root / "extended"
-    extend_vocabulary(
-        VocabExtendConfig(corpus=corpus, bert_model=str(base), add=6, min_count=1, output=model, show_progress=False)
-    )
-    data = make_pregenerated(corpus, model, root / "data", epochs=1, max_seq_len=32, objective="mlm")
-    rows = [entry["id"] for entry in json.loads((model / EXTENSION_RECORD).read_text())["added"]]
-    return model, data, rows
-
-
 @pytest.fixture()
-def warmup_weights(monkeypatch: pytest.MonkeyPatch) -> dict[str, dict[str, torch.Tensor]]:
+def warmup_weights(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """Run finetune up to the end of the warm-up only: the weights right before and right after it."""
-    captured: dict[str, dict[str, torch.Tensor]] = {}
-    original = recipe.TrainingLoop.warm_up_heads
-
-    def wrapped(loop: Any, *arguments: Any) -> Any:
-        captured["before"] = {k: v.detach().clone() for k, v in loop.setup.model.state_dict().items()}
-        captured["plan"] = original(loop, *arguments)
-        captured["after"] = {k: v.detach().clone() for k, v in loop.setup.model.state_dict().items()}
-        return captured["plan"]
-
-    monkeypatch.setattr(recipe.TrainingLoop, "warm_up_heads", wrapped)
+    captured = vocabulary_assets.capture_warmup(monkeypatch)
     monkeypatch.setattr(recipe.TrainingLoop, "run", lambda self, start: start)
     return captured
 
@@ -61,7 +35,7 @@ def changed_rows(before: torch.Tensor, after: torch.Tensor) -> list[int]:
 def test_new_rows_warm_up_with_a_fresh_head_and_nothing_else_of_the_encoder_moves(
     warmup_weights, tmp_path: Path
 ) -> None:
-    model, data, rows = extended(tmp_path, with_heads=False)
+    model, data, rows = vocabulary_assets.write_extended(tmp_path, with_heads=False)
     finetune(quick_config(data, model, tmp_path / "run", head_warmup_steps=3, train_batch_size=8))
     before, after = warmup_weights["before"], warmup_weights["after"]
     assert sorted(changed_rows(before[EMBEDDINGS], after[EMBEDDINGS])) == sorted(rows)
@@ -74,7 +48,7 @@ def test_new_rows_warm_up_with_a_fresh_head_and_nothing_else_of_the_encoder_move
 
 
 def test_a_model_with_trained_heads_warms_up_its_new_rows_alone(warmup_weights, tmp_path: Path) -> None:
-    model, data, rows = extended(tmp_path, with_heads=True)
+    model, data, rows = vocabulary_assets.write_extended(tmp_path, with_heads=True)
     finetune(quick_config(data, model, tmp_path / "run", train_batch_size=8, max_steps=10))
     assert warmup_weights["plan"].steps == auto_warmup_steps(10) and warmup_weights["plan"].heads == ()
     before, after = warmup_weights["before"], warmup_weights["after"]
@@ -102,7 +76,7 @@ def test_new_rows_warm_up_at_the_main_rate_and_the_heads_at_theirs(monkeypatch, 
         loop_module, "build_optimizer", lambda groups, *rest: captured.append(groups) or original(groups, *rest)
     )
     monkeypatch.setattr(recipe.TrainingLoop, "run", lambda self, start: start)
-    model, data, _ = extended(tmp_path, with_heads=False)
+    model, data, _ = vocabulary_assets.write_extended(tmp_path, with_heads=False)
     finetune(quick_config(data, model, tmp_path / "run", head_warmup_steps=1, train_batch_size=8, learning_rate=2e-5))
     rows = len(vocabulary_assets.vocabulary()) + 2  # the extended vocabulary: 4 slots filled, 2 rows grown
     matrix = [group for group in captured[0] if any(p.dim() == 2 and p.shape[0] == rows for p in group["params"])]
