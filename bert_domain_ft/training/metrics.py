@@ -2,11 +2,12 @@
 
 Records have ``"kind": "train"`` (step, epoch, lr, mlm_loss, nsp_loss, nsp_acc, sequences_per_second,
 tokens_per_second (real tokens, padding left out), padding_share, data_wait_share, on a GPU mfu (model FLOPs
-utilisation, see ``throughput``), …, and anchor_penalty λ/2·Σ‖θ−θ₀‖² and drift ‖θ−θ₀‖ of the pretrained weights from their start), ``"kind": "eval"``
-(step, epoch and whatever the evaluator returns: the held-out metrics, with --general_holdout also general_*),
-or the kinds of the head warm-up, model selection and probe (see loop.py and selection.py). Only the main
-process writes; every record also goes to the experiment trackers of ``--report_to`` (``trackers.py``). On
-resume, the records after the checkpoint's step are dropped so the log reads as one uninterrupted run.
+utilisation, see ``throughput``), …, and anchor_penalty λ/2·Σ‖θ−θ₀‖² and drift ‖θ−θ₀‖ of the pretrained weights
+from their start), ``"kind": "eval"`` (step, epoch and whatever the evaluator returns: the held-out metrics, with
+--general_holdout also general_*), or the kinds of the head warm-up, model selection and probe (see loop.py and
+selection.py). Only the main process writes; every record also goes to the experiment trackers of
+``--report_to`` (``trackers.py``). On resume, the records after the checkpoint's step are dropped so the log reads
+as one uninterrupted run.
 
     log = MetricsLog(output_dir / "metrics.jsonl", enabled=context.is_main)
     log.append({"kind": "train", "step": 10, "mlm_loss": 2.3})
