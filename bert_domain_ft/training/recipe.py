@@ -334,6 +334,7 @@ def _resume_position(setup: TrainingSetup, resume: bool, output_dir: Path) -> Tr
     resumed = setup.checkpoints.resume()  # the newest intact checkpoint; damaged newer ones are named
     if resumed is None:
         logger.warning("--resume: no checkpoint in %s, starting from the beginning", output_dir)
+        setup.metrics.clear()  # a run killed before its first checkpoint: its records are not this run's
         return TrainingPosition()
     checkpoint, position = resumed
     setup.metrics.truncate_after(position.global_step)

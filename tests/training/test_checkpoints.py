@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from tiny_assets import write_corpus
-from training_helpers import make_pregenerated, run_cli
+from training_helpers import make_pregenerated, read_metrics, run_cli
 
 from bert_domain_ft.cli import main
 from bert_domain_ft.errors import UserError
@@ -299,3 +299,20 @@ def test_resume_with_another_general_holdout_text_is_refused(
     flags = finetune_flags(resume_data, tiny_bert_dir, output, "--resume", "--no_eval")  # no held-out set at all
     status, error, _ = run_cli(capsys, flags)
     assert status == 2 and f"(holdout_data {resume_data} → none; general_holdout {general_text} → none)" in error
+
+
+def test_resume_that_finds_no_checkpoint_drops_the_records_of_the_run_killed_before_its_first(
+    stopped_run: Path, resume_data: Path, tiny_bert_dir: Path, general_text: Path, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    output = resumed_copy(stopped_run, tmp_path)
+    shutil.rmtree(output / "checkpoint-2")  # as if killed while writing it
+    dead_run = read_metrics(output)
+    assert [record["step"] for record in dead_run if record["kind"] == "eval"] == [0]
+    flags = finetune_flags(resume_data, tiny_bert_dir, output, "--resume", "--general_holdout", str(general_text))
+    assert run_cli(capsys, [*flags, "--stop_after_steps", "2"])[:2] == (0, "")
+    records = read_metrics(output)
+    assert [record["step"] for record in records if record["kind"] == "eval"] == [0], "one step-0 evaluation"
+    assert [(record["kind"], record["step"]) for record in records] == [
+        (record["kind"], record["step"]) for record in dead_run
+    ]
