@@ -13,6 +13,14 @@ files, ~1 GB/s), and a file that still fails to load is named by ``damage_named`
 ``--resume`` (``CheckpointManager.resume``) takes the newest intact checkpoint and names, in a warning, each newer
 one it skips; a checkpoint without the record (written by an earlier version) counts as intact when it loads.
 
+``training_state.json`` also holds the run's settings (``run_settings``: the stage decides which, see
+``recipe._run_settings``): plain values, and the data the run reads as ``data_identity`` records (the path it was
+read from, and a fingerprint of its content). ``--resume`` continues only a run with the same settings and data
+(``check_settings``): anything else is refused in one line naming each change, old → new. A data set compares by
+content, so data moved elsewhere is still the same data and data regenerated in place is not. A setting the
+checkpoint lacks (written by an earlier version that did not record it) cannot be checked: it is named in a
+warning and the run resumes, since refusing would strand every run interrupted across an upgrade.
+
     manager = CheckpointManager(output_dir, context, model, optimizer, scheduler, precision.scaler, run_settings)
     manager.save(position); directory, position = manager.resume()
 """
@@ -232,6 +240,38 @@ def load_model_weights(model: nn.Module, directory: Path) -> None:
         )
 
 
+def data_identity(path: Path | str, fingerprint: str) -> dict[str, str]:
+    """How ``run_settings`` records a data set: the path it was read from (shown) and its content's fingerprint
+    (compared)."""
+    return {"path": str(path), "fingerprint": fingerprint}
+
+
+def _is_identity(value: Any) -> bool:
+    return isinstance(value, dict) and set(value) == {"path", "fingerprint"}
+
+
+def _shown(value: Any) -> str:
+    if _is_identity(value):
+        return str(value["path"])
+    return "none" if value is None else str(value)
+
+
+def setting_change(name: str, saved: Any, current: Any) -> str | None:
+    """``name old → new`` when a setting differs between a checkpoint (``saved``) and this run, else None. Data
+    sets (``data_identity``) compare by content: moved is the same, regenerated in place is named with both
+    fingerprints' first 8 digits."""
+    if _is_identity(saved) and _is_identity(current):
+        if saved["fingerprint"] == current["fingerprint"]:
+            return None
+        if saved["path"] == current["path"]:
+            before, after = (str(value["fingerprint"]).split(":")[-1][:8] for value in (saved, current))
+            return f"{name} {current['path']}: its content changed (fingerprint {before} → {after})"
+        return f"{name} {saved['path']} → {current['path']} (other content)"
+    if saved == current:
+        return None
+    return f"{name} {_shown(saved)} → {_shown(current)}"
+
+
 class CheckpointManager:
     """Saves and restores everything a run needs to continue bit-for-bit; only rank 0 writes."""
 
@@ -315,17 +355,20 @@ class CheckpointManager:
             )
 
     def check_settings(self, directory: Path, saved: dict[str, Any]) -> None:
-        # A key missing from ``saved`` was not recorded by the version that wrote the checkpoint: not compared.
-        differing = [
-            f"{key} {saved[key]} → {value}"
-            for key, value in self.run_settings.items()
-            if key in saved and saved[key] != value
-        ]
+        """Refuse to resume from ``directory`` (intact) when this run's settings or data differ from ``saved``, the
+        ones it recorded, naming each change; warn about the settings it did not record (an earlier version's)."""
+        changes = [setting_change(key, saved[key], value) for key, value in self.run_settings.items() if key in saved]
+        differing = [change for change in changes if change is not None]
         if differing:
             raise UserError(
-                f"{directory}: cannot resume exactly, settings changed ({'; '.join(differing)}); "
-                "resume with the original settings or start a new --output_dir"
+                f"{directory}: the checkpoint is intact, but the run's data or settings changed since it was "
+                f"written ({'; '.join(differing)}); rerun --resume with that run's flags and data, or start over with "
+                "--overwrite_output_dir (or another --output_dir)"
             )
+        unrecorded = [key for key in self.run_settings if key not in saved]
+        if unrecorded:
+            logger.warning("--resume: %s was written by an earlier version, which did not record %s: they are not "
+                           "checked against this run", directory.name, ", ".join(unrecorded))  # fmt: skip
 
     def resume(self) -> tuple[Path, TrainingPosition] | None:
         """Load the newest intact checkpoint (see ``checkpoint_damage``; one without a completion record must

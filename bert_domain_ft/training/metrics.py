@@ -7,7 +7,7 @@ from their start), ``"kind": "eval"`` (step, epoch and whatever the evaluator re
 --general_holdout also general_*), or the kinds of the head warm-up, model selection and probe (see loop.py and
 selection.py). Only the main process writes; every record also goes to the experiment trackers of
 ``--report_to`` (``trackers.py``). On resume, the records after the checkpoint's step are dropped so the log reads
-as one uninterrupted run.
+as one uninterrupted run; a ``--resume`` that finds no checkpoint starts from nothing and drops them all.
 
     log = MetricsLog(output_dir / "metrics.jsonl", enabled=context.is_main)
     log.append({"kind": "train", "step": 10, "mlm_loss": 2.3})
@@ -117,6 +117,12 @@ class MetricsLog:
         kept = [line for line in lines if line.strip() and _step_of(line) <= step]
         if len(kept) != len(lines):
             write_text_atomic(self.path, "".join(line + "\n" for line in kept))
+
+    def clear(self) -> None:
+        """Drop every record: a run starting from nothing again (``--resume`` found no checkpoint) repeats step 0, so
+        the records of a run killed before its first checkpoint must go."""
+        if self.enabled and self.path.exists():
+            write_text_atomic(self.path, "")
 
 
 def _step_of(line: str) -> int:

@@ -64,12 +64,17 @@ logger = logging.getLogger(__name__)
 ARGUMENTS_FILE = "training_args.json"
 # Files whose presence means output_dir already holds a run (or a model) that must not be silently overwritten.
 _RUN_MARKERS = (METRICS_FILE, ARGUMENTS_FILE, "model.safetensors", "config.json")
-# What must not change between a checkpoint and its resumption (the data order and schedule depend on it; the
-# schedule and optimizer state come from the checkpoint, so a changed rate would be silently ignored).
+# The FinetuneConfig settings (and world_size, total_steps) a checkpoint records and --resume requires unchanged;
+# see ``_run_settings`` for the rest of what is checked and for what may change.
 _RESUME_SETTINGS = (
-    "world_size", "micro_batch_size", "gradient_accumulation_steps", "epochs", "seed", "total_steps",
-    "batch_from_one_corpus", "learning_rate", "warmup_proportion", "weight_decay", "layerwise_lr_decay",
-    "anchor_weight",
+    # the data order and the schedule
+    "world_size", "micro_batch_size", "gradient_accumulation_steps", "epochs", "max_steps", "seed", "total_steps",
+    "batch_from_one_corpus",
+    # the optimizer and what acts on each step (their state comes from the checkpoint: a change would mix two runs)
+    "learning_rate", "warmup_proportion", "weight_decay", "adam_epsilon", "max_grad_norm", "layerwise_lr_decay",
+    "anchor_weight", "head_warmup_steps", "head_learning_rate",
+    # the model built from scratch, and the arithmetic: precision, TF32, the CPU kernels' own dropout masks
+    "from_scratch", "model_type", "config_overrides", "fp16", "bf16", "loss_scale", "tf32", "cpu_kernels",
 )  # fmt: skip
 
 
@@ -94,7 +99,9 @@ def finetune(config: FinetuneConfig) -> Path:
             build.check_epochs(data_dir, manifest, config.epochs, config.verify_checksums and context.is_main)
             source = build.pregenerated_source(data_dir, manifest, config, tokenizer, context.world_size)
             evaluate = build.build_evaluation(config, context, data_dir, tokenizer)
-            train_and_save(config, context, loaded, source, saveable_tokenizer, objective == "nsp", evaluate)
+            identity = build.resume_identity(config, data_dir, manifest)  # what --resume checks the data by
+            train_and_save(config, context, loaded, source, saveable_tokenizer, objective == "nsp", evaluate,
+                           data_settings=identity)  # fmt: skip
         return config.output_dir
     finally:
         cleanup(context)
@@ -118,17 +125,20 @@ def train_and_save(
     with_nsp: bool,
     evaluate: Evaluator | None = None,
     arguments: dict[str, Any] | None = None,
+    data_settings: dict[str, Any] | None = None,
 ) -> TrainingPosition:
     """The training half of the recipe for any ``EpochSource``: optimizer, schedule, precision, checkpoints,
     resume, the loop, and the final ``save_pretrained`` (+ tokenizer) when the last epoch is done.
 
     Call it after ``init_distributed``, ``seed_everything``, ``prepare_output_dir`` and loading the model onto
     its device (e.g. ``load_training_model``). ``arguments`` is what ``training_args.json`` records (default:
-    ``config.to_json()``; a stage with settings of its own passes all of them).
+    ``config.to_json()``; a stage with settings of its own passes all of them); ``data_settings`` what the
+    checkpoints record of the data beside the run's settings, for ``--resume`` to check (see ``_run_settings``).
     """
     settings = settings_from(LoopSettings, config)
     arguments = arguments or config.to_json()
-    setup = _setup_training(config, context, loaded, source, tokenizer, with_nsp, settings, arguments)
+    setup = _setup_training(config, context, loaded, source, tokenizer, with_nsp, settings, arguments,
+                            data_settings or {})  # fmt: skip
     try:  # the trackers' runs end with this call, whatever happens in it
         return _train_and_save(config, context, loaded, setup, settings, tokenizer, with_nsp, evaluate, arguments)
     finally:
@@ -264,6 +274,24 @@ def _setup_anchor(model: torch.nn.Module, fresh_heads: tuple[str, ...], weight: 
     return anchor
 
 
+def _run_settings(
+    config: FinetuneConfig, context: DistributedContext, total_steps: int, with_nsp: bool, data: dict[str, Any]
+) -> dict[str, Any]:
+    """What a checkpoint records and ``--resume`` requires unchanged (``CheckpointManager.check_settings``): the
+    ``_RESUME_SETTINGS``, the objective trained ("nsp" or "mlm", as resolved), the device type, and the stage's
+    ``data``: fingerprints of what it trains and evaluates on and the settings that shape its batches (finetune:
+    ``setup.resume_identity``; simple: ``simple.resume_identity``).
+
+    Everything else may change on resume, because it changes neither the weights nor what is measured: how often
+    and where the run logs, saves and reports (logging_steps, save_steps, save_total_limit, stop_after_steps,
+    report_to, show_progress), when and in what batches it evaluates (eval_steps, eval_batch_size), save_best,
+    verify_checksums, reduce_memory and simple's on_memory, and the GPU's speed settings compile and deterministic
+    (the same arithmetic, other kernels: a resumed run continues the same run, not bit for bit)."""
+    run_values = {"world_size": context.world_size, "total_steps": total_steps}
+    settings = {name: run_values[name] if name in run_values else getattr(config, name) for name in _RESUME_SETTINGS}
+    return {**settings, "objective": "nsp" if with_nsp else "mlm", "device": context.device.type, **data}
+
+
 def _setup_training(
     config: FinetuneConfig,
     context: DistributedContext,
@@ -273,6 +301,7 @@ def _setup_training(
     with_nsp: bool,
     settings: LoopSettings,
     arguments: dict[str, Any],
+    data_settings: dict[str, Any],
 ) -> TrainingSetup:
     objective = _setup_objective(loaded, context, with_nsp)
     total_steps = total_optimizer_steps(source, settings, context.world_size)
@@ -281,10 +310,7 @@ def _setup_training(
     precision = setup_precision(context.device, config.fp16, config.bf16, config.loss_scale)
     logger.info("%d sequences per step on %d process(es), %s on %s", config.train_batch_size * context.world_size,
                 context.world_size, precision.name, context.device)  # fmt: skip
-    run_values = {"world_size": context.world_size, "total_steps": total_steps}
-    run_settings = {
-        name: run_values[name] if name in run_values else getattr(config, name) for name in _RESUME_SETTINGS
-    }
+    run_settings = _run_settings(config, context, total_steps, with_nsp, data_settings)
     checkpoints = CheckpointManager(
         config.output_dir, context, loaded.model, optimizer, scheduler, precision.scaler, run_settings,
         config.save_total_limit, tokenizer,
@@ -308,6 +334,7 @@ def _resume_position(setup: TrainingSetup, resume: bool, output_dir: Path) -> Tr
     resumed = setup.checkpoints.resume()  # the newest intact checkpoint; damaged newer ones are named
     if resumed is None:
         logger.warning("--resume: no checkpoint in %s, starting from the beginning", output_dir)
+        setup.metrics.clear()  # a run killed before its first checkpoint: its records are not this run's
         return TrainingPosition()
     checkpoint, position = resumed
     setup.metrics.truncate_after(position.global_step)

@@ -8,6 +8,8 @@ the model's before the first step; a difference is one ``UserError`` saying whic
 NSP head trains "mlm", said in one line) and ``build_training_model`` loads --bert_model for it or, with
 --from_scratch, builds a --model_type model for --tokenizer. The optimizer and schedule, and the held-out
 evaluator the loop calls, are built from the values they use (``OptimizationSettings``, ``settings_from``).
+``resume_identity`` fingerprints the training data and the held-out sets for the checkpoints, so ``--resume``
+refuses data regenerated or swapped since the run began.
 
     objective = resolve_training_objective(config, manifest)
     loaded = build_training_model(config, objective, max_seq_len=manifest["max_seq_len"])
@@ -16,6 +18,8 @@ evaluator the loop calls, are built from the values they use (``OptimizationSett
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +27,14 @@ from typing import Any
 
 import torch
 
-from bert_domain_ft.data.epoch_format import MANIFEST_NAME, open_epoch, open_holdout, read_manifest
+from bert_domain_ft.data.epoch_format import (
+    EPOCH_DESCRIPTION_NAME,
+    MANIFEST_NAME,
+    epoch_directory_name,
+    open_epoch,
+    open_holdout,
+    read_manifest,
+)
 from bert_domain_ft.data.legacy_format import convert_legacy_directory, is_legacy_directory
 from bert_domain_ft.data.loader import CorpusMixing, PregeneratedSource
 from bert_domain_ft.data.masking import DynamicMasking
@@ -41,6 +52,7 @@ from bert_domain_ft.model.optimization import (
 )
 from bert_domain_ft.model.pretraining import LoadedModel
 from bert_domain_ft.model.tokenizer import TokenizerFacts, describe_tokenizer
+from bert_domain_ft.training.checkpoints import data_identity
 from bert_domain_ft.training.config import FinetuneConfig
 from bert_domain_ft.training.distributed import DistributedContext, barrier
 from bert_domain_ft.training.loop import Evaluator
@@ -266,3 +278,61 @@ def build_evaluation(
     fingerprint = describe_tokenizer(tokenizer, str(config.tokenizer or config.bert_model)).vocab_fingerprint
     general = open_general_holdout(directory, fingerprint, verify_checksum=config.verify_checksums)
     return with_general(evaluate, manifest_evaluator(general, directory, config.eval_batch_size, context.device, dtype))
+
+
+# ------------------------------------------------------------------------------------------- what --resume checks
+
+
+def _arrays_record(directory: Path) -> Any:
+    """An epoch's (or held-out set's) ``arrays`` record in its epoch.json: per array, shape, dtype and the SHA-256
+    of its data; None when unreadable (opening the epoch reports that)."""
+    try:
+        return json.loads((directory / EPOCH_DESCRIPTION_NAME).read_text(encoding="utf-8"))["arrays"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _fingerprint(value: Any) -> str:
+    digest = hashlib.blake2b(json.dumps(value, sort_keys=True).encode("utf-8"), digest_size=16)
+    return f"blake2b-128:{digest.hexdigest()}"
+
+
+def training_data_fingerprint(data_dir: Path, manifest: dict[str, Any]) -> str:
+    """What training reads from a pregenerated directory: the SHA-256 of every epoch's arrays (from the epoch.json
+    files, so nothing is re-read) and the manifest's fields that shape the batches. Paths are left out: the same
+    data moved elsewhere keeps its fingerprint, data regenerated from another corpus or seed does not."""
+    generation = manifest.get("generation") or {}
+    shaping = {key: manifest.get(key) for key in ("objective", "masking", "max_seq_len", "max_predictions_per_seq")}
+    shaping["vocab_fingerprint"] = manifest["tokenizer"]["vocab_fingerprint"]
+    shaping["dynamic_masks"] = [generation.get("masked_lm_prob"), generation.get("do_whole_word_mask")]
+    shaping["corpora"] = [
+        [corpus.get("name"), corpus.get("sampling_probability")] for corpus in manifest.get("corpora") or []
+    ]
+    epochs = [_arrays_record(Path(data_dir) / epoch_directory_name(index)) for index in range(len(manifest["epochs"]))]
+    return _fingerprint({"shaping": shaping, "epochs": epochs})
+
+
+def resume_identity(config: FinetuneConfig, data_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """The data a finetune checkpoint records for ``--resume`` to compare (``checkpoints.data_identity``): the
+    training data, the held-out set and the general held-out set evaluated (None when there is none). Call it
+    after ``build_evaluation``, which makes the general held-out set of a corpus file."""
+    identity: dict[str, Any] = {
+        "pregenerated_data": data_identity(
+            config.pregenerated_data.absolute(), training_data_fingerprint(data_dir, manifest)
+        ),
+        "holdout_data": None,
+        "general_holdout": None,
+    }
+    if not config.do_eval:
+        return identity
+    source = config.holdout_data or data_dir
+    holdout = open_holdout(source)
+    if holdout is not None:
+        identity["holdout_data"] = data_identity(source.absolute(), _fingerprint(_arrays_record(holdout.directory)))
+    if config.general_holdout is not None:
+        directory = general_holdout_directory(config.general_holdout, config.output_dir)
+        general = open_general_holdout(directory, manifest["tokenizer"]["vocab_fingerprint"])
+        identity["general_holdout"] = data_identity(
+            config.general_holdout.absolute(), _fingerprint(_arrays_record(general.directory))
+        )
+    return identity

@@ -7,7 +7,8 @@ Model loading, optimizer, schedule, precision, checkpoints, resume and saving ar
 A ``train_corpus`` of records (parquet, a ``datasets`` directory, JSON lines) is first written as a corpus to
 ``output_dir/train_corpus.txt`` (rank 0). With ``task_data`` the task's texts are written to
 ``output_dir/task_corpus.txt`` (rank 0) and tokenized after the corpus into the same store, as its last corpus;
-``simple_pairs`` adds their pairs at ``task_share`` of each epoch.
+``simple_pairs`` adds their pairs at ``task_share`` of each epoch. The checkpoints record the corpus's and the
+task file's content fingerprints and the pair settings (``resume_identity``): ``--resume`` refuses an edited corpus.
 
     output_dir = simple_finetune(SimpleConfig.create(train_corpus=Path("corpus.txt"), output_dir=Path("out"),
                                                      bert_model="bert-base-uncased"))
@@ -23,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bert_domain_ft.corpus.records import is_dataset_directory
+from bert_domain_ft.corpus.records import input_fingerprint, is_dataset_directory
 from bert_domain_ft.corpus.task_files import holds_records, write_task_corpus
 from bert_domain_ft.data.document_store import DocumentStore, build_document_store, open_document_store
 from bert_domain_ft.data.instances import RowLayout
@@ -42,6 +43,7 @@ from bert_domain_ft.files import TEMPORARY_SUFFIX, os_errors_as_user_errors, rep
 from bert_domain_ft.model.files import FRESH_NSP_HEAD_NOTE
 from bert_domain_ft.model.pretraining import NSP_HEAD
 from bert_domain_ft.model.tokenizer import TokenizerFacts
+from bert_domain_ft.training.checkpoints import data_identity
 from bert_domain_ft.training.config import SimpleConfig
 from bert_domain_ft.training.distributed import DistributedContext, barrier, cleanup, hold_run_lock, init_distributed
 from bert_domain_ft.training.recipe import (
@@ -222,15 +224,35 @@ def simple_finetune(config: SimpleConfig) -> Path:
                                "masked LM only for it", training.bert_model, FRESH_NSP_HEAD_NOTE)  # fmt: skip
             try:
                 source = _pair_source(config, context, tokenizer, facts)
-                arguments = config.to_json()
-                train_and_save(
-                    training, context, loaded, source, saveable_tokenizer, with_nsp=True, arguments=arguments
-                )
+                arguments, identity = config.to_json(), resume_identity(config, facts)
+                train_and_save(training, context, loaded, source, saveable_tokenizer, with_nsp=True,
+                               arguments=arguments, data_settings=identity)  # fmt: skip
             finally:
                 remove_store(context, config.output_dir, config.on_memory)
         return config.output_dir
     finally:
         cleanup(context)
+
+
+def resume_identity(config: SimpleConfig, facts: TokenizerFacts) -> dict[str, Any]:
+    """What a simple checkpoint records of the data for ``--resume`` to compare: the corpus and the task file by
+    content (``input_fingerprint``, one more read of each), the tokenizer by vocabulary, and the settings that
+    shape the pairs (those of records and task text only when there are any)."""
+    task, records = config.task_data, holds_records(config.train_corpus)
+    return {
+        "train_corpus": data_identity(config.train_corpus.absolute(), input_fingerprint(config.train_corpus)),
+        "task_data": None if task is None else data_identity(task.absolute(), input_fingerprint(task)),
+        "vocabulary": data_identity(facts.name, facts.vocab_fingerprint),
+        "max_seq_len": config.max_seq_len,
+        "masked_lm_prob": config.masked_lm_prob,
+        "max_predictions_per_seq": config.max_predictions_per_seq,
+        "do_whole_word_mask": config.do_whole_word_mask,
+        "group_by_length": config.group_by_length,
+        "task_share": None if task is None else config.task_share,
+        "task_text_column": None if task is None else config.task_text_column,
+        "text_field": config.text_field if records else None,
+        "document_field": config.document_field if records else None,
+    }
 
 
 def _pair_source(

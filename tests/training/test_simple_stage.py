@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,8 +12,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+import tiny_assets
 import torch
-from training_helpers import assert_identical_weights, load_weights, read_metrics
+from training_helpers import assert_identical_weights, load_weights, read_metrics, run_cli
 
 from bert_domain_ft.data.document_store import build_document_store, open_document_store
 from bert_domain_ft.data.loader import plan_epoch
@@ -236,3 +238,28 @@ def test_two_gloo_processes_share_the_on_disk_corpus_and_each_epoch(
     pairs = PairIndex.from_store(store).num_instances
     assert steps[-1] == -(-pairs // 64)  # 2 processes × 32 pairs per step: the epoch is shared, each pair once
     assert arguments["stage"] == "simple" and arguments["group_by_length"]
+
+
+def test_resume_on_an_edited_corpus_or_task_file_or_another_task_share_is_refused_naming_it(
+    tmp_path: Path, tiny_corpus: Path, tiny_bert_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    corpus, output = Path(shutil.copy(tiny_corpus, tmp_path / "corpus.txt")), tmp_path / "out"
+    task = tiny_assets.write_task_file(tmp_path / "task.csv", num_rows=20, seed=1)
+    flags = ["simple", "--train_corpus", str(corpus), "--bert_model", str(tiny_bert_dir), "--output_dir", str(output)]
+    flags += ["--epochs", "1", "--train_batch_size", "32", "--max_seq_len", "32", "--save_steps", "2"]
+    flags += ["--task_data", str(task), "--no_progress", "--no_cuda"]
+    assert run_cli(capsys, [*flags, "--stop_after_steps", "2"])[0] == 0
+    checkpoint = (output / "checkpoint-2" / "model.safetensors").read_bytes()
+    status, error, _ = run_cli(capsys, [*flags, "--resume", "--task_share", "0.3"])
+    assert status == 2 and "task_share 0.5 → 0.3" in error and "the checkpoint is intact" in error
+    original = corpus.read_text(encoding="utf-8")
+    corpus.write_text(original + "\nA document added since.\nIt changes every later epoch.\n", encoding="utf-8")
+    status, error, _ = run_cli(capsys, [*flags, "--resume"])
+    assert status == 2 and f"train_corpus {corpus}: its content changed (fingerprint " in error
+    corpus.write_text(original, encoding="utf-8")
+    tiny_assets.write_task_file(task, num_rows=20, seed=2)
+    status, error, _ = run_cli(capsys, [*flags, "--resume"])
+    assert status == 2 and f"task_data {task}: its content changed (fingerprint " in error
+    assert (output / "checkpoint-2" / "model.safetensors").read_bytes() == checkpoint
+    tiny_assets.write_task_file(task, num_rows=20, seed=1)  # both files as they were: the run continues
+    assert run_cli(capsys, [*flags, "--resume", "--stop_after_steps", "4"])[:2] == (0, "")
