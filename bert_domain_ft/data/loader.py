@@ -50,7 +50,8 @@ def collate_rows(epoch: EpochArrays, indices: np.ndarray, masker: RowMasker | No
     """Gather rows ``indices`` of ``epoch`` into a batch dict of tensors (layout: ``masking.batch_arrays``).
 
     Rows keep their pregenerated masks; an epoch without masks (``--dynamic_masking``) is masked now by
-    ``masker(rows, lengths, indices)`` when one is given (``DynamicMasking.for_epoch``).
+    ``masker(rows, lengths, indices)`` when one is given (``DynamicMasking.for_epoch``). Instances stored without an
+    NSP label (``NO_NSP_LABEL``) get ``IGNORE_INDEX``, which the NSP loss skips.
     """
     order = np.sort(np.asarray(indices))  # sorted reads are sequential on the memmap
     restore = np.argsort(np.argsort(indices)) if not np.array_equal(order, indices) else None
