@@ -4,6 +4,7 @@ arbitrary text gives instances that satisfy every invariant or a clear error —
 from __future__ import annotations
 
 import errno
+import json
 import os
 import signal
 import subprocess
@@ -82,6 +83,18 @@ def test_resume_refuses_different_settings(tiny_corpus: Path, tiny_tokenizer_dir
         pregenerate(
             config(tiny_corpus, tiny_tokenizer_dir, tmp_path, epochs_to_generate=1, masked_lm_prob=0.2, resume=True)
         )
+
+
+def test_resume_refuses_epochs_an_older_format_version_began(
+    tiny_corpus: Path, tiny_tokenizer_dir: Path, tmp_path: Path
+) -> None:
+    pregenerate(config(tiny_corpus, tiny_tokenizer_dir, tmp_path, epochs_to_generate=1))
+    record_path = tmp_path / "generation.json"
+    record = json.loads(record_path.read_text(encoding="utf-8"))
+    del record["format_version"]  # as version 1 wrote it: its epochs label one-sentence chunks "random next"
+    record_path.write_text(json.dumps(record), encoding="utf-8")
+    with pytest.raises(UserError, match=r"different settings \(format_version\)"):
+        pregenerate(config(tiny_corpus, tiny_tokenizer_dir, tmp_path, epochs_to_generate=1, resume=True))
 
 
 def test_disk_full_gives_a_clear_error_and_leaves_the_previous_data_untouched(
