@@ -40,7 +40,8 @@ the tokenizer's ``token_dtype``) and every value against its range: token ids < 
 < L, lengths ≤ L, ``num_masked`` ≤ P, NSP labels 0/1/2 (0/1 in version 1), corpus ids < the number of corpora.
 The value scan reads each array once in chunks of ~8 MiB (min/max per chunk, numpy) and is remembered per file
 (size, mtime, inode) for the rest of the process, so reopening an epoch every training epoch costs nothing;
-``--verify`` (SHA-256) is separate. A value out of range would otherwise reach an embedding lookup mid-epoch as an ``IndexError``.
+``--verify`` (SHA-256) is separate. A value out of range would otherwise reach an embedding lookup mid-epoch as an
+``IndexError``.
 
 Where ``pregenerate`` writes: a new or empty output directory in place; with ``--overwrite`` beside it
 (``<output_dir>.partial``), swapped in when complete, so a failed run leaves the previous data untouched; with

@@ -11,8 +11,9 @@ corpus's own, so that they are ``task_share`` of every epoch while the corpus is
 sentence can start one (a one-sentence row is the typical task text): with a successor in its row the 50/50 rule
 applies; without one its partner is random and the pair has no NSP label (masked LM only, ``NO_NSP_LABEL``: as
 "random next" every time, one-sentence rows taught the NSP head a constant). Partners come from other task rows,
-and the corpus's instances draw random partners from the corpus only. The task's starting sentences are repeated as often as needed in an order
-drawn per epoch; each repeat gets its own partner draw, and masks are drawn per batch anyway.
+and the corpus's instances draw random partners from the corpus only. The task's starting sentences are repeated
+as often as needed in an order drawn per epoch; each repeat gets its own partner draw, and masks are drawn per
+batch anyway.
 
 An epoch is a pure function of ``(seed, epoch)``, drawn in a handful of numpy calls over sentence indices; only
 the index (sentence and document offsets) is in RAM. Token ids are read and masked when a batch is built, with
