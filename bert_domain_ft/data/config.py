@@ -6,6 +6,7 @@ config = PregenerateConfig(train_corpus=Path("corpus.txt"), output_dir=Path("out
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,8 +122,11 @@ class PregenerateConfig:
             self.train_corpus = {str(name): Path(path) for name, path in self.train_corpus.items()}
         else:
             self.train_corpus = Path(self.train_corpus)
-        if self.sampling_exponent < 0:
-            raise ValueError("--sampling_exponent must be ≥ 0 (1 = proportional to size, 0 = uniform)")
+        if not math.isfinite(self.sampling_exponent) or self.sampling_exponent < 0:  # NaN passes "< 0"
+            raise ValueError(
+                "--sampling_exponent must be a finite number ≥ 0 (1 = proportional to size, 0 = uniform), "
+                f"got {self.sampling_exponent}"
+            )
         self.output_dir = Path(self.output_dir)
         if self.epochs_to_generate < 1:
             raise ValueError("--epochs_to_generate must be at least 1")

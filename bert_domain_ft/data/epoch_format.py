@@ -11,7 +11,10 @@ P = ``max_predictions_per_seq``; "token dtype" is uint16 when the vocabulary has
     masked_positions  (N, P) uint16       positions of the masked tokens, ascending; rows padded with 0
     masked_labels     (N, P) token dtype  the original token at each masked position; rows padded with 0
     num_masked        (N,)   uint16       how many entries of the two rows above are real
-    is_random_next    (N,)   uint8        1 where segment B was drawn from another document (NSP label 1)
+    is_random_next    (N,)   uint8        the NSP label: 0 = B is A's next text, 1 = B was drawn from another
+                                          document, 2 (``NO_NSP_LABEL``) = no NSP label, masked LM only (A was
+                                          one sentence — a one-sentence document or chunk, a one-sentence task
+                                          row — so B is another document's text but "is next" was never possible)
     corpus_ids        (N,)   uint8        which of several named corpora the instance comes from (only when the
                                           manifest lists more than one; their sampling probabilities are there)
 
@@ -21,16 +24,24 @@ With ``objective == "mlm"`` there is no ``is_random_next`` and ``segment_a_lengt
 masking (``masking == "dynamic"``) ``input_ids`` are unmasked and the three ``masked_*``/``num_masked`` arrays
 are absent: the trainer masks each batch.
 
+"No NSP label" is the value 2 in the one-byte label rather than a second array: the loader turns it into the
+losses' ignore index (-100), so those instances train masked LM only. Without it an instance whose A is one
+sentence would be "random next" every time, and a corpus or task text of one-sentence rows would teach the NSP
+head a constant. The epoch's statistics count ``nsp_labelled_instances`` and ``mlm_only_instances`` and give
+``random_next_fraction`` over the labelled ones (≈ 0.5). Format version 2 added the value 2; epochs of version 1
+(labels 0 and 1 only) still load, checked against their own range.
+
 Each epoch directory also holds ``epoch.json`` (its statistics and, per array, shape, dtype and the SHA-256 of
 the data bytes). It is built under ``epoch_XXX.partial`` and renamed when complete, so a directory named
 ``epoch_XXX`` is always whole.
 
 Opening an epoch checks it against the manifest (``max_seq_len`` = L, masked width ≤ ``max_predictions_per_seq``,
 the tokenizer's ``token_dtype``) and every value against its range: token ids < the vocabulary size, positions
-< L, lengths ≤ L, ``num_masked`` ≤ P, NSP labels 0/1, corpus ids < the number of corpora. The value scan reads
-each array once in chunks of ~8 MiB (min/max per chunk, numpy) and is remembered per file (size, mtime, inode)
-for the rest of the process, so reopening an epoch every training epoch costs nothing; ``--verify`` (SHA-256) is
-separate. A value out of range would otherwise reach an embedding lookup mid-epoch as an ``IndexError``.
+< L, lengths ≤ L, ``num_masked`` ≤ P, NSP labels 0/1/2 (0/1 in version 1), corpus ids < the number of corpora.
+The value scan reads each array once in chunks of ~8 MiB (min/max per chunk, numpy) and is remembered per file
+(size, mtime, inode) for the rest of the process, so reopening an epoch every training epoch costs nothing;
+``--verify`` (SHA-256) is separate. A value out of range would otherwise reach an embedding lookup mid-epoch as an
+``IndexError``.
 
 Where ``pregenerate`` writes: a new or empty output directory in place; with ``--overwrite`` beside it
 (``<output_dir>.partial``), swapped in when complete, so a failed run leaves the previous data untouched; with
@@ -63,7 +74,9 @@ from bert_domain_ft.files import (
 )
 
 FORMAT_NAME = "bert_domain_ft.pregenerated"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # what this version writes
+READABLE_FORMAT_VERSIONS = (1, 2)  # what it reads: 1 had NSP labels 0/1 only
+NO_NSP_LABEL = 2  # is_random_next of an instance without an NSP label (masked LM only), from format version 2
 MANIFEST_NAME = "manifest.json"
 EPOCH_DESCRIPTION_NAME = "epoch.json"
 HOLDOUT_DIRECTORY = "holdout"
@@ -136,10 +149,10 @@ def read_manifest(directory: Path, flag: str = "--pregenerated_data") -> dict[st
         raise UserError(f"{path}: manifest is not valid JSON ({error}); pregenerate the data again") from None
     if manifest.get("format") != FORMAT_NAME:
         raise UserError(f"{path}: not a bert_domain_ft manifest; pregenerate the data with this version")
-    if manifest.get("format_version") != FORMAT_VERSION:
+    if manifest.get("format_version") not in READABLE_FORMAT_VERSIONS:
         raise UserError(
-            f"{path}: format version {manifest.get('format_version')} but this bert_domain_ft reads version "
-            f"{FORMAT_VERSION}; pregenerate the data again with this version"
+            f"{path}: format version {manifest.get('format_version')} but this bert_domain_ft reads versions "
+            f"{', '.join(map(str, READABLE_FORMAT_VERSIONS))}; pregenerate the data again with this version"
         )
     return manifest
 
@@ -270,6 +283,10 @@ def _value_ranges(arrays: dict[str, np.ndarray], manifest: dict[str, Any]) -> di
     width = arrays["masked_positions"].shape[1] if "masked_positions" in arrays else 0
     corpora = max(1, len(manifest.get("corpora") or []))
     token = (0, vocab_size - 1, f"not a token id of the {vocab_size}-token vocabulary")
+    if manifest.get("format_version") == 1:
+        nsp_label = (0, 1, "not a next-sentence label (0 or 1)")
+    else:
+        nsp_label = (0, NO_NSP_LABEL, f"not a next-sentence label (0, 1, or {NO_NSP_LABEL} for none)")
     return {
         "input_ids": token,
         "masked_labels": token,
@@ -277,7 +294,7 @@ def _value_ranges(arrays: dict[str, np.ndarray], manifest: dict[str, Any]) -> di
         "segment_a_lengths": (0, length, f"longer than max_seq_len {length}"),
         "masked_positions": (0, length - 1, f"not a position of a {length}-token sequence"),
         "num_masked": (0, width, f"more than the {width} masked slots of a row"),
-        "is_random_next": (0, 1, "not a next-sentence label (0 or 1)"),
+        "is_random_next": nsp_label,
         "corpus_ids": (0, corpora - 1, f"not one of the manifest's {corpora} corpora"),
     }
 
@@ -304,6 +321,7 @@ def _signature(directory: Path, arrays: dict[str, np.ndarray], manifest: dict[st
         status = os.stat(directory / f"{name}.npy")
         files.append((name, status.st_size, status.st_mtime_ns, status.st_ino))
     limits = (manifest["tokenizer"]["vocab_size"], manifest["max_seq_len"], len(manifest.get("corpora") or []))
+    limits += (manifest.get("format_version"),)  # the NSP labels' range depends on it
     return (str(Path(directory).resolve()), tuple(files), limits)
 
 

@@ -21,12 +21,13 @@ from typing import Any
 import numpy as np
 
 from bert_domain_ft.data.document_store import DocumentStore, open_document_store
-from bert_domain_ft.data.epoch_format import EPOCH_DESCRIPTION_NAME, describe_arrays
+from bert_domain_ft.data.epoch_format import EPOCH_DESCRIPTION_NAME, NO_NSP_LABEL, describe_arrays
 from bert_domain_ft.data.instances import DocumentPool, InstanceRecipe
 from bert_domain_ft.data.masking import DynamicMasking
 from bert_domain_ft.files import NpyAppender, os_errors_as_user_errors, replace_directory, write_json_atomic
 
 TOKENS_PER_SHARD = 1 << 18
+LABELS_PER_COUNT = 1 << 23  # NSP labels counted at a time for the statistics (64 MiB of int64 counts at most)
 TRAINING_STREAM = 1
 HOLDOUT_STREAM = 2
 
@@ -101,11 +102,30 @@ def run_shard(task: ShardTask, context: GenerationContext) -> dict[str, Any]:
     return {"instances": len(arrays["input_ids"]), "tokens": task.num_tokens}
 
 
+def _nsp_statistics(directory: Path) -> dict[str, Any]:
+    """The share of "random next" among the instances that carry an NSP label, and how many do and do not
+    (``NO_NSP_LABEL``: masked LM only); all None without NSP labels ("mlm"). Counted in chunks: ``bincount``
+    would otherwise copy the whole memmapped array to 8-byte integers."""
+    path = directory / "is_random_next.npy"
+    if not path.exists():
+        return {"random_next_fraction": None, "nsp_labelled_instances": None, "mlm_only_instances": None}
+    labels = np.load(path, mmap_mode="r")
+    counts = np.zeros(NO_NSP_LABEL + 1, dtype=np.int64)
+    for start in range(0, len(labels), LABELS_PER_COUNT):
+        counts += np.bincount(labels[start : start + LABELS_PER_COUNT], minlength=NO_NSP_LABEL + 1)[: NO_NSP_LABEL + 1]
+    labelled = int(counts[0] + counts[1])
+    return {
+        "random_next_fraction": float(counts[1] / labelled) if labelled else None,
+        "nsp_labelled_instances": labelled,
+        "mlm_only_instances": int(counts[NO_NSP_LABEL]),
+    }
+
+
 def _statistics(directory: Path, max_seq_len: int) -> dict[str, Any]:
     def mean_of(name: str) -> float | None:
         path = directory / f"{name}.npy"
         if not path.exists():
-            return None  # no NSP labels ("mlm") or no stored masks (dynamic masking)
+            return None  # no stored masks (dynamic masking)
         values = np.load(path, mmap_mode="r")
         return float(values.mean()) if len(values) else 0.0
 
@@ -114,7 +134,7 @@ def _statistics(directory: Path, max_seq_len: int) -> dict[str, Any]:
     return {
         "num_instances": count,
         "packing_fill": float(lengths.sum(dtype=np.int64) / (count * max_seq_len)) if count else 0.0,
-        "random_next_fraction": mean_of("is_random_next"),
+        **_nsp_statistics(directory),
         "mean_masked_per_instance": mean_of("num_masked"),
         "num_tokens": int(lengths.sum(dtype=np.int64)),
     }

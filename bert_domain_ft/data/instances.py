@@ -4,11 +4,13 @@
 create_pretraining_data makes it (``create_pair_spans``). Whole sentences of one document are gathered into a
 chunk until a target length is reached (the full ``max_seq_len - 3``, or with probability ``short_seq_prob`` a
 random shorter one, drawn per chunk so that long documents also yield some short instances); the chunk is split at
-a random sentence boundary into A and B. With probability 0.5 — always when the chunk has one sentence, so a
-one-sentence document can never yield a wrong "is next" label — B is instead a run of sentences from another
+a random sentence boundary into A and B. With probability 0.5 B is instead a run of sentences from another
 document of the same split, that document chosen with probability proportional to its sentence count and started
-at a random sentence; the chunk's unused sentences go back for the next instance. The longer of A/B is then cut
-one token at a time, from the front or back at random, until the pair fits (``truncate_pairs``, in closed form).
+at a random sentence; the chunk's unused sentences go back for the next instance. A chunk of one sentence (a
+one-sentence document such as a task row, a document's last sentence, a sentence as long as the target) always
+takes a random B, as BERT's code does, but no NSP label (``NO_NSP_LABEL``: masked LM only): labelled "random
+next" every time, such chunks made 56–100% of the labels "random next" instead of 50%. The longer of A/B is then
+cut one token at a time, from the front or back at random, until the pair fits (``truncate_pairs``, closed form).
 Because the sentences of a document are contiguous in the store, A and B are each one token range: an instance is
 four offsets. The Python loop walks sentences only (its random draws come from ``UniformStream``, blocks of
 doubles handed out one at a time: a tenth of ``Generator.random()``'s per-call cost); random documents, B lengths
@@ -33,6 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bert_domain_ft.data.document_store import DocumentStore, concatenated_ranges
+from bert_domain_ft.data.epoch_format import NO_NSP_LABEL
 from bert_domain_ft.model.tokenizer import TokenizerFacts
 
 _BLOCK = 1 << 16
@@ -82,6 +85,18 @@ class DocumentPool:
     def num_sentences(self) -> int:
         return int(self.sentence_cumsum[-1])
 
+    @property
+    def num_one_sentence_documents(self) -> int:
+        """Documents of one sentence: under NSP they give no "is next" pair, only masked-LM instances."""
+        return int(np.count_nonzero(np.diff(self.sentence_cumsum) == 1))
+
+
+def nsp_labels(is_random_next: np.ndarray, has_nsp_label: np.ndarray | None) -> np.ndarray:
+    """(N,) uint8 NSP labels as the epoch format stores them: 0 is next, 1 random next, ``NO_NSP_LABEL`` where
+    ``has_nsp_label`` is False (masked LM only; None: every instance is labelled)."""
+    labels = np.asarray(is_random_next).astype(np.uint8)
+    return labels if has_nsp_label is None else np.where(has_nsp_label, labels, np.uint8(NO_NSP_LABEL))
+
 
 @dataclass(frozen=True)
 class PairSpans:
@@ -91,10 +106,18 @@ class PairSpans:
     a_end: np.ndarray
     b_start: np.ndarray
     b_end: np.ndarray
-    is_random_next: np.ndarray  # (N,) bool
+    is_random_next: np.ndarray  # (N,) bool: B comes from another document
+    has_nsp_label: np.ndarray | None = None  # (N,) bool: False where "is next" was never possible; None: all True
 
     def __len__(self) -> int:
         return len(self.a_start)
+
+    def nsp_labels(self) -> np.ndarray:
+        return nsp_labels(self.is_random_next, self.has_nsp_label)
+
+
+_RANDOM_B = -1  # B's end sentence in ``_walk_chunks`` when B is drawn from another document
+_ONE_SENTENCE = -2  # ... and when, besides, the chunk had one sentence, so that "is next" was never possible
 
 
 def _walk_chunks(
@@ -108,8 +131,9 @@ def _walk_chunks(
 
     ``document_ranges`` holds (pool position, first sentence, end sentence) in the numbering of
     ``sentence_offsets`` (token offsets of this shard's sentences). Returns per instance: pool position, A's
-    sentence range, B's sentence range for "is next" pairs (-1 for random ones), and the remaining target length
-    (for random B) and a uniform draw locating the random B sentence.
+    sentence range, B's sentence range for "is next" pairs (``_RANDOM_B`` for random ones, ``_ONE_SENTENCE`` for
+    one-sentence chunks: random B, no NSP label), and the remaining target length (for random B) and a uniform draw
+    locating the random B sentence.
     """
     pool_position, a_first, a_end, b_end, b_target, b_draw = [], [], [], [], [], []
     for position, first, end in document_ranges:
@@ -124,7 +148,7 @@ def _walk_chunks(
                 a_first.append(chunk_first)
                 a_end.append(split)
                 if chunk_sentences == 1 or draws.uniform() < 0.5:
-                    b_end.append(-1)
+                    b_end.append(_ONE_SENTENCE if chunk_sentences == 1 else _RANDOM_B)
                     b_target.append(max(1, target - (sentence_offsets[split] - sentence_offsets[chunk_first])))
                     b_draw.append(draws.uniform())
                     i = split - 1  # the chunk's unused sentences start the next chunk
@@ -215,7 +239,7 @@ def create_pair_spans(
     )
     if len(positions) == 0:
         empty = np.zeros(0, dtype=np.int64)
-        return PairSpans(empty, empty, empty, empty, np.zeros(0, dtype=bool))
+        return PairSpans(empty, empty, empty, empty, np.zeros(0, dtype=bool), np.zeros(0, dtype=bool))
     offsets = store.sentence_offsets
     a_start_tokens = offsets[a_first + base]
     a_end_tokens = offsets[a_end + base]
@@ -229,7 +253,7 @@ def create_pair_spans(
         b_start_tokens[is_random] = random_start
         b_end_tokens[is_random] = random_end
     truncated = truncate_pairs(a_start_tokens, a_end_tokens, b_start_tokens, b_end_tokens, max_num_tokens, rng)
-    return PairSpans(*truncated, is_random_next=is_random)
+    return PairSpans(*truncated, is_random_next=is_random, has_nsp_label=b_end != _ONE_SENTENCE)
 
 
 def assemble_pairs(
@@ -346,7 +370,7 @@ class InstanceRecipe:
         rng: np.random.Generator,
     ) -> dict[str, np.ndarray]:
         """The unmasked arrays of pool ``positions`` ("nsp") or of ``documents`` in their order ("mlm"):
-        input_ids, lengths, segment_a_lengths, and is_random_next for "nsp"."""
+        input_ids, lengths, segment_a_lengths, and is_random_next for "nsp" (the NSP label, ``nsp_labels``)."""
         layout = self.layout
         if self.objective == "mlm":
             assert documents is not None
@@ -359,5 +383,5 @@ class InstanceRecipe:
             store, spans, layout.max_seq_len, layout.cls_id, layout.sep_id, layout.pad_id
         )
         arrays = {"input_ids": rows, "lengths": lengths, "segment_a_lengths": segment_a_lengths}
-        arrays["is_random_next"] = spans.is_random_next.astype(np.uint8)
+        arrays["is_random_next"] = spans.nsp_labels()
         return arrays

@@ -35,9 +35,9 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from bert_domain_ft.data.epoch_format import EpochArrays, open_epoch
+from bert_domain_ft.data.epoch_format import MANIFEST_NAME, EpochArrays, open_epoch
 from bert_domain_ft.data.masking import DynamicMasking, MaskedRows, RowMasker, batch_arrays, batch_width
-from bert_domain_ft.data.mixing import mixed_order
+from bert_domain_ft.data.mixing import check_probabilities, mixed_order
 from bert_domain_ft.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -50,7 +50,8 @@ def collate_rows(epoch: EpochArrays, indices: np.ndarray, masker: RowMasker | No
     """Gather rows ``indices`` of ``epoch`` into a batch dict of tensors (layout: ``masking.batch_arrays``).
 
     Rows keep their pregenerated masks; an epoch without masks (``--dynamic_masking``) is masked now by
-    ``masker(rows, lengths, indices)`` when one is given (``DynamicMasking.for_epoch``).
+    ``masker(rows, lengths, indices)`` when one is given (``DynamicMasking.for_epoch``). Instances stored without an
+    NSP label (``NO_NSP_LABEL``) get ``IGNORE_INDEX``, which the NSP loss skips.
     """
     order = np.sort(np.asarray(indices))  # sorted reads are sequential on the memmap
     restore = np.argsort(np.argsort(indices)) if not np.array_equal(order, indices) else None
@@ -74,12 +75,17 @@ def collate_rows(epoch: EpochArrays, indices: np.ndarray, masker: RowMasker | No
 MIXING_STREAM = 0x4D4958  # "MIX": keeps this generator apart from the shuffle and masking streams of the seed
 
 
-def corpus_probabilities(manifest: dict[str, Any]) -> np.ndarray | None:
-    """Sampling probability of each corpus (manifest order), or None for data with a single corpus."""
+def corpus_probabilities(manifest: dict[str, Any], where: str = MANIFEST_NAME) -> np.ndarray | None:
+    """Sampling probability of each corpus (manifest order), or None for data with a single corpus. Values numpy
+    cannot draw with (NaN, infinite, negative, all 0: an edited manifest, or one an older version wrote for
+    ``--sampling_exponent nan``) are a one-line ``UserError`` naming ``where``."""
     corpora = manifest.get("corpora") or []
     if len(corpora) < 2:
         return None
-    probabilities = np.array([float(corpus["sampling_probability"]) for corpus in corpora])
+    try:
+        probabilities = check_probabilities(np.array([float(corpus["sampling_probability"]) for corpus in corpora]))
+    except (TypeError, ValueError) as error:
+        raise UserError(f"{where}: the corpora's {error}; pregenerate the data again") from None
     return probabilities / probabilities.sum()  # exact sum 1 for numpy's choice, whatever the JSON rounding
 
 
@@ -146,6 +152,7 @@ class PregeneratedSource:
         self.masking = masking
         self.mixing = mixing
         self.generated = len(manifest["epochs"])
+        corpus_probabilities(manifest, str(self.directory / MANIFEST_NAME))  # refused here, before any training
         if self.generated == 0:
             raise UserError(f"{self.directory}: the manifest lists no epochs; pregenerate the data again")
         if manifest.get("masking") == "dynamic" and masking is None:

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from bert_domain_ft.data.epoch_format import NO_NSP_LABEL
 from bert_domain_ft.errors import UserError
 from bert_domain_ft.model.tokenizer import TokenizerFacts, continuation_table, special_table
 
@@ -185,7 +186,8 @@ def batch_arrays(
 
     Keys and shapes (P = the batch's most masked row): input_ids, attention_mask, token_type_ids (B, L);
     masked_lm_positions, masked_lm_labels (B, P), labels ``IGNORE_INDEX`` in unused slots (only with ``masked``);
-    next_sentence_label (B,), 1 = random next (only with ``is_random_next``).
+    next_sentence_label (B,), 1 = random next, ``IGNORE_INDEX`` where ``is_random_next`` holds ``NO_NSP_LABEL``
+    (masked LM only; only with ``is_random_next``).
     """
     positions = np.arange(rows.shape[1])
     lengths = np.asarray(lengths, dtype=np.int64)
@@ -205,7 +207,8 @@ def batch_arrays(
         batch["masked_lm_positions"] = np.where(real, masked.positions[:, :slots], 0).astype(np.int64)
         batch["masked_lm_labels"] = np.where(real, labels, IGNORE_INDEX)
     if is_random_next is not None:
-        batch["next_sentence_label"] = np.asarray(is_random_next, dtype=np.int64)
+        labels = np.asarray(is_random_next, dtype=np.int64)
+        batch["next_sentence_label"] = np.where(labels == NO_NSP_LABEL, IGNORE_INDEX, labels)
     return batch
 
 

@@ -36,14 +36,29 @@ logger = logging.getLogger(__name__)
 
 
 def sampling_probabilities(sizes: np.ndarray, exponent: float) -> np.ndarray:
-    """p_i ∝ (n_i / Σn)^exponent, renormalised to sum to 1."""
+    """p_i ∝ (n_i / Σn)^exponent, renormalised to sum to 1. Computed from logarithms, shifted so that the largest
+    corpus has weight 1: (n_i / Σn)^exponent itself underflows to 0 for every corpus once the exponent is large
+    (a few hundred), and 0/0 would be NaN probabilities."""
     sizes = np.asarray(sizes, dtype=np.float64)
     if np.any(sizes <= 0):
         raise ValueError("every corpus needs a positive size")
-    if exponent < 0:
-        raise ValueError("the sampling exponent must be ≥ 0 (1 = proportional, 0 = uniform)")
-    smoothed = (sizes / sizes.sum()) ** exponent
+    if not np.isfinite(exponent) or exponent < 0:
+        raise ValueError(
+            f"the sampling exponent must be finite and ≥ 0 (1 = proportional, 0 = uniform), got {exponent}"
+        )
+    log_weights = exponent * (np.log(sizes) - np.log(sizes.max()))  # ≤ 0, exactly 0 for the largest corpus
+    smoothed = np.exp(log_weights)
     return smoothed / smoothed.sum()
+
+
+def check_probabilities(probabilities: np.ndarray) -> np.ndarray:
+    """``probabilities`` as float64 after checking that numpy can draw with them: finite, ≥ 0, with a positive sum
+    (a ``ValueError`` saying so, instead of numpy's own from deep inside an epoch)."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    if not np.all(np.isfinite(probabilities)) or np.any(probabilities < 0) or probabilities.sum() <= 0:
+        shown = ", ".join(f"{value:g}" for value in probabilities.tolist())
+        raise ValueError(f"sampling probabilities [{shown}] must be finite, ≥ 0 and not all 0")
+    return probabilities
 
 
 def probabilities_with_task_share(sizes: np.ndarray, exponent: float, task_share: float) -> np.ndarray:
@@ -79,6 +94,7 @@ def mixed_order(
 ) -> np.ndarray:
     """Instance indices for one epoch of ``len(corpus_ids)`` draws (batch-aligned when one corpus per batch)."""
     corpus_ids = np.asarray(corpus_ids)
+    probabilities = check_probabilities(probabilities)
     total = len(corpus_ids)
     members = [rng.permutation(np.flatnonzero(corpus_ids == corpus)) for corpus in range(len(probabilities))]
     if one_corpus_per_batch:

@@ -152,7 +152,8 @@ def _write_output(config: PregenerateConfig, tokenizer: Any, facts: TokenizerFac
     work = working_directory(config.output_dir, config.overwrite, config.resume)
     final_output = config.output_dir
     config = replace(config, output_dir=work)
-    record = config.generation_record(facts.vocab_fingerprint)
+    # The format version too: --resume must not mix epochs of two versions (2 added NSP labels for "none").
+    record = {**config.generation_record(facts.vocab_fingerprint), "format_version": FORMAT_VERSION}
     if config.resume:
         check_resume(work, record)
     write_json_atomic(work / GENERATION_RECORD, record)
@@ -171,6 +172,8 @@ def _write_output(config: PregenerateConfig, tokenizer: Any, facts: TokenizerFac
         _log_long_lines(corpora, store, max_sentence_tokens)
         split = _split_documents(store, config.holdout_fraction, config.seed, corpora)
         pools = _document_pools(store, *split)
+        if objective == "nsp":
+            _check_next_sentence_pairs(pools, corpora, config.task_share)
         context = _generation_context(config, objective, store, store_directory, pools, tokenizer, facts)
         manifest = _generate_all(config, corpora, context, split, facts, record, task_stats)
     except BaseException as error:
@@ -333,6 +336,38 @@ def _document_pools(
     return pools
 
 
+def _check_next_sentence_pairs(
+    pools: dict[tuple[int, int], DocumentPool], corpora: list[tuple[str, Path]], task_share: float
+) -> None:
+    """Under NSP a one-sentence document gives masked-LM instances only (no NSP label). Refuse when no training
+    document of any corpus has two sentences: NSP would have nothing to learn, and the fix is a flag or the
+    corpus's layout, not a run that trains masked LM under another name. Warn naming a corpus that has none
+    beside others that do; say how much of the task text (one-sentence rows are the norm there) has no label."""
+    training = [
+        (name, path, pools[(epoch_writer.TRAINING_STREAM, index)]) for index, (name, path) in enumerate(corpora)
+    ]
+    unpaired = {name for name, _, pool in training if pool.num_one_sentence_documents == len(pool.documents)}
+    if len(unpaired) == len(training):
+        raise UserError(
+            f"{', '.join(str(path) for name, path, _ in training if name != TASK_CORPUS_NAME)}: no document has two "
+            'sentences, so next-sentence prediction has no "is next" pair to learn from; put one sentence per line '
+            "with a blank line only between documents (bert-domain-ft prepare), or pass --objective mlm"
+        )
+    for name, path, pool in training:
+        if name == TASK_CORPUS_NAME:
+            only_task_unpaired = task_share >= 1.0 and name in unpaired
+            (logger.warning if only_task_unpaired else logger.info)(
+                "task text: %d of its %d rows are one sentence: their instances are masked-LM only (no next-sentence "
+                "label)%s", pool.num_one_sentence_documents, len(pool.documents),
+                "; at --task_share 1 next-sentence prediction is not trained" if only_task_unpaired else "",
+            )  # fmt: skip
+        elif name in unpaired:
+            logger.warning(
+                "%s: no document has two sentences: its instances are masked-LM only (no next-sentence label); "
+                "keep the sentences of a document together, one per line, for NSP pairs", path,
+            )  # fmt: skip
+
+
 def _mixing(
     context: GenerationContext,
     training: list[np.ndarray],
@@ -472,7 +507,9 @@ def _run_in_worker(task: ShardTask) -> dict[str, Any]:
 def _log_statistics(name: str, statistics: dict[str, Any]) -> None:
     parts = [f"{statistics['num_instances']} instances", f"packing fill {100 * statistics['packing_fill']:.1f}%"]
     if statistics["random_next_fraction"] is not None:
-        parts.append(f"random next {100 * statistics['random_next_fraction']:.1f}%")
+        parts.append(f"random next {100 * statistics['random_next_fraction']:.1f}% of NSP-labelled instances")
+    if statistics["mlm_only_instances"]:
+        parts.append(f"{statistics['mlm_only_instances']} masked-LM only (no NSP label)")
     if statistics["mean_masked_per_instance"] is not None:
         parts.append(f"{statistics['mean_masked_per_instance']:.1f} masked tokens per instance")
     logger.info("%s: %s", name, ", ".join(parts))

@@ -9,9 +9,11 @@ so giving them only random partners would skew the labels away from 50/50); they
 A task's own text (``--task_data``, TAPT) is the store's last corpus and adds ``num_task_instances`` pairs after the
 corpus's own, so that they are ``task_share`` of every epoch while the corpus is still walked once. Every task
 sentence can start one (a one-sentence row is the typical task text): with a successor in its row the 50/50 rule
-applies, without one its partner is random; partners come from other task rows, and the corpus's instances draw
-random partners from the corpus only. The task's starting sentences are repeated as often as needed in an order
-drawn per epoch; each repeat gets its own partner draw, and masks are drawn per batch anyway.
+applies; without one its partner is random and the pair has no NSP label (masked LM only, ``NO_NSP_LABEL``: as
+"random next" every time, one-sentence rows taught the NSP head a constant). Partners come from other task rows,
+and the corpus's instances draw random partners from the corpus only. The task's starting sentences are repeated
+as often as needed in an order drawn per epoch; each repeat gets its own partner draw, and masks are drawn per
+batch anyway.
 
 An epoch is a pure function of ``(seed, epoch)``, drawn in a handful of numpy calls over sentence indices; only
 the index (sentence and document offsets) is in RAM. Token ids are read and masked when a batch is built, with
@@ -27,14 +29,24 @@ every epoch sees fresh masks, and a resumed run sees exactly the batches it woul
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
 
 from bert_domain_ft.data.document_store import DocumentStore
-from bert_domain_ft.data.instances import SPECIAL_TOKENS_PER_PAIR, PairSpans, RowLayout, assemble_pairs, truncate_pairs
+from bert_domain_ft.data.instances import (
+    SPECIAL_TOKENS_PER_PAIR,
+    PairSpans,
+    RowLayout,
+    assemble_pairs,
+    nsp_labels,
+    truncate_pairs,
+)
 from bert_domain_ft.data.masking import DynamicMasking, batch_arrays, batch_width
 from bert_domain_ft.errors import UserError
+
+logger = logging.getLogger(__name__)
 
 BATCHES_PER_LENGTH_GROUP = 100  # length grouping sorts within runs of this many batches of a shuffled order
 
@@ -43,6 +55,17 @@ BATCHES_PER_LENGTH_GROUP = 100  # length grouping sorts within runs of this many
 PAIR_STREAM = 1
 ORDER_STREAM = 2
 TASK_STREAM = 3
+
+
+def _log_task_labels(num_rows: int, num_sentences: int, task_share: float) -> None:
+    """Say how many task pairs carry no NSP label (those started by a row's last sentence); warn when none does
+    and nothing else is trained on."""
+    nothing_labelled = task_share >= 1.0 and num_rows == num_sentences
+    (logger.warning if nothing_labelled else logger.info)(
+        "task text: %d of its %d sentences end their row: the pairs they start are masked-LM only (no next-sentence "
+        "label)%s", num_rows, num_sentences,
+        "; at --task_share 1 next-sentence prediction is not trained" if nothing_labelled else "",
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -83,6 +106,8 @@ class PairIndex:
         task_count = count if task_share >= 1.0 else round(task_share / (1.0 - task_share) * count)
         if task_share >= 1.0:
             first_sentences = first_sentences[:0]  # only the task is trained on
+        _log_task_labels(len(document_offsets) - 1 - int(store.corpus_document_offsets[-2]),
+                         len(sentence_offsets) - 1 - task_first_sentence, task_share)  # fmt: skip
         return cls(sentence_offsets, document_offsets, first_sentences, task_first_sentence, max(1, task_count))
 
     @property
@@ -112,10 +137,15 @@ class EpochPairs:
 
     first: np.ndarray  # (N,) int64
     second: np.ndarray  # (N,) int64
-    is_random_next: np.ndarray  # (N,) bool: the NSP label (1 = random next)
+    is_random_next: np.ndarray  # (N,) bool: the second sentence is another document's
+    has_nsp_label: np.ndarray | None = None  # (N,) bool: False for task sentences that end their row; None: all
 
     def __len__(self) -> int:
         return len(self.first)
+
+    def nsp_labels(self) -> np.ndarray:
+        """(N,) uint8: 0 is next, 1 random next, ``NO_NSP_LABEL`` masked LM only (``instances.nsp_labels``)."""
+        return nsp_labels(self.is_random_next, self.has_nsp_label)
 
 
 def _partners(
@@ -144,16 +174,18 @@ def sample_epoch_pairs(index: PairIndex, seed: int, epoch: int) -> EpochPairs:
     if index.num_task_instances == 0:
         return EpochPairs(first, second, is_random)
     task = sample_task_pairs(index, seed, epoch)
+    assert task.has_nsp_label is not None
     return EpochPairs(
         np.concatenate([first, task.first]),
         np.concatenate([second, task.second]),
         np.concatenate([is_random, task.is_random_next]),
+        np.concatenate([np.ones(len(first), dtype=bool), task.has_nsp_label]),
     )
 
 
 def sample_task_pairs(index: PairIndex, seed: int, epoch: int) -> EpochPairs:
     """The ``num_task_instances`` task pairs of epoch ``epoch``: the task's sentences in an order drawn per epoch,
-    repeated as needed; a sentence without a successor in its row is always paired at random ("not next")."""
+    repeated as needed; a sentence without a successor in its row is paired at random and gets no NSP label."""
     rng = np.random.default_rng([seed, epoch, TASK_STREAM])
     sentences = np.arange(index.task_first_sentence, index.num_sentences, dtype=np.int64)
     order = np.concatenate([rng.permutation(sentences) for _ in range(-(-index.num_task_instances // len(sentences)))])
@@ -162,7 +194,7 @@ def sample_task_pairs(index: PairIndex, seed: int, epoch: int) -> EpochPairs:
     is_random = last_of_row | (rng.random(len(first)) < 0.5)
     draws = rng.random(len(first))
     second = _partners(index, first, is_random, draws, (index.task_first_sentence, index.num_sentences))
-    return EpochPairs(first, second, is_random)
+    return EpochPairs(first, second, is_random, has_nsp_label=~last_of_row)
 
 
 def pair_lengths(index: PairIndex, pairs: EpochPairs, max_seq_len: int) -> np.ndarray:
@@ -221,4 +253,5 @@ def assemble_batch(
     width = batch_width(longest + SPECIAL_TOKENS_PER_PAIR, layout.max_seq_len)
     rows, lengths, segment_a = assemble_pairs(store, truncated, width, layout.cls_id, layout.sep_id, layout.pad_id)
     masked = masking.mask_with(rng, rows, lengths)
-    return batch_arrays(rows, lengths, segment_a, masked, truncated.is_random_next)
+    labelled = None if pairs.has_nsp_label is None else pairs.has_nsp_label[instances]
+    return batch_arrays(rows, lengths, segment_a, masked, nsp_labels(truncated.is_random_next, labelled))

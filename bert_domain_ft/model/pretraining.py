@@ -160,11 +160,18 @@ def mlm_statistics(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
 def add_nsp_statistics(
     output: PretrainingOutput, model: nn.Module, pooled_output: torch.Tensor, nsp_labels: torch.Tensor
 ) -> None:
-    """Fill ``output``'s NSP loss and counts from BERT's pooled output (B, H) and labels (B,)."""
+    """Fill ``output``'s NSP loss and counts from BERT's pooled output (B, H) and labels (B,).
+
+    Labels ``IGNORE_INDEX`` (instances without an NSP label: masked LM only) count nowhere: the loss is the mean
+    over the labelled instances, and 0 — still connected to the head, so every process of a distributed run
+    computes gradients for it (zeros) — when the batch has none, where the mean would be 0/0."""
     nsp_logits = model.cls.seq_relationship(pooled_output).float()
-    output.nsp_loss = F.cross_entropy(nsp_logits, nsp_labels)
-    output.nsp_correct = (nsp_logits.argmax(dim=-1) == nsp_labels).sum()
-    output.nsp_count = torch.full((), nsp_labels.numel(), dtype=torch.long, device=nsp_labels.device)
+    labelled = nsp_labels != IGNORE_INDEX
+    count = labelled.sum()  # on the device: no synchronisation with the host
+    loss_sum = F.cross_entropy(nsp_logits, nsp_labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    output.nsp_loss = loss_sum / count.clamp(min=1)
+    output.nsp_correct = ((nsp_logits.argmax(dim=-1) == nsp_labels) & labelled).sum()
+    output.nsp_count = count
 
 
 def head_parameters(model: nn.Module, heads: tuple[str, ...]) -> list[nn.Parameter]:

@@ -32,7 +32,7 @@ from bert_domain_ft.training.trackers import Tracker, close_trackers, send_recor
 METRICS_FILE = "metrics.jsonl"
 
 # Order of the counters in the window's vector (summed across processes in one all-reduce).
-_COUNTERS = ("mlm_loss_sum", "mlm_count", "mlm_correct", "nsp_loss_sum", "nsp_batches", "nsp_correct", "nsp_count")
+_COUNTERS = ("mlm_loss_sum", "mlm_count", "mlm_correct", "nsp_loss_sum", "nsp_correct", "nsp_count")
 _COUNTERS += ("tokens", "squared_lengths", "positions")  # real tokens, Σ len² of rows, tokens + padding
 
 
@@ -55,11 +55,10 @@ class MetricsWindow:
         """Count one micro-batch: its losses and, from its (B, L) ``attention_mask``, its real tokens."""
         zero = torch.zeros((), device=self.device)
         values = [output.mlm_loss_sum, output.mlm_count, output.mlm_correct]
-        if output.nsp_loss is not None:
-            values += [output.nsp_loss.detach(), torch.ones((), device=self.device), output.nsp_correct]
-            values += [output.nsp_count]
+        if output.nsp_loss is not None:  # weighted by its labelled instances: a batch may have few or none
+            values += [output.nsp_loss.detach() * output.nsp_count, output.nsp_correct, output.nsp_count]
         else:
-            values += [zero] * 4
+            values += [zero] * 3
         lengths = attention_mask.sum(dim=1, dtype=torch.float64)
         values += [lengths.sum(), lengths.square().sum(), zero + attention_mask.numel()]
         self.sums += torch.stack([value.to(self.device, torch.float64) for value in values])
@@ -81,9 +80,9 @@ class MetricsWindow:
             mfu = self.throughput.mfu(totals["tokens"], totals["squared_lengths"], totals["mlm_count"], elapsed)
             if mfu is not None:
                 summary["mfu"] = mfu / context.world_size
-        if totals["nsp_batches"]:
-            summary["nsp_loss"] = totals["nsp_loss_sum"] / totals["nsp_batches"]
-            summary["nsp_acc"] = totals["nsp_correct"] / max(totals["nsp_count"], 1.0)
+        if totals["nsp_count"]:  # none when every instance of the window was masked LM only
+            summary["nsp_loss"] = totals["nsp_loss_sum"] / totals["nsp_count"]
+            summary["nsp_acc"] = totals["nsp_correct"] / totals["nsp_count"]
         return summary
 
 

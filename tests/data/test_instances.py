@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from bert_domain_ft.data.document_store import DocumentStore
+from bert_domain_ft.data.epoch_format import NO_NSP_LABEL
 from bert_domain_ft.data.instances import DocumentPool, assemble_pairs, create_pair_spans, truncate_pairs
 
 
@@ -90,7 +91,7 @@ def test_is_next_pairs_split_at_a_sentence_boundary_before_truncation() -> None:
     assert np.array_equal(spans.a_end[is_next], spans.b_start[is_next])
 
 
-def test_one_sentence_documents_only_make_random_next_pairs() -> None:
+def test_one_sentence_documents_get_a_random_second_segment_and_no_nsp_label() -> None:
     lengths = np.full(40, 7)
     store = DocumentStore(
         np.arange(280, dtype=np.uint16) % 100 + 5,
@@ -99,7 +100,34 @@ def test_one_sentence_documents_only_make_random_next_pairs() -> None:
     )
     pool = DocumentPool.from_documents(store, np.arange(40))
     spans = create_pair_spans(store, pool, range(0, 40), 64, 0.1, np.random.default_rng(0))
-    assert len(spans) == 40 and spans.is_random_next.all()
+    assert len(spans) == 40 and spans.is_random_next.all()  # B is another document's text: the row stays full
+    # ... but such an instance could never be "is next": a label of 1 would teach the NSP head a constant.
+    assert np.all(spans.nsp_labels() == NO_NSP_LABEL)
+
+
+def two_sentence_store(documents: int = 1500) -> DocumentStore:
+    """Short documents of two short sentences: BERT's rule labels 2 of 3 of their instances "random next"."""
+    lengths = np.full(2 * documents, 5)
+    tokens = (np.arange(int(lengths.sum())) % 997 + 5).astype(np.uint16)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    return DocumentStore(tokens, offsets, np.arange(0, 2 * documents + 1, 2, dtype=np.int64))
+
+
+@pytest.mark.parametrize(("store", "max_seq_len"), [(synthetic_store(seed=8, documents=600), 16),
+                                                    (synthetic_store(seed=9, documents=600), 128),
+                                                    (two_sentence_store(), 64)])  # fmt: skip
+def test_nsp_labelled_pairs_are_half_random_next_and_one_sentence_chunks_are_masked_lm_only(
+    store: DocumentStore, max_seq_len: int
+) -> None:
+    pool = DocumentPool.from_documents(store, np.arange(store.num_documents))
+    spans = create_pair_spans(store, pool, range(0, store.num_documents), max_seq_len, 0.1, np.random.default_rng(3))
+    labels = spans.nsp_labels()
+    labelled = labels != NO_NSP_LABEL
+    assert set(np.unique(labels).tolist()) == {0, 1, NO_NSP_LABEL}
+    share = float(np.mean(labels[labelled] == 1))
+    assert abs(share - 0.5) < 4 * np.sqrt(0.25 / labelled.sum()), share  # 4 standard errors
+    assert np.all(labels[labelled] == spans.is_random_next[labelled])
+    assert np.all(spans.is_random_next[~labelled]), "an unlabelled instance is a one-sentence chunk, B at random"
 
 
 def test_random_next_draws_only_from_the_pool() -> None:

@@ -66,7 +66,10 @@ def test_conversion_reproduces_the_arrays_exactly(tmp_path: Path, source_data: P
     for index in range(2):
         original, ours = open_epoch(source_data, original_manifest, index), open_epoch(converted, manifest, index, True)
         for name in NAMES:
-            assert np.array_equal(getattr(ours, name), getattr(original, name)[:60]), name
+            expected = getattr(original, name)[:60]
+            if name == "is_random_next":  # the original format has no "no NSP label": write_legacy made it true
+                expected = np.minimum(expected, 1)
+            assert np.array_equal(getattr(ours, name), expected), name
         width = ours.masked_positions.shape[1]
         assert np.array_equal(ours.masked_positions, original.masked_positions[:60, :width])
         assert np.array_equal(ours.masked_labels, original.masked_labels[:60, :width])

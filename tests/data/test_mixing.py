@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tiny_assets
+from training_helpers import run_cli
 
 from bert_domain_ft.cli import pregenerate_training_data as classic_main
 from bert_domain_ft.data.epoch_format import open_epoch, read_manifest
@@ -31,6 +33,64 @@ def test_invalid_sizes_and_exponents_are_refused() -> None:
         sampling_probabilities(np.array([1.0, 0.0]), 1.0)
     with pytest.raises(ValueError):
         sampling_probabilities(np.array([1.0, 2.0]), -0.5)
+
+
+def test_a_large_exponent_gives_finite_probabilities_that_favour_the_largest_corpus() -> None:
+    # (n_i / Σn)^α underflows to 0 for every corpus once α is large: 0/0 would be NaN probabilities.
+    probabilities = sampling_probabilities(np.array([900.0, 100.0, 100.0]), 5000.0)
+    assert np.all(np.isfinite(probabilities)) and probabilities.tolist() == pytest.approx([1.0, 0.0, 0.0])
+    assert sampling_probabilities(np.array([50.0, 50.0]), 1e300).tolist() == pytest.approx([0.5, 0.5])
+
+
+@pytest.mark.parametrize("probabilities", [[np.nan, 0.5], [np.inf, 0.5], [-0.5, 1.5], [0.0, 0.0]])
+def test_unusable_probabilities_are_refused_before_numpy_draws(probabilities: list[float]) -> None:
+    with pytest.raises(ValueError, match="sampling probabilities"):
+        mixed_order(np.array([0, 1, 0, 1]), np.array(probabilities), 2, False, np.random.default_rng(0))
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--sampling_exponent", "nan"), ("--sampling_exponent", "inf"), ("--sampling_exponent", "-1"),
+     ("--task_share", "nan")],
+)  # fmt: skip
+def test_non_finite_sampling_settings_are_one_line_and_nothing_is_written(
+    tiny_tokenizer_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str, value: str
+) -> None:
+    big = tiny_assets.write_corpus(tmp_path / "big.txt", num_documents=20, seed=1)
+    small = tiny_assets.write_corpus(tmp_path / "small.txt", num_documents=10, seed=2)
+    task = tiny_assets.write_task_file(tmp_path / "task.csv", num_rows=10, seed=3)
+    output = tmp_path / "out"
+    status, error, _ = run_cli(
+        capsys,
+        ["pregenerate", "--train_corpus", f"big={big}", f"small={small}", "--bert_model", str(tiny_tokenizer_dir),
+         "--output_dir", str(output), "--task_data", str(task), "--max_seq_len", "32", "--epochs_to_generate", "1",
+         "--no_progress", flag, value],
+    )  # fmt: skip
+    assert status == 2 and flag in error and value in error.lower(), error
+    assert not (output / "manifest.json").exists()
+
+
+def test_a_manifest_with_nan_sampling_probabilities_is_one_line_before_training(
+    tiny_bert_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    big = tiny_assets.write_corpus(tmp_path / "big.txt", num_documents=20, seed=1)
+    small = tiny_assets.write_corpus(tmp_path / "small.txt", num_documents=10, seed=2)
+    data = tmp_path / "data"
+    status, _, _ = run_cli(
+        capsys,
+        ["pregenerate", "--train_corpus", f"big={big}", f"small={small}", "--bert_model", str(tiny_bert_dir),
+         "--output_dir", str(data), "--max_seq_len", "32", "--epochs_to_generate", "1", "--no_progress"],
+    )  # fmt: skip
+    assert status == 0
+    manifest = json.loads((data / "manifest.json").read_text(encoding="utf-8"))
+    manifest["corpora"][0]["sampling_probability"] = float("nan")  # json writes NaN, as the old code did
+    (data / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    status, error, _ = run_cli(
+        capsys,
+        ["finetune", "--pregenerated_data", str(data), "--bert_model", str(tiny_bert_dir), "--output_dir",
+         str(tmp_path / "model"), "--no_cuda", "--no_progress", "--train_batch_size", "8", "--max_steps", "1"],
+    )  # fmt: skip
+    assert status == 2 and "manifest.json" in error and "sampling probabilit" in error, error
 
 
 @pytest.mark.parametrize("one_corpus_per_batch", [False, True])

@@ -11,7 +11,9 @@ import pytest
 
 from bert_domain_ft.cli import pregenerate_training_data as classic_main
 from bert_domain_ft.data.document_store import build_document_store
-from bert_domain_ft.data.epoch_format import open_epoch, read_manifest
+from bert_domain_ft.data.epoch_format import NO_NSP_LABEL, open_epoch, read_manifest
+from bert_domain_ft.data.loader import collate_rows
+from bert_domain_ft.data.masking import IGNORE_INDEX
 from bert_domain_ft.data.pregenerate import PregenerateConfig, pregenerate
 from bert_domain_ft.errors import UserError
 from bert_domain_ft.model.tokenizer import describe_tokenizer, load_tokenizer
@@ -116,6 +118,47 @@ def test_statistics_are_sane_and_recorded(generated: Path) -> None:
         assert 0.4 < statistics["random_next_fraction"] < 0.7
         assert statistics["packing_fill"] > 0.7
         assert 3 < statistics["mean_masked_per_instance"] <= 20
+
+
+def test_instances_without_an_nsp_label_reach_the_loss_as_ignored_and_the_statistics_count_them(
+    generated: Path,
+) -> None:
+    manifest = read_manifest(generated)
+    epoch = open_epoch(generated, manifest, 0)
+    labels = np.asarray(epoch.is_random_next).astype(np.int64)
+    unlabelled = labels == NO_NSP_LABEL
+    assert 0 < unlabelled.sum() < len(labels)  # the tiny corpus has one-sentence documents and chunks
+    statistics = manifest["epochs"][0]["statistics"]
+    assert statistics["mlm_only_instances"] == int(unlabelled.sum())
+    assert statistics["random_next_fraction"] == pytest.approx(float(labels[~unlabelled].mean()))
+    batch = collate_rows(epoch, np.arange(len(labels)))
+    expected = np.where(unlabelled, IGNORE_INDEX, labels).astype(np.int64)
+    assert np.array_equal(batch["next_sentence_label"].numpy(), expected)
+
+
+def test_epochs_of_format_version_one_still_load_with_their_label_range(generated: Path, tmp_path: Path) -> None:
+    older = tmp_path / "v1"
+    shutil.copytree(generated, older)
+    manifest = json.loads((older / "manifest.json").read_text(encoding="utf-8"))
+    manifest["format_version"] = 1  # version 1 had labels 0 and 1 only
+    (older / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    labels = np.load(older / "epoch_000" / "is_random_next.npy", mmap_mode="r+")
+    labels[labels == NO_NSP_LABEL] = 1
+    labels.flush()
+    del labels
+    epoch = open_epoch(older, read_manifest(older), 0)
+    assert set(np.unique(epoch.is_random_next).tolist()) == {0, 1}
+    labels = np.load(older / "epoch_001" / "is_random_next.npy", mmap_mode="r+")
+    labels[labels == 0] = 1
+    labels[5] = NO_NSP_LABEL
+    labels.flush()
+    del labels
+    with pytest.raises(UserError, match=r"is_random_next.npy: row 5 holds 2, not a next-sentence label \(0 or 1\)"):
+        open_epoch(older, read_manifest(older), 1)
+    manifest["format_version"] = 3
+    (older / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    with pytest.raises(UserError, match="format version 3"):
+        read_manifest(older)
 
 
 def test_each_epoch_draws_differently(generated: Path) -> None:

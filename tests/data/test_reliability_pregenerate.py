@@ -4,6 +4,7 @@ arbitrary text gives instances that satisfy every invariant or a clear error —
 from __future__ import annotations
 
 import errno
+import json
 import os
 import signal
 import subprocess
@@ -82,6 +83,18 @@ def test_resume_refuses_different_settings(tiny_corpus: Path, tiny_tokenizer_dir
         pregenerate(
             config(tiny_corpus, tiny_tokenizer_dir, tmp_path, epochs_to_generate=1, masked_lm_prob=0.2, resume=True)
         )
+
+
+def test_resume_refuses_epochs_an_older_format_version_began(
+    tiny_corpus: Path, tiny_tokenizer_dir: Path, tmp_path: Path
+) -> None:
+    pregenerate(config(tiny_corpus, tiny_tokenizer_dir, tmp_path, epochs_to_generate=1))
+    record_path = tmp_path / "generation.json"
+    record = json.loads(record_path.read_text(encoding="utf-8"))
+    del record["format_version"]  # as version 1 wrote it: its epochs label one-sentence chunks "random next"
+    record_path.write_text(json.dumps(record), encoding="utf-8")
+    with pytest.raises(UserError, match=r"different settings \(format_version\)"):
+        pregenerate(config(tiny_corpus, tiny_tokenizer_dir, tmp_path, epochs_to_generate=1, resume=True))
 
 
 def test_disk_full_gives_a_clear_error_and_leaves_the_previous_data_untouched(
@@ -210,14 +223,20 @@ def test_documents_of_one_sentence_and_sentences_that_tokenize_to_nothing(
 ) -> None:
     corpus = tmp_path / "c.txt"
     corpus.write_text("\u200b\n\nThe kernel.\n\n\u200b\n\u200b\n\nA page.\n\nThe lock ran.\n", encoding="utf-8")
-    manifest = pregenerate(config(corpus, tiny_tokenizer_dir, tmp_path / "out", epochs_to_generate=1))
+    manifest = pregenerate(config(corpus, tiny_tokenizer_dir, tmp_path / "out", epochs_to_generate=1, objective="mlm"))
     assert manifest["corpus"]["documents"] == 3
     assert manifest["corpus"]["dropped_empty_sentences"] == 3 and manifest["corpus"]["dropped_empty_documents"] == 2
-    epoch = open_epoch(tmp_path / "out", manifest, 0)
-    assert np.all(epoch.is_random_next == 1), "one-sentence documents can only give random-next pairs"
+    # Under NSP one-sentence documents give no "is next" pair at all: refused (the NSP head would learn a constant).
+    with pytest.raises(UserError, match="no document has two sentences.*--objective mlm"):
+        pregenerate(config(corpus, tiny_tokenizer_dir, tmp_path / "nsp", epochs_to_generate=1))
 
 
-def test_a_large_corpus_of_one_sentence_documents(tiny_tokenizer_dir: Path, tmp_path: Path) -> None:
+def test_a_large_corpus_of_one_sentence_documents_is_refused_under_nsp_and_packed_under_mlm(
+    tiny_tokenizer_dir: Path, tmp_path: Path
+) -> None:
     corpus = tiny_assets.write_corpus(tmp_path / "c.txt", num_documents=200, min_sentences=1, max_sentences=1)
-    manifest = pregenerate(config(corpus, tiny_tokenizer_dir, tmp_path / "out", epochs_to_generate=1))
-    assert manifest["epochs"][0]["statistics"]["random_next_fraction"] == 1.0
+    with pytest.raises(UserError, match=f"{corpus}: no document has two sentences"):
+        pregenerate(config(corpus, tiny_tokenizer_dir, tmp_path / "out", epochs_to_generate=1, objective="nsp"))
+    assert not (tmp_path / "out" / "manifest.json").exists()
+    manifest = pregenerate(config(corpus, tiny_tokenizer_dir, tmp_path / "mlm", epochs_to_generate=1, objective="mlm"))
+    assert manifest["epochs"][0]["statistics"]["packing_fill"] > 0.9

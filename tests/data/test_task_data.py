@@ -4,21 +4,25 @@ drawn at ``task_share`` of each epoch, labels never read, one-sentence rows stil
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tiny_assets
 from test_pregenerate import unmasked_rows  # the stored rows with every masked token put back
+from training_helpers import read_metrics, run_cli
 
 from bert_domain_ft.cli import main
 from bert_domain_ft.corpus.task_files import write_task_corpus
 from bert_domain_ft.data.document_store import DocumentStore, build_document_store
-from bert_domain_ft.data.epoch_format import open_epoch, open_epoch_directory, read_manifest
+from bert_domain_ft.data.epoch_format import NO_NSP_LABEL, open_epoch, open_epoch_directory, read_manifest
+from bert_domain_ft.data.instances import RowLayout
 from bert_domain_ft.data.loader import CorpusMixing
+from bert_domain_ft.data.masking import IGNORE_INDEX, DynamicMasking, masking_tables
 from bert_domain_ft.data.mixing import probabilities_with_task_share, sampling_probabilities, task_copies
 from bert_domain_ft.data.pregenerate import PregenerateConfig, pregenerate
-from bert_domain_ft.data.simple_pairs import PairIndex, sample_epoch_pairs
+from bert_domain_ft.data.simple_pairs import PairIndex, assemble_batch, sample_epoch_pairs
 from bert_domain_ft.errors import UserError
 from bert_domain_ft.model.tokenizer import describe_tokenizer, encode_sentences, load_tokenizer
 
@@ -142,7 +146,7 @@ def test_labels_never_reach_the_task_corpus_or_the_epochs(
             assert not np.any(np.all(windows == np.asarray(label_ids), axis=-1))
 
 
-def test_one_sentence_task_rows_become_instances_with_a_random_second_segment(
+def test_one_sentence_task_rows_become_masked_lm_only_instances_with_a_random_second_segment(
     tiny_corpus: Path, tiny_tokenizer_dir: Path, tmp_path: Path
 ) -> None:
     task = tiny_assets.write_task_file(tmp_path / "rows.txt", num_rows=30, seed=5, max_sentences=1)
@@ -152,11 +156,76 @@ def test_one_sentence_task_rows_become_instances_with_a_random_second_segment(
     task_rows = np.asarray(epoch.corpus_ids) == 1
     copies = manifest["task_data"]["copies_per_epoch"]
     assert np.count_nonzero(task_rows) == 30 * copies  # every row is segment A of one instance per copy
-    # No row has a true successor, so each is paired with a sentence of another row: label "random next".
-    assert np.all(np.asarray(epoch.is_random_next)[task_rows] == 1)
+    # No row has a true successor: each is paired with a sentence of another row, and carries no NSP label (a
+    # "random next" on every one of them would teach the NSP head a constant).
+    assert np.all(np.asarray(epoch.is_random_next)[task_rows] == NO_NSP_LABEL)
     lengths = np.asarray(epoch.lengths)[task_rows].astype(int)
     segment_a = np.asarray(epoch.segment_a_lengths)[task_rows].astype(int)
     assert np.all(segment_a > 2) and np.all(lengths > segment_a + 1)  # both segments hold tokens
+
+
+def pregenerate_nsp(capsys, corpora: list[str], tokenizer: Path, output: Path, *flags: str) -> tuple[int, str, str]:
+    arguments = ["pregenerate", "--train_corpus", *corpora, "--bert_model", str(tokenizer), "--output_dir"]
+    arguments += [str(output), "--objective", "nsp", "--max_seq_len", "64", "--no_progress", *flags]
+    return run_cli(capsys, arguments)
+
+
+@pytest.mark.parametrize("share", ["1", "0.5"])
+@pytest.mark.parametrize("max_sentences", [1, 3])
+def test_nsp_labelled_instances_are_half_random_next_at_every_task_share_and_the_manifest_says_so(
+    share: str, max_sentences: int, tiny_tokenizer_dir: Path, tmp_path: Path, capsys
+) -> None:
+    corpus = tiny_assets.write_corpus(tmp_path / "corpus.txt", num_documents=400, seed=4)
+    task = tiny_assets.write_task_file(tmp_path / "rows.csv", num_rows=60, seed=5, max_sentences=max_sentences)
+    output = tmp_path / "out"
+    status, error, _ = pregenerate_nsp(
+        capsys, [str(corpus)], tiny_tokenizer_dir, output, "--task_data", str(task), "--task_share", share,
+        "--epochs_to_generate", "2",
+    )  # fmt: skip
+    assert status == 0, error
+    manifest = read_manifest(output)
+    for index, entry in enumerate(manifest["epochs"]):
+        epoch = open_epoch(output, manifest, index)
+        labels, task_rows = np.asarray(epoch.is_random_next), np.asarray(epoch.corpus_ids) == 1
+        labelled = labels != NO_NSP_LABEL
+        statistics = entry["statistics"]
+        assert statistics["mlm_only_instances"] == int(np.count_nonzero(~labelled))
+        assert statistics["nsp_labelled_instances"] == int(np.count_nonzero(labelled))
+        assert statistics["random_next_fraction"] == pytest.approx(float(np.mean(labels[labelled] == 1)))
+        assert abs(statistics["random_next_fraction"] - 0.5) < binomial_tolerance(0.5, int(labelled.sum()))
+        if max_sentences == 1:
+            assert np.all(labels[task_rows] == NO_NSP_LABEL)  # one-sentence rows cannot give an "is next" pair
+        else:  # rows of several sentences give both labels, the unlabelled being the one-sentence chunks
+            assert {0, 1} <= set(np.unique(labels[task_rows]).tolist())
+
+
+def test_a_corpus_of_one_sentence_documents_is_refused_under_nsp_and_warned_about_beside_others(
+    tiny_corpus: Path, tiny_tokenizer_dir: Path, tmp_path: Path, capsys, caplog: pytest.LogCaptureFixture
+) -> None:
+    lines = tiny_corpus.read_text(encoding="utf-8").split()
+    single = tmp_path / "titles.txt"  # every line its own document: no "is next" pair anywhere
+    single.write_text("\n\n".join(" ".join(lines[i : i + 6]) for i in range(0, 600, 6)) + "\n", encoding="utf-8")
+    status, error, _ = pregenerate_nsp(capsys, [str(single)], tiny_tokenizer_dir, tmp_path / "out")
+    assert status == 2 and str(single) in error and "--objective mlm" in error, error
+    assert not (tmp_path / "out" / "manifest.json").exists()
+    flags = ["--objective", "mlm", "--epochs_to_generate", "1"]
+    assert pregenerate_nsp(capsys, [str(single)], tiny_tokenizer_dir, tmp_path / "mlm", *flags)[0] == 0
+    # Beside a corpus that has pairs: generated, with one warning line naming it; its instances are masked-LM only.
+    caplog.clear()
+    status, error, _ = pregenerate_nsp(
+        capsys, [f"titles={single}", f"web={tiny_corpus}"], tiny_tokenizer_dir, tmp_path / "mixed",
+        "--epochs_to_generate", "1",
+    )  # fmt: skip
+    assert status == 0, error
+    warnings = [
+        r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and str(single) in r.getMessage()
+    ]
+    assert len(warnings) == 1 and "no next-sentence label" in warnings[0], warnings
+    manifest = read_manifest(tmp_path / "mixed")
+    epoch = open_epoch(tmp_path / "mixed", manifest, 0)
+    titles = np.asarray(epoch.corpus_ids) == 0
+    assert np.all(np.asarray(epoch.is_random_next)[titles] == NO_NSP_LABEL)
+    assert manifest["epochs"][0]["statistics"]["mlm_only_instances"] >= int(titles.sum()) > 0
 
 
 def test_json_lines_task_data_and_the_mlm_objective(
@@ -277,7 +346,7 @@ def build_plain_store(corpus: Path, tokenizer_dir: Path) -> DocumentStore:
     return build_document_store(corpus, tokenizer, describe_tokenizer(tokenizer, str(tokenizer_dir)), None, False)
 
 
-def test_simple_one_sentence_task_rows_start_pairs_with_random_partners_and_labels_stay_out(
+def test_simple_one_sentence_task_rows_start_masked_lm_only_pairs_and_labels_stay_out(
     tiny_corpus: Path, tiny_tokenizer_dir: Path, tmp_path: Path
 ) -> None:
     task = tiny_assets.write_task_file(tmp_path / "rows.csv", num_rows=30, seed=5, max_sentences=1)
@@ -286,12 +355,42 @@ def test_simple_one_sentence_task_rows_start_pairs_with_random_partners_and_labe
     is_task = pairs.first >= index.task_first_sentence
     assert np.count_nonzero(is_task) == index.num_task_instances > 30  # rows repeated to make half of the epoch
     assert np.all(pairs.is_random_next[is_task])  # no row has a second sentence: every partner is another row
+    assert np.all(pairs.nsp_labels()[is_task] == NO_NSP_LABEL)  # ... so no NSP label: masked LM only
     task_tokens = np.asarray(store.tokens[store.sentence_offsets[index.task_first_sentence] :])
     tokenizer = load_tokenizer(str(tiny_tokenizer_dir), None)
     for label in tiny_assets.TASK_LABELS:
         label_ids = encode_sentences(tokenizer, [label])[0]
         windows = np.lib.stride_tricks.sliding_window_view(task_tokens, len(label_ids))
         assert not np.any(np.all(windows == np.asarray(label_ids), axis=-1))
+
+
+@pytest.mark.parametrize("share", [0.5, 1.0])
+def test_simple_nsp_labelled_pairs_are_half_random_next_and_batches_ignore_the_rest(
+    share: float, tiny_corpus: Path, tiny_tokenizer_dir: Path, tmp_path: Path
+) -> None:
+    task = tiny_assets.write_task_file(tmp_path / "rows.csv", num_rows=200, seed=6, max_sentences=3)
+    index, store = simple_index(tiny_corpus, task, tiny_tokenizer_dir, tmp_path, share)
+    labels = np.concatenate([sample_epoch_pairs(index, seed=2, epoch=epoch).nsp_labels() for epoch in range(4)])
+    labelled = labels != NO_NSP_LABEL
+    assert abs(np.mean(labels[labelled] == 1) - 0.5) < binomial_tolerance(0.5, int(labelled.sum()))
+    pairs = sample_epoch_pairs(index, seed=2, epoch=0)
+    is_task = pairs.first >= index.task_first_sentence
+    last_of_row = np.isin(pairs.first + 1, index.document_offsets)
+    assert np.array_equal(pairs.nsp_labels() == NO_NSP_LABEL, is_task & last_of_row)  # exactly those, nothing else
+    is_next = pairs.nsp_labels() == 0
+    assert np.all(pairs.second[is_next] == pairs.first[is_next] + 1)  # "is next" task pairs are the row's next
+    layout, masking = simple_settings(tiny_tokenizer_dir)
+    instances = np.arange(min(64, len(pairs)))
+    batch = assemble_batch(store, index, pairs, instances, layout, masking, epoch=0)
+    stored = pairs.nsp_labels()[instances].astype(np.int64)
+    assert np.array_equal(batch["next_sentence_label"], np.where(stored == NO_NSP_LABEL, IGNORE_INDEX, stored))
+
+
+def simple_settings(tokenizer_dir: Path) -> tuple[RowLayout, DynamicMasking]:
+    tokenizer = load_tokenizer(str(tokenizer_dir), None)
+    facts = describe_tokenizer(tokenizer, str(tokenizer_dir))
+    masking = DynamicMasking(masking_tables(facts, tokenizer), 0.15, 20, whole_word=False, seed=0)
+    return RowLayout.of_tokenizer(64, facts), masking
 
 
 def test_simple_task_share_one_trains_on_the_task_only(
@@ -318,3 +417,22 @@ def test_simple_with_task_data_trains_and_a_bad_task_file_is_one_line(
     assert main([*flags, "--output_dir", str(tmp_path / "again"), "--task_data", str(bad)]) == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert error[-1].startswith("error: ") and "bad.csv:1: no column 'text'" in error[-1]
+
+
+def test_simple_trains_no_nsp_on_one_sentence_task_rows_and_says_so(
+    tiny_corpus: Path, tiny_bert_dir: Path, tmp_path: Path, capsys, caplog: pytest.LogCaptureFixture
+) -> None:
+    task = tiny_assets.write_task_file(tmp_path / "rows.csv", num_rows=40, seed=5, max_sentences=1)
+    output = tmp_path / "out"
+    status, error, _ = run_cli(
+        capsys,
+        ["simple", "--train_corpus", str(tiny_corpus), "--bert_model", str(tiny_bert_dir), "--no_cuda",
+         "--no_progress", "--max_seq_len", "48", "--train_batch_size", "16", "--stop_after_steps", "2",
+         "--logging_steps", "1", "--output_dir", str(output), "--task_data", str(task), "--task_share", "1"],
+    )  # fmt: skip
+    assert status == 0, error
+    records = [record for record in read_metrics(output) if record["kind"] == "train"]
+    assert records and all("nsp_loss" not in record for record in records), records  # not a constant label
+    notes = [r for r in caplog.records if "masked-LM only" in r.getMessage()]
+    assert len(notes) == 1 and notes[0].levelno == logging.WARNING, [r.getMessage() for r in caplog.records]
+    assert "no next-sentence label" in notes[0].getMessage()

@@ -151,6 +151,28 @@ def test_a_bert_with_an_nsp_head_still_gets_its_nsp_loss(tiny_bert_dir: Path) ->
     assert pretraining_losses(loaded.model, batch, with_nsp=False).nsp_loss is None
 
 
+def test_the_nsp_loss_ignores_unlabelled_instances_and_equals_the_loss_over_the_labelled_ones(
+    tiny_bert_dir: Path,
+) -> None:
+    model = load_model_for_objective(str(tiny_bert_dir), "nsp").model.eval()
+    batch = random_batch(rows=4)
+    batch["next_sentence_label"] = torch.tensor([0, IGNORE_INDEX, 1, IGNORE_INDEX])  # rows 1, 3: masked-LM only
+    output = masked_lm_losses(model, batch)
+    labelled = torch.tensor([0, 2])
+    reference = model(**encoder_inputs(model.base_model, batch)).seq_relationship_logits[labelled]
+    expected = torch.nn.functional.cross_entropy(reference, batch["next_sentence_label"][labelled])
+    assert output.nsp_loss is not None and torch.allclose(output.nsp_loss, expected, atol=1e-6)
+    assert int(output.nsp_count) == 2
+    assert int(output.nsp_correct) == int((reference.argmax(-1) == batch["next_sentence_label"][labelled]).sum())
+    # A batch without any NSP label: loss 0 (not NaN), count 0, and the backward pass still reaches every parameter
+    # the head owns (with zero gradients), as DistributedDataParallel requires.
+    batch["next_sentence_label"] = torch.full((4,), IGNORE_INDEX)
+    output = pretraining_losses(model, batch)
+    assert output.nsp_loss is not None and float(output.nsp_loss) == 0.0 and int(output.nsp_count) == 0
+    grads = gradients(model, output.loss)
+    assert torch.count_nonzero(grads["cls.seq_relationship.weight"]) == 0
+
+
 def test_an_encoder_only_checkpoint_loads_with_a_fresh_mlm_head(tmp_path: Path) -> None:
     from transformers import AutoConfig, RobertaModel
 

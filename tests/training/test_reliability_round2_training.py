@@ -301,7 +301,7 @@ def set_value(path: Path, row: int, value: int) -> None:
         ("masked_labels", 9999, "not a token id of the 174-token vocabulary"),
         ("num_masked", 21, "more than the 20 masked slots of a row"),
         ("lengths", 33, "longer than max_seq_len 32"),
-        ("is_random_next", 2, "not a next-sentence label (0 or 1)"),
+        ("is_random_next", 3, "not a next-sentence label (0, 1, or 2 for none)"),
     ],
 )
 def test_an_out_of_range_value_is_refused_before_training_naming_file_row_and_value(
