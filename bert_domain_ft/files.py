@@ -35,6 +35,7 @@
 from __future__ import annotations
 
 import errno
+import glob
 import hashlib
 import json
 import logging
@@ -174,7 +175,7 @@ def _discard(path: Path) -> None:
     try:
         remove_path(path)
     except OSError as error:
-        logger.debug("could not remove %s: %s", path, error)
+        logger.warning("could not remove %s (%s); delete it by hand", path, error.strerror or error)
 
 
 def fresh_directory(path: Path) -> None:
@@ -192,6 +193,16 @@ def _new_temporary(path: Path) -> tuple[Path, BinaryIO]:
     existing file nor through a link planted there; its mode is the umask's, as for every output."""
     temporary = path.with_name(f"{path.name}.{secrets.token_hex(4)}{TEMPORARY_SUFFIX}")
     return temporary, open(temporary, "xb")
+
+
+def temporaries_of(path: Path) -> list[Path]:
+    """The temporary names of ``path`` a killed writer may have left beside it: ``<name>.<random>.partial`` (and the
+    ``<name>.partial`` of earlier versions), e.g. for a reader that must not take them as input."""
+    path = Path(path)
+    return [
+        path.with_name(path.name + TEMPORARY_SUFFIX),
+        *path.parent.glob(f"{glob.escape(path.name)}.*{TEMPORARY_SUFFIX}"),
+    ]
 
 
 @contextmanager
@@ -317,8 +328,10 @@ def unclaimed_entries(directory: Path) -> list[str]:
 
 def claim_directory(directory: Path, names: Iterable[str] = ()) -> None:
     """Take ``directory`` as this tool's output (created if missing): its ledger keeps the recorded entries still
-    present and adds ``names`` (those about to be written by writers that do not record their own)."""
+    present and adds ``names`` (those about to be written by writers that do not record their own). Inside a
+    directory of ours (``general_holdout`` in a run's), its own name is recorded there first."""
     directory = Path(directory)
+    _claim_in_parent(directory)
     directory.mkdir(parents=True, exist_ok=True)
     present = {path.name for path in directory.iterdir()}
     _write_ledger(directory, ((_read_ledger(directory) or set()) & present) | set(names))
