@@ -34,6 +34,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import glob
 import hashlib
@@ -70,6 +71,18 @@ def nonempty_path(value: str | os.PathLike[str], flag: str | None = None) -> Pat
         where = f"--{flag}: " if flag else ""
         raise ValueError(f"{where}empty path (an unset shell variable?); give a file or directory name ('.' for here)")
     return Path(value)
+
+
+def refuse_empty_paths(config: Any) -> None:
+    """``nonempty_path`` for every path field of the dataclass ``config`` (call it first in ``__post_init__``): a
+    ``ValueError`` naming the flag of the first empty one. Lists and named paths are checked item by item."""
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if "Path" not in str(field.type) or value is None:
+            continue
+        items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else [value]
+        for item in items:
+            nonempty_path(item, field.metadata.get("flag", field.name))
 
 
 class DiskFullError(UserError):

@@ -145,11 +145,21 @@ def test_a_corrupt_lock_file_is_called_unreadable_with_what_to_do(tmp_path: Path
     assert "unreadable" in message and f"delete {lock_path(tmp_path / 'out')}" in message
 
 
-def test_an_empty_path_is_refused(tmp_path: Path) -> None:
+def test_an_empty_path_is_refused_by_every_config(tmp_path: Path) -> None:
+    from bert_domain_ft.data.config import PregenerateConfig
+    from bert_domain_ft.evaluation.config import EvaluateConfig
+    from bert_domain_ft.training.config import FinetuneConfig
+
     assert files.nonempty_path("out") == Path("out")
     for empty in ("", "  "):
         with pytest.raises(ValueError, match="--output_dir: empty path"):
             files.nonempty_path(empty, "output_dir")
+    with pytest.raises(ValueError, match="--output_dir: empty path"):
+        FinetuneConfig(pregenerated_data=Path("data"), output_dir="", bert_model="m")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="--train_corpus: empty path"):
+        PregenerateConfig(train_corpus={"a": Path("a.txt"), "b": ""}, output_dir=Path("o"), bert_model="m")  # type: ignore[dict-item]
+    with pytest.raises(ValueError, match="--json: empty path"):
+        EvaluateConfig(model="m", data=Path("d"), json_output="")  # type: ignore[arg-type]
 
 
 def test_the_ledger_names_only_what_the_tool_did_not_write(tmp_path: Path) -> None:
