@@ -286,6 +286,19 @@ def test_a_failed_swap_leaves_the_previous_data_whole(
     assert after == before and read_manifest(output)["generation"]["seed"] == 1
 
 
+def test_links_planted_at_the_temporary_directories_are_never_followed(
+    tiny_corpus: Path, tiny_tokenizer_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    output, victim = tmp_path / "out", tmp_path / "victim"
+    output.mkdir()
+    victim.mkdir()
+    for name in ("document_store.partial", "epoch_000.partial"):
+        (output / name).symlink_to(victim)
+    assert main(cli(tiny_corpus, tiny_tokenizer_dir, output, "--reduce_memory")) == 0, capsys.readouterr().err
+    assert not list(victim.iterdir()), "nothing written through the links"
+    assert read_manifest(output)["epochs"][0]["num_instances"] > 0
+
+
 def test_an_empty_output_directory_is_ours_to_write(
     tiny_corpus: Path, tiny_tokenizer_dir: Path, tmp_path: Path
 ) -> None:
