@@ -280,10 +280,19 @@ def replace_directory(temporary: Path, final: Path) -> None:
             try:
                 os.replace(temporary, final)
             except BaseException:
-                os.replace(retired, final)
+                _put_back(retired, final)
                 raise
             _discard(retired)
     fsync_directory(final.parent)
+
+
+def _put_back(retired: Path, final: Path) -> None:
+    """Rename the old directory back after a failed swap; if even that fails, say where it is (the error being
+    raised stays the one the user sees)."""
+    try:
+        os.replace(retired, final)
+    except OSError as error:
+        logger.error("%s: the previous contents are in %s (%s); rename it back", final, retired, error.strerror)
 
 
 def _read_ledger(directory: Path) -> set[str] | None:
@@ -304,13 +313,34 @@ def _write_ledger(directory: Path, names: set[str]) -> None:
         handle.write((json.dumps({**body, "entries": sorted(names)}, indent=1) + "\n").encode("utf-8"))
 
 
+@contextmanager
+def _ledger_held(directory: Path) -> Iterator[None]:
+    """One ledger update at a time (a run and an ``evaluate --json`` into its directory may record names at once):
+    ``flock`` on the directory itself, where it can be had."""
+    try:
+        descriptor = os.open(directory, os.O_RDONLY)
+    except OSError:
+        descriptor = None
+    try:
+        if descriptor is not None and fcntl is not None:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX)
+            except OSError:
+                pass  # a file system without flock: updates are rare and short
+        yield
+    finally:
+        if descriptor is not None:
+            os.close(descriptor)
+
+
 def claim_entries(directory: Path, names: Iterable[str]) -> None:
     """Record ``names`` as written by this tool in ``directory``'s ledger (created when missing: call it only for
     a directory this tool owns). Call it before creating them, so a killed run leaves nothing unrecorded."""
-    known = _read_ledger(directory)
-    wanted = (known or set()) | set(names)
-    if known is None or wanted != known:
-        _write_ledger(directory, wanted)
+    with _ledger_held(directory):
+        known = _read_ledger(directory)
+        wanted = (known or set()) | set(names)
+        if known is None or wanted != known:
+            _write_ledger(directory, wanted)
 
 
 def _claim_in_parent(path: Path) -> None:
@@ -346,8 +376,9 @@ def claim_directory(directory: Path, names: Iterable[str] = ()) -> None:
     directory = Path(directory)
     _claim_in_parent(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    present = {path.name for path in directory.iterdir()}
-    _write_ledger(directory, ((_read_ledger(directory) or set()) & present) | set(names))
+    with _ledger_held(directory):
+        present = {path.name for path in directory.iterdir()}
+        _write_ledger(directory, ((_read_ledger(directory) or set()) & present) | set(names))
 
 
 def describe_entries(names: list[str], limit: int = 10) -> str:
@@ -371,7 +402,8 @@ _RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")
 
 
 def save_tensors(value: Any, path: Path) -> None:
-    """``torch.save(value, path)`` whose disk errors are raised as the ``OSError`` itself (data made durable)."""
+    """``torch.save(value, path)`` into a new file (never an existing one, nor through a link), whose disk errors
+    are raised as the ``OSError`` itself (data made durable)."""
     import torch
 
     with open(path, "xb") as handle:  # a new file (O_EXCL): an existing one, or a link planted there, is refused
