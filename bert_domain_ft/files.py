@@ -1,7 +1,16 @@
 """Writing files safely: whole or not at all, one writer per directory, disk errors said plainly. Torch-free.
 
-- Atomic writes: everything the package writes goes through a temporary name in the same directory followed by
-  ``os.replace``, so a crash, a SIGKILL or a full disk never leaves a half-written file that looks finished.
+- Atomic writes: everything the package writes goes through a temporary file in the same directory followed by
+  ``os.replace``, so a crash, a SIGKILL or a full disk never leaves a half-written file that looks finished. The
+  temporary is a new file, ``<name>.<random>.partial``, created with ``O_CREAT|O_EXCL`` (``open(…, "xb")``,
+  which never opens an existing file nor follows a link planted at the name); temporary directories are made by
+  ``mkdir`` after removing (never following) what sat at their name. Every output file honours the umask
+  (safetensors writes 0600 files: directories are set to ``0o666 & ~umask`` before they are renamed in).
+- What the tool wrote into a directory is recorded in its ledger, ``.bert_domain_ft-outputs.json`` (names only,
+  written atomically, each name recorded before the entry is created): an output directory holding anything
+  else holds the user's files, which a run refuses to replace (``unclaimed_entries``). A directory this tool
+  creates, or a command takes over (``claim_directory``), has a ledger; atomic writes and ``replace_directory``
+  into such a directory record their names themselves.
 - Disk errors of torch and safetensors, which wrap a full disk in their own exceptions
   (``RuntimeError: [enforce fail at inline_container.cc] …``, ``SafetensorError: … (os error 28)``), are read
   back as the ``OSError`` they carry, so ``os_errors_as_user_errors`` can explain them in one line; torch itself
@@ -12,8 +21,10 @@
 - One writer per output directory: an exclusive lock file beside it, ``<output_dir>.lock`` (beside, not inside, so
   it never shows among the data and survives the directory being swapped in by ``--overwrite``). Its JSON body
   names the holder (pid, host, command, start time); ``flock`` holds it for the run where ``fcntl`` exists. A lock
-  left by a dead run on this host is taken over with a warning; one from another host is refused.
+  left by a dead run on this host is taken over with a warning; one from another host is refused. It is taken on
+  the resolved path (a run on ``run`` and one on a symlink to it collide) and opened with ``O_NOFOLLOW``.
 
+    output_dir = nonempty_path(text, "output_dir")  # "" would be the current directory
     write_json_atomic(output_dir / "manifest.json", manifest)
     with NpyAppender(path, np.uint16, row_shape=(128,)) as out:
         out.append(block)            # block.shape == (k, 128)
@@ -23,16 +34,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
+import glob
 import hashlib
 import json
 import logging
 import os
 import re
+import secrets
 import shutil
 import socket
+import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -45,6 +60,29 @@ from bert_domain_ft.errors import UserError
 logger = logging.getLogger(__name__)
 
 TEMPORARY_SUFFIX = ".partial"
+OUTPUT_LEDGER = ".bert_domain_ft-outputs.json"  # the names this tool wrote into the directory holding it
+_NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def nonempty_path(value: str | os.PathLike[str], flag: str | None = None) -> Path:
+    """``value`` as a ``Path``; a ``ValueError`` when it is empty: ``Path("")`` is the current directory, so an unset
+    shell variable (``--output_dir "$OUT"``) would write a run among the user's files. ``flag`` names it."""
+    if not os.fspath(value).strip():
+        where = f"--{flag}: " if flag else ""
+        raise ValueError(f"{where}empty path (an unset shell variable?); give a file or directory name ('.' for here)")
+    return Path(value)
+
+
+def refuse_empty_paths(config: Any) -> None:
+    """``nonempty_path`` for every path field of the dataclass ``config`` (call it first in ``__post_init__``): a
+    ``ValueError`` naming the flag of the first empty one. Lists and named paths are checked item by item."""
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if "Path" not in str(field.type) or value is None:
+            continue
+        items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else [value]
+        for item in items:
+            nonempty_path(item, field.metadata.get("flag", field.name))
 
 
 class DiskFullError(UserError):
@@ -105,25 +143,112 @@ def fsync_directory(directory: Path) -> None:
         os.close(descriptor)
 
 
+def _umask() -> int:
+    """The process's umask, read from /proc where possible (setting it to read it back is not thread-safe)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def output_mode() -> int:
+    """The mode of a new output file: what ``open(path, "w")`` gives, ``0o666`` less the umask."""
+    return 0o666 & ~_umask()
+
+
+def honour_umask(directory: Path) -> None:
+    """Give every regular file under ``directory`` the mode ``output_mode`` (safetensors writes 0600 files)."""
+    wanted = output_mode()
+    for root, _, names in os.walk(directory):
+        for name in names:
+            path = os.path.join(root, name)
+            status = os.lstat(path)
+            if stat.S_ISREG(status.st_mode) and stat.S_IMODE(status.st_mode) != wanted:
+                os.chmod(path, wanted)
+
+
+def remove_path(path: Path) -> None:
+    """Delete ``path`` without following it: a symlink (to a directory too) is unlinked, a directory is removed
+    with what it holds (links inside unlinked, never followed), a missing path is fine."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _discard(path: Path) -> None:
+    """Best-effort cleanup after a failure: it must never replace the error being raised (a read-only file system
+    refuses the removal too)."""
+    try:
+        remove_path(path)
+    except OSError as error:
+        logger.warning("could not remove %s (%s); delete it by hand", path, error.strerror or error)
+
+
+def fresh_directory(path: Path) -> None:
+    """Make ``path`` a new empty directory of ours (a temporary one, e.g. ``checkpoint-8.partial``): whatever sits
+    at the name (a leftover, a planted link) is removed without being followed, then ``mkdir`` creates it, which
+    fails rather than follows a link planted in between."""
+    path = Path(path)
+    remove_path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.mkdir()
+
+
+def _new_temporary(path: Path) -> tuple[Path, BinaryIO]:
+    """A new file beside ``path``, ``<name>.<random>.partial``, opened with ``"xb"``: ``O_CREAT|O_EXCL``, so never an
+    existing file nor through a link planted there; its mode is the umask's, as for every output."""
+    temporary = path.with_name(f"{path.name}.{secrets.token_hex(4)}{TEMPORARY_SUFFIX}")
+    return temporary, open(temporary, "xb")
+
+
+def temporaries_of(path: Path) -> list[Path]:
+    """The temporary names of ``path`` a killed writer may have left beside it: ``<name>.<random>.partial`` (and the
+    ``<name>.partial`` of earlier versions), e.g. for a reader that must not take them as input."""
+    path = Path(path)
+    return [
+        path.with_name(path.name + TEMPORARY_SUFFIX),
+        *path.parent.glob(f"{glob.escape(path.name)}.*{TEMPORARY_SUFFIX}"),
+    ]
+
+
+@contextmanager
+def _replacing(path: Path) -> Iterator[BinaryIO]:
+    """A new temporary file beside ``path`` (``_new_temporary``), renamed to ``path`` once the body completes and
+    its data is on disk; removed if anything fails."""
+    temporary, handle = _new_temporary(path)
+    try:
+        with handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        _claim_in_parent(path)  # recorded before it appears: a run killed now leaves nothing unrecorded
+        os.replace(temporary, path)
+    except BaseException:
+        _discard(temporary)
+        raise
+
+
 @contextmanager
 def atomic_output(path: Path) -> Iterator[BinaryIO]:
     """A binary file that appears as ``path`` only when the ``with`` body completes; deleted if anything fails.
 
-    The parent directory is created if needed. An ``OSError`` inside becomes a ``UserError`` naming ``path``.
+    The parent directory is created if needed (and then holds a ledger: it is ours). An ``OSError`` inside becomes
+    a ``UserError`` naming ``path``.
     """
     path = Path(path)
-    temporary = path.with_name(path.name + TEMPORARY_SUFFIX)
-    try:
-        with os_errors_as_user_errors(path):
+    with os_errors_as_user_errors(path):
+        if not path.parent.is_dir():
             path.parent.mkdir(parents=True, exist_ok=True)
-            with open(temporary, "wb") as handle:
-                yield handle
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+            claim_entries(path.parent, ())
+        with _replacing(path) as handle:
+            yield handle
     fsync_directory(path.parent)
 
 
@@ -141,17 +266,135 @@ def write_json_atomic(path: Path, value: Any) -> None:
 
 
 def replace_directory(temporary: Path, final: Path) -> None:
-    """Move a finished ``temporary`` directory to ``final``, replacing an older one only once the new is complete."""
+    """Move a finished ``temporary`` directory to ``final``. An older ``final`` is renamed aside first and deleted
+    only once the new one is in place; if that fails, the old one is put back, whole. Its files get the umask's
+    mode (``honour_umask``) and its name is recorded in the parent's ledger."""
     with os_errors_as_user_errors(final):
-        if final.exists():
-            retired = final.with_name(final.name + ".old" + TEMPORARY_SUFFIX)
-            shutil.rmtree(retired, ignore_errors=True)
-            os.replace(final, retired)
+        honour_umask(temporary)
+        _claim_in_parent(final)
+        if not os.path.lexists(final):
             os.replace(temporary, final)
-            shutil.rmtree(retired, ignore_errors=True)
         else:
-            os.replace(temporary, final)
+            retired = final.with_name(f"{final.name}.old.{secrets.token_hex(6)}{TEMPORARY_SUFFIX}")  # unguessable
+            os.replace(final, retired)  # a rename never follows a link: a linked final is moved aside as a link
+            try:
+                os.replace(temporary, final)
+            except BaseException:
+                _put_back(retired, final)
+                raise
+            _discard(retired)
     fsync_directory(final.parent)
+
+
+def _put_back(retired: Path, final: Path) -> None:
+    """Rename the old directory back after a failed swap; if even that fails, say where it is (the error being
+    raised stays the one the user sees)."""
+    try:
+        os.replace(retired, final)
+    except OSError as error:
+        logger.error("%s: the previous contents are in %s (%s); rename it back", final, retired, error.strerror)
+
+
+def _read_ledger(directory: Path) -> set[str] | None:
+    """The names recorded in ``directory``'s ledger; None when it has none (or one this tool cannot read)."""
+    try:
+        value = json.loads((Path(directory) / OUTPUT_LEDGER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    entries = value.get("entries") if isinstance(value, dict) else None
+    if not isinstance(entries, list) or not all(isinstance(name, str) for name in entries):
+        return None
+    return set(entries)
+
+
+def _write_ledger(directory: Path, names: set[str]) -> None:
+    body = {"written_by": "bert_domain_ft", "about": "entries of this directory written by bert_domain_ft"}
+    with _replacing(Path(directory) / OUTPUT_LEDGER) as handle:
+        handle.write((json.dumps({**body, "entries": sorted(names)}, indent=1) + "\n").encode("utf-8"))
+
+
+@contextmanager
+def _ledger_held(directory: Path) -> Iterator[None]:
+    """One ledger update at a time (a run and an ``evaluate --json`` into its directory may record names at once):
+    ``flock`` on the directory itself, where it can be had."""
+    try:
+        descriptor = os.open(directory, os.O_RDONLY)
+    except OSError:
+        descriptor = None
+    try:
+        if descriptor is not None and fcntl is not None:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX)
+            except OSError:
+                pass  # a file system without flock: updates are rare and short
+        yield
+    finally:
+        if descriptor is not None:
+            os.close(descriptor)
+
+
+def claim_entries(directory: Path, names: Iterable[str]) -> None:
+    """Record ``names`` as written by this tool in ``directory``'s ledger (created when missing: call it only for
+    a directory this tool owns). Call it before creating them, so a killed run leaves nothing unrecorded."""
+    with _ledger_held(directory):
+        known = _read_ledger(directory)
+        wanted = (known or set()) | set(names)
+        if known is None or wanted != known:
+            _write_ledger(directory, wanted)
+
+
+def _claim_in_parent(path: Path) -> None:
+    """Record ``path``'s name in its directory's ledger, if that directory has one (it is ours)."""
+    if not _is_ours_by_name(path.name) and (path.parent / OUTPUT_LEDGER).is_file():
+        claim_entries(path.parent, (path.name,))
+
+
+def owns_directory(directory: Path) -> bool:
+    """Whether ``directory`` holds this tool's ledger."""
+    return _read_ledger(directory) is not None
+
+
+def _is_ours_by_name(name: str) -> bool:
+    """The ledger itself and temporaries (``*.partial``: what a killed run may leave) are never the user's files."""
+    return name == OUTPUT_LEDGER or name.endswith(TEMPORARY_SUFFIX)
+
+
+def unclaimed_entries(directory: Path) -> list[str]:
+    """The entries of ``directory`` this tool did not write (all of them when it has no ledger), sorted; none when
+    it does not exist."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    claimed = _read_ledger(directory) or set()
+    return sorted(p.name for p in directory.iterdir() if not _is_ours_by_name(p.name) and p.name not in claimed)
+
+
+def claim_directory(directory: Path, names: Iterable[str] = ()) -> None:
+    """Take ``directory`` as this tool's output (created if missing): its ledger keeps the recorded entries still
+    present and adds ``names`` (those about to be written by writers that do not record their own). Inside a
+    directory of ours (``general_holdout`` in a run's), its own name is recorded there first."""
+    directory = Path(directory)
+    _claim_in_parent(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    with _ledger_held(directory):
+        present = {path.name for path in directory.iterdir()}
+        _write_ledger(directory, ((_read_ledger(directory) or set()) & present) | set(names))
+
+
+def describe_entries(names: list[str], limit: int = 10) -> str:
+    """``a, b, c`` (and how many more past ``limit``), for messages naming a directory's entries."""
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def remove_entries(directory: Path, names: Iterable[str], flag: str) -> None:
+    """Delete ``names`` from ``directory`` (links unlinked, never followed), after logging every name (``flag`` is
+    what asked for it, e.g. ``--overwrite_output_dir``)."""
+    doomed = sorted(names)
+    if doomed:
+        logger.warning("%s: deleting %d entries of %s: %s", flag, len(doomed), directory, ", ".join(doomed))
+    for name in doomed:
+        remove_path(Path(directory) / name)
 
 
 # Rust's std::io::Error text ends with "(os error N)"; safetensors passes it on in its message.
@@ -159,10 +402,11 @@ _RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")
 
 
 def save_tensors(value: Any, path: Path) -> None:
-    """``torch.save(value, path)`` whose disk errors are raised as the ``OSError`` itself (data made durable)."""
+    """``torch.save(value, path)`` into a new file (never an existing one, nor through a link), whose disk errors
+    are raised as the ``OSError`` itself (data made durable)."""
     import torch
 
-    with open(path, "wb") as handle:
+    with open(path, "xb") as handle:  # a new file (O_EXCL): an existing one, or a link planted there, is refused
         torch.save(value, handle)
         handle.flush()
         os.fsync(handle.fileno())
@@ -221,9 +465,8 @@ class NpyAppender:
         self.row_shape = tuple(row_shape)
         self.num_rows = 0
         self._hash = hashlib.sha256() if with_checksum else None
-        self._temporary = self.path.with_name(self.path.name + TEMPORARY_SUFFIX)
-        with os_errors_as_user_errors(self.path):
-            self._handle = open(self._temporary, "wb")
+        with os_errors_as_user_errors(self.path):  # a new file: a link planted beside is never followed
+            self._temporary, self._handle = _new_temporary(self.path)
             self._handle.write(npy_header(self.dtype, (0, *self.row_shape)))
 
     def append(self, rows: np.ndarray) -> None:
@@ -249,11 +492,16 @@ class NpyAppender:
             self._handle.flush()
             os.fsync(self._handle.fileno())
             self._handle.close()
+            _claim_in_parent(self.path)
             os.replace(self._temporary, self.path)
 
     def abandon(self) -> None:
-        self._handle.close()
-        self._temporary.unlink(missing_ok=True)
+        """Drop the half-written file; never raises (closing flushes, which fails again on a full disk)."""
+        try:
+            self._handle.close()
+        except OSError:
+            pass
+        _discard(self._temporary)
 
     def __enter__(self) -> NpyAppender:
         return self
@@ -289,9 +537,12 @@ _ATTEMPTS = 5  # a lock file removed and recreated under us between open and flo
 
 
 def lock_path(output_dir: Path) -> Path:
-    """The lock file of ``output_dir``: a sibling named ``<output_dir>.lock``."""
-    absolute = Path(os.path.abspath(output_dir))
-    return absolute.with_name(absolute.name + LOCK_SUFFIX)
+    """The lock file of ``output_dir``: a sibling named ``<output_dir>.lock`` of its resolved path (symlinks and
+    ``..`` resolved), so two runs reaching one directory by different paths take the same lock."""
+    resolved = Path(os.path.realpath(output_dir))
+    if not resolved.name:
+        raise UserError(f"{output_dir}: is the root directory; choose an --output_dir below it")
+    return resolved.with_name(resolved.name + LOCK_SUFFIX)
 
 
 def _pid_is_alive(pid: int) -> bool:
@@ -366,8 +617,9 @@ def _flock(descriptor: int) -> bool | None:
 
 def _open_lock(path: Path, output_dir: Path, command: str) -> int:
     """Open and flock ``path``, retrying when it was replaced between the open and the flock."""
+    _claim_in_parent(path)  # a lock inside a directory of ours (general_holdout.lock) is ours, if a run leaves it
     for _ in range(_ATTEMPTS):
-        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | _NO_FOLLOW, 0o666)  # a link planted there is refused
         locked = _flock(descriptor)
         if locked is False:
             holder = _read_holder(descriptor) or {}
@@ -391,6 +643,11 @@ def _check_holder(descriptor: int, path: Path, output_dir: Path) -> None:
     holder = _read_holder(descriptor)
     if holder is None:
         return  # we created it (or a run died before writing its body)
+    if not holder:
+        raise UserError(
+            f"{output_dir}: the lock file {path} is unreadable (not the JSON this tool writes: damaged, or written by "
+            f"something else); if no run is writing to {output_dir}, delete {path} and retry"
+        )
     host, pid = holder.get("host"), holder.get("pid")
     if host != socket.gethostname():
         raise UserError(
@@ -408,6 +665,8 @@ def _check_holder(descriptor: int, path: Path, output_dir: Path) -> None:
 
 
 def _lock_error(path: Path, error: OSError) -> UserError:
+    if error.errno == errno.ELOOP:
+        return UserError(f"{path}: is a symbolic link, not a lock file this tool wrote; delete the link and retry")
     blocker = next((parent for parent in path.parents if parent.exists() and not parent.is_dir()), None)
     if blocker is not None:
         return UserError(f"{blocker}: exists and is not a directory; choose another --output_dir")

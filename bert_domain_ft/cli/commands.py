@@ -17,7 +17,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bert_domain_ft.cli.flags import EXIT_USER_ERROR, build_config, effective_config, save_effective_config
+from bert_domain_ft.cli.flags import (
+    EFFECTIVE_CONFIG_NAME,
+    EXIT_USER_ERROR,
+    build_config,
+    effective_config,
+    save_effective_config,
+)
 from bert_domain_ft.corpus.config import (
     CheckConfig,
     PrepareConfig,
@@ -63,16 +69,24 @@ def run_command(arguments: argparse.Namespace, run: Callable[[argparse.Namespace
         output_dir = getattr(arguments, "output_dir", None)
         is_main = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 writes, as during the run
         if status == 0 and is_main and output_dir is not None and Path(output_dir).is_dir():
-            from bert_domain_ft.files import hold_output_lock
-
-            try:  # under the output lock: a run started on this directory meanwhile keeps it to itself
-                with hold_output_lock(Path(output_dir), "save effective_config.yaml"):
-                    save_effective_config(Path(output_dir), effective_config(arguments))
-            except UserError as error:  # the run's own output is complete: say so rather than fail it
+            try:  # the run's own output is complete: a refusal is said, the run does not fail
+                _save_effective_config(Path(output_dir), arguments)
+            except UserError as error:
                 logging.getLogger(__name__).warning("effective configuration not saved: %s", error)
         return status
 
     return run_guarded(action)
+
+
+def _save_effective_config(output_dir: Path, arguments: argparse.Namespace) -> None:
+    """``effective_config.yaml`` into the run's ``output_dir``, under its lock (a run started there meanwhile keeps
+    it to itself), never over a file of that name this tool did not write (the directory's ledger)."""
+    from bert_domain_ft.files import hold_output_lock, owns_directory, unclaimed_entries
+
+    with hold_output_lock(output_dir, "save effective_config.yaml"):
+        if not owns_directory(output_dir) or EFFECTIVE_CONFIG_NAME in unclaimed_entries(output_dir):
+            raise UserError(f"{output_dir / EFFECTIVE_CONFIG_NAME}: not written by bert_domain_ft; left as it is")
+        save_effective_config(output_dir, effective_config(arguments))
 
 
 def _show(report: Any, as_json: bool, leave_out: str = "") -> int:

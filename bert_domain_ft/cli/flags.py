@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from bert_domain_ft.errors import UserError, at_location
-from bert_domain_ft.files import write_text_atomic
+from bert_domain_ft.files import nonempty_path, write_text_atomic
 
 EFFECTIVE_CONFIG_NAME = "effective_config.yaml"
 EXIT_USER_ERROR = 2
@@ -45,6 +45,14 @@ def steps_or_auto(text: str) -> int | None:
     if text.strip().lower() != "auto" and not text.strip().lstrip("+-").isdigit():
         raise argparse.ArgumentTypeError(f"expected a number of steps or 'auto', got {text!r}")
     return None if text.strip().lower() == "auto" else int(text)
+
+
+def file_path(text: str) -> Path:
+    """A path flag's value; an empty one is refused (``files.nonempty_path``): "" would be the current directory."""
+    try:
+        return nonempty_path(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,7 +117,7 @@ def _flag(owner: type, field: dataclasses.Field, hint: Any, required: bool) -> F
     dest = meta.get("flag", field.name)
     names = () if meta.get("positional") else tuple(f"--{name}" for name in (dest, *meta.get("aliases", ())))
     return Flag(
-        owner, field.name, dest, steps_or_auto if meta.get("auto") else kind, default,
+        owner, field.name, dest, steps_or_auto if meta.get("auto") else file_path if kind is Path else kind, default,
         _help(field_docs(owner).get(field.name, field.name), action, default), names, action,
         meta.get("nargs", nargs), required, meta.get("choices"), meta.get("metavar"), meta.get("one_of"),
     )  # fmt: skip

@@ -12,6 +12,8 @@ import codecs
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bert_domain_ft.files import refuse_empty_paths
+
 # Punkt trains at roughly 1 MB/s on one core; 10 MB is enough to learn a domain's frequent abbreviations.
 DEFAULT_PUNKT_SAMPLE_BYTES = 10_000_000
 
@@ -58,6 +60,7 @@ class PrepareConfig:
     """Print the report as JSON instead of a table (command line only; ``prepare_corpus`` ignores it)."""
 
     def __post_init__(self) -> None:
+        refuse_empty_paths(self)
         self.inputs = tuple(Path(path) for path in self.inputs)
         self.output = Path(self.output)
         if not self.inputs:
@@ -109,6 +112,9 @@ class CheckConfig:
     show_progress: bool = field(default=True, metadata={"flag": "no_progress"})
     """Show a progress bar (in corpus bytes)."""
 
+    def __post_init__(self) -> None:
+        refuse_empty_paths(self)
+
 
 METHODS = ("bm25", "embedding")
 
@@ -147,6 +153,7 @@ class SelectConfig:
     """Print the summary as JSON instead of a table (command line only; ``select_documents`` ignores it)."""
 
     def __post_init__(self) -> None:
+        refuse_empty_paths(self)
         self.task_data, self.corpus, self.output = Path(self.task_data), Path(self.corpus), Path(self.output)
         if (self.tokens is None) == (self.fraction is None):
             raise ValueError("give exactly one budget: --tokens N (words) or --fraction F (share of the corpus)")
@@ -244,6 +251,7 @@ class TokenizerTrainingConfig:
     """Progress bars: one while counting the corpus (bytes), then the trainer's own."""
 
     def __post_init__(self) -> None:
+        refuse_empty_paths(self)
         self.corpus = Path(self.corpus)
         self.output = Path(self.output)
         if self.kind not in KINDS:
@@ -289,6 +297,7 @@ class VocabAnalyseConfig:
     """Show a progress bar (in corpus bytes)."""
 
     def __post_init__(self) -> None:
+        refuse_empty_paths(self)
         self.corpus = Path(self.corpus)
         if self.max_seq_len < 8:
             raise ValueError(f"--max_seq_len must be at least 8, got {self.max_seq_len}")
@@ -323,6 +332,7 @@ class VocabExtendConfig:
     """Show a progress bar (in corpus bytes)."""
 
     def __post_init__(self) -> None:
+        refuse_empty_paths(self)
         self.corpus, self.output = Path(self.corpus), Path(self.output)
         self.words = None if self.words is None else Path(self.words)
         if self.add < 1:

@@ -35,7 +35,7 @@ from bert_domain_ft.corpus.sentences import (
     train_punkt,
 )
 from bert_domain_ft.errors import UserError, at_location
-from bert_domain_ft.files import TEMPORARY_SUFFIX, atomic_output
+from bert_domain_ft.files import atomic_output, temporaries_of
 
 if TYPE_CHECKING:
     from nltk.tokenize.punkt import PunktParameters
@@ -205,7 +205,7 @@ def prepare_corpus(config: PrepareConfig) -> PrepareReport:
     _check_output_free(config.output, config.punkt, config.punkt_parameters_path, config.overwrite)
     assert config.glob is not None
     # Our own outputs (and a temporary left by a crash) may sit inside an input directory: never read them back.
-    own_files = [config.output, config.output.with_name(config.output.name + TEMPORARY_SUFFIX)]
+    own_files = [config.output, *temporaries_of(config.output)]
     files = discover_input_files(config.inputs, config.glob, exclude=[*own_files, config.punkt_parameters_path])
     report = PrepareReport(
         output=str(config.output), punkt_parameters=str(config.punkt_parameters_path), input_files=len(files)

@@ -15,6 +15,7 @@ from bert_domain_ft.corpus.check import validate_max_seq_len
 from bert_domain_ft.corpus.records import input_bytes, input_fingerprint, is_dataset_directory
 from bert_domain_ft.corpus.task_files import holds_records
 from bert_domain_ft.errors import UserError
+from bert_domain_ft.files import nonempty_path, refuse_empty_paths
 
 TASK_CORPUS_NAME = "task"  # the corpus name of --task_data in the manifest
 TASK_CORPUS_FILE = "task_corpus.txt"  # where --task_data's texts are written, in the output directory
@@ -24,6 +25,11 @@ RECORDS_CORPUS_SUFFIX = "_corpus.txt"  # records in train_corpus are written as 
 def corpora_from_text(values: list[str]) -> Path | dict[str, Path]:
     """``train_corpus`` as the command line gives it: ``FILE``, ``NAME=FILE …`` or a directory of ``train.NAME``
     files → a path or named paths."""
+    if len(values) == 1 and "=" not in values[0]:
+        try:
+            nonempty_path(values[0], "train_corpus")  # "" (an unset variable) would be the current directory
+        except ValueError as error:
+            raise UserError(str(error)) from None
     if len(values) == 1 and "=" not in values[0] and (not Path(values[0]).is_dir() or is_dataset_directory(values[0])):
         return Path(values[0])
     if len(values) == 1 and "=" not in values[0]:
@@ -110,6 +116,7 @@ class PregenerateConfig:
     """tqdm progress bars."""
 
     def __post_init__(self) -> None:
+        refuse_empty_paths(self)
         if self.bert_model is None and self.tokenizer is None:
             raise ValueError("give --bert_model (its tokenizer is used) or --tokenizer")
         if self.objective not in ("auto", "nsp", "mlm"):

@@ -32,7 +32,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from bert_domain_ft.corpus.reading import iter_corpus_lines, require_two_documents
-from bert_domain_ft.files import NpyAppender, write_json_atomic
+from bert_domain_ft.files import NpyAppender, fresh_directory, write_json_atomic
 from bert_domain_ft.model.tokenizer import TokenizerFacts, continuation_table, encode_sentences
 
 
@@ -147,7 +147,7 @@ class _OffsetsBuilder:
         if directory is None:
             self._blocks: dict[str, list[np.ndarray]] = {"tokens": [], "sentence_offsets": [], "document_offsets": []}
         else:
-            directory.mkdir(parents=True, exist_ok=True)
+            fresh_directory(directory)  # a link planted at the name is removed, never written through
             self._files = {
                 "tokens": NpyAppender(directory / "tokens.npy", token_dtype, with_checksum=False),
                 "sentence_offsets": NpyAppender(directory / "sentence_offsets.npy", np.int64, with_checksum=False),

@@ -44,8 +44,10 @@ The value scan reads each array once in chunks of ~8 MiB (min/max per chunk, num
 ``IndexError``.
 
 Where ``pregenerate`` writes: a new or empty output directory in place; with ``--overwrite`` beside it
-(``<output_dir>.partial``), swapped in when complete, so a failed run leaves the previous data untouched; with
-``--resume`` wherever the interrupted run wrote, after checking it used the same settings.
+(``<output_dir>.partial``), swapped in whole when complete (the old directory renamed aside, the new one renamed
+in, the old one deleted), so a failed run leaves the previous data untouched; with ``--resume`` wherever the
+interrupted run wrote, after checking it used the same settings. A directory holding files this tool did not
+write (``files.unclaimed_entries``) is refused, naming them; ``--overwrite`` deletes them with the old data.
 
     manifest = read_manifest(Path("pregenerated"))
     epoch = open_epoch(Path("pregenerated"), manifest, epoch_index=0)
@@ -56,8 +58,10 @@ Where ``pregenerate`` writes: a new or empty output directory in place; with ``-
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,12 +70,19 @@ import numpy as np
 
 from bert_domain_ft.errors import UserError
 from bert_domain_ft.files import (
+    OUTPUT_LEDGER,
     TEMPORARY_SUFFIX,
+    claim_directory,
     data_sha256,
-    fsync_directory,
+    describe_entries,
+    fresh_directory,
     os_errors_as_user_errors,
+    owns_directory,
     replace_directory,
+    unclaimed_entries,
 )
+
+logger = logging.getLogger(__name__)
 
 FORMAT_NAME = "bert_domain_ft.pregenerated"
 FORMAT_VERSION = 2  # what this version writes
@@ -326,33 +337,70 @@ def _signature(directory: Path, arrays: dict[str, np.ndarray], manifest: dict[st
 
 
 def _is_leftover(name: str) -> bool:
-    """What a run that completed no epoch may leave (the record written first, half-written ``.partial`` files):
-    not data, so it does not block the next run."""
-    return name == GENERATION_RECORD or name.endswith(TEMPORARY_SUFFIX)
+    """What a run that completed no epoch may leave (the record written first, half-written ``.partial`` files,
+    the ledger): not data, so it does not block the next run."""
+    return name in (GENERATION_RECORD, OUTPUT_LEDGER) or name.endswith(TEMPORARY_SUFFIX)
 
 
-def working_directory(output: Path, overwrite: bool, resume: bool) -> Path:
+def working_directory(output: Path, overwrite: bool, resume: bool, inputs: Sequence[Path | None] = ()) -> Path:
     """Where this run writes. A new or empty ``output_dir`` is written in place; ``--overwrite`` builds the new
-    data beside it (``<output_dir>.partial``) and swaps it in only when complete, so a run that fails — disk full,
-    interrupted — leaves the previous data untouched; ``--resume`` continues wherever the interrupted run wrote."""
-    staging = output.with_name(output.name + ".partial")
+    data beside it (``<output_dir>.partial``, beside the resolved directory) and ``publish`` swaps it in whole
+    only when complete, so a run that fails — disk full, interrupted — leaves the previous data untouched;
+    ``--resume`` continues wherever the interrupted run wrote. A directory holding entries this tool did not write
+    (its ledger, ``files.unclaimed_entries``) is refused naming them; ``--overwrite`` replaces them too (said
+    now, and named again when deleted), but never a directory holding one of the run's ``inputs`` (a corpus) or
+    the current directory."""
+    staging = _staging(output)
     with os_errors_as_user_errors(output / MANIFEST_NAME):
         if output.exists() and not output.is_dir():
             raise UserError(f"{output}: exists and is not a directory; choose another --output_dir")
-        holds_data = output.exists() and any(not _is_leftover(entry.name) for entry in output.iterdir())
-        if holds_data and not (overwrite or resume):
-            raise UserError(
-                f"{output}: already holds data; pass --overwrite to replace it, --resume to finish an interrupted "
-                "run, or choose an empty --output_dir"
-            )
+        entries = sorted(entry.name for entry in output.iterdir()) if output.exists() else []
+        holds_data = any(not _is_leftover(name) for name in entries)
+        legacy = resume and not owns_directory(output) and any(name.startswith("epoch_") for name in entries)
+        foreign = [] if legacy else [name for name in unclaimed_entries(output) if not _is_leftover(name)]
         if resume and (staging / GENERATION_RECORD).exists():
             return staging
+        _refuse_unless_ours(output, holds_data, foreign, overwrite, resume)
         if not holds_data or resume:
-            output.mkdir(parents=True, exist_ok=True)
+            claim_directory(output, entries if legacy else ())  # a run from before the ledger: its entries
             return output
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
+        _refuse_replacing_inputs(output, inputs)
+        if foreign:
+            logger.warning("--overwrite: %s holds %s, which bert_domain_ft did not write: deleted when the new "
+                           "data is complete", output, ", ".join(foreign))  # fmt: skip
+        fresh_directory(staging)
+        claim_directory(staging)
         return staging
+
+
+def _staging(output: Path) -> Path:
+    """Where --overwrite builds: beside the resolved directory (same file system as the one it replaces)."""
+    resolved = Path(os.path.realpath(output))
+    return resolved.with_name(resolved.name + TEMPORARY_SUFFIX)
+
+
+def _refuse_unless_ours(output: Path, holds_data: bool, foreign: list[str], overwrite: bool, resume: bool) -> None:
+    if foreign and not overwrite:
+        raise UserError(
+            f"{output}: holds {describe_entries(foreign)}, which bert_domain_ft did not write; move them out, choose "
+            "an empty --output_dir, or pass --overwrite to replace the whole directory (deleting them)"
+        )
+    if holds_data and not (overwrite or resume):
+        raise UserError(
+            f"{output}: already holds data; pass --overwrite to replace it, --resume to finish an interrupted "
+            "run, or choose an empty --output_dir"
+        )
+
+
+def _refuse_replacing_inputs(output: Path, inputs: Sequence[Path | None]) -> None:
+    """--overwrite deletes the whole old directory: never one holding a corpus or the current directory."""
+    root = Path(os.path.realpath(output))
+    for path, what in [*((path, "the corpus") for path in inputs), (Path.cwd(), "the current directory")]:
+        if path is not None and Path(path).exists() and Path(path).resolve().is_relative_to(root):
+            raise UserError(
+                f"{output}: --overwrite replaces the whole directory, and {what} {path} is in it; move it out of "
+                f"{output} or choose another --output_dir"
+            )
 
 
 def check_resume(output: Path, record: dict[str, Any]) -> None:
@@ -398,26 +446,15 @@ def discard_unfinished(work: Path, output: Path, disk_full: bool) -> None:
 
 
 def publish(staging: Path, output: Path) -> None:
-    """Move a complete overwrite run into ``output``: the old manifest goes first (the directory never looks
-    complete while mixed), our entries are swapped one rename each, the new manifest comes last. Files of the
-    user's that are not ours stay where they are."""
+    """Swap a complete overwrite run in for ``output``, whole: the old directory is renamed aside, the new one
+    renamed in, then the old one deleted (``replace_directory``; if the swap fails the old one is put back). The
+    manifest is never deleted on its own, so ``output`` is always the old data or the new. Every entry of the old
+    directory is named as it goes."""
+    resolved = Path(os.path.realpath(output))
     with os_errors_as_user_errors(output):
-        (output / MANIFEST_NAME).unlink(missing_ok=True)
-        new_entries = {entry.name for entry in staging.iterdir()}
-        for entry in sorted(staging.iterdir()):
-            if entry.name == MANIFEST_NAME:
-                continue
-            if entry.is_dir():
-                replace_directory(entry, output / entry.name)
-            else:
-                os.replace(entry, output / entry.name)
-        for stale in output.iterdir():
-            ours = stale.name.startswith("epoch_") or stale.name == HOLDOUT_DIRECTORY
-            if stale.is_dir() and ours and stale.name not in new_entries:
-                shutil.rmtree(stale)
-        os.replace(staging / MANIFEST_NAME, output / MANIFEST_NAME)
-        staging.rmdir()
-    fsync_directory(output)
+        old = sorted(entry.name for entry in resolved.iterdir() if entry.name != OUTPUT_LEDGER)
+    logger.warning("--overwrite: deleting %d entries of %s: %s", len(old), output, ", ".join(old))
+    replace_directory(staging, resolved)
 
 
 def remove_stale_epochs(output: Path, epochs_to_generate: int, with_holdout: bool) -> None:

@@ -13,7 +13,6 @@ shards of the epoch are in, they are concatenated in order into the final arrays
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,13 @@ from bert_domain_ft.data.document_store import DocumentStore, open_document_stor
 from bert_domain_ft.data.epoch_format import EPOCH_DESCRIPTION_NAME, NO_NSP_LABEL, describe_arrays
 from bert_domain_ft.data.instances import DocumentPool, InstanceRecipe
 from bert_domain_ft.data.masking import DynamicMasking
-from bert_domain_ft.files import NpyAppender, os_errors_as_user_errors, replace_directory, write_json_atomic
+from bert_domain_ft.files import (
+    NpyAppender,
+    fresh_directory,
+    os_errors_as_user_errors,
+    replace_directory,
+    write_json_atomic,
+)
 
 TOKENS_PER_SHARD = 1 << 18
 LABELS_PER_COUNT = 1 << 23  # NSP labels counted at a time for the statistics (64 MiB of int64 counts at most)
@@ -180,7 +185,6 @@ def read_complete_epoch(final: Path) -> dict[str, Any] | None:
 
 def fresh_partial_directory(final: Path) -> Path:
     partial = final.with_name(final.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
     with os_errors_as_user_errors(partial):
-        partial.mkdir(parents=True)
+        fresh_directory(partial)  # a link planted at the name is removed, never written through
     return partial

@@ -149,7 +149,8 @@ def resolve_objective(requested: str, model: str | None, facts: TokenizerFacts) 
 
 def _write_output(config: PregenerateConfig, tokenizer: Any, facts: TokenizerFacts, objective: str) -> dict[str, Any]:
     """Generate into a working directory (``working_directory``) and publish it; what fails is discarded."""
-    work = working_directory(config.output_dir, config.overwrite, config.resume)
+    inputs = [path for _, path in config.named_corpora()] + [config.task_data]
+    work = working_directory(config.output_dir, config.overwrite, config.resume, inputs)
     final_output = config.output_dir
     config = replace(config, output_dir=work)
     # The format version too: --resume must not mix epochs of two versions (2 added NSP labels for "none").

@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bert_domain_ft.files import refuse_empty_paths
+
 
 @dataclass
 class EvaluateConfig:
@@ -43,6 +45,7 @@ class EvaluateConfig:
     """tqdm progress bars."""
 
     def __post_init__(self) -> None:
+        refuse_empty_paths(self)
         self.data = Path(self.data) if self.data is not None else None
         self.corpus = Path(self.corpus) if self.corpus is not None else None
         self.json_output = Path(self.json_output) if self.json_output is not None else None
@@ -107,6 +110,7 @@ class ProbeConfig:
     """Draw no chart whatever ``plot_output`` says (then no matplotlib is needed)."""
 
     def __post_init__(self) -> None:
+        refuse_empty_paths(self)
         self.models = [str(model) for model in self.models]
         self.train, self.test = Path(self.train), Path(self.test)
         self.json_output = Path(self.json_output) if self.json_output is not None else None
@@ -139,6 +143,9 @@ class PlotConfig:
     output: Path | None = None
     """The PNG to write; None writes RUN_DIR/training_curves.png."""
 
+    def __post_init__(self) -> None:
+        refuse_empty_paths(self)
+
 
 MASK_PLACEHOLDERS = ("[MASK]", "<mask>")  # written in a text where the word to predict goes, for any model
 
@@ -166,6 +173,7 @@ class FillMaskConfig:
     """Stay on the CPU even when a GPU is available."""
 
     def __post_init__(self) -> None:
+        refuse_empty_paths(self)
         given = [str(value) for value in self.models]
         self.models = [value for value in given if not any(mask in value for mask in MASK_PLACEHOLDERS)]
         self.texts = [value for value in given if value not in self.models] + [str(text) for text in self.texts]

@@ -46,6 +46,7 @@ from torch import nn
 from bert_domain_ft.errors import UserError, first_line
 from bert_domain_ft.files import (
     TEMPORARY_SUFFIX,
+    fresh_directory,
     os_errors_as_user_errors,
     replace_directory,
     save_tensors,
@@ -306,8 +307,7 @@ class CheckpointManager:
             temporary = final.with_name(final.name + TEMPORARY_SUFFIX)
             try:
                 with os_errors_as_user_errors(temporary), storage_errors_as_os_errors():
-                    shutil.rmtree(temporary, ignore_errors=True)
-                    temporary.mkdir(parents=True)
+                    fresh_directory(temporary)  # a link planted at the name is removed, never followed
                     self._write_contents(temporary, position, rng_states)
             except BaseException as error:
                 shutil.rmtree(temporary, ignore_errors=True)  # no half checkpoint left taking space on a full disk

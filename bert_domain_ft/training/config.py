@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bert_domain_ft.errors import UserError
+from bert_domain_ft.files import refuse_empty_paths
 
 REPORT_TO_CHOICES = ("none", "tensorboard", "wandb", "mlflow")
 
@@ -180,6 +181,7 @@ class FinetuneConfig:
     """Show tqdm progress bars."""
 
     def __post_init__(self) -> None:
+        refuse_empty_paths(self)
         self.pregenerated_data = Path(self.pregenerated_data)
         self.output_dir = Path(self.output_dir)
         if self.holdout_data is not None:
@@ -328,6 +330,7 @@ class SimpleConfig:
     pairs and the task's are added (repeated as needed) to make this share; 1 trains on the task text only."""
 
     def __post_init__(self) -> None:
+        refuse_empty_paths(self)
         self.train_corpus = Path(self.train_corpus)
         if not isinstance(self.training, FinetuneConfig):
             raise ValueError("training must be a FinetuneConfig; build the config with SimpleConfig.create(...)")

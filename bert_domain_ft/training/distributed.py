@@ -123,7 +123,9 @@ def sum_across_processes(context: DistributedContext, values: torch.Tensor) -> t
 
 @contextmanager
 def hold_run_lock(context: DistributedContext, output_dir: Path, command: str) -> Iterator[None]:
-    """Hold the output lock on rank 0 for the ``with`` body; every rank raises rank 0's refusal, if any."""
+    """Hold the output lock on rank 0 for the ``with`` body; every rank raises rank 0's refusal, if any. The lock is
+    taken on the resolved directory (``files.lock_path``): a run through a symlink to a running run's directory is
+    refused like one on the directory itself."""
     with ExitStack() as stack:
         refusal = None
         if context.is_main:

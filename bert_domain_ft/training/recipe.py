@@ -17,6 +17,7 @@ import logging
 import os
 import random
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +27,18 @@ import torch
 from bert_domain_ft.data.loader import EpochSource
 from bert_domain_ft.errors import UserError
 from bert_domain_ft.files import (
+    OUTPUT_LEDGER,
     TEMPORARY_SUFFIX,
+    claim_directory,
+    claim_entries,
+    describe_entries,
+    fresh_directory,
+    honour_umask,
     os_errors_as_user_errors,
+    owns_directory,
+    remove_entries,
     storage_errors_as_os_errors,
+    unclaimed_entries,
     write_json_atomic,
 )
 from bert_domain_ft.kernels import release_free_memory, use_cpu_kernels, use_gpu_kernels
@@ -55,15 +65,18 @@ from bert_domain_ft.training.loop import (
 )
 from bert_domain_ft.training.metrics import METRICS_FILE, MetricsLog
 from bert_domain_ft.training.precision import check_precision_supported, setup_precision
-from bert_domain_ft.training.selection import attach_model_selection
+from bert_domain_ft.training.selection import BEST_DIRECTORY, attach_model_selection
 from bert_domain_ft.training.throughput import Throughput
-from bert_domain_ft.training.trackers import open_trackers
+from bert_domain_ft.training.trackers import MLFLOW_DIRECTORY, TENSORBOARD_DIRECTORY, WANDB_DIRECTORY, open_trackers
 
 logger = logging.getLogger(__name__)
 
 ARGUMENTS_FILE = "training_args.json"
 # Files whose presence means output_dir already holds a run (or a model) that must not be silently overwritten.
-_RUN_MARKERS = (METRICS_FILE, ARGUMENTS_FILE, "model.safetensors", "config.json")
+_RUN_MARKERS = (METRICS_FILE, ARGUMENTS_FILE, "model.safetensors", "config.json", BEST_DIRECTORY)
+# What a run writes into output_dir without recording the name itself (appends, the trackers' libraries): recorded
+# in the ledger when the run takes the directory. Atomic writes and renamed-in directories record their own.
+_UNRECORDED_OUTPUTS = (METRICS_FILE, TENSORBOARD_DIRECTORY, MLFLOW_DIRECTORY, WANDB_DIRECTORY)
 # The FinetuneConfig settings (and world_size, total_steps) a checkpoint records and --resume requires unchanged;
 # see ``_run_settings`` for the rest of what is checked and for what may change.
 _RESUME_SETTINGS = (
@@ -85,8 +98,10 @@ def finetune(config: FinetuneConfig) -> Path:
         check_precision_supported(context.device, config.fp16, config.bf16)  # before reading (--verify) any data
         seed_everything(config.seed)
         with hold_run_lock(context, config.output_dir, "finetune"):  # one writer: a second run is refused
+            inputs = (config.bert_model, config.tokenizer, config.holdout_data, config.general_holdout,
+                      config.probe_train, config.probe_test)  # fmt: skip
             prepare_output_dir(context, config.output_dir, config.pregenerated_data, config.resume,
-                               config.overwrite_output_dir)  # fmt: skip
+                               config.overwrite_output_dir, inputs)  # fmt: skip
             tokenizer, facts, saveable_tokenizer = setup_tokenizer(config.tokenizer or config.bert_model,
                                                                    config.do_lower_case)  # fmt: skip
             if config.reduce_memory:
@@ -188,10 +203,50 @@ def seed_everything(seed: int) -> None:
 
 
 def prepare_output_dir(
-    context: DistributedContext, output_dir: Path, data_dir: Path, resume: bool, overwrite: bool
+    context: DistributedContext,
+    output_dir: Path,
+    data_dir: Path,
+    resume: bool,
+    overwrite: bool,
+    inputs: Sequence[str | Path | None] = (),
 ) -> None:
-    """Refuse to mix runs in one directory unless --resume or --overwrite_output_dir (``overwrite``) says what to do,
-    and to write into the training data ``data_dir`` or delete it (directories compared resolved: symlinks, ``..``)."""
+    """Take ``output_dir`` for this run (its ledger records what the run writes, ``files.claim_directory``).
+
+    Refused, naming them, when it holds entries this tool did not write (the user's README.md, say) or another run
+    (unless --resume continues it); --overwrite_output_dir (``overwrite``) deletes every entry instead, naming each,
+    but never one holding the training data ``data_dir`` or another of the run's ``inputs`` (the model, held-out
+    files), nor the current directory. ``checkpoint-*`` entries are the run's by their name; a run directory of an
+    older version (checkpoints, no ledger) is adopted by --resume. Never written into the training data either (paths compared resolved: symlinks, ``..``)."""
+    _refuse_output_inside_data(output_dir, data_dir)
+    listing = sorted(path.name for path in output_dir.iterdir()) if output_dir.is_dir() else []
+    entries = [name for name in listing if name != OUTPUT_LEDGER]
+    checkpoints = [name for name in entries if name.startswith(CHECKPOINT_PREFIX)]  # the run's by their name
+    occupied = checkpoints + [name for name in entries if name in _RUN_MARKERS]
+    legacy = resume and bool(checkpoints) and not owns_directory(output_dir)  # a run from before the ledger
+    unclaimed = [] if legacy or overwrite else unclaimed_entries(output_dir)
+    foreign = [name for name in unclaimed if name not in checkpoints]
+    if foreign:
+        raise UserError(
+            f"{output_dir}: holds {describe_entries(foreign)}, which bert_domain_ft did not write; move them out, "
+            "choose another --output_dir, or pass --overwrite_output_dir to delete them"
+        )
+    if occupied and not (resume or overwrite):
+        raise UserError(
+            f"{output_dir}: already holds a run or a model ({', '.join(occupied[:3])}); pass --resume to "
+            "continue it, --overwrite_output_dir to start over, or choose another --output_dir"
+        )
+    if overwrite and entries:
+        reads = [(data_dir, "the pregenerated data"), *((path, "this run's input") for path in inputs)]
+        _refuse_deleting_inputs(output_dir, reads)
+    if context.is_main:
+        with os_errors_as_user_errors(output_dir / ARGUMENTS_FILE):
+            if overwrite:
+                remove_entries(output_dir, entries, "--overwrite_output_dir")
+            claim_directory(output_dir, _UNRECORDED_OUTPUTS + tuple(entries if legacy else ()))
+    barrier(context)
+
+
+def _refuse_output_inside_data(output_dir: Path, data_dir: Path) -> None:
     data = Path(data_dir).resolve()
     if data.is_dir() and output_dir.resolve().is_relative_to(data):
         raise UserError(
@@ -199,29 +254,22 @@ def prepare_output_dir(
             f"directory {data_dir}; checkpoints and the model would be written among the data's "
             "files, choose an --output_dir outside it"
         )
-    previous = [path.name for path in output_dir.iterdir()] if output_dir.is_dir() else []
-    checkpoints = [name for name in previous if name.startswith(CHECKPOINT_PREFIX)]
-    occupied = checkpoints + [name for name in previous if name in _RUN_MARKERS]
-    if occupied and not (resume or overwrite):
+
+
+def _refuse_deleting_inputs(output_dir: Path, inputs: list[tuple[str | Path | None, str]]) -> None:
+    """--overwrite_output_dir deletes every entry of ``output_dir``: refuse when one holds a path the run reads
+    (resolved, so an input reached through a link inside is not affected: a link is unlinked, not followed), or
+    the current directory."""
+    root = output_dir.resolve()
+    for path, what in [*inputs, (Path.cwd(), "the current directory")]:
+        if path is None or not Path(path).exists() or not Path(path).resolve().is_relative_to(root):
+            continue
+        inside = Path(path).resolve().relative_to(root).parts
+        doomed = output_dir / inside[0] if inside else output_dir
         raise UserError(
-            f"{output_dir}: already holds a run or a model ({', '.join(sorted(occupied)[:3])}); pass --resume to "
-            "continue it, --overwrite_output_dir to start over, or choose another --output_dir"
+            f"{doomed}: --overwrite_output_dir would delete it, and {what} {path} is "
+            f"{'inside it' if inside else 'this directory'}; move it out of {output_dir} or choose another --output_dir"
         )
-    doomed = [name for name in occupied if data.is_relative_to((output_dir / name).resolve())]
-    if overwrite and doomed:
-        raise UserError(
-            f"{output_dir / doomed[0]}: --overwrite_output_dir would delete it, and the pregenerated data "
-            f"{data_dir} is inside it; move the data out of {output_dir} or choose another --output_dir"
-        )
-    if context.is_main:
-        if overwrite and occupied:
-            logger.warning("--overwrite_output_dir: deleting %s from %s", ", ".join(sorted(occupied)), output_dir)
-            for name in occupied:
-                path = output_dir / name
-                shutil.rmtree(path) if path.is_dir() else path.unlink()
-        with os_errors_as_user_errors(output_dir / ARGUMENTS_FILE):
-            output_dir.mkdir(parents=True, exist_ok=True)
-    barrier(context)
 
 
 def setup_tokenizer(name: str | None, do_lower_case: bool | None) -> tuple[Any, TokenizerFacts, Any]:
@@ -344,16 +392,18 @@ def _resume_position(setup: TrainingSetup, resume: bool, output_dir: Path) -> Tr
 
 
 def _save_final(context: DistributedContext, model: torch.nn.Module, tokenizer: Any, output_dir: Path) -> None:
-    """``save_pretrained`` model and tokenizer into ``output_dir``; each file appears whole (temp dir + rename)."""
+    """``save_pretrained`` model and tokenizer into ``output_dir``; each file appears whole (temp dir + rename), with
+    the umask's mode, its name recorded in the ledger first."""
     if context.is_main:
         temporary = output_dir / (".final-model" + TEMPORARY_SUFFIX)
         try:
             with os_errors_as_user_errors(temporary), storage_errors_as_os_errors():
-                shutil.rmtree(temporary, ignore_errors=True)
-                temporary.mkdir()
+                fresh_directory(temporary)  # a link planted at the name is removed, not followed
                 with quiet_transformers(), stock_attention(model):
                     model.save_pretrained(str(temporary))  # safetensors (the default since transformers 4.35)
                     tokenizer.save_pretrained(str(temporary))
+                honour_umask(temporary)  # safetensors writes 0600
+                claim_entries(output_dir, [path.name for path in temporary.iterdir()])
                 for path in temporary.iterdir():
                     os.replace(path, output_dir / path.name)
                 temporary.rmdir()

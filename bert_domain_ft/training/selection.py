@@ -4,7 +4,8 @@
 the best score so far as ``output_dir/best/``: a loadable model (``save_pretrained`` files and the tokenizer) plus
 ``best.json`` (step, metric, value), written as ``best.partial`` and renamed when complete, so ``best/`` is always
 whole; each new best is logged to ``metrics.jsonl`` as ``"kind": "best"``, and a resumed run reads ``best.json``
-so it only replaces the model with a better one. Without a probe the score is the held-out masked-LM loss of each
+so it only replaces the model with a better one. Only a resumed run continues an earlier best: any other run
+removes a ``best/`` it finds (with a log line), so another run's model is never the bar nor the result. Without a probe the score is the held-out masked-LM loss of each
 evaluation (lower is better; the evaluation before the first step included).
 
 Masked-LM loss alone cannot say which checkpoint helps a task, so ``CheckpointProbe`` fine-tunes a classifier
@@ -31,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -45,7 +47,9 @@ from bert_domain_ft.evaluation.probe import Prober, ProbeResult
 from bert_domain_ft.evaluation.probe_report import PairedDifference, paired_difference
 from bert_domain_ft.files import (
     TEMPORARY_SUFFIX,
+    fresh_directory,
     os_errors_as_user_errors,
+    remove_path,
     replace_directory,
     storage_errors_as_os_errors,
     write_json_atomic,
@@ -99,14 +103,26 @@ def checkpoint_copier(checkpoint: Path) -> Callable[[Path], None]:
 class BestModelKeeper:
     """Writes ``output_dir/best/`` whenever ``consider`` sees a better value of ``metric`` (main process only)."""
 
-    def __init__(self, output_dir: Path, metrics: MetricsLog, metric: str, higher_is_better: bool):
+    def __init__(
+        self, output_dir: Path, metrics: MetricsLog, metric: str, higher_is_better: bool, resumed: bool = False
+    ):
         self.directory = Path(output_dir) / BEST_DIRECTORY
         self.metrics = metrics
         self.metric = metric
         self.higher_is_better = higher_is_better
         self.best_value: float | None = None
         self.best_step: int | None = None
-        self._read_previous()
+        if resumed:
+            self._read_previous()
+        elif os.path.lexists(self.directory):
+            self._remove_earlier()
+
+    def _remove_earlier(self) -> None:
+        """A run that is not resumed never keeps another run's best model, nor measures itself against it."""
+        logger.warning("%s: removing the best model of an earlier run (%s); this run keeps its own", self.directory,
+                       _describe_best(self.directory))  # fmt: skip
+        with os_errors_as_user_errors(self.directory):
+            remove_path(self.directory)
 
     def _read_previous(self) -> None:
         """Continue from an earlier best of the same metric (a resumed run); anything else starts afresh."""
@@ -135,8 +151,7 @@ class BestModelKeeper:
         try:
             # safetensors and torch report a full disk in their own exception types: read as the OSError it is.
             with os_errors_as_user_errors(temporary), storage_errors_as_os_errors():
-                shutil.rmtree(temporary, ignore_errors=True)
-                temporary.mkdir(parents=True)
+                fresh_directory(temporary)  # a link planted at the name is removed, never followed
                 write(temporary)
         except BaseException as error:
             shutil.rmtree(temporary, ignore_errors=True)  # no half-written model left taking space
@@ -148,6 +163,15 @@ class BestModelKeeper:
         self.best_value, self.best_step = value, step
         self.metrics.append({"kind": "best", "step": step, "metric": self.metric, "value": value})
         logger.info("new best %s %.4g at step %d: saved to %s", self.metric, value, step, self.directory)
+
+
+def _describe_best(directory: Path) -> str:
+    """``step S, metric V`` from a best/ directory's ``best.json``, for log lines; "no best.json" otherwise."""
+    try:
+        info = json.loads((directory / BEST_INFO_FILE).read_text(encoding="utf-8"))
+        return f"step {info['step']}, {info['metric']} {info['value']:.4g}"
+    except (OSError, ValueError, TypeError, KeyError):
+        return f"no readable {BEST_INFO_FILE}"
 
 
 PROBE_METRIC = "probe_accuracy"  # the --save_best metric when a probe is configured (higher is better)
@@ -224,8 +248,7 @@ class CheckpointProbe:
             directory = Path(output_dir) / _STARTING_MODEL
             try:
                 with os_errors_as_user_errors(directory):
-                    shutil.rmtree(directory, ignore_errors=True)
-                    directory.mkdir(parents=True)
+                    fresh_directory(directory)
                 model_writer(model, tokenizer)(directory)
                 result, record = self._probe(directory, step=0)
                 self.metrics.append(record)
@@ -325,7 +348,9 @@ def attach_model_selection(
     keeper = None
     if config.save_best and context.is_main:
         metric, higher = (PROBE_METRIC, True) if with_probe else (EVALUATION_METRIC, False)
-        keeper = BestModelKeeper(config.output_dir, setup.metrics, metric, higher_is_better=higher)
+        keeper = BestModelKeeper(
+            config.output_dir, setup.metrics, metric, higher_is_better=higher, resumed=config.resume
+        )
     if config.save_best and not with_probe and setup.evaluate is None:
         logger.warning("--save_best: no held-out set is evaluated (pregenerate with --holdout_fraction), so no best/")
     if config.save_best and with_probe and config.probe_seeds < 2:

@@ -40,6 +40,7 @@ from bert_domain_ft.errors import UserError, first_line
 TRACKERS = ("tensorboard", "wandb", "mlflow")
 TENSORBOARD_DIRECTORY = "tensorboard"
 MLFLOW_DIRECTORY = "mlruns"
+WANDB_DIRECTORY = "wandb"  # what wandb.init(dir=output_dir) creates there
 DEFAULT_PROJECT = "bert_domain_ft"  # the W&B project and MLflow experiment unless the environment names one
 # The module each tracker needs, and the extra that installs it.
 _REQUIREMENTS = {

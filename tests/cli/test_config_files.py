@@ -196,6 +196,56 @@ def test_save_effective_config_writes_a_file_that_reads_back(tmp_path: Path) -> 
     assert sorted(p.name for p in tmp_path.iterdir()) == [EFFECTIVE_CONFIG_NAME]
 
 
+def test_the_effective_config_never_replaces_a_file_the_tool_did_not_write(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from bert_domain_ft.cli import run_command
+
+    output = tmp_path / "out"
+    output.mkdir()
+    (output / EFFECTIVE_CONFIG_NAME).write_text("mine: 1\n")
+    flags = ["pregenerate", "--train_corpus", "c.txt", "--bert_model", "m", "--output_dir", str(output)]
+    with caplog.at_level("WARNING"):
+        assert run_command(build_parser().parse_args(flags), lambda _: 0) == 0
+    assert (output / EFFECTIVE_CONFIG_NAME).read_text() == "mine: 1\n"
+    assert any("effective configuration not saved" in record.getMessage() for record in caplog.records)
+
+
+EMPTY_PATHS = [
+    ["finetune", "--pregenerated_data", "data", "--bert_model", "m", "--output_dir", ""],
+    ["simple", "--train_corpus", "c.txt", "--bert_model", "m", "--output_dir", ""],
+    ["pregenerate", "--train_corpus", "c.txt", "--bert_model", "m", "--output_dir", ""],
+    ["prepare", "raw.txt", "--output", ""],
+    ["tokenizer", "c.txt", "--output", ""],
+    ["evaluate", "--model", "m", "--data", ""],
+]
+
+
+@pytest.mark.parametrize("arguments", EMPTY_PATHS, ids=[arguments[0] for arguments in EMPTY_PATHS])
+def test_an_empty_path_is_refused_for_every_command_and_nothing_is_written(
+    arguments: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An unset shell variable (`--output_dir "$OUT"`) must not mean the current directory."""
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    with pytest.raises(SystemExit) as raised:
+        main(arguments)
+    assert raised.value.code == 2 and "empty path" in capsys.readouterr().err
+    assert [path.name for path in tmp_path.iterdir()] == ["here"] and not list(here.iterdir())  # no lock beside
+
+
+def test_an_empty_path_in_a_config_file_is_refused_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write(tmp_path / "run.yaml", {"train_corpus": "c.txt", "bert_model": "m", "output_dir": ""})
+    with pytest.raises(SystemExit) as raised:
+        main(["pregenerate", "--config", str(config)])
+    error = capsys.readouterr().err.strip()
+    assert raised.value.code == 2 and "\n" not in error
+    assert error.startswith("error: ") and "key 'output_dir'" in error and "empty path" in error
+
+
 # End to end: the pregenerate command with the tiny corpus and tokenizer.
 
 

@@ -134,3 +134,19 @@ def test_simple_probes_the_base_model_and_its_checkpoints_and_keeps_the_best(
     assert probes[0]["model"] == str(tiny_encoder_dir)
     assert (output / "best" / "model.safetensors").is_file()
     assert '"metric": "probe_accuracy"' in (output / "best" / "best.json").read_text()
+
+
+def test_a_directory_holding_the_users_files_is_refused_before_anything_is_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    output = tmp_path / "out"
+    output.mkdir()
+    (output / "README.md").write_text("my notes")
+    flags = ["--train_corpus", str(tmp_path / "c.txt"), "--bert_model", str(tmp_path / "m"), "--no_cuda"]
+    assert dispatcher_main(["simple", *flags, "--output_dir", str(output)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error == (
+        f"error: {output}: holds README.md, which bert_domain_ft did not write; move them out, choose another "
+        "--output_dir, or pass --overwrite_output_dir to delete them"
+    )
+    assert [path.name for path in output.iterdir()] == ["README.md"]

@@ -304,6 +304,24 @@ def test_cli_prepare_writes_the_corpus_and_prints_the_report(tmp_path, domain_ra
     assert capsys.readouterr().err.startswith("error: ")
 
 
+def test_a_link_planted_at_the_temporary_name_is_never_followed(tmp_path, domain_raw, capsys):
+    """`out.txt.partial -> victim`: prepare writes its corpus beside, the victim keeps its bytes."""
+    raw, _ = domain_raw
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (tmp_path / "out.txt.partial").symlink_to(victim)
+    assert main(["prepare", str(raw), "--output", str(tmp_path / "out.txt"), "--no_progress", "--json"]) == 0
+    assert victim.read_text() == "precious" and json.loads(capsys.readouterr().out)["documents_written"] == 30
+
+
+def test_a_temporary_left_beside_the_output_by_a_killed_run_is_not_read_as_input(tmp_path, capsys):
+    (tmp_path / "in.txt").write_text("One sentence is here. Another one is there.\n")
+    (tmp_path / "out.txt.1a2b3c4d.partial").write_text("Left by a killed run. Never input.\n")
+    output = str(tmp_path / "out.txt")
+    assert main(["prepare", str(tmp_path), "--glob", "*", "--output", output, "--no_progress", "--json"]) == 0
+    assert "killed" not in (tmp_path / "out.txt").read_text() and json.loads(capsys.readouterr().out)
+
+
 def test_a_prepared_corpus_passes_check_and_pregenerates(tmp_path, domain_raw, tiny_tokenizer_dir):
     from bert_domain_ft.data.pregenerate import PregenerateConfig, pregenerate
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from bert_domain_ft.cli import main
 from bert_domain_ft.cli import pregenerate_training_data as classic_main
 from bert_domain_ft.data.document_store import build_document_store
 from bert_domain_ft.data.epoch_format import NO_NSP_LABEL, open_epoch, read_manifest
@@ -259,14 +262,93 @@ def test_crlf_and_blank_runs_are_one_document_break(tiny_tokenizer_dir: Path, tm
     assert manifest["corpus"]["documents"] == 2 and manifest["corpus"]["sentences"] == 4
 
 
-def test_an_output_directory_holding_data_is_refused_without_overwrite(
+def cli(corpus: Path, tokenizer: Path, output: Path | str, *flags: str) -> list[str]:
+    """`bert-domain-ft pregenerate` of one short epoch."""
+    return ["pregenerate", "--train_corpus", str(corpus), "--bert_model", str(tokenizer), "--output_dir",
+            str(output), "--epochs_to_generate", "1", "--max_seq_len", "64", "--no_progress", *flags]  # fmt: skip
+
+
+def test_an_output_directory_holding_the_users_files_is_refused_naming_them(
+    tiny_corpus: Path, tiny_tokenizer_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    output = tmp_path / "out"
+    output.mkdir()
+    (output / "keep.txt").write_text("user data")
+    (output / "effective_config.yaml").write_text("mine: 1\n")
+    assert main(cli(tiny_corpus, tiny_tokenizer_dir, output)) == 2
+    error = capsys.readouterr().err
+    assert "keep.txt" in error and "effective_config.yaml" in error and "--overwrite" in error
+    assert (output / "effective_config.yaml").read_text() == "mine: 1\n"
+    with caplog.at_level(logging.WARNING):
+        assert main(cli(tiny_corpus, tiny_tokenizer_dir, output, "--overwrite")) == 0
+    deleting = [record.getMessage() for record in caplog.records if "deleting" in record.getMessage()]
+    assert len(deleting) == 1 and "keep.txt" in deleting[0] and "effective_config.yaml" in deleting[0], deleting
+    assert not (output / "keep.txt").exists() and (output / "manifest.json").is_file()
+
+
+def test_overwrite_swaps_the_new_data_in_whole_over_a_symlinked_epoch(
+    tiny_corpus: Path, tiny_tokenizer_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The old data stays whole until the new is in place: no manifest deleted first, a link unlinked, not followed."""
+    output, moved = tmp_path / "out", tmp_path / "moved"
+    assert main(cli(tiny_corpus, tiny_tokenizer_dir, output, "--epochs_to_generate", "2")) == 0
+    (output / "epoch_001").rename(moved)
+    (output / "epoch_001").symlink_to(moved)
+    kept = {path.name: path.read_bytes() for path in moved.iterdir()}
+    assert main(cli(tiny_corpus, tiny_tokenizer_dir, output, "--overwrite", "--seed", "7")) == 0, capsys.readouterr()
+    manifest = read_manifest(output)
+    assert manifest["generation"]["seed"] == 7 and len(manifest["epochs"]) == 1
+    assert sorted(path.name for path in output.glob("epoch_*")) == ["epoch_000"]
+    assert {path.name: path.read_bytes() for path in moved.iterdir()} == kept, "the link's target is left alone"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["moved", "out"], "nothing left beside"
+
+
+def test_a_failed_swap_leaves_the_previous_data_whole(
+    tiny_corpus: Path, tiny_tokenizer_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    output = tmp_path / "out"
+    run(tiny_corpus, tiny_tokenizer_dir, output, epochs_to_generate=2, seed=1)
+    before = {str(path.relative_to(output)): path.read_bytes() for path in output.rglob("*") if path.is_file()}
+    real_replace = os.replace
+
+    def failing_publish(source: object, target: object) -> None:
+        staging = output.with_name("out.partial")  # where --overwrite builds the new data
+        if staging in (Path(str(source)), Path(str(source)).parent) and output in (
+            Path(str(target)),
+            Path(str(target)).parent,
+        ):
+            raise OSError(5, "Input/output error")  # moving the new data into place
+        real_replace(source, target)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "replace", failing_publish)
+    with pytest.raises(UserError, match="Input/output error"):
+        run(tiny_corpus, tiny_tokenizer_dir, output, epochs_to_generate=1, seed=2, overwrite=True)
+    monkeypatch.undo()
+    after = {str(path.relative_to(output)): path.read_bytes() for path in output.rglob("*") if path.is_file()}
+    assert after == before and read_manifest(output)["generation"]["seed"] == 1
+
+
+def test_links_planted_at_the_temporary_directories_are_never_followed(
+    tiny_corpus: Path, tiny_tokenizer_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    output, victim = tmp_path / "out", tmp_path / "victim"
+    output.mkdir()
+    victim.mkdir()
+    for name in ("document_store.partial", "epoch_000.partial"):
+        (output / name).symlink_to(victim)
+    assert main(cli(tiny_corpus, tiny_tokenizer_dir, output, "--reduce_memory")) == 0, capsys.readouterr().err
+    assert not list(victim.iterdir()), "nothing written through the links"
+    assert read_manifest(output)["epochs"][0]["num_instances"] > 0
+
+
+def test_an_empty_output_directory_is_ours_to_write(
     tiny_corpus: Path, tiny_tokenizer_dir: Path, tmp_path: Path
 ) -> None:
-    (tmp_path / "keep.txt").write_text("user data")
+    (tmp_path / "out").mkdir()
+    run(tiny_corpus, tiny_tokenizer_dir, tmp_path / "out", epochs_to_generate=1)
     with pytest.raises(UserError, match="already holds data; pass --overwrite"):
-        run(tiny_corpus, tiny_tokenizer_dir, tmp_path)
-    run(tiny_corpus, tiny_tokenizer_dir, tmp_path, overwrite=True, epochs_to_generate=1)
-    assert (tmp_path / "keep.txt").read_text() == "user data"
+        run(tiny_corpus, tiny_tokenizer_dir, tmp_path / "out", epochs_to_generate=1)
 
 
 def test_overwrite_replaces_a_finished_run_completely(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from training_helpers import (
     make_pregenerated,
     quick_config,
     read_metrics,
+    run_cli,
 )
 
 from bert_domain_ft.errors import UserError
@@ -46,6 +48,16 @@ def test_output_dir_holds_model_tokenizer_arguments_and_metrics(finished_run: Pa
     assert arguments["epochs"] == 2 and arguments["learning_rate"] == 3e-5
     assert len(checkpoint_directories(finished_run)) == 2  # --save_total_limit 2
     assert not list(finished_run.glob("*.partial"))
+
+
+def test_every_output_file_honours_the_umask(finished_run: Path) -> None:
+    mask = os.umask(0)
+    os.umask(mask)
+    modes = {str(path.relative_to(finished_run)): path.stat().st_mode & 0o777 for path in finished_run.rglob("*")}
+    wrong = {
+        name: oct(mode) for name, mode in modes.items() if (finished_run / name).is_file() and mode != 0o666 & ~mask
+    }
+    assert "model.safetensors" in modes and not wrong, wrong
 
 
 def test_output_loads_with_auto_classes_and_sequence_classification(finished_run: Path) -> None:
@@ -207,3 +219,73 @@ def test_dynamically_masked_data_trains_with_batch_time_masks(
     output = finetune(quick_config(data, tiny_bert_dir, tmp_path / "out", epochs=2, train_batch_size=64))
     records = [record for record in read_metrics(output) if record["kind"] == "train"]
     assert records[-1]["epoch"] == 2.0 and all(0 < record["mlm_loss"] < 20 for record in records)
+
+
+USER_FILES = {"README.md": "my notes\n", "tokenizer_config.json": '{"mine": true}\n', "effective_config.yaml": "a: 1\n"}
+
+
+def finetune_command(data: Path, model: Path, output: Path, *extra: str) -> list[str]:
+    """`bert-domain-ft finetune` for two steps on the tiny BERT, ending with the final model and its card."""
+    flags = ["--pregenerated_data", str(data), "--bert_model", str(model), "--output_dir", str(output)]
+    quick = ["--train_batch_size", "32", "--max_steps", "2", "--save_steps", "1", "--no_progress", "--no_cuda"]
+    return ["finetune", *flags, *quick, *extra]
+
+
+def _directory_of_user_files(output: Path) -> Path:
+    output.mkdir()
+    for name, text in USER_FILES.items():
+        (output / name).write_text(text)
+    return output
+
+
+def test_a_directory_holding_the_users_files_is_refused_naming_them(
+    tmp_path: Path, data_dir: Path, tiny_bert_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    output = _directory_of_user_files(tmp_path / "out")
+    status, error, _ = run_cli(capsys, finetune_command(data_dir, tiny_bert_dir, output))
+    assert status == 2 and all(name in error for name in USER_FILES) and "--overwrite_output_dir" in error
+    assert {name: (output / name).read_text() for name in USER_FILES} == USER_FILES, "the user's files are intact"
+    assert sorted(path.name for path in output.iterdir()) == sorted(USER_FILES), "nothing written beside them"
+
+
+def test_overwrite_output_dir_names_every_entry_it_deletes(
+    tmp_path: Path, data_dir: Path, tiny_bert_dir: Path, capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    output = _directory_of_user_files(tmp_path / "out")
+    with caplog.at_level(logging.WARNING):
+        status, _, _ = run_cli(capsys, finetune_command(data_dir, tiny_bert_dir, output, "--overwrite_output_dir"))
+    deleting = [record.getMessage() for record in caplog.records if "deleting" in record.getMessage()]
+    assert status == 0 and len(deleting) == 1 and all(name in deleting[0] for name in USER_FILES), deleting
+    assert (output / "README.md").read_text() != USER_FILES["README.md"]  # the model card now
+
+
+def test_resume_plot_evaluate_and_the_effective_config_keep_a_run_directory_usable(
+    tmp_path: Path, data_dir: Path, tiny_bert_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What the tool itself wrote into a directory never blocks a later run there."""
+    output = tmp_path / "run"
+    assert run_cli(capsys, finetune_command(data_dir, tiny_bert_dir, output, "--stop_after_steps", "1"))[0] == 0
+    assert (output / "effective_config.yaml").is_file()
+    assert run_cli(capsys, ["plot", str(output)])[0] == 0
+    evaluate = ["evaluate", "--model", str(tiny_bert_dir), "--data", str(data_dir), "--epoch", "0", "--no_cuda"]
+    assert run_cli(capsys, [*evaluate, "--json", str(output / "before.json"), "--no_progress"])[0] == 0
+    assert run_cli(capsys, finetune_command(data_dir, tiny_bert_dir, output, "--resume"))[0] == 0
+    assert (output / "model.safetensors").is_file() and (output / "before.json").is_file()
+    fresh = tmp_path / "fresh"  # a directory `evaluate` created is the tool's: a run goes into it
+    assert run_cli(capsys, [*evaluate, "--json", str(fresh / "before.json"), "--no_progress"])[0] == 0
+    assert run_cli(capsys, finetune_command(data_dir, tiny_bert_dir, fresh, "--stop_after_steps", "1"))[0] == 0
+
+
+def test_a_symlinked_checkpoint_is_unlinked_not_followed_by_overwrite_output_dir(
+    tmp_path: Path, data_dir: Path, tiny_bert_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    output = tmp_path / "out"
+    assert run_cli(capsys, finetune_command(data_dir, tiny_bert_dir, output, "--stop_after_steps", "1"))[0] == 0
+    kept = tmp_path / "kept-checkpoint"
+    (output / "checkpoint-1").rename(kept)
+    (output / "checkpoint-1").symlink_to(kept)
+    status, error, _ = run_cli(capsys, finetune_command(data_dir, tiny_bert_dir, output, "--overwrite_output_dir"))
+    assert status == 0, error
+    assert (kept / "model.safetensors").is_file(), "the link's target is left alone"
+    assert not (output / "checkpoint-1").is_symlink()

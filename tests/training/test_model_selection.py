@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -59,12 +60,47 @@ def test_a_resumed_keeper_only_replaces_best_with_a_better_model(tmp_path: Path)
     written: list[Path] = []
     keeper = BestModelKeeper(tmp_path, metrics, "mlm_loss", higher_is_better=False)
     assert keeper.consider(10, 2.5, written.append)
-    again = BestModelKeeper(tmp_path, metrics, "mlm_loss", higher_is_better=False)  # as after --resume
+    again = BestModelKeeper(tmp_path, metrics, "mlm_loss", higher_is_better=False, resumed=True)
     assert again.best_value == 2.5 and again.best_step == 10
     assert not again.consider(20, 2.6, written.append)
     assert again.consider(30, 2.4, written.append)
     assert json.loads((tmp_path / "best" / "best.json").read_text())["step"] == 30
-    assert BestModelKeeper(tmp_path, metrics, "probe_accuracy", higher_is_better=True).best_value is None
+    assert BestModelKeeper(tmp_path, metrics, "probe_accuracy", higher_is_better=True, resumed=True).best_value is None
+
+
+def test_a_run_that_is_not_resumed_never_continues_an_earlier_best(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    metrics = MetricsLog(tmp_path / "metrics.jsonl")
+    BestModelKeeper(tmp_path, metrics, "mlm_loss", higher_is_better=False).consider(10, 2.5, lambda directory: None)
+    with caplog.at_level(logging.INFO):
+        fresh = BestModelKeeper(tmp_path, metrics, "mlm_loss", higher_is_better=False)
+    assert fresh.best_value is None and not (tmp_path / BEST_DIRECTORY).exists()
+    assert any("earlier run" in record.getMessage() and "best" in record.getMessage() for record in caplog.records)
+
+
+def test_overwrite_output_dir_drops_the_earlier_runs_best_model(
+    data_dir: Path, tiny_encoder_dir: Path, tmp_path: Path
+) -> None:
+    output, info_path = tmp_path / "run", tmp_path / "run" / BEST_DIRECTORY / BEST_INFO_FILE
+    options = {"save_best": True, "eval_steps": 2, "eval_batch_size": 16, "max_steps": 4}
+    finetune(quick_config(data_dir, tiny_encoder_dir, output, **options))
+    earlier = {**json.loads(info_path.read_text()), "value": 0.0}  # an earlier run that scored better than any
+    info_path.write_text(json.dumps(earlier))
+    finetune(quick_config(data_dir, tiny_encoder_dir, output, overwrite_output_dir=True, **options))
+    evaluations = [record for record in read_metrics(output) if record.get("kind") == "eval"]
+    assert json.loads(info_path.read_text())["value"] == min(record["mlm_loss"] for record in evaluations)
+
+
+def test_a_directory_holding_only_another_runs_best_model_is_refused(
+    data_dir: Path, tiny_encoder_dir: Path, tmp_path: Path
+) -> None:
+    options = {"save_best": True, "eval_steps": 2, "eval_batch_size": 16, "max_steps": 2}
+    finetune(quick_config(data_dir, tiny_encoder_dir, tmp_path / "other", **options))
+    (tmp_path / "run").mkdir()
+    (tmp_path / "other" / BEST_DIRECTORY).rename(tmp_path / "run" / BEST_DIRECTORY)
+    with pytest.raises(UserError, match=f"holds {BEST_DIRECTORY}, which bert_domain_ft did not write"):
+        finetune(quick_config(data_dir, tiny_encoder_dir, tmp_path / "run", **options))
 
 
 def test_the_probe_runs_on_the_base_model_and_every_checkpoint_and_picks_the_best(
