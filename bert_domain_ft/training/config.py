@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bert_domain_ft.errors import UserError
+from bert_domain_ft.errors import UserError, check_not_empty, check_seed
 
 REPORT_TO_CHOICES = ("none", "tensorboard", "wandb", "mlflow")
 
@@ -206,6 +206,7 @@ class FinetuneConfig:
         self.report_to = report_to_names(self.report_to)
         if self.loss_scale and not self.fp16:
             raise ValueError("--loss_scale only applies with --fp16; add --fp16 or drop --loss_scale")
+        check_seed(self.seed)
         self._check_head_warmup_and_probe()
         self._check_model_source()
         self._check_anchor()
@@ -228,8 +229,12 @@ class FinetuneConfig:
         if (self.probe_train is None) != (self.probe_test is None):
             raise ValueError("the probe needs both probe_train and probe_test (labelled CSV or JSON-lines files)")
         self._check_positive("probe_seeds", "probe_epochs")
+        if self.probe_train is not None:  # the probe's classifiers take seeds seed, seed + 1, …
+            check_seed(self.seed + self.probe_seeds - 1, "--seed + --probe_seeds - 1 (the probe's last seed)")
 
     def _check_model_source(self) -> None:
+        for flag in ("bert_model", "tokenizer", "model_type"):
+            check_not_empty(f"--{flag}", getattr(self, flag))
         if self.objective not in ("auto", "nsp", "mlm"):
             raise ValueError(f"objective must be auto, nsp or mlm, got {self.objective!r}")
         if not self.from_scratch:

@@ -264,3 +264,85 @@ def test_output_piped_into_a_reader_that_stops_early_ends_quietly(tiny_corpus: P
     stderr = process.stderr.read().decode()
     assert process.wait(timeout=120) == 141, stderr
     assert "Traceback" not in stderr and "BrokenPipeError" not in stderr
+
+
+# Values no command can use: one line and exit status 2, never a traceback or a silent default.
+
+SEEDED_COMMANDS = {
+    "select": ["select", "--task_data", "t.csv", "--corpus", "c.txt", "--output", "o.txt", "--fraction", "0.5"],
+    "pregenerate": ["pregenerate", "--train_corpus", "c.txt", "--bert_model", "m", "--output_dir", "o"],
+    "finetune": ["finetune", "--pregenerated_data", "d", "--output_dir", "o", "--bert_model", "m"],
+    "simple": ["simple", "--train_corpus", "c.txt", "--output_dir", "o", "--bert_model", "m"],
+    "probe": ["probe", "--models", "m", "--train", "a.csv", "--test", "b.csv"],
+    "fill-mask": ["fill-mask", "--models", "m", "a [MASK] b"],
+}
+
+
+def one_line_refusal(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
+    """The ``error:`` line of ``bert-domain-ft ARGV``, which must exit with status 2 (parser or run) and print no
+    traceback."""
+    capsys.readouterr()
+    try:
+        status = main(argv)
+    except SystemExit as exited:
+        status = exited.code
+    stderr = capsys.readouterr().err
+    errors = [line for line in stderr.splitlines() if line.startswith("error: ") or ": error: " in line]
+    assert status == 2 and len(errors) == 1 and "Traceback" not in stderr, stderr
+    return errors[0]
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**32), str(2**64)])
+@pytest.mark.parametrize("command", sorted(SEEDED_COMMANDS))
+def test_every_seeded_command_refuses_a_seed_numpy_and_torch_cannot_take(
+    capsys: pytest.CaptureFixture[str], command: str, seed: str
+) -> None:
+    error = one_line_refusal(capsys, [*SEEDED_COMMANDS[command], "--seed", seed])
+    assert f"--seed must be a whole number from 0 to {2**32 - 1:,}, got {seed}" in error
+
+
+EMPTY_NAMES = [
+    ["pregenerate", "--train_corpus", "c.txt", "--bert_model", "", "--output_dir", "o"],
+    ["pregenerate", "--train_corpus", "c.txt", "--tokenizer", " ", "--output_dir", "o"],
+    ["pregenerate", "--train_corpus", "", "--bert_model", "m", "--output_dir", "o"],
+    ["finetune", "--pregenerated_data", "d", "--output_dir", "o", "--bert_model", ""],
+    ["finetune", "--pregenerated_data", "d", "--output_dir", "o", "--bert_model", "m", "--holdout_data", ""],
+    ["simple", "--train_corpus", "c.txt", "--output_dir", "o", "--bert_model", ""],
+    ["check", "c.txt", "--bert_model", ""],
+    ["select", "--task_data", "", "--corpus", "c.txt", "--output", "o.txt", "--fraction", "0.5"],
+    [
+        "select",
+        "--task_data",
+        "t.csv",
+        "--corpus",
+        "c.txt",
+        "--output",
+        "o.txt",
+        "--fraction",
+        "0.5",
+        "--method",
+        "embedding",
+        "--bert_model",
+        " ",
+    ],  # fmt: skip
+    ["vocab", "analyse", "c.txt", "--bert_model", ""],
+    ["vocab", "extend", "c.txt", "--bert_model", "", "--add", "5", "--output", "o"],
+    ["evaluate", "--model", "", "--corpus", "c.txt"],
+    ["evaluate", "--model", "m", "--corpus", "c.txt", "--tokenizer", ""],
+    ["probe", "--models", "m", "", "--train", "a.csv", "--test", "b.csv"],
+    ["fill-mask", "--models", "", "a [MASK] b"],
+    ["tokenizer", "", "--output", "o"],
+]
+
+
+@pytest.mark.parametrize("argv", EMPTY_NAMES, ids=[" ".join(argv[:2]) for argv in EMPTY_NAMES])
+def test_an_empty_model_name_or_path_is_refused_never_the_current_directory(
+    capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    """``--bert_model "$MODEL"`` with MODEL unset: "" would load (or write) the current directory."""
+    assert "empty" in one_line_refusal(capsys, argv)
+
+
+def test_an_empty_path_in_a_config_file_is_refused_with_its_key(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="key 'output_dir': '' is not a valid path .*empty"):
+        apply_config_file(toy_parser(), ["--config", str(write(tmp_path / "run.yaml", {"output_dir": ""}))])
