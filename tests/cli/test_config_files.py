@@ -346,3 +346,78 @@ def test_an_empty_model_name_or_path_is_refused_never_the_current_directory(
 def test_an_empty_path_in_a_config_file_is_refused_with_its_key(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="key 'output_dir': '' is not a valid path .*empty"):
         apply_config_file(toy_parser(), ["--config", str(write(tmp_path / "run.yaml", {"output_dir": ""}))])
+
+
+def every_command() -> dict[str, tuple[list[str], list]]:
+    """Each command line's words (``vocab analyse``) → its flags."""
+    from bert_domain_ft.cli import COMMANDS, GROUPS
+
+    found = {name: ([name], command.flags()) for name, command in COMMANDS.items()}
+    for group in GROUPS.values():
+        found |= {f"{group.name} {name}": ([group.name, name], sub.flags()) for name, sub in group.commands.items()}
+    return found
+
+
+def every_flag_set(flags: list) -> list[str]:
+    """A command line giving every flag a value other than its default (one per exclusive group)."""
+    argv: list[str] = []
+    groups: set[str | None] = set()
+    for flag in flags:
+        if flag.group is not None and flag.group in groups:
+            continue
+        groups.add(flag.group)
+        samples = {int: "3", float: "0.25"}
+        value = (
+            str(flag.choices[-1]) if flag.choices else samples.get(flag.convert, "7" if flag.default == "auto" else "x")
+        )
+        values = [] if flag.action else [value, value + "2"] if flag.nargs in ("+", "*") else [value]
+        argv += [*flag.names[:1], *values]
+    return argv
+
+
+FILL_MASK_TEXTS_AMONG_MODELS = ["fill-mask", "--models", "base", "run", "The [MASK] was reset."]  # texts: []
+
+
+@pytest.mark.parametrize("command", [*sorted(every_command()), "fill-mask, texts among --models"])
+def test_print_config_of_every_command_reads_back_through_config_to_the_same_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    words, flags = every_command()[command.split(",")[0]]
+    argv = FILL_MASK_TEXTS_AMONG_MODELS if "," in command else [*words, *every_flag_set(flags)]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        parse_with_config(build_parser(), [*argv, "--print_config"])
+    assert exited.value.code == 0
+    printed = write(tmp_path / "printed.yaml", yaml.safe_load(capsys.readouterr().out))
+    again = parse_with_config(build_parser(), [*words, "--config", str(printed)])
+    assert vars(again) == {**vars(parse_with_config(build_parser(), argv)), "config": printed}
+
+
+def billion_laughs(levels: int = 9) -> str:
+    """YAML of a few hundred bytes whose aliases expand to 9**levels strings, under a valid key."""
+    lines = ["seed:", '  l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for level in range(1, levels):
+        lines.append(f"  l{level}: &l{level} [{', '.join([f'*l{level - 1}'] * 9)}]")
+    return "\n".join(lines) + "\n"
+
+
+def test_yaml_aliases_expanding_beyond_a_small_bound_are_refused_before_they_fill_memory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "laughs.yaml").write_text(billion_laughs(), encoding="utf-8")
+    error = one_line_refusal(capsys, [*SEEDED_COMMANDS["select"], "--config", str(tmp_path / "laughs.yaml")])
+    assert "laughs.yaml: expands to over 10,000 values (nested YAML aliases?)" in error
+    (tmp_path / "shared.yaml").write_text("seed: &s 7\nk1: 1.5\nb: *s\n", encoding="utf-8")  # a few aliases are fine
+    assert load_config_file(tmp_path / "shared.yaml") == {"seed": 7, "k1": 1.5, "b": 7}
+
+
+@pytest.mark.parametrize("kind", ["directory", "device", "large", "deep-yaml", "deep-json"])
+def test_a_config_that_is_no_file_of_flag_values_says_what_it_is(tmp_path: Path, kind: str) -> None:
+    path = {"directory": tmp_path, "device": Path("/dev/zero")}.get(kind, tmp_path / f"run.{kind[5:] or 'yaml'}")
+    if kind == "large":
+        path.write_text("seed: 1\n" + "#" * (1 << 20), encoding="utf-8")
+    elif kind.startswith("deep"):
+        path.write_text('{"seed": ' + "[" * 100_000 + "]" * 100_000 + "}", encoding="utf-8")
+    message = {"directory": "is a directory; give the YAML or JSON file", "device": "over 1 MB", "large": "over 1 MB"}
+    with pytest.raises(UserError, match=message.get(kind, "nested too deeply")):
+        load_config_file(path)
