@@ -49,7 +49,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from bert_domain_ft.corpus.config import SelectConfig, selection_record_path
-from bert_domain_ft.corpus.reading import open_corpus_checked
+from bert_domain_ft.corpus.reading import bounded_lines, open_corpus_checked
 from bert_domain_ft.corpus.task_files import iter_task_texts
 from bert_domain_ft.errors import UserError, at_location, first_line
 from bert_domain_ft.files import atomic_output, write_json_atomic
@@ -349,7 +349,7 @@ def _iter_batches(path: Path, batch_documents: int, description: str, show_progr
     start = end = position = first_index = batch_characters = 0
     progress = tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc=description, disable=not show_progress)
     with progress, open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
+        for number, raw in enumerate(bounded_lines(handle, path), start=1):
             line_start, position = position, position + len(raw)
             progress.update(len(raw))
             if number == 1 and raw.startswith(b"\xef\xbb\xbf"):

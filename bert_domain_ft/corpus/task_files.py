@@ -30,6 +30,7 @@ from typing import Any
 
 from bert_domain_ft.corpus.config import DEFAULT_PUNKT_SAMPLE_BYTES
 from bert_domain_ft.corpus.prepare import normalise_text
+from bert_domain_ft.corpus.reading import bounded_lines, require_regular_file
 from bert_domain_ft.corpus.records import is_dataset_directory, iter_record_rows, record_format
 from bert_domain_ft.corpus.sentences import SentenceSplitter, load_punkt_parameters, split_long_sentence, train_punkt
 from bert_domain_ft.errors import UserError, at_location
@@ -80,12 +81,13 @@ _DOCUMENT_ROWS = replace(_TASK_ROWS, column_flags=("name it with --text_field", 
 
 def _decoded_lines(path: Path, wording: _RowWording) -> Iterator[tuple[int, str]]:
     """(line number, line with its line end) for every line; a line that is not UTF-8 is a ``UserError``."""
+    require_regular_file(path)
     if not path.is_file():
         raise UserError(at_location(path, None, wording.not_found))
     if wording.empty_file is not None and path.stat().st_size == 0:
         raise UserError(at_location(path, None, wording.empty_file))
     with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
+        for number, raw in enumerate(bounded_lines(handle, path, "one row a line"), start=1):
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as error:
