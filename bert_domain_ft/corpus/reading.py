@@ -51,6 +51,21 @@ def bounded_lines(handle: BinaryIO, path: Path, advice: str = "one sentence or p
         yield raw
 
 
+def decoded_lines(
+    path: Path, bad_utf8: str = "byte {byte} of this line is not valid UTF-8; save the file as UTF-8",
+    advice: str = "one row a line",
+) -> Iterator[tuple[int, str]]:  # fmt: skip
+    """(1-based line number, line with its line end, a leading byte-order mark dropped) of a UTF-8 file; a line
+    that is not UTF-8 is a ``UserError`` (``bad_utf8``, its ``{byte}`` the first bad byte's column)."""
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(bounded_lines(handle, path, advice), start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise UserError(at_location(path, number, bad_utf8.format(byte=error.start + 1))) from None
+            yield number, line.removeprefix("\ufeff") if number == 1 else line
+
+
 def require_regular_file(path: Path) -> None:
     """A ``UserError`` when ``path`` is a pipe (``<(cat corpus.txt)``, ``/dev/fd/N``) or a device: it can be read
     only once, and a corpus or task file is read several times (counted, then read)."""

@@ -30,7 +30,7 @@ from typing import Any
 
 from bert_domain_ft.corpus.config import DEFAULT_PUNKT_SAMPLE_BYTES
 from bert_domain_ft.corpus.prepare import normalise_text
-from bert_domain_ft.corpus.reading import bounded_lines, require_regular_file
+from bert_domain_ft.corpus.reading import decoded_lines, require_regular_file
 from bert_domain_ft.corpus.records import is_dataset_directory, iter_record_rows, record_format
 from bert_domain_ft.corpus.sentences import SentenceSplitter, load_punkt_parameters, split_long_sentence, train_punkt
 from bert_domain_ft.errors import UserError, at_location
@@ -41,7 +41,6 @@ JSON_LINES_SUFFIXES = (".jsonl", ".ndjson", ".json")
 MAX_LISTED_LABELS = 5  # labels named in an error message before "…"
 # Python's csv module refuses cells over 131,072 characters by default; a probe text this long is still a row.
 MAX_CELL_CHARACTERS = 16 * 1024 * 1024
-_BYTE_ORDER_MARK = "\ufeff"
 
 
 @dataclass(frozen=True)
@@ -86,14 +85,7 @@ def _decoded_lines(path: Path, wording: _RowWording) -> Iterator[tuple[int, str]
         raise UserError(at_location(path, None, wording.not_found))
     if wording.empty_file is not None and path.stat().st_size == 0:
         raise UserError(at_location(path, None, wording.empty_file))
-    with open(path, "rb") as handle:
-        for number, raw in enumerate(bounded_lines(handle, path, "one row a line"), start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as error:
-                problem = wording.bad_utf8.format(byte=error.start + 1)
-                raise UserError(at_location(path, number, problem)) from None
-            yield number, line.removeprefix(_BYTE_ORDER_MARK) if number == 1 else line
+    yield from decoded_lines(path, wording.bad_utf8)
 
 
 def _missing_column(path: Path, line: int, column: str, available: list[str], flag: str) -> UserError:
