@@ -212,6 +212,7 @@ class FinetuneConfig:
         self._check_anchor()
         if self.general_holdout is not None and not self.do_eval:
             raise ValueError("--general_holdout is evaluated with the held-out set: drop --no_eval (or the holdout)")
+        self._check_evaluation_wanted()
         if self.resume and self.overwrite_output_dir:
             raise ValueError("--resume and --overwrite_output_dir contradict each other; choose one")
 
@@ -249,6 +250,16 @@ class FinetuneConfig:
             raise ValueError("--from_scratch needs --model_type (e.g. roberta) and --tokenizer (its directory)")
         if self.probe_train is not None:
             raise ValueError("the probe compares checkpoints with --bert_model, which --from_scratch has none of")
+
+    def _check_evaluation_wanted(self) -> None:
+        """What needs the held-out evaluation, which --no_eval turns off (never blamed on a missing set)."""
+        if self.holdout_data is not None and not self.do_eval:
+            raise ValueError("--holdout_data is evaluated, which --no_eval turns off: drop one of them")
+        if self.save_best and not self.do_eval and self.probe_train is None:
+            raise ValueError(
+                "--save_best keeps the model with the best held-out loss, which --no_eval turns off: drop --no_eval, "
+                "or give --probe_train and --probe_test to keep the best by the probe"
+            )
 
     def _check_anchor(self) -> None:
         if not self.anchor_weight >= 0:
