@@ -50,7 +50,7 @@ from tqdm.auto import tqdm
 
 from bert_domain_ft.corpus.config import SelectConfig, selection_record_path
 from bert_domain_ft.corpus.reading import bounded_lines, open_corpus_checked
-from bert_domain_ft.corpus.task_files import iter_task_texts
+from bert_domain_ft.corpus.task_files import SELECT_TEXT_FLAG, iter_task_texts
 from bert_domain_ft.errors import UserError, at_location, first_line
 from bert_domain_ft.files import atomic_output, write_json_atomic
 
@@ -121,7 +121,7 @@ def select_documents(config: SelectConfig) -> SelectionReport:
     started = time.perf_counter()
     _check_output_free(config.output, config.overwrite)
     open_corpus_checked(config.corpus)
-    queries = [row.text for row in iter_task_texts(config.task_data, config.text_column)]
+    queries = [row.text for row in iter_task_texts(config.task_data, config.text_column, SELECT_TEXT_FLAG)]
     if config.method == "bm25":
         scorer: Scorer = BM25Scorer.for_queries(queries, config.k1, config.b, config.keep_stopwords)
     else:

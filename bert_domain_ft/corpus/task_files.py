@@ -70,12 +70,14 @@ _TASK_ROWS = _RowWording(
     empty_file="is empty; it needs one task text per row (or per line)",
     bad_utf8="byte {byte} of this line is not valid UTF-8; save the file as UTF-8",
     no_header=(True, "has no header row; the first row must name the columns"),
-    column_flags=("name it with --text_column",),
+    column_flags=("name it with --task_text_column", "name it with --document_field"),
     strict_csv=True,
     long_cell=None,
 )
-
-_DOCUMENT_ROWS = replace(_TASK_ROWS, column_flags=("name it with --text_field", "name it with --document_field"))
+# The flag naming the text column, by what the file is to the command (the message names the one it has).
+TASK_TEXT_FLAG = "--task_text_column"  # pregenerate/simple --task_data
+RECORDS_TEXT_FLAG = "--text_field"  # records given as the corpus
+SELECT_TEXT_FLAG = "--text_column"  # select --task_data
 
 
 def _decoded_lines(path: Path, wording: _RowWording) -> Iterator[tuple[int, str]]:
@@ -335,12 +337,13 @@ def _iter_plain(path: Path) -> Iterator[TaskText]:
 
 
 def iter_task_rows(
-    path: Path, text_column: str = "text", document_column: str | None = None
+    path: Path, text_column: str = "text", document_column: str | None = None, text_flag: str = TASK_TEXT_FLAG
 ) -> Iterator[TaskText | None]:
     """Every row in file order: a ``TaskText``, or None for a row whose text is empty (or JSON null).
 
     Streams the file (one row, or one batch of parquet/Arrow rows, in memory). ``text_column`` is ignored for
     plain text; ``document_column`` (its value kept as ``TaskText.document``) needs a file of columns.
+    ``text_flag``: the flag that names ``text_column`` in the command that reads the file (for messages).
     """
     path = Path(path)
     file_format = task_file_format(path)
@@ -350,7 +353,7 @@ def iter_task_rows(
         yield from _iter_plain(path)
         return
     columns = (text_column,) if document_column is None else (text_column, document_column)
-    wording = _TASK_ROWS if document_column is None else _DOCUMENT_ROWS
+    wording = replace(_TASK_ROWS, column_flags=(f"name it with {text_flag}", *_TASK_ROWS.column_flags[1:]))
     for number, values in _iter_records(path, file_format, columns, wording):
         value = values[0]
         if value is not None and not isinstance(value, str):
@@ -359,10 +362,10 @@ def iter_task_rows(
         yield TaskText(number, text, document=values[1] if document_column else None) if text else None
 
 
-def iter_task_texts(path: Path, text_column: str = "text") -> Iterator[TaskText]:
+def iter_task_texts(path: Path, text_column: str = "text", text_flag: str = TASK_TEXT_FLAG) -> Iterator[TaskText]:
     """The non-empty texts of a task file, in file order (see ``iter_task_rows``); none at all is a ``UserError``."""
     found = False
-    for row in iter_task_rows(path, text_column):
+    for row in iter_task_rows(path, text_column, text_flag=text_flag):
         if row is not None:
             found = True
             yield row
@@ -370,13 +373,15 @@ def iter_task_texts(path: Path, text_column: str = "text") -> Iterator[TaskText]
         raise UserError(at_location(path, None, "holds no task text; every row's text is empty"))
 
 
-def _sentence_splitter(path: Path, text_column: str, punkt_file: Path | None) -> tuple[SentenceSplitter, str]:
+def _sentence_splitter(
+    path: Path, text_column: str, punkt_file: Path | None, text_flag: str
+) -> tuple[SentenceSplitter, str]:
     """Punkt from ``punkt_file`` (e.g. the domain corpus's ``.punkt.json``), else trained on the task texts."""
     if punkt_file is not None:
         return SentenceSplitter(load_punkt_parameters(punkt_file)), f"Punkt loaded from {punkt_file}"
     sample: list[str] = []
     sample_bytes = 0
-    for row in iter_task_texts(path, text_column):
+    for row in iter_task_texts(path, text_column, text_flag):
         if row.sentences is None:
             sample.append(row.text)
             sample_bytes += len(row.text) + 2
@@ -392,6 +397,7 @@ def write_task_corpus(
     punkt_file: Path | None = None,
     max_sentence_chars: int = 1000,
     document_column: str | None = None,
+    text_flag: str = TASK_TEXT_FLAG,
 ) -> TaskCorpusStats:
     """Write the task's texts to ``output_path`` in the corpus format, atomically; return the counts.
 
@@ -411,12 +417,12 @@ def write_task_corpus(
     needs_splitting = task_file_format(task_file) != "plain" or not _file_has_blank_line(task_file)
     splitter = None
     if needs_splitting:
-        splitter, stats.sentence_splitter = _sentence_splitter(task_file, text_column, punkt_file)
+        splitter, stats.sentence_splitter = _sentence_splitter(task_file, text_column, punkt_file, text_flag)
     else:
         stats.sentence_splitter = "the file's own lines (corpus format)"
     previous: list[Any] = []  # the document value of the last row written (none yet)
     with atomic_output(output_path) as handle:
-        for row in iter_task_rows(task_file, text_column, document_column):
+        for row in iter_task_rows(task_file, text_column, document_column, text_flag):
             stats.rows += 1
             if row is None:
                 stats.empty_rows_skipped += 1
