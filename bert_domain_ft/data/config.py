@@ -14,7 +14,7 @@ from typing import Any
 from bert_domain_ft.corpus.check import validate_max_seq_len
 from bert_domain_ft.corpus.records import input_bytes, input_fingerprint, is_dataset_directory
 from bert_domain_ft.corpus.task_files import holds_records
-from bert_domain_ft.errors import UserError, check_not_empty, check_seed
+from bert_domain_ft.errors import UserError, check_fields_not_empty, check_not_empty, check_seed
 
 TASK_CORPUS_NAME = "task"  # the corpus name of --task_data in the manifest
 TASK_CORPUS_FILE = "task_corpus.txt"  # where --task_data's texts are written, in the output directory
@@ -124,6 +124,7 @@ class PregenerateConfig:
     """tqdm progress bars."""
 
     def __post_init__(self) -> None:
+        check_fields_not_empty(self, "task_data")
         if self.bert_model is None and self.tokenizer is None:
             raise ValueError("give --bert_model (its tokenizer is used) or --tokenizer")
         check_not_empty("--bert_model", self.bert_model)

@@ -421,3 +421,16 @@ def test_a_config_that_is_no_file_of_flag_values_says_what_it_is(tmp_path: Path,
     message = {"directory": "is a directory; give the YAML or JSON file", "device": "over 1 MB", "large": "over 1 MB"}
     with pytest.raises(UserError, match=message.get(kind, "nested too deeply")):
         load_config_file(path)
+
+
+def test_configs_built_in_python_refuse_an_empty_input_path_before_it_becomes_the_current_directory() -> None:
+    from bert_domain_ft.corpus.config import SelectConfig
+    from bert_domain_ft.evaluation.config import EvaluateConfig
+    from bert_domain_ft.training.config import FinetuneConfig
+
+    with pytest.raises(ValueError, match="--task_data is empty"):
+        SelectConfig(task_data="", corpus="c.txt", output="o.txt", tokens=10)
+    with pytest.raises(ValueError, match="--corpus is empty"):
+        EvaluateConfig(model="m", corpus="")
+    with pytest.raises(ValueError, match="--holdout_data is empty"):
+        FinetuneConfig(pregenerated_data="d", output_dir="o", bert_model="m", holdout_data="")
