@@ -1,7 +1,8 @@
 """Errors a user can act on.
 
 Every failure caused by input (a corpus line, a flag, a directory) is raised as ``UserError``: the CLI prints
-its message on one line and exits with status 2, never a traceback.
+its message on one line and exits with status 2, never a traceback. The value checks every stage's config shares
+(``check_seed``, ``check_not_empty``) raise ``ValueError``, which the CLI turns into a ``UserError`` alike.
 
     raise UserError("corpus.txt:12: line is not valid UTF-8; re-encode the file as UTF-8 (e.g. iconv -t UTF-8)")
 """
