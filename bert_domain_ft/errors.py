@@ -44,10 +44,3 @@ def check_not_empty(flag: str, *values: object) -> None:
     variable (``--bert_model "$MODEL"``) must not quietly mean the current directory."""
     if any(value is not None and not str(value).strip() for value in values):
         raise ValueError(f"{flag} is empty; give a name or path (is a shell variable unset?)")
-
-
-def check_fields_not_empty(config: object, *names: str) -> None:
-    """``check_not_empty`` for fields of ``config`` whose flags are ``--NAME``; called before they become paths
-    (``Path("")`` is the current directory, no longer empty)."""
-    for name in names:
-        check_not_empty(f"--{name}", getattr(config, name))

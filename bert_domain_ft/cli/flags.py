@@ -51,14 +51,6 @@ def steps_or_auto(text: str) -> int | None:
     return None if text.strip().lower() == "auto" else int(text)
 
 
-def path(text: str) -> Path:
-    """A flag's value that is a path: never empty (``Path("")`` is the current directory, which an unset shell
-    variable must not quietly name)."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError("the path is empty (is a shell variable unset?)")
-    return Path(text)
-
-
 @dataclasses.dataclass(frozen=True)
 class Flag:
     """One command-line flag, made from the field ``name`` of the config dataclass ``owner``."""
@@ -114,7 +106,6 @@ def _value_type(hint: Any) -> tuple[Any, str | None]:
 def _flag(owner: type, field: dataclasses.Field, hint: Any, required: bool) -> Flag:
     meta = field.metadata
     kind, nargs = _value_type(hint)
-    kind = path if kind is Path else kind
     default = meta.get("cli_default", None if field.default is dataclasses.MISSING else field.default)
     action = "negatable" if meta.get("negatable") else "store_true" if kind is bool else None
     action = "negated" if action == "store_true" and default is True else action

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bert_domain_ft.errors import check_fields_not_empty, check_not_empty, check_seed
+from bert_domain_ft.errors import check_not_empty, check_seed
 
 # Punkt trains at roughly 1 MB/s on one core; 10 MB is enough to learn a domain's frequent abbreviations.
 DEFAULT_PUNKT_SAMPLE_BYTES = 10_000_000
@@ -153,7 +153,6 @@ class SelectConfig:
     """Print the summary as JSON instead of a table (command line only; ``select_documents`` ignores it)."""
 
     def __post_init__(self) -> None:
-        check_fields_not_empty(self, "task_data", "corpus")
         self.task_data, self.corpus, self.output = Path(self.task_data), Path(self.corpus), Path(self.output)
         if (self.tokens is None) == (self.fraction is None):
             raise ValueError("give exactly one budget: --tokens N (words) or --fraction F (share of the corpus)")
@@ -352,7 +351,6 @@ class VocabExtendConfig:
     """Show a progress bar (in corpus bytes)."""
 
     def __post_init__(self) -> None:
-        check_fields_not_empty(self, "words")
         self.corpus, self.output = Path(self.corpus), Path(self.output)
         self.words = None if self.words is None else Path(self.words)
         check_not_empty("--bert_model", self.bert_model)

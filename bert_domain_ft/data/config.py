@@ -14,7 +14,7 @@ from typing import Any
 from bert_domain_ft.corpus.check import validate_max_seq_len
 from bert_domain_ft.corpus.records import input_bytes, input_fingerprint, is_dataset_directory
 from bert_domain_ft.corpus.task_files import holds_records
-from bert_domain_ft.errors import UserError, check_fields_not_empty, check_not_empty, check_seed
+from bert_domain_ft.errors import UserError, check_not_empty, check_seed
 
 TASK_CORPUS_NAME = "task"  # the corpus name of --task_data in the manifest
 TASK_CORPUS_FILE = "task_corpus.txt"  # where --task_data's texts are written, in the output directory
@@ -36,8 +36,6 @@ def check_corpus_name(name: str) -> None:
 def corpora_from_text(values: list[str]) -> Path | dict[str, Path]:
     """``train_corpus`` as the command line gives it: ``FILE``, ``NAME=FILE …`` or a directory of ``train.NAME``
     files → a path or named paths."""
-    if not values or any(not value.strip() for value in values):  # "" would be the current directory
-        raise UserError("--train_corpus is empty; give the corpus file (is a shell variable unset?)")
     if len(values) == 1 and "=" not in values[0] and (not Path(values[0]).is_dir() or is_dataset_directory(values[0])):
         return Path(values[0])
     if len(values) == 1 and "=" not in values[0]:
@@ -124,7 +122,6 @@ class PregenerateConfig:
     """tqdm progress bars."""
 
     def __post_init__(self) -> None:
-        check_fields_not_empty(self, "task_data")
         if self.bert_model is None and self.tokenizer is None:
             raise ValueError("give --bert_model (its tokenizer is used) or --tokenizer")
         check_not_empty("--bert_model", self.bert_model)

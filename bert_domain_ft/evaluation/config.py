@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bert_domain_ft.errors import check_fields_not_empty, check_not_empty, check_seed
+from bert_domain_ft.errors import check_not_empty, check_seed
 
 
 @dataclass
@@ -45,7 +45,6 @@ class EvaluateConfig:
     """tqdm progress bars."""
 
     def __post_init__(self) -> None:
-        check_fields_not_empty(self, "data", "corpus")
         self.data = Path(self.data) if self.data is not None else None
         self.corpus = Path(self.corpus) if self.corpus is not None else None
         self.json_output = Path(self.json_output) if self.json_output is not None else None
@@ -113,7 +112,6 @@ class ProbeConfig:
 
     def __post_init__(self) -> None:
         self.models = [str(model) for model in self.models]
-        check_fields_not_empty(self, "train", "test")
         self.train, self.test = Path(self.train), Path(self.test)
         self.json_output = Path(self.json_output) if self.json_output is not None else None
         self.plot_output = Path(self.plot_output) if self.plot_output is not None and not self.no_plot else None
@@ -179,7 +177,6 @@ class FillMaskConfig:
         given = [str(value) for value in self.models]
         self.models = [value for value in given if not any(mask in value for mask in MASK_PLACEHOLDERS)]
         self.texts = [value for value in given if value not in self.models] + [str(text) for text in self.texts]
-        check_fields_not_empty(self, "holdout_data")
         self.holdout_data = Path(self.holdout_data) if self.holdout_data is not None else None
         if not self.models:
             raise ValueError("give the models to compare with --models (e.g. the base model and your run)")

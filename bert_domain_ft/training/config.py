@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bert_domain_ft.errors import UserError, check_fields_not_empty, check_not_empty, check_seed
+from bert_domain_ft.errors import UserError, check_not_empty, check_seed
 
 REPORT_TO_CHOICES = ("none", "tensorboard", "wandb", "mlflow")
 
@@ -180,9 +180,6 @@ class FinetuneConfig:
     """Show tqdm progress bars."""
 
     def __post_init__(self) -> None:
-        check_fields_not_empty(
-            self, "pregenerated_data", "holdout_data", "general_holdout", "probe_train", "probe_test"
-        )
         self.pregenerated_data = Path(self.pregenerated_data)
         self.output_dir = Path(self.output_dir)
         if self.holdout_data is not None:
@@ -347,7 +344,6 @@ class SimpleConfig:
     pairs and the task's are added (repeated as needed) to make this share; 1 trains on the task text only."""
 
     def __post_init__(self) -> None:
-        check_fields_not_empty(self, "train_corpus", "task_data")
         self.train_corpus = Path(self.train_corpus)
         if not isinstance(self.training, FinetuneConfig):
             raise ValueError("training must be a FinetuneConfig; build the config with SimpleConfig.create(...)")
