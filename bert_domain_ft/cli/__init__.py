@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -55,6 +56,7 @@ class Command:
 
     def classic_main(self, argv: Sequence[str] | None = None) -> int:
         """Run as the console script named after an original ``lm_finetuning`` script: same flags, and ``--config``."""
+        printable_output()
         parser = FlagParser(prog=self.classic, description=self.help, flags=self.flags())
         return run_command(parse_with_config(parser, argv), self.run)
 
@@ -136,7 +138,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def printable_output() -> None:
+    """Characters the terminal's encoding lacks (a latin-1 or ASCII locale, ``PYTHONIOENCODING``) are printed as
+    ``\\u2192`` escapes instead of ending the run with a ``UnicodeEncodeError`` after its work is done."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    printable_output()
     arguments = parse_with_config(build_parser(), argv)
     return run_command(arguments, chosen_command(arguments).run)
 

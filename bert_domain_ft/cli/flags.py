@@ -38,6 +38,10 @@ _NOT_SETTINGS = {"help", "command", "config", "print_config"}  # namespace entri
 _TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
 _SWITCHES = ("store_true", "negated", "negatable")
 _CONFIG_HELP = "YAML or JSON file of flag values (keys are the flag names without --); flags given here win"
+# A file of flag values holds a few hundred values at most. The bounds keep a wrong file (a corpus, /dev/zero) or
+# a hostile one (YAML aliases nested into a "billion laughs": 1 KB standing for 10⁹ values) from using up memory.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_CONFIG_VALUES = 10_000  # YAML nodes once every alias is expanded
 
 
 def steps_or_auto(text: str) -> int | None:
@@ -163,7 +167,9 @@ def add_flags(parser: Any, flags: Sequence[Flag], defaults: Mapping[str, Any] = 
         else:
             options.update(type=flag.convert, nargs=flag.nargs, choices=flag.choices, metavar=flag.metavar)
         if not flag.names:  # a positional the config file gives may be left out
-            options["nargs"] = {"+": "*", None: "?"}.get(flag.nargs) if flag.dest in defaults else flag.nargs
+            options["nargs"] = (
+                {"+": "*", None: "?"}.get(flag.nargs, flag.nargs) if flag.dest in defaults else flag.nargs
+            )
             groups.get(flag.group, parser).add_argument(flag.dest, **options)
         else:
             options.update(dest=flag.dest, required=flag.required and flag.dest not in defaults)
@@ -250,7 +256,7 @@ def convert_value(flag: Flag, value: Any, where: str) -> Any:
     if flag.nargs is None:
         return _convert_one(flag, value, where)
     items = [_convert_one(flag, item, where) for item in (value if isinstance(value, list) else [value])]
-    if not items:
+    if not items and flag.nargs != "*":  # "*": none is a value (fill-mask's texts)
         raise UserError(f"{where}: expected at least one value")
     return items
 
@@ -263,10 +269,35 @@ def _import_yaml() -> Any:
     return yaml
 
 
+def _expanded_size(node: Any, sizes: dict[int, int]) -> int:
+    """How many nodes the YAML ``node`` stands for once each alias is copied out (``sizes``: memo by node id, so
+    a node shared by a thousand aliases is counted in one step)."""
+    if id(node) not in sizes:
+        children = node.value if isinstance(node.value, list) else []
+        items = [item for child in children for item in (child if isinstance(child, tuple) else (child,))]
+        sizes[id(node)] = 1 + sum(_expanded_size(item, sizes) for item in items)
+    return sizes[id(node)]
+
+
+def _load_yaml(yaml: Any, path: Path, text: str) -> Any:
+    """``yaml.safe_load(text)``, refusing a document whose aliases expand beyond ``MAX_CONFIG_VALUES`` values."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is not None and _expanded_size(node, {}) > MAX_CONFIG_VALUES:
+            problem = f"expands to over {MAX_CONFIG_VALUES:,} values (nested YAML aliases?); write the values out"
+            raise UserError(at_location(path, None, problem))
+        return None if node is None else loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
 def _parse_text(path: Path, text: str) -> Any:
     yaml = None if path.suffix.lower() == ".json" else _import_yaml()
     try:
-        return yaml.safe_load(text) if yaml is not None else json.loads(text)
+        return _load_yaml(yaml, path, text) if yaml is not None else json.loads(text)
+    except RecursionError:
+        raise UserError(at_location(path, None, "nested too deeply to be flag values; fix the file")) from None
     except json.JSONDecodeError as error:
         if path.suffix.lower() != ".json":  # a YAML-named file holding JSON still works without PyYAML
             raise UserError(at_location(path, None, "reading YAML needs PyYAML: pip install pyyaml (or pip install "
@@ -281,10 +312,19 @@ def _parse_text(path: Path, text: str) -> Any:
 def load_config_file(path: Path) -> dict[str, Any]:
     """The mapping of flag names to values in ``path`` (JSON for ``.json``, YAML otherwise; JSON is valid YAML)."""
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir():
+        raise UserError(at_location(path, None, "is a directory; give the YAML or JSON file of flag values in it"))
+    if not path.exists():
         raise UserError(at_location(path, None, "config file not found; check the --config path"))
     try:
-        values = _parse_text(path, path.read_text(encoding="utf-8"))
+        with open(path, "rb") as handle:  # read at most the bound: a device or a pipe may never end
+            data = handle.read(MAX_CONFIG_BYTES + 1)
+    except OSError as error:
+        raise UserError(at_location(path, None, f"cannot read the config file ({error.strerror})")) from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise UserError(at_location(path, None, f"over {MAX_CONFIG_BYTES >> 20} MB: not a file of flag values"))
+    try:
+        values = _parse_text(path, data.decode("utf-8"))
     except UnicodeDecodeError:
         raise UserError(at_location(path, None, "config file is not UTF-8 text; save it as UTF-8")) from None
     if values is None:  # an empty file
@@ -302,7 +342,13 @@ def _plain(value: Any) -> Any:
 
 def effective_config(arguments: argparse.Namespace) -> dict[str, Any]:
     """The run's settings in a parsed namespace, as plain YAML/JSON values (paths as strings)."""
-    return {key: _plain(value) for key, value in vars(arguments).items() if not key.startswith("_") and key not in _NOT_SETTINGS}  # fmt: skip
+    return {key: _plain(value) for key, value in vars(arguments).items() if _is_setting(key)}
+
+
+def _is_setting(key: str) -> bool:
+    """Whether a namespace entry is a flag's value (not ``--config``, nor the subcommand a group routed to, e.g.
+    ``vocab_command``: the command line names it, a config file cannot)."""
+    return not key.startswith("_") and not key.endswith("_command") and key not in _NOT_SETTINGS
 
 
 def format_config(values: dict[str, Any]) -> str:

@@ -21,7 +21,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from bert_domain_ft.corpus.reading import sample_lines
+from bert_domain_ft.corpus.reading import bounded_lines, require_regular_file, sample_lines
 from bert_domain_ft.errors import UserError
 from bert_domain_ft.model.files import check_model_positions
 from bert_domain_ft.model.tokenizer import encode_sentences, load_tokenizer, require_tokenizer_fits
@@ -202,7 +202,7 @@ def _scan(path: Path, scanner: _Scanner, show_progress: bool) -> None:
             total=path.stat().st_size, unit="B", unit_scale=True, desc="checking", disable=not show_progress
         ) as progress,
     ):
-        for line_number, raw in enumerate(handle, start=1):
+        for line_number, raw in enumerate(bounded_lines(handle, path), start=1):
             progress.update(len(raw))
             report.lines = line_number
             if line_number == 1 and raw.startswith(_BYTE_ORDER_MARK):
@@ -246,6 +246,7 @@ def check_corpus(
 ) -> CheckReport:
     """Describe the corpus at ``path`` and say whether pregeneration will accept it (``report.accepted``)."""
     path = Path(path)
+    require_regular_file(path)
     try:  # the flags are judged by pregeneration's own rules, so "accepted" means pregenerate accepts them too
         validate_max_seq_len(max_seq_len)
     except ValueError as error:

@@ -9,9 +9,11 @@ a task) and ``tokenizer`` (a new vocabulary trained on the corpus). Torch-free, 
 from __future__ import annotations
 
 import codecs
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bert_domain_ft.errors import check_not_empty, check_seed
 from bert_domain_ft.files import refuse_empty_paths
 
 # Punkt trains at roughly 1 MB/s on one core; 10 MB is enough to learn a domain's frequent abbreviations.
@@ -114,6 +116,7 @@ class CheckConfig:
 
     def __post_init__(self) -> None:
         refuse_empty_paths(self)
+        check_not_empty("--bert_model", self.bert_model)
 
 
 METHODS = ("bm25", "embedding")
@@ -165,10 +168,22 @@ class SelectConfig:
             raise ValueError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if self.method == "embedding" and not self.bert_model:
             raise ValueError("--method embedding needs --bert_model (the model whose vectors rank documents)")
-        if self.k1 < 0 or not 0 <= self.b <= 1:
-            raise ValueError(f"BM25 needs k1 >= 0 and b in [0, 1], got k1={self.k1}, b={self.b}")
-        if self.output.resolve() == self.corpus.resolve():
-            raise ValueError("--output is the corpus itself; choose another file")
+        if not (math.isfinite(self.k1) and self.k1 >= 0 and 0 <= self.b <= 1):  # NaN fails every comparison
+            raise ValueError(
+                f"BM25 needs a finite --k1 >= 0 (1.2 is usual) and --b in [0, 1], got k1={self.k1}, b={self.b}"
+            )
+        check_seed(self.seed)
+        check_not_empty("--bert_model", self.bert_model)
+        check_not_empty("--text_column", self.text_column)
+        written = {self.output.resolve(), selection_record_path(self.output).resolve()}
+        for given, name in ((self.corpus, "the corpus"), (self.task_data, "the --task_data file")):
+            if given.resolve() in written:  # resolved: a symlink or ``..`` names the same file
+                raise ValueError(f"--output would overwrite {name} ({given}); choose another file")
+
+
+def selection_record_path(output: Path) -> Path:
+    """``<output>.json``, where ``select`` records what it kept."""
+    return output.with_name(output.name + ".json")
 
 
 BYTE_ALPHABET_SIZE = 256  # byte-level BPE starts from one token per byte value
@@ -222,6 +237,11 @@ KIND_SPECS = {
 }
 
 
+# Four times the largest vocabularies in use (XLM-R 250,002; Gemma 256,000): the trainers abort (in Rust, with a
+# backtrace) on sizes they cannot allocate, and an embedding this wide (3 GB at hidden size 768) is already a mistake.
+MAX_VOCAB_SIZE = 1_000_000
+
+
 def minimum_vocab_size(kind: str) -> int:
     """The smallest ``vocab_size`` that can work for ``kind`` whatever the corpus."""
     spec = KIND_SPECS[kind]
@@ -265,6 +285,10 @@ class TokenizerTrainingConfig:
                 f"{len(KIND_SPECS[self.kind].special_tokens)} special tokens{alphabet} need at least {minimum}; "
                 "raise --vocab_size (BERT uses 30522)"
             )
+        if self.vocab_size > MAX_VOCAB_SIZE:
+            raise ValueError(
+                f"--vocab_size {self.vocab_size:,} is above {MAX_VOCAB_SIZE:,}; BERT uses 30522, XLM-R 250002"
+            )
         if self.lowercase and self.kind != "wordpiece":
             raise ValueError(
                 f"--lowercase applies to --kind wordpiece only: transformers rebuilds {self.kind} tokenizers without "
@@ -299,6 +323,7 @@ class VocabAnalyseConfig:
     def __post_init__(self) -> None:
         refuse_empty_paths(self)
         self.corpus = Path(self.corpus)
+        check_not_empty("--bert_model", self.bert_model)
         if self.max_seq_len < 8:
             raise ValueError(f"--max_seq_len must be at least 8, got {self.max_seq_len}")
         if self.top < 0:
@@ -335,6 +360,7 @@ class VocabExtendConfig:
         refuse_empty_paths(self)
         self.corpus, self.output = Path(self.corpus), Path(self.output)
         self.words = None if self.words is None else Path(self.words)
+        check_not_empty("--bert_model", self.bert_model)
         if self.add < 1:
             raise ValueError(f"--add must be at least 1, got {self.add}")
         if self.min_pieces < 2:

@@ -129,6 +129,32 @@ class _CorpusWriter:
         self.report.sentences_written += self.document_sentences
 
 
+def _write_sentence(sentence: str, limits: tuple[int, int], writer: _CorpusWriter, rest_of_cut: bool) -> None:
+    """Write one sentence, cut into pieces when longer than ``limits[1]``; a short one (below ``limits[0]``) is
+    dropped. ``rest_of_cut``: the end of a sentence whose first pieces are written already (counted there)."""
+    report = writer.report
+    if len(sentence) < limits[0] and not rest_of_cut:
+        report.short_sentences_dropped += 1
+        return
+    pieces = split_long_sentence(sentence, limits[1])
+    if len(pieces) > 1 or rest_of_cut:
+        report.long_sentences_split += not rest_of_cut
+        report.pieces_from_long_sentences += len(pieces)
+    for piece in pieces:
+        writer.add_sentence(piece)
+
+
+def _write_all_but_the_last_piece(sentence: str, max_sentence_chars: int, writer: _CorpusWriter, cut: bool) -> str:
+    """Write the pieces of a long, unfinished ``sentence`` but its last, which is returned to be continued (the
+    same pieces as when it is cut whole). ``cut``: its first pieces were written (and counted) already."""
+    pieces = split_long_sentence(sentence, max_sentence_chars)
+    writer.report.long_sentences_split += not cut
+    writer.report.pieces_from_long_sentences += len(pieces) - 1
+    for piece in pieces[:-1]:
+        writer.add_sentence(piece)
+    return pieces[-1]
+
+
 def _write_sentences(
     blocks: Iterable[TextBlock],
     splitter: SentenceSplitter,
@@ -136,24 +162,20 @@ def _write_sentences(
     max_sentence_chars: int,
     writer: _CorpusWriter,
 ) -> None:
-    report = writer.report
+    limits = (min_sentence_chars, max_sentence_chars)
     carry = ""  # the last, possibly unfinished, sentence of a paragraph that continues in the next block
+    carry_is_cut = False  # carry is the rest of a long sentence whose first pieces are written
     for block in blocks:
         if block.starts_document:
             writer.start_document()
         text = f"{carry} {block.text}".strip() if carry else block.text
         sentences = splitter.split(text) if text else []
         carry = sentences.pop() if block.continues_paragraph and sentences else ""
-        for sentence in sentences:
-            if len(sentence) < min_sentence_chars:
-                report.short_sentences_dropped += 1
-                continue
-            pieces = split_long_sentence(sentence, max_sentence_chars)
-            if len(pieces) > 1:
-                report.long_sentences_split += 1
-                report.pieces_from_long_sentences += len(pieces)
-            for piece in pieces:
-                writer.add_sentence(piece)
+        for number, sentence in enumerate(sentences):
+            _write_sentence(sentence, limits, writer, rest_of_cut=carry_is_cut and number == 0)
+        carry_is_cut = carry_is_cut and not sentences
+        if len(carry) > max_sentence_chars:  # a sentence running on over blocks: bounded memory and time
+            carry, carry_is_cut = _write_all_but_the_last_piece(carry, max_sentence_chars, writer, carry_is_cut), True
     writer.finish_document()
 
 

@@ -26,11 +26,54 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from bert_domain_ft.corpus.records import input_bytes, is_dataset_directory, iter_record_rows, record_format
+from bert_domain_ft.corpus.sentences import split_long_sentence
 from bert_domain_ft.errors import UserError, at_location
 
 _BYTE_ORDER_MARK = b"\xef\xbb\xbf"
+# Longest line read (bytes, its line end included): a file without line breaks (or /dev/zero) is refused after
+# this much, never read whole into memory. A JSON-lines record of a whole book fits; Python's csv cells have
+# the same bound (``task_files.MAX_CELL_CHARACTERS``).
+MAX_LINE_BYTES = 16 << 20
+
+
+def bounded_lines(handle: BinaryIO, path: Path, advice: str = "one sentence or paragraph a line") -> Iterator[bytes]:
+    """The lines of a binary ``handle`` (line ends kept), as iterating it would give them; a line longer than
+    ``MAX_LINE_BYTES`` is a ``UserError`` naming ``path`` and the line (``advice``: what a line should hold)."""
+    number = 0
+    while raw := handle.readline(MAX_LINE_BYTES + 1):
+        number += 1
+        if len(raw) > MAX_LINE_BYTES:
+            problem = f"line is longer than {MAX_LINE_BYTES / 2**20:g} MB (a file without line breaks?); write {advice}"
+            raise UserError(at_location(path, number, problem))
+        yield raw
+
+
+def decoded_lines(
+    path: Path, bad_utf8: str = "byte {byte} of this line is not valid UTF-8; save the file as UTF-8",
+    advice: str = "one row a line",
+) -> Iterator[tuple[int, str]]:  # fmt: skip
+    """(1-based line number, line with its line end, a leading byte-order mark dropped) of a UTF-8 file; a line
+    that is not UTF-8 is a ``UserError`` (``bad_utf8``, its ``{byte}`` the first bad byte's column)."""
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(bounded_lines(handle, path, advice), start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise UserError(at_location(path, number, bad_utf8.format(byte=error.start + 1))) from None
+            yield number, line.removeprefix("\ufeff") if number == 1 else line
+
+
+def require_regular_file(path: Path) -> None:
+    """A ``UserError`` when ``path`` is a pipe (``<(cat corpus.txt)``, ``/dev/fd/N``) or a device: it can be read
+    only once, and a corpus or task file is read several times (counted, then read)."""
+    if path.exists() and not path.is_file() and not path.is_dir() and not is_dataset_directory(path):
+        raise UserError(
+            at_location(path, None, "is a pipe or a device, not a file, and it is read more than once; save it to "
+                        "a file first (e.g. `cat … > corpus.txt`)")
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -43,11 +86,15 @@ class CorpusLine:
     end_byte: int  # file offset just after this line, for progress bars in bytes
 
 
-def open_corpus_checked(path: Path) -> None:
-    """Raise a ``UserError`` when ``path`` is missing, a directory, or empty."""
+def open_corpus_checked(path: Path, read_once: bool = False) -> None:
+    """Raise a ``UserError`` when ``path`` is missing, a directory, or empty; or a pipe, unless the caller reads
+    it only once (``read_once``: a pipe's emptiness shows only when it is read)."""
     path = Path(path)
     if not path.exists():
         raise UserError(at_location(path, None, "corpus file not found; check the --train_corpus path"))
+    if read_once and not path.is_file() and not path.is_dir():
+        return
+    require_regular_file(path)
     if path.is_dir():
         raise UserError(at_location(path, None, "is a directory; give the corpus file (one sentence per line)"))
     if path.stat().st_size == 0:
@@ -56,17 +103,18 @@ def open_corpus_checked(path: Path) -> None:
         )
 
 
-def iter_corpus_lines(path: Path) -> Iterator[CorpusLine]:
+def iter_corpus_lines(path: Path, read_once: bool = False) -> Iterator[CorpusLine]:
     """Yield every non-blank line of the corpus with its 1-based line number and document flag.
 
-    Raises ``UserError`` naming the line when a line is not valid UTF-8.
+    Raises ``UserError`` naming the line when a line is not valid UTF-8. ``read_once``: the caller reads the file
+    only this once, so a pipe will do (see ``open_corpus_checked``).
     """
     path = Path(path)
-    open_corpus_checked(path)
+    open_corpus_checked(path, read_once)
     next_starts_document = True
     end_byte = 0
     with open(path, "rb") as handle:
-        for line_number, raw in enumerate(handle, start=1):
+        for line_number, raw in enumerate(bounded_lines(handle, path), start=1):
             end_byte += len(raw)
             if line_number == 1 and raw.startswith(_BYTE_ORDER_MARK):
                 raw = raw[len(_BYTE_ORDER_MARK) :]
@@ -115,7 +163,7 @@ def sample_lines(path: Path, max_lines: int = 1000, max_characters: int = 10_000
     by. Lines that are not UTF-8 are skipped here; reading the corpus reports them."""
     sample: list[str] = []
     with open(path, "rb") as handle:
-        for raw in handle:
+        for raw in bounded_lines(handle, path):
             try:
                 text = raw.decode("utf-8").lstrip("\ufeff").strip()
             except UnicodeDecodeError:
@@ -190,8 +238,8 @@ def _read_lines(path: Path, encoding: str, on_bytes: Callable[[int], None]) -> I
     """(1-based line number, decoded line without its line end), reporting bytes read in coarse steps."""
     pending_bytes = 0
     try:
-        with open(path, "rb") as handle:
-            for line_number, raw in enumerate(handle, start=1):
+        with open(path, "rb") as handle:  # raw text: a paragraph a line at most (longer lines are cut below)
+            for line_number, raw in enumerate(bounded_lines(handle, path, "a paragraph a line at most"), start=1):
                 pending_bytes += len(raw)
                 if pending_bytes >= PROGRESS_STEP_BYTES:
                     on_bytes(pending_bytes)
@@ -229,14 +277,31 @@ def _iter_plain_file(path: Path, options: InputOptions, on_bytes: Callable[[int]
             if lines or paragraph_cut:  # an empty closing block ends a paragraph that was cut just before
                 yield block(continues=False)
             continue
-        lines.append(line)
-        characters += len(line) + 1
-        if characters >= PARAGRAPH_BLOCK_CHARACTERS:
-            yield block(continues=True)
+        for piece in _within_a_block(line):
+            lines.append(piece)
+            characters += len(piece) + 1
+            if characters >= PARAGRAPH_BLOCK_CHARACTERS:
+                yield block(continues=True)
     if lines or paragraph_cut:
         yield block(continues=False)
     if not document_started and not options.paragraph_documents:
         yield TextBlock("", starts_document=True)  # an empty file is an empty document: counted, not hidden
+
+
+def _within_a_block(text: str) -> list[str]:
+    """``text`` in pieces of at most ``PARAGRAPH_BLOCK_CHARACTERS``, cut at spaces where it can: one line (or a
+    record's paragraph) of megabytes arrives in several blocks, as a long paragraph does."""
+    return split_long_sentence(text, PARAGRAPH_BLOCK_CHARACTERS) if len(text) > PARAGRAPH_BLOCK_CHARACTERS else [text]
+
+
+def _paragraph_blocks(paragraphs: list[str], paragraph_documents: bool) -> Iterator[TextBlock]:
+    """The blocks of one record's paragraphs: the first starts the document (each one, with
+    ``paragraph_documents``); a paragraph longer than a block continues in the next."""
+    for index, paragraph in enumerate(paragraphs):
+        pieces = _within_a_block(paragraph)
+        for number, piece in enumerate(pieces):
+            starts = number == 0 and (index == 0 or paragraph_documents)
+            yield TextBlock(piece, starts_document=starts, continues_paragraph=number < len(pieces) - 1)
 
 
 def _record_text(path: Path, line_number: int, line: str, field: str) -> str:
@@ -266,8 +331,7 @@ def _iter_json_lines_file(path: Path, options: InputOptions, on_bytes: Callable[
         paragraphs = [paragraph for paragraph in _BLANK_LINES.split(text) if paragraph.strip()]
         if not paragraphs and not options.paragraph_documents:
             yield TextBlock("", starts_document=True)  # a record without text is an empty document
-        for index, paragraph in enumerate(paragraphs):
-            yield TextBlock(paragraph, starts_document=index == 0 or options.paragraph_documents)
+        yield from _paragraph_blocks(paragraphs, options.paragraph_documents)
 
 
 def _iter_record_file(path: Path, options: InputOptions, on_bytes: Callable[[int], None]) -> Iterator[TextBlock]:
@@ -280,8 +344,7 @@ def _iter_record_file(path: Path, options: InputOptions, on_bytes: Callable[[int
         paragraphs = [paragraph for paragraph in _BLANK_LINES.split(text or "") if paragraph.strip()]
         if not paragraphs and not options.paragraph_documents:
             yield TextBlock("", starts_document=True)  # a row without text is an empty document: counted
-        for index, paragraph in enumerate(paragraphs):
-            yield TextBlock(paragraph, starts_document=index == 0 or options.paragraph_documents)
+        yield from _paragraph_blocks(paragraphs, options.paragraph_documents)
     on_bytes(input_bytes(path))
 
 

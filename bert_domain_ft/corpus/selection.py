@@ -48,9 +48,9 @@ from typing import Any, Protocol
 import numpy as np
 from tqdm.auto import tqdm
 
-from bert_domain_ft.corpus.config import SelectConfig
-from bert_domain_ft.corpus.reading import open_corpus_checked
-from bert_domain_ft.corpus.task_files import iter_task_texts
+from bert_domain_ft.corpus.config import SelectConfig, selection_record_path
+from bert_domain_ft.corpus.reading import bounded_lines, open_corpus_checked
+from bert_domain_ft.corpus.task_files import SELECT_TEXT_FLAG, iter_task_texts
 from bert_domain_ft.errors import UserError, at_location, first_line
 from bert_domain_ft.files import atomic_output, write_json_atomic
 
@@ -121,7 +121,7 @@ def select_documents(config: SelectConfig) -> SelectionReport:
     started = time.perf_counter()
     _check_output_free(config.output, config.overwrite)
     open_corpus_checked(config.corpus)
-    queries = [row.text for row in iter_task_texts(config.task_data, config.text_column)]
+    queries = [row.text for row in iter_task_texts(config.task_data, config.text_column, SELECT_TEXT_FLAG)]
     if config.method == "bm25":
         scorer: Scorer = BM25Scorer.for_queries(queries, config.k1, config.b, config.keep_stopwords)
     else:
@@ -136,6 +136,11 @@ def select_documents(config: SelectConfig) -> SelectionReport:
     lists, choice, k, passes = _choose(
         config.corpus, scorer, len(queries), totals.documents, budget_words, k, config.seed, config.show_progress
     )
+    if not choice.taken:  # only BM25 can find no neighbour at all: embeddings make every document one
+        raise UserError(
+            at_location(config.task_data, None, "no task text shares a word with the corpus (common words aside), so "
+                        "nothing is selected; check --corpus and --text_column, or use --method embedding")
+        )  # fmt: skip
     _write_documents(config.corpus, config.output, choice)
     added = choice.added_per_query
     report = SelectionReport(
@@ -157,20 +162,16 @@ def select_documents(config: SelectConfig) -> SelectionReport:
     settings = {"task_data": str(config.task_data), "corpus": str(config.corpus), "tokens": config.tokens}
     settings |= {"fraction": config.fraction, "bert_model": config.bert_model, "k1": config.k1, "b": config.b}
     settings |= {"keep_stopwords": config.keep_stopwords, "seed": config.seed}
-    write_json_atomic(_sidecar(config.output), {"method": config.method, **settings, **report.to_json()})
+    write_json_atomic(selection_record_path(config.output), {"method": config.method, **settings, **report.to_json()})
     return report
 
 
 def _check_output_free(output: Path, overwrite: bool) -> None:
     if overwrite:
         return
-    for path in (output, _sidecar(output)):
+    for path in (output, selection_record_path(output)):
         if path.exists():
             raise UserError(at_location(path, None, "already exists; pass --overwrite or choose another --output"))
-
-
-def _sidecar(output: Path) -> Path:
-    return output.with_name(output.name + ".json")
 
 
 @dataclass
@@ -348,7 +349,7 @@ def _iter_batches(path: Path, batch_documents: int, description: str, show_progr
     start = end = position = first_index = batch_characters = 0
     progress = tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc=description, disable=not show_progress)
     with progress, open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
+        for number, raw in enumerate(bounded_lines(handle, path), start=1):
             line_start, position = position, position + len(raw)
             progress.update(len(raw))
             if number == 1 and raw.startswith(b"\xef\xbb\xbf"):

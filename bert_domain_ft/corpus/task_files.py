@@ -30,6 +30,7 @@ from typing import Any
 
 from bert_domain_ft.corpus.config import DEFAULT_PUNKT_SAMPLE_BYTES
 from bert_domain_ft.corpus.prepare import normalise_text
+from bert_domain_ft.corpus.reading import decoded_lines, require_regular_file
 from bert_domain_ft.corpus.records import is_dataset_directory, iter_record_rows, record_format
 from bert_domain_ft.corpus.sentences import SentenceSplitter, load_punkt_parameters, split_long_sentence, train_punkt
 from bert_domain_ft.errors import UserError, at_location
@@ -40,7 +41,6 @@ JSON_LINES_SUFFIXES = (".jsonl", ".ndjson", ".json")
 MAX_LISTED_LABELS = 5  # labels named in an error message before "…"
 # Python's csv module refuses cells over 131,072 characters by default; a probe text this long is still a row.
 MAX_CELL_CHARACTERS = 16 * 1024 * 1024
-_BYTE_ORDER_MARK = "\ufeff"
 
 
 @dataclass(frozen=True)
@@ -70,28 +70,24 @@ _TASK_ROWS = _RowWording(
     empty_file="is empty; it needs one task text per row (or per line)",
     bad_utf8="byte {byte} of this line is not valid UTF-8; save the file as UTF-8",
     no_header=(True, "has no header row; the first row must name the columns"),
-    column_flags=("name it with --text_column",),
+    column_flags=("name it with --task_text_column", "name it with --document_field"),
     strict_csv=True,
     long_cell=None,
 )
-
-_DOCUMENT_ROWS = replace(_TASK_ROWS, column_flags=("name it with --text_field", "name it with --document_field"))
+# The flag naming the text column, by what the file is to the command (the message names the one it has).
+TASK_TEXT_FLAG = "--task_text_column"  # pregenerate/simple --task_data
+RECORDS_TEXT_FLAG = "--text_field"  # records given as the corpus
+SELECT_TEXT_FLAG = "--text_column"  # select --task_data
 
 
 def _decoded_lines(path: Path, wording: _RowWording) -> Iterator[tuple[int, str]]:
     """(line number, line with its line end) for every line; a line that is not UTF-8 is a ``UserError``."""
+    require_regular_file(path)
     if not path.is_file():
         raise UserError(at_location(path, None, wording.not_found))
     if wording.empty_file is not None and path.stat().st_size == 0:
         raise UserError(at_location(path, None, wording.empty_file))
-    with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as error:
-                problem = wording.bad_utf8.format(byte=error.start + 1)
-                raise UserError(at_location(path, number, problem)) from None
-            yield number, line.removeprefix(_BYTE_ORDER_MARK) if number == 1 else line
+    yield from decoded_lines(path, wording.bad_utf8)
 
 
 def _missing_column(path: Path, line: int, column: str, available: list[str], flag: str) -> UserError:
@@ -341,12 +337,13 @@ def _iter_plain(path: Path) -> Iterator[TaskText]:
 
 
 def iter_task_rows(
-    path: Path, text_column: str = "text", document_column: str | None = None
+    path: Path, text_column: str = "text", document_column: str | None = None, text_flag: str = TASK_TEXT_FLAG
 ) -> Iterator[TaskText | None]:
     """Every row in file order: a ``TaskText``, or None for a row whose text is empty (or JSON null).
 
     Streams the file (one row, or one batch of parquet/Arrow rows, in memory). ``text_column`` is ignored for
     plain text; ``document_column`` (its value kept as ``TaskText.document``) needs a file of columns.
+    ``text_flag``: the flag that names ``text_column`` in the command that reads the file (for messages).
     """
     path = Path(path)
     file_format = task_file_format(path)
@@ -356,7 +353,7 @@ def iter_task_rows(
         yield from _iter_plain(path)
         return
     columns = (text_column,) if document_column is None else (text_column, document_column)
-    wording = _TASK_ROWS if document_column is None else _DOCUMENT_ROWS
+    wording = replace(_TASK_ROWS, column_flags=(f"name it with {text_flag}", *_TASK_ROWS.column_flags[1:]))
     for number, values in _iter_records(path, file_format, columns, wording):
         value = values[0]
         if value is not None and not isinstance(value, str):
@@ -365,10 +362,10 @@ def iter_task_rows(
         yield TaskText(number, text, document=values[1] if document_column else None) if text else None
 
 
-def iter_task_texts(path: Path, text_column: str = "text") -> Iterator[TaskText]:
+def iter_task_texts(path: Path, text_column: str = "text", text_flag: str = TASK_TEXT_FLAG) -> Iterator[TaskText]:
     """The non-empty texts of a task file, in file order (see ``iter_task_rows``); none at all is a ``UserError``."""
     found = False
-    for row in iter_task_rows(path, text_column):
+    for row in iter_task_rows(path, text_column, text_flag=text_flag):
         if row is not None:
             found = True
             yield row
@@ -376,13 +373,15 @@ def iter_task_texts(path: Path, text_column: str = "text") -> Iterator[TaskText]
         raise UserError(at_location(path, None, "holds no task text; every row's text is empty"))
 
 
-def _sentence_splitter(path: Path, text_column: str, punkt_file: Path | None) -> tuple[SentenceSplitter, str]:
+def _sentence_splitter(
+    path: Path, text_column: str, punkt_file: Path | None, text_flag: str
+) -> tuple[SentenceSplitter, str]:
     """Punkt from ``punkt_file`` (e.g. the domain corpus's ``.punkt.json``), else trained on the task texts."""
     if punkt_file is not None:
         return SentenceSplitter(load_punkt_parameters(punkt_file)), f"Punkt loaded from {punkt_file}"
     sample: list[str] = []
     sample_bytes = 0
-    for row in iter_task_texts(path, text_column):
+    for row in iter_task_texts(path, text_column, text_flag):
         if row.sentences is None:
             sample.append(row.text)
             sample_bytes += len(row.text) + 2
@@ -398,6 +397,7 @@ def write_task_corpus(
     punkt_file: Path | None = None,
     max_sentence_chars: int = 1000,
     document_column: str | None = None,
+    text_flag: str = TASK_TEXT_FLAG,
 ) -> TaskCorpusStats:
     """Write the task's texts to ``output_path`` in the corpus format, atomically; return the counts.
 
@@ -417,12 +417,12 @@ def write_task_corpus(
     needs_splitting = task_file_format(task_file) != "plain" or not _file_has_blank_line(task_file)
     splitter = None
     if needs_splitting:
-        splitter, stats.sentence_splitter = _sentence_splitter(task_file, text_column, punkt_file)
+        splitter, stats.sentence_splitter = _sentence_splitter(task_file, text_column, punkt_file, text_flag)
     else:
         stats.sentence_splitter = "the file's own lines (corpus format)"
     previous: list[Any] = []  # the document value of the last row written (none yet)
     with atomic_output(output_path) as handle:
-        for row in iter_task_rows(task_file, text_column, document_column):
+        for row in iter_task_rows(task_file, text_column, document_column, text_flag):
             stats.rows += 1
             if row is None:
                 stats.empty_rows_skipped += 1

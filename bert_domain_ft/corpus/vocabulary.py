@@ -51,7 +51,7 @@ def count_words(path: Path, tokenizer: Any, show_progress: bool = False) -> Word
     end = 0
     with tqdm(total=Path(path).stat().st_size if Path(path).is_file() else None, unit="B", unit_scale=True,
               desc="counting words", disable=not show_progress) as bar:  # fmt: skip
-        for line in iter_corpus_lines(path):
+        for line in iter_corpus_lines(path, read_once=True):  # a pipe will do
             text = normalizer.normalize_str(line.text) if normalizer is not None else line.text
             words = pre_tokenizer.pre_tokenize_str(text) if pre_tokenizer is not None else [(text, None)]
             counts.update(word for word, _ in words)

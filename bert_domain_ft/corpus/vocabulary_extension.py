@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from bert_domain_ft.corpus.config import VocabExtendConfig
+from bert_domain_ft.corpus.reading import decoded_lines, require_regular_file
 from bert_domain_ft.corpus.vocabulary import (
     FragmentedWord,
     WordCounts,
@@ -167,9 +168,10 @@ def words_from_list(
     backend = tokenizer.backend_tokenizer
     seen: dict[str, int] = {}
     words = []
-    with os_errors_as_user_errors(path):
-        lines = path.read_text(encoding="utf-8").splitlines()
-    for number, line in enumerate(lines, start=1):
+    require_regular_file(path)
+    if not path.is_file():
+        raise UserError(at_location(path, None, "word list not found; give a file of words, one a line"))
+    for number, line in decoded_lines(path, advice="one word a line"):
         if not line.strip():
             continue
         normalized = backend.normalizer.normalize_str(line.strip()) if backend.normalizer else line.strip()
@@ -290,7 +292,7 @@ def _check_output(config: VocabExtendConfig) -> None:
 
 def extend_vocabulary(config: VocabExtendConfig) -> ExtensionReport:
     """``vocab extend``: the extended model, tokenizer and record in ``config.output`` (complete, or not at all)."""
-    from bert_domain_ft.model.vocabulary import NewRow, extend_model_weights, write_record
+    from bert_domain_ft.model.vocabulary import NewRow, extend_model_weights, read_record, write_record
 
     _check_output(config)
     source = Path(config.bert_model)
@@ -313,7 +315,8 @@ def extend_vocabulary(config: VocabExtendConfig) -> ExtensionReport:
         slot_names = {i: token for token, i in old_vocabulary.items()}
         added = [{"token": word.word, "id": i, "pieces": list(row.piece_ids), "slot": slot_names.get(i),
                   "count": word.count} for word, i, row in zip(plan.words, plan.ids, rows)]  # fmt: skip
-        write_record(temporary, config.bert_model, model_rows, added)
+        base = str(source.resolve())  # the record is read from anywhere: never a path relative to here
+        write_record(temporary, base, model_rows, added, earlier=read_record(source))
         _verify(temporary, plan)
         replace_directory(temporary, config.output)
     except BaseException:

@@ -7,6 +7,7 @@ config = PregenerateConfig(train_corpus=Path("corpus.txt"), output_dir=Path("out
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,12 +15,24 @@ from typing import Any
 from bert_domain_ft.corpus.check import validate_max_seq_len
 from bert_domain_ft.corpus.records import input_bytes, input_fingerprint, is_dataset_directory
 from bert_domain_ft.corpus.task_files import holds_records
-from bert_domain_ft.errors import UserError
+from bert_domain_ft.errors import UserError, check_not_empty, check_seed
 from bert_domain_ft.files import nonempty_path, refuse_empty_paths
 
 TASK_CORPUS_NAME = "task"  # the corpus name of --task_data in the manifest
 TASK_CORPUS_FILE = "task_corpus.txt"  # where --task_data's texts are written, in the output directory
 RECORDS_CORPUS_SUFFIX = "_corpus.txt"  # records in train_corpus are written as NAME_corpus.txt in the output
+# A corpus name becomes part of a file name (NAME_corpus.txt): letters, digits, '_', '-' and '.', never first, so
+# that no name ("../../x", "/tmp/x") reaches outside the output directory.
+_CORPUS_NAME = re.compile(r"[\w-][\w.-]*")
+
+
+def check_corpus_name(name: str) -> None:
+    """A ``ValueError`` unless ``name`` is safe inside a file name (see ``_CORPUS_NAME``)."""
+    if not _CORPUS_NAME.fullmatch(name):
+        raise ValueError(
+            f"--train_corpus: the corpus name {name!r} may hold only letters, digits, '_', '-' and '.' (not first): "
+            f"it names the file NAME{RECORDS_CORPUS_SUFFIX} in --output_dir"
+        )
 
 
 def corpora_from_text(values: list[str]) -> Path | dict[str, Path]:
@@ -119,6 +132,9 @@ class PregenerateConfig:
         refuse_empty_paths(self)
         if self.bert_model is None and self.tokenizer is None:
             raise ValueError("give --bert_model (its tokenizer is used) or --tokenizer")
+        check_not_empty("--bert_model", self.bert_model)
+        check_not_empty("--tokenizer", self.tokenizer)
+        check_seed(self.seed)
         if self.objective not in ("auto", "nsp", "mlm"):
             raise ValueError("--objective must be auto, nsp or mlm")
         if self.no_cross_document and self.objective == "nsp":
@@ -127,6 +143,8 @@ class PregenerateConfig:
             if not self.train_corpus:
                 raise ValueError("--train_corpus names no corpus")
             self.train_corpus = {str(name): Path(path) for name, path in self.train_corpus.items()}
+            for name in self.train_corpus:
+                check_corpus_name(name)
         else:
             self.train_corpus = Path(self.train_corpus)
         if not math.isfinite(self.sampling_exponent) or self.sampling_exponent < 0:  # NaN passes "< 0"

@@ -145,7 +145,10 @@ class PregeneratedSource:
         verify_checksum: bool = False,
         masking: DynamicMasking | None = None,
         mixing: CorpusMixing | None = None,
+        budget: str | None = None,
     ):
+        """``training_epochs``: the epochs the run reads, set by ``budget`` when that is not --epochs (e.g.
+        "--max_steps 500"), so that a warning names what the user gave."""
         self.directory = Path(directory)
         self.manifest = manifest
         self.verify_checksum = verify_checksum
@@ -158,12 +161,13 @@ class PregeneratedSource:
         if manifest.get("masking") == "dynamic" and masking is None:
             raise ValueError("dynamically masked data needs a DynamicMasking")
         if self.generated < training_epochs:
+            asked = f"{training_epochs} training epochs were asked for"
+            asked = f"{budget} reads {training_epochs} epochs' worth" if budget else asked
             logger.warning(
-                "%s holds %d epoch(s) of data but %d training epochs were asked for: the data is reused "
-                "(reshuffled) every %d epoch(s); %s",
+                "%s holds %d epoch(s) of data but %s: the data is reused (reshuffled) every %d epoch(s); %s",
                 self.directory,
                 self.generated,
-                training_epochs,
+                asked,
                 self.generated,
                 "it gets fresh masks each time (dynamic masking)"
                 if masking is not None

@@ -27,7 +27,13 @@ from tqdm.auto import tqdm
 
 from bert_domain_ft.corpus.reading import open_corpus_checked, sample_lines
 from bert_domain_ft.corpus.records import is_dataset_directory
-from bert_domain_ft.corpus.task_files import TaskCorpusStats, holds_records, iter_task_texts, write_task_corpus
+from bert_domain_ft.corpus.task_files import (
+    RECORDS_TEXT_FLAG,
+    TaskCorpusStats,
+    holds_records,
+    iter_task_texts,
+    write_task_corpus,
+)
 from bert_domain_ft.data import epoch_writer
 from bert_domain_ft.data.config import RECORDS_CORPUS_SUFFIX, TASK_CORPUS_FILE, TASK_CORPUS_NAME, PregenerateConfig
 from bert_domain_ft.data.document_store import DocumentStore, build_document_store
@@ -108,7 +114,7 @@ def _corpus_sample(path: Path, text_field: str) -> list[str]:
         return sample_lines(path)
     if not (path.is_file() or is_dataset_directory(path)):
         raise UserError(f"{path}: not found; check the --train_corpus path")
-    return [row.text for row in itertools.islice(iter_task_texts(path, text_field), SAMPLE_TEXTS)]
+    return [row.text for row in itertools.islice(iter_task_texts(path, text_field, RECORDS_TEXT_FLAG), SAMPLE_TEXTS)]
 
 
 def _records_as_corpora(
@@ -120,7 +126,9 @@ def _records_as_corpora(
     for name, path in corpora:
         if holds_records(path):
             target = output_dir / f"{name}{RECORDS_CORPUS_SUFFIX}"
-            stats = write_task_corpus(path, text_field, target, document_column=document_field)
+            stats = write_task_corpus(
+                path, text_field, target, document_column=document_field, text_flag=RECORDS_TEXT_FLAG
+            )
             logger.info("%s: %d rows (%d empty skipped) → %d documents, %d sentences in %s", path, stats.rows,
                         stats.empty_rows_skipped, stats.documents, stats.sentences, target)  # fmt: skip
             path = target

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bert_domain_ft.errors import check_not_empty, check_seed
 from bert_domain_ft.files import refuse_empty_paths
 
 
@@ -51,6 +52,8 @@ class EvaluateConfig:
         self.json_output = Path(self.json_output) if self.json_output is not None else None
         if (self.data is None) == (self.corpus is None):
             raise ValueError("give exactly one of --data (a pregenerated directory) or --corpus (a corpus file)")
+        check_not_empty("--model", self.model)
+        check_not_empty("--tokenizer", self.tokenizer)
         if self.epoch is not None and self.data is None:
             raise ValueError("--epoch needs --data: it picks a training epoch of a pregenerated directory")
         if self.epoch is not None and self.epoch < 0:
@@ -117,11 +120,15 @@ class ProbeConfig:
         self.plot_output = Path(self.plot_output) if self.plot_output is not None and not self.no_plot else None
         if not self.models:
             raise ValueError("give at least one model to probe with --models (e.g. the base model and your run)")
+        check_not_empty("--models", *self.models)
+        check_not_empty("--tokenizer", self.tokenizer)
         if len(set(self.models)) != len(self.models):
             raise ValueError("--models lists a model twice; give each model once")
         for name in ("seeds", "epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        check_seed(self.seed)
+        check_seed(self.seed_list[-1], "--seed + --seeds - 1 (the last classifier's seed)")
         if not self.learning_rate > 0:
             raise ValueError(f"--learning_rate must be positive, got {self.learning_rate}")
         if not 8 <= self.max_seq_len <= 65535:
@@ -180,6 +187,8 @@ class FillMaskConfig:
         self.holdout_data = Path(self.holdout_data) if self.holdout_data is not None else None
         if not self.models:
             raise ValueError("give the models to compare with --models (e.g. the base model and your run)")
+        check_not_empty("--models", *self.models)
+        check_seed(self.seed)
         if len(set(self.models)) != len(self.models):
             raise ValueError("--models lists a model twice; give each model once")
         if self.from_holdout < 0 or self.top_k < 1:

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from bert_domain_ft.data.epoch_format import EpochArrays, open_holdout, read_manifest
+from bert_domain_ft.data.epoch_format import MANIFEST_NAME, EpochArrays, open_holdout, read_manifest
 from bert_domain_ft.data.loader import collate_rows
 from bert_domain_ft.errors import UserError
 from bert_domain_ft.model.pretraining import pretraining_losses
@@ -303,6 +303,24 @@ def holdout_evaluator(
     if holdout is None:
         return None
     return manifest_evaluator(holdout, Path(pregenerated_dir), batch_size, device, autocast_dtype, max_instances)
+
+
+def open_holdout_data(directory: Path, vocab_fingerprint: str, verify_checksum: bool = False) -> EpochArrays:
+    """The held-out set of the ``--holdout_data`` directory a run names; a ``UserError`` (never a run evaluated on
+    nothing) when it is no pregenerated directory, holds no held-out set, or was made with another vocabulary
+    than the training data's (``vocab_fingerprint``)."""
+    manifest = read_manifest(directory, flag="--holdout_data")
+    tokenizer = manifest["tokenizer"]
+    if tokenizer["vocab_fingerprint"] != vocab_fingerprint:
+        raise UserError(
+            f"{Path(directory) / MANIFEST_NAME}: --holdout_data was pregenerated with the vocabulary of "
+            f"{tokenizer['name']}, not the training data's; pregenerate it with the run's --bert_model"
+        )
+    holdout = open_holdout(directory, verify_checksum=verify_checksum)
+    if holdout is None:
+        raise UserError(f"{directory}: --holdout_data: holds no held-out set; pregenerate it with --holdout_fraction "
+                        "(e.g. 0.05), or leave --holdout_data out to use the training data's own")  # fmt: skip
+    return holdout
 
 
 def manifest_evaluator(

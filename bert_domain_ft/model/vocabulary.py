@@ -114,10 +114,21 @@ def extend_model_weights(source: str, output: Path, rows: Sequence[NewRow], voca
     return before, parameter_count(model)
 
 
-def write_record(directory: Path, base_model: str, vocab_size_before: int, added: list[dict[str, Any]]) -> Path:
-    """Write ``vocabulary_extension.json`` (the format in the module docstring) into ``directory``."""
+def write_record(
+    directory: Path, base_model: str, vocab_size_before: int, added: list[dict[str, Any]],
+    earlier: dict[str, Any] | None = None,
+) -> Path:  # fmt: skip
+    """Write ``vocabulary_extension.json`` (the format in the module docstring) into ``directory``.
+
+    ``earlier``: the record of the model that was extended, itself an extension no training has touched. Its rows
+    are still fresh, so they stay listed (before the new ones), and its base model and size stay the start."""
     from bert_domain_ft.files import write_json_atomic
 
+    if earlier is not None:
+        new_ids = {entry["id"] for entry in added}
+        added = [entry for entry in earlier["added"] if entry["id"] not in new_ids] + added
+        base_model = earlier.get("base_model", base_model)
+        vocab_size_before = int(earlier.get("vocab_size_before", vocab_size_before))
     vocab_size = max([vocab_size_before, *(entry["id"] + 1 for entry in added)])
     path = Path(directory) / EXTENSION_RECORD
     record = {"format": RECORD_FORMAT, "base_model": base_model, "vocab_size_before": vocab_size_before,
@@ -126,16 +137,24 @@ def write_record(directory: Path, base_model: str, vocab_size_before: int, added
     return path
 
 
-def fresh_rows(name_or_path: str | Path | None) -> tuple[int, ...]:
-    """Ids of the rows a ``vocab extend`` added and no training has touched yet: () for any other model."""
+def read_record(name_or_path: str | Path | None) -> dict[str, Any] | None:
+    """The ``vocabulary_extension.json`` of a model directory (its entries' ids checked to be whole numbers), or
+    None when it has none (any model but an untrained ``vocab extend`` output)."""
     path = Path(name_or_path) / EXTENSION_RECORD if name_or_path is not None else None
     if path is None or not path.is_file():
-        return ()
+        return None
     record = read_json_object(path, "the one `bert-domain-ft vocab extend` writes")
     try:
-        return tuple(sorted(int(entry["id"]) for entry in record["added"]))
+        record["added"] = [{**entry, "id": int(entry["id"])} for entry in record["added"]]
     except (KeyError, TypeError, ValueError):
         raise UserError(f"{path}: not a vocabulary-extension record; run `bert-domain-ft vocab extend` again") from None
+    return record
+
+
+def fresh_rows(name_or_path: str | Path | None) -> tuple[int, ...]:
+    """Ids of the rows a ``vocab extend`` added and no training has touched yet: () for any other model."""
+    record = read_record(name_or_path)
+    return () if record is None else tuple(sorted(entry["id"] for entry in record["added"]))
 
 
 def row_parameters(model: nn.Module) -> list[nn.Parameter]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bert_domain_ft.errors import UserError
+from bert_domain_ft.errors import UserError, check_not_empty, check_seed
 from bert_domain_ft.files import refuse_empty_paths
 
 REPORT_TO_CHOICES = ("none", "tensorboard", "wandb", "mlflow")
@@ -208,11 +208,13 @@ class FinetuneConfig:
         self.report_to = report_to_names(self.report_to)
         if self.loss_scale and not self.fp16:
             raise ValueError("--loss_scale only applies with --fp16; add --fp16 or drop --loss_scale")
+        check_seed(self.seed)
         self._check_head_warmup_and_probe()
         self._check_model_source()
         self._check_anchor()
         if self.general_holdout is not None and not self.do_eval:
             raise ValueError("--general_holdout is evaluated with the held-out set: drop --no_eval (or the holdout)")
+        self._check_evaluation_wanted()
         if self.resume and self.overwrite_output_dir:
             raise ValueError("--resume and --overwrite_output_dir contradict each other; choose one")
 
@@ -230,8 +232,12 @@ class FinetuneConfig:
         if (self.probe_train is None) != (self.probe_test is None):
             raise ValueError("the probe needs both probe_train and probe_test (labelled CSV or JSON-lines files)")
         self._check_positive("probe_seeds", "probe_epochs")
+        if self.probe_train is not None:  # the probe's classifiers take seeds seed, seed + 1, …
+            check_seed(self.seed + self.probe_seeds - 1, "--seed + --probe_seeds - 1 (the probe's last seed)")
 
     def _check_model_source(self) -> None:
+        for flag in ("bert_model", "tokenizer", "model_type"):
+            check_not_empty(f"--{flag}", getattr(self, flag))
         if self.objective not in ("auto", "nsp", "mlm"):
             raise ValueError(f"objective must be auto, nsp or mlm, got {self.objective!r}")
         if not self.from_scratch:
@@ -246,6 +252,16 @@ class FinetuneConfig:
             raise ValueError("--from_scratch needs --model_type (e.g. roberta) and --tokenizer (its directory)")
         if self.probe_train is not None:
             raise ValueError("the probe compares checkpoints with --bert_model, which --from_scratch has none of")
+
+    def _check_evaluation_wanted(self) -> None:
+        """What needs the held-out evaluation, which --no_eval turns off (never blamed on a missing set)."""
+        if self.holdout_data is not None and not self.do_eval:
+            raise ValueError("--holdout_data is evaluated, which --no_eval turns off: drop one of them")
+        if self.save_best and not self.do_eval and self.probe_train is None:
+            raise ValueError(
+                "--save_best keeps the model with the best held-out loss, which --no_eval turns off: drop --no_eval, "
+                "or give --probe_train and --probe_test to keep the best by the probe"
+            )
 
     def _check_anchor(self) -> None:
         if not self.anchor_weight >= 0:

@@ -36,11 +36,16 @@ from bert_domain_ft.data.epoch_format import (
     read_manifest,
 )
 from bert_domain_ft.data.legacy_format import convert_legacy_directory, is_legacy_directory
-from bert_domain_ft.data.loader import CorpusMixing, PregeneratedSource
+from bert_domain_ft.data.loader import (
+    CorpusMixing,
+    PregeneratedSource,
+    micro_batches_per_epoch,
+    optimizer_steps_per_epoch,
+)
 from bert_domain_ft.data.masking import DynamicMasking
 from bert_domain_ft.errors import UserError
 from bert_domain_ft.evaluation.evaluate import general_holdout_directory, open_general_holdout, prepare_general_holdout
-from bert_domain_ft.evaluation.heldout import manifest_evaluator, with_general
+from bert_domain_ft.evaluation.heldout import manifest_evaluator, open_holdout_data, with_general
 from bert_domain_ft.model.files import FRESH_NSP_HEAD_NOTE, has_trained_nsp_head
 from bert_domain_ft.model.loading import build_model_from_scratch, checkpoint_model_type, load_model_for_objective
 from bert_domain_ft.model.optimization import (
@@ -215,7 +220,26 @@ def pregenerated_source(
         masking = DynamicMasking.from_manifest(manifest, seed=config.seed, tokenizer=tokenizer)
     global_batch_size = config.train_batch_size * world_size
     mixing = CorpusMixing(config.seed, global_batch_size, config.batch_from_one_corpus)
-    return PregeneratedSource(data_dir, manifest, config.epochs, masking=masking, mixing=mixing)
+    epochs, budget = training_epochs_read(manifest, config, world_size), f"--max_steps {config.max_steps}"
+    return PregeneratedSource(data_dir, manifest, epochs, masking=masking, mixing=mixing,
+                              budget=budget if config.max_steps else None)  # fmt: skip
+
+
+def training_epochs_read(manifest: dict[str, Any], config: FinetuneConfig, world_size: int) -> int:
+    """The training epochs a run reads: --epochs, or under --max_steps (which ignores --epochs) those its steps
+    reach into, the data's epochs read in turn."""
+    if not config.max_steps:
+        return config.epochs
+    steps = [
+        optimizer_steps_per_epoch(
+            micro_batches_per_epoch(int(epoch["num_instances"]), config.micro_batch_size, world_size),
+            config.gradient_accumulation_steps,
+        )
+        for epoch in manifest["epochs"]
+    ]
+    cycles, rest = divmod(config.max_steps, max(sum(steps), 1))
+    ends = [sum(steps[: index + 1]) for index in range(len(steps))]
+    return cycles * len(steps) + (next(index + 1 for index, end in enumerate(ends) if end >= rest) if rest else 0)
 
 
 # -------------------------------------------------------------------------------------- optimizer and schedule
@@ -263,7 +287,11 @@ def build_evaluation(
         return None
     dtype = torch.bfloat16 if config.bf16 else torch.float16 if config.fp16 else None
     evaluate = None
-    holdout = open_holdout(config.holdout_data or data_dir, verify_checksum=config.verify_checksums)
+    if config.holdout_data is not None:  # named by the user: it must hold a held-out set of the data's vocabulary
+        vocabulary = read_manifest(data_dir)["tokenizer"]["vocab_fingerprint"]
+        holdout = open_holdout_data(config.holdout_data, vocabulary, verify_checksum=config.verify_checksums)
+    else:
+        holdout = open_holdout(data_dir, verify_checksum=config.verify_checksums)
     if holdout is not None:
         evaluate = manifest_evaluator(
             holdout, config.holdout_data or data_dir, config.eval_batch_size, context.device, dtype

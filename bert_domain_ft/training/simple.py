@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from bert_domain_ft.corpus.records import input_fingerprint, is_dataset_directory
-from bert_domain_ft.corpus.task_files import holds_records, write_task_corpus
+from bert_domain_ft.corpus.task_files import RECORDS_TEXT_FLAG, holds_records, write_task_corpus
 from bert_domain_ft.data.document_store import DocumentStore, build_document_store, open_document_store
 from bert_domain_ft.data.instances import RowLayout
 from bert_domain_ft.data.loader import Batch, BatchFetcher
@@ -153,7 +153,8 @@ def write_records_corpus_file(config: SimpleConfig, context: DistributedContext)
         raise UserError(f"{config.train_corpus}: not found; check the --train_corpus path")
     path = config.output_dir / RECORDS_CORPUS_FILE
     if context.is_main:
-        stats = write_task_corpus(config.train_corpus, config.text_field, path, document_column=config.document_field)
+        stats = write_task_corpus(config.train_corpus, config.text_field, path, document_column=config.document_field,
+                                  text_flag=RECORDS_TEXT_FLAG)  # fmt: skip
         logger.info("%s: %d rows (%d empty skipped) → %d documents, %d sentences in %s", config.train_corpus,
                     stats.rows, stats.empty_rows_skipped, stats.documents, stats.sentences, path)  # fmt: skip
     barrier(context)

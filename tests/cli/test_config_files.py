@@ -314,3 +314,137 @@ def test_output_piped_into_a_reader_that_stops_early_ends_quietly(tiny_corpus: P
     stderr = process.stderr.read().decode()
     assert process.wait(timeout=120) == 141, stderr
     assert "Traceback" not in stderr and "BrokenPipeError" not in stderr
+
+
+# Values no command can use: one line and exit status 2, never a traceback or a silent default.
+
+SEEDED_COMMANDS = {
+    "select": ["select", "--task_data", "t.csv", "--corpus", "c.txt", "--output", "o.txt", "--fraction", "0.5"],
+    "pregenerate": ["pregenerate", "--train_corpus", "c.txt", "--bert_model", "m", "--output_dir", "o"],
+    "finetune": ["finetune", "--pregenerated_data", "d", "--output_dir", "o", "--bert_model", "m"],
+    "simple": ["simple", "--train_corpus", "c.txt", "--output_dir", "o", "--bert_model", "m"],
+    "probe": ["probe", "--models", "m", "--train", "a.csv", "--test", "b.csv"],
+    "fill-mask": ["fill-mask", "--models", "m", "a [MASK] b"],
+}
+
+
+def one_line_refusal(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
+    """The ``error:`` line of ``bert-domain-ft ARGV``, which must exit with status 2 (parser or run) and print no
+    traceback."""
+    capsys.readouterr()
+    try:
+        status = main(argv)
+    except SystemExit as exited:
+        status = exited.code
+    stderr = capsys.readouterr().err
+    errors = [line for line in stderr.splitlines() if line.startswith("error: ") or ": error: " in line]
+    assert status == 2 and len(errors) == 1 and "Traceback" not in stderr, stderr
+    return errors[0]
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**32), str(2**64)])
+@pytest.mark.parametrize("command", sorted(SEEDED_COMMANDS))
+def test_every_seeded_command_refuses_a_seed_numpy_and_torch_cannot_take(
+    capsys: pytest.CaptureFixture[str], command: str, seed: str
+) -> None:
+    error = one_line_refusal(capsys, [*SEEDED_COMMANDS[command], "--seed", seed])
+    assert f"--seed must be a whole number from 0 to {2**32 - 1:,}, got {seed}" in error
+
+
+EMPTY_NAMES = [
+    ["pregenerate", "--train_corpus", "c.txt", "--bert_model", "", "--output_dir", "o"],
+    ["pregenerate", "--train_corpus", "c.txt", "--tokenizer", " ", "--output_dir", "o"],
+    ["finetune", "--pregenerated_data", "d", "--output_dir", "o", "--bert_model", ""],
+    ["simple", "--train_corpus", "c.txt", "--output_dir", "o", "--bert_model", ""],
+    ["check", "c.txt", "--bert_model", ""],
+    [*SEEDED_COMMANDS["select"], "--method", "embedding", "--bert_model", " "],
+    ["vocab", "analyse", "c.txt", "--bert_model", ""],
+    ["vocab", "extend", "c.txt", "--bert_model", "", "--add", "5", "--output", "o"],
+    ["evaluate", "--model", "", "--corpus", "c.txt"],
+    ["evaluate", "--model", "m", "--corpus", "c.txt", "--tokenizer", ""],
+    ["probe", "--models", "m", "", "--train", "a.csv", "--test", "b.csv"],
+    ["fill-mask", "--models", "", "a [MASK] b"],
+]
+
+
+@pytest.mark.parametrize("argv", EMPTY_NAMES, ids=[" ".join(argv[:2]) for argv in EMPTY_NAMES])
+def test_an_empty_model_name_is_refused_never_the_current_directory(
+    capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    """``--bert_model "$MODEL"`` with MODEL unset: "" would load (or write) the current directory."""
+    assert "empty" in one_line_refusal(capsys, argv)
+
+
+def every_command() -> dict[str, tuple[list[str], list]]:
+    """Each command line's words (``vocab analyse``) → its flags."""
+    from bert_domain_ft.cli import COMMANDS, GROUPS
+
+    found = {name: ([name], command.flags()) for name, command in COMMANDS.items()}
+    for group in GROUPS.values():
+        found |= {f"{group.name} {name}": ([group.name, name], sub.flags()) for name, sub in group.commands.items()}
+    return found
+
+
+def every_flag_set(flags: list) -> list[str]:
+    """A command line giving every flag a value other than its default (one per exclusive group)."""
+    argv: list[str] = []
+    groups: set[str | None] = set()
+    for flag in flags:
+        if flag.group is not None and flag.group in groups:
+            continue
+        groups.add(flag.group)
+        samples = {int: "3", float: "0.25"}
+        value = (
+            str(flag.choices[-1]) if flag.choices else samples.get(flag.convert, "7" if flag.default == "auto" else "x")
+        )
+        values = [] if flag.action else [value, value + "2"] if flag.nargs in ("+", "*") else [value]
+        argv += [*flag.names[:1], *values]
+    return argv
+
+
+FILL_MASK_TEXTS_AMONG_MODELS = ["fill-mask", "--models", "base", "run", "The [MASK] was reset."]  # texts: []
+
+
+@pytest.mark.parametrize("command", [*sorted(every_command()), "fill-mask, texts among --models"])
+def test_print_config_of_every_command_reads_back_through_config_to_the_same_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    words, flags = every_command()[command.split(",")[0]]
+    argv = FILL_MASK_TEXTS_AMONG_MODELS if "," in command else [*words, *every_flag_set(flags)]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        parse_with_config(build_parser(), [*argv, "--print_config"])
+    assert exited.value.code == 0
+    printed = write(tmp_path / "printed.yaml", yaml.safe_load(capsys.readouterr().out))
+    again = parse_with_config(build_parser(), [*words, "--config", str(printed)])
+    assert vars(again) == {**vars(parse_with_config(build_parser(), argv)), "config": printed}
+
+
+def billion_laughs(levels: int = 9) -> str:
+    """YAML of a few hundred bytes whose aliases expand to 9**levels strings, under a valid key."""
+    lines = ["seed:", '  l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for level in range(1, levels):
+        lines.append(f"  l{level}: &l{level} [{', '.join([f'*l{level - 1}'] * 9)}]")
+    return "\n".join(lines) + "\n"
+
+
+def test_yaml_aliases_expanding_beyond_a_small_bound_are_refused_before_they_fill_memory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "laughs.yaml").write_text(billion_laughs(), encoding="utf-8")
+    error = one_line_refusal(capsys, [*SEEDED_COMMANDS["select"], "--config", str(tmp_path / "laughs.yaml")])
+    assert "laughs.yaml: expands to over 10,000 values (nested YAML aliases?)" in error
+    (tmp_path / "shared.yaml").write_text("seed: &s 7\nk1: 1.5\nb: *s\n", encoding="utf-8")  # a few aliases are fine
+    assert load_config_file(tmp_path / "shared.yaml") == {"seed": 7, "k1": 1.5, "b": 7}
+
+
+@pytest.mark.parametrize("kind", ["directory", "device", "large", "deep-yaml", "deep-json"])
+def test_a_config_that_is_no_file_of_flag_values_says_what_it_is(tmp_path: Path, kind: str) -> None:
+    path = {"directory": tmp_path, "device": Path("/dev/zero")}.get(kind, tmp_path / f"run.{kind[5:] or 'yaml'}")
+    if kind == "large":
+        path.write_text("seed: 1\n" + "#" * (1 << 20), encoding="utf-8")
+    elif kind.startswith("deep"):
+        path.write_text('{"seed": ' + "[" * 100_000 + "]" * 100_000 + "}", encoding="utf-8")
+    message = {"directory": "is a directory; give the YAML or JSON file", "device": "over 1 MB", "large": "over 1 MB"}
+    with pytest.raises(UserError, match=message.get(kind, "nested too deeply")):
+        load_config_file(path)

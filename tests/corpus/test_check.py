@@ -131,3 +131,43 @@ def test_cli_check_with_a_tokenizer_prints_json_with_all_findings(flawed_corpus,
 def test_an_unloadable_tokenizer_is_a_user_error(tiny_corpus, tmp_path, capsys):
     assert main(["check", str(tiny_corpus), "--bert_model", str(tmp_path / "no_model"), "--no_progress"]) == 2
     assert capsys.readouterr().err.startswith("error: ")
+
+
+def corpus_commands(pipe: Path, tmp_path: Path, model: Path, other: Path) -> dict[str, list[str]]:
+    """Commands reading a corpus (or task file) more than once, each given the pipe."""
+    select = ["select", "--output", str(tmp_path / "s.txt"), "--fraction", "0.5", "--no_progress"]
+    return {
+        "check": ["check", str(pipe), "--no_progress"],
+        "pregenerate": [
+            "pregenerate",
+            "--train_corpus",
+            str(pipe),
+            "--bert_model",
+            str(model),
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--no_progress",
+        ],  # fmt: skip
+        "select corpus": [*select, "--task_data", str(other), "--corpus", str(pipe)],
+        "select task": [*select, "--task_data", str(pipe), "--corpus", str(other)],
+        "tokenizer": ["tokenizer", str(pipe), "--output", str(tmp_path / "tok"), "--no_progress"],
+        "evaluate": ["evaluate", "--model", str(model), "--corpus", str(pipe), "--no_progress"],
+    }
+
+
+@pytest.mark.parametrize("command", ["check", "pregenerate", "select corpus", "select task", "tokenizer", "evaluate"])
+def test_a_pipe_is_said_to_be_one_that_cannot_be_read_twice_not_an_empty_file(
+    tmp_path: Path, tiny_corpus: Path, tiny_bert_dir: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    """`--train_corpus <(cat corpus.txt)` names /dev/fd/N, a pipe: its size is 0, but it is not empty."""
+    import os
+
+    from training_helpers import run_cli
+
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)  # nobody writes to it: a command that opened it would wait forever
+    status, error, _ = run_cli(capsys, corpus_commands(pipe, tmp_path, tiny_bert_dir, tiny_corpus)[command])
+    assert status == 2 and error == (
+        f"error: {pipe}: is a pipe or a device, not a file, and it is read more than once; save it to a file first "
+        "(e.g. `cat … > corpus.txt`)"
+    )

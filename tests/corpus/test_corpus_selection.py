@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from training_helpers import run_cli
 
 from bert_domain_ft.cli import main
 from bert_domain_ft.corpus import selection as corpus_selection
@@ -273,3 +274,52 @@ def test_a_task_file_sorted_by_label_does_not_give_the_budget_to_its_first_class
     _, record = select(tmp_path, task, corpus, tokens=150)  # fewer documents than task texts
     assert record["documents_kept"] < record["queries"]
     assert {topics[index] for index in record["kept_document_indices"]} == {"kernel", "court"}
+
+
+def select_cli(capsys: pytest.CaptureFixture, task: Path, corpus: Path, output: Path, *more: str):
+    arguments = ["select", "--task_data", str(task), "--corpus", str(corpus), "--output", str(output)]
+    return run_cli(capsys, [*arguments, "--fraction", "0.3", "--no_progress", *more])
+
+
+@pytest.mark.parametrize("spelling", ["same", "dotdot", "symlink", "record"])
+def test_an_output_that_is_the_task_file_is_refused_however_it_is_spelled(
+    tmp_path: Path, capsys: pytest.CaptureFixture, spelling: str
+) -> None:
+    """--output (or its <output>.json record) must never overwrite the labelled task file, even with --overwrite."""
+    corpus = write_corpus(tmp_path / "corpus.txt", ["kernel", "clinic"] * 10)
+    task = write_task(tmp_path / "task.csv", ["kernel"] * 2)
+    before = task.read_bytes()
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "link.csv").symlink_to(task)
+    output = {"same": task, "dotdot": tmp_path / "sub" / ".." / "task.csv", "symlink": tmp_path / "link.csv",
+              "record": tmp_path / "task"}[spelling]  # fmt: skip
+    if spelling == "record":
+        task = task.rename(tmp_path / "task.json")  # a JSON-lines task file named like select's record
+        task.write_text('{"text": "kernel module driver"}\n', encoding="utf-8")
+        before = task.read_bytes()
+    status, error, _ = select_cli(capsys, task, corpus, output, "--overwrite")
+    assert status == 2 and "--output would overwrite the --task_data file" in error
+    assert task.read_bytes() == before
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1"])
+def test_a_bm25_parameter_that_is_not_finite_or_out_of_range_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture, value: str
+) -> None:
+    corpus = write_corpus(tmp_path / "corpus.txt", ["kernel", "clinic"] * 10)
+    task = write_task(tmp_path / "task.csv", ["kernel"] * 2)
+    for flag in ("--k1", "--b"):
+        status, error, _ = select_cli(capsys, task, corpus, tmp_path / "out.txt", flag, value)
+        assert status == 2 and "BM25 needs a finite --k1 >= 0" in error
+    assert not (tmp_path / "out.txt").exists()
+
+
+def test_a_task_sharing_no_word_with_the_corpus_is_refused_not_an_empty_selection(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    corpus = write_corpus(tmp_path / "corpus.txt", ["kernel", "clinic"] * 10)
+    task = tmp_path / "task.csv"
+    task.write_text("text,label\nzorblat quixit frammis,a\nvelloq snurp,b\n", encoding="utf-8")
+    status, error, _ = select_cli(capsys, task, corpus, tmp_path / "out.txt")
+    assert status == 2 and "no task text shares a word with the corpus" in error
+    assert not (tmp_path / "out.txt").exists() and not (tmp_path / "out.txt.json").exists()

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from training_helpers import run_cli
 
 from bert_domain_ft.cli import build_parser, main
 from bert_domain_ft.corpus import reading as text_inputs
@@ -257,6 +258,45 @@ def test_a_paragraph_longer_than_a_block_is_read_in_pieces_without_changing_the_
     _, pieces = prepare(tmp_path, one_paragraph, raw / "00.txt", name="pieces.txt", punkt=str(whole) + ".punkt.json")
     assert pieces.read_bytes() == whole.read_bytes()
     assert corpus_documents(pieces)[0] == [s for d in documents for s in d]
+
+
+@pytest.mark.parametrize("layout", ["one line", "a JSON record"])
+def test_a_line_longer_than_a_block_is_read_in_pieces_without_changing_the_output(
+    tmp_path, domain_raw, monkeypatch, layout
+):
+    """A paragraph on one line (or in one record's text) is cut into blocks like a long paragraph of many lines:
+    bounded memory, the same corpus; so is a sentence running on over blocks, in the same pieces."""
+    raw, documents = domain_raw
+    text = " ".join(s for d in documents for s in d)
+    text += " " + "; ".join(f"clause number {index} says little" for index in range(40)) + "."
+    long_line = tmp_path / ("long.txt" if layout == "one line" else "long.jsonl")
+    long_line.write_text(text + "\n" if layout == "one line" else json.dumps({"text": text}) + "\n", "utf-8")
+    options = {"max_sentence_chars": 100} | ({} if layout == "one line" else {"text_field": "text", "glob": "*"})
+    other = write_raw_files(tmp_path / "other", documents[:1]) / "00.txt"
+    if layout != "one line":
+        other = other.with_suffix(".jsonl")
+        other.write_text(json.dumps({"text": " ".join(documents[0])}) + "\n", encoding="utf-8")
+    whole_report, whole = prepare(tmp_path, long_line, other, name="whole.txt", **options)
+    monkeypatch.setattr(text_inputs, "PARAGRAPH_BLOCK_CHARACTERS", 300)
+    report, pieces = prepare(tmp_path, long_line, other, name="pieces.txt", punkt=f"{whole}.punkt.json", **options)
+    assert pieces.read_bytes() == whole.read_bytes()
+    assert corpus_documents(pieces)[0][:5] == [s for d in documents for s in d][:5]
+    assert report.long_sentences_split == whole_report.long_sentences_split == 1
+    assert report.pieces_from_long_sentences == whole_report.pieces_from_long_sentences > 10
+
+
+@pytest.mark.parametrize("source", ["file", "device"])
+def test_a_line_over_the_bound_is_one_line_naming_it_never_read_whole(tmp_path, monkeypatch, capsys, source):
+    """`prepare /dev/zero` grew by ~450 MB/s forever; a 100 MB line without breaks was called a full disk."""
+    monkeypatch.setattr(text_inputs, "MAX_LINE_BYTES", 1 << 16)
+    path = Path("/dev/zero") if source == "device" else tmp_path / "one_line.txt"
+    if source == "file":
+        path.write_text("Fine first line.\n" + "word " * (1 << 15) + "\n", encoding="utf-8")
+    status, error, _ = run_cli(capsys, ["prepare", str(path), "--output", str(tmp_path / "out.txt"), "--no_progress"])
+    line = 1 if source == "device" else 2
+    problem = "line is longer than 0.0625 MB (a file without line breaks?); write a paragraph a line at most"
+    assert (status, error) == (2, f"error: {path}:{line}: {problem}")
+    assert not (tmp_path / "out.txt").exists()
 
 
 def test_punkt_trains_on_a_bounded_sample_and_every_document_is_still_written(tmp_path, domain_raw):

@@ -141,3 +141,33 @@ def test_a_failed_write_leaves_no_output(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="holds no task text"):
         write_task_corpus(path, "text", output)
     assert list(tmp_path.iterdir()) == [path]
+
+
+@pytest.mark.parametrize(
+    ("command", "flag"),
+    [
+        ("pregenerate --task_data", "--task_text_column"),
+        ("pregenerate --train_corpus", "--text_field"),
+        ("simple --task_data", "--task_text_column"),
+        ("simple --train_corpus", "--text_field"),
+        ("select --task_data", "--text_column"),
+    ],
+)
+def test_a_missing_text_column_names_the_flag_the_command_has(
+    tmp_path: Path, tiny_corpus: Path, tiny_bert_dir: Path, capsys: pytest.CaptureFixture[str], command: str, flag: str
+) -> None:
+    """Every reader of rows advised --text_column, which pregenerate and simple do not have."""
+    from training_helpers import run_cli
+
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"body": "The kernel frees a page."}\n{"body": "A lock guards it."}\n', encoding="utf-8")
+    name, given = command.split()
+    corpus, task = (str(rows), []) if given == "--train_corpus" else (str(tiny_corpus), ["--task_data", str(rows)])
+    model = ["--bert_model", str(tiny_bert_dir)]
+    arguments = {
+        "pregenerate": ["--train_corpus", corpus, *task, *model, "--output_dir", str(tmp_path / "out")],
+        "simple": ["--train_corpus", corpus, *task, *model, "--output_dir", str(tmp_path / "out")],
+        "select": [*task, "--corpus", corpus, "--output", str(tmp_path / "out.txt"), "--fraction", "0.5"],
+    }[name]
+    status, error, _ = run_cli(capsys, [name, *arguments, "--no_progress"])
+    assert (status, error) == (2, f"error: {rows}:1: no column 'text' (columns: 'body'); name it with {flag}")

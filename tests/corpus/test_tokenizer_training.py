@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import tiny_assets
+from training_helpers import run_cli
 
 from bert_domain_ft.cli import main
 from bert_domain_ft.corpus.config import KIND_SPECS, KINDS, TokenizerTrainingConfig
@@ -202,3 +203,13 @@ def test_pregenerate_uses_a_trained_wordpiece_tokenizer(trained: dict[str, Path]
     assert manifest["tokenizer"]["vocab_fingerprint"] == facts.vocab_fingerprint
     assert manifest["tokenizer"]["mask_token_id"] == facts.mask_token_id
     assert manifest["epochs"][0]["num_instances"] > 0
+
+
+def test_a_vocab_size_no_model_could_use_is_one_line_not_a_rust_abort(
+    tiny_corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The trainer aborts the whole process (SIGABRT, a Rust backtrace) on sizes it cannot allocate."""
+    arguments = ["tokenizer", str(tiny_corpus), "--output", str(tmp_path / "o"), "--no_progress"]
+    status, error, _ = run_cli(capsys, [*arguments, "--vocab_size", "1000000000"])
+    assert status == 2 and "--vocab_size 1,000,000,000 is above 1,000,000" in error
+    assert not (tmp_path / "o").exists()

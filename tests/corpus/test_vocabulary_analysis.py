@@ -72,3 +72,20 @@ def test_the_command_prints_json_and_refuses_an_empty_corpus(model_dir: Path, tm
     empty.write_text("\n\n", encoding="utf-8")
     with pytest.raises(UserError, match="no text"):
         analyse_vocabulary(VocabAnalyseConfig(corpus=empty, bert_model=str(model_dir), show_progress=False))
+
+
+def test_a_corpus_given_as_a_pipe_is_read_as_a_stream(model_dir: Path, tmp_path: Path) -> None:
+    """`vocab analyse <(cat corpus.txt)`: the corpus is read once, so a pipe does (it has no size to check)."""
+    import os
+    import threading
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("Kernels schedule threads.\nThreads hold locks.\n\nLocks guard memory.\n", encoding="utf-8")
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    writer = threading.Thread(target=lambda: pipe.write_bytes(corpus.read_bytes()), daemon=True)
+    writer.start()
+    piped = analyse_vocabulary(VocabAnalyseConfig(pipe, str(model_dir), show_progress=False))
+    writer.join()
+    from_file = analyse_vocabulary(VocabAnalyseConfig(corpus, str(model_dir), show_progress=False))
+    assert {**piped.to_json(), "corpus": ""} == {**from_file.to_json(), "corpus": ""}

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import vocabulary_assets
-from training_helpers import load_weights, make_pregenerated, quick_config
+from training_helpers import load_weights, make_pregenerated, quick_config, run_cli
 
 from bert_domain_ft.cli import main
 from bert_domain_ft.corpus.config import VocabExtendConfig
@@ -142,3 +142,56 @@ def test_more_words_than_qualify_get_one_line_saying_how_many_do(
     assert main([*arguments, "--output", str(tmp_path / "out"), "--no_progress"]) == 2
     error = capsys.readouterr().err.strip()
     assert error.count("\n") == 0 and "only 5 words qualify but --add asks for 500; lower --add to 5" in error
+
+
+def test_extending_an_extended_model_keeps_the_first_extensions_fresh_rows_and_an_absolute_base(
+    grown, corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The second extension's record lists the first one's rows too (untrained, they still need their warm-up),
+    and names the base model by its absolute path, valid from any working directory."""
+    first, _ = grown
+    words = tmp_path / "words.txt"
+    words.write_text("writebacks\n", encoding="utf-8")
+    monkeypatch.chdir(first.parent)
+    arguments = ["vocab", "extend", str(corpus), "--bert_model", first.name, "--add", "1", "--words", str(words)]
+    assert main([*arguments, "--output", str(tmp_path / "second"), "--no_progress"]) == 0
+    earlier = json.loads((first / EXTENSION_RECORD).read_text())
+    record = json.loads((tmp_path / "second" / EXTENSION_RECORD).read_text())
+    assert [entry["token"] for entry in record["added"]] == [e["token"] for e in earlier["added"]] + ["writebacks"]
+    assert fresh_rows(tmp_path / "second") == tuple(sorted(entry["id"] for entry in record["added"]))
+    assert record["base_model"] == earlier["base_model"] and Path(record["base_model"]).is_absolute()
+    assert record["vocab_size_before"] == earlier["vocab_size_before"] < record["vocab_size"]
+
+
+def test_a_word_list_that_is_not_utf8_names_its_line(base_dir: Path, corpus: Path, tmp_path: Path, capsys) -> None:
+    words = tmp_path / "words.txt"
+    words.write_bytes(b"mutex\ncaf\xe9\n")
+    arguments = ["vocab", "extend", str(corpus), "--bert_model", str(base_dir), "--add", "1", "--words", str(words)]
+    status, error, _ = run_cli(capsys, [*arguments, "--output", str(tmp_path / "out"), "--no_progress"])
+    assert status == 2 and error == f"error: {words}:2: byte 4 of this line is not valid UTF-8; save the file as UTF-8"
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_terminal_that_is_not_utf8_gets_the_report_escaped_not_a_traceback(
+    base_dir: Path, corpus: Path, tmp_path: Path
+) -> None:
+    """The report's "→" and the words cannot be encoded in latin-1: the extended model was already written."""
+    import os
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "bert_domain_ft", "vocab", "extend", str(corpus), "--bert_model", str(base_dir),
+               "--add", "2", "--min_count", "1", "--output", str(tmp_path / "out"), "--no_progress"]  # fmt: skip
+    environment = {**os.environ, "PYTHONIOENCODING": "latin-1"}
+    result = subprocess.run(command, capture_output=True, env=environment, timeout=300, check=False)
+    assert result.returncode == 0 and b"Traceback" not in result.stderr, result.stderr.decode("latin-1")[-2000:]
+    assert b"vocabulary" in result.stdout and b"\\u2192" in result.stdout
+
+
+def test_the_record_names_the_base_model_by_its_absolute_path(
+    base_dir: Path, corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(base_dir.parent)
+    arguments = ["vocab", "extend", str(corpus), "--bert_model", base_dir.name, "--add", "1", "--min_count", "1"]
+    assert main([*arguments, "--output", str(tmp_path / "out"), "--no_progress"]) == 0
+    assert json.loads((tmp_path / "out" / EXTENSION_RECORD).read_text())["base_model"] == str(base_dir.resolve())

@@ -6,7 +6,9 @@ import json
 import random
 from pathlib import Path
 
+import pytest
 from tiny_assets import synthetic_sentence
+from training_helpers import run_cli
 
 from bert_domain_ft.cli import main
 from bert_domain_ft.data.config import PregenerateConfig
@@ -79,3 +81,32 @@ def test_a_datasets_directory_is_one_corpus_not_a_directory_of_corpora(tmp_path:
 
     datasets.Dataset.from_list([{"text": "One text."}, {"text": "Two."}]).save_to_disk(str(tmp_path / "dataset"))
     assert corpora_from_text([str(tmp_path / "dataset")]) == tmp_path / "dataset"
+
+
+@pytest.mark.parametrize("name", ["../../evil", "ABSOLUTE", ".hidden", "a/b", "a b"])
+def test_a_corpus_name_that_would_write_outside_the_output_directory_is_refused(
+    tmp_path: Path, tiny_bert_dir: Path, capsys: pytest.CaptureFixture[str], name: str
+) -> None:
+    """NAME=FILE names the records' corpus file NAME_corpus.txt in --output_dir: no name may leave it, from the
+    command line or from a shared --config file."""
+    name = str(tmp_path / "evil") if name == "ABSOLUTE" else name
+    rows = tmp_path / "work" / "rows.jsonl"
+    rows.parent.mkdir()
+    rows.write_text("".join(json.dumps(row) + "\n" for row in sentence_rows()), encoding="utf-8")
+    output = tmp_path / "work" / "out"
+    arguments = ["--bert_model", str(tiny_bert_dir), "--output_dir", str(output), "--text_field", "sentence",
+                 "--epochs_to_generate", "1", "--max_seq_len", "32", "--no_progress"]  # fmt: skip
+    config = tmp_path / "shared.yaml"
+    config.write_text(json.dumps({"train_corpus": [f"{name}={rows}", f"other={rows}"]}), encoding="utf-8")
+    for source in (["--train_corpus", f"{name}={rows}", f"other={rows}"], ["--config", str(config)]):
+        status, error, _ = run_cli(capsys, ["pregenerate", *source, *arguments])
+        assert status == 2 and f"the corpus name {name!r} may hold only letters, digits" in error
+    assert sorted(path.name for path in tmp_path.rglob("*_corpus.txt*")) == []
+
+
+def test_corpus_names_of_letters_digits_dashes_and_dots_are_kept(tmp_path: Path) -> None:
+    from bert_domain_ft.data.config import corpora_from_text
+
+    given = ["zul=a.txt", "en-GB.v2=b.txt", "nb_NO=c.txt", "Ελληνικά=d.txt"]
+    config = PregenerateConfig(train_corpus=corpora_from_text(given), output_dir=tmp_path, bert_model="m")
+    assert list(config.train_corpus) == ["zul", "en-GB.v2", "nb_NO", "Ελληνικά"]

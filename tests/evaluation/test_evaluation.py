@@ -334,3 +334,50 @@ def test_finetune_evaluates_before_every_eval_steps_and_at_the_end(finetuned_run
     assert print_run_before_after(finetuned_run)
     table = capsys.readouterr().out
     assert f"step 0 → step {last_step}" in table and "before" in table and "after" in table
+
+
+# ------------------------------------------------------------------------------------------ --holdout_data
+
+
+@pytest.fixture(scope="module")
+def without_holdout(tiny_corpus: Path, tiny_bert_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from training_helpers import make_pregenerated
+
+    return make_pregenerated(tiny_corpus, tiny_bert_dir, tmp_path_factory.mktemp("no_holdout"), epochs=1)
+
+
+@pytest.fixture(scope="module")
+def other_vocabulary(tiny_corpus: Path, roberta_encoder_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from training_helpers import make_pregenerated
+
+    output = tmp_path_factory.mktemp("other_vocabulary")
+    return make_pregenerated(tiny_corpus, roberta_encoder_dir, output, epochs=1, holdout_fraction=HOLDOUT_FRACTION)
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ("missing", "no manifest; run `bert-domain-ft pregenerate` first, or check the --holdout_data path"),
+        ("without", "--holdout_data: holds no held-out set; pregenerate it with --holdout_fraction"),
+        ("other", "--holdout_data was pregenerated with the vocabulary of"),
+    ],
+)
+def test_a_holdout_data_that_cannot_be_evaluated_is_refused_not_silently_skipped(
+    without_holdout: Path, other_vocabulary: Path, tiny_bert_dir: Path, tmp_path: Path, capsys, given, message
+) -> None:
+    from training_helpers import run_cli
+
+    holdout = {"missing": tmp_path / "missing", "without": without_holdout, "other": other_vocabulary}[given]
+    arguments = ["finetune", "--pregenerated_data", str(without_holdout), "--bert_model", str(tiny_bert_dir),
+                 "--output_dir", str(tmp_path / "run"), "--holdout_data", str(holdout), "--max_steps", "1",
+                 "--train_batch_size", "8", "--no_cuda", "--no_progress"]  # fmt: skip
+    status, error, _ = run_cli(capsys, arguments)
+    assert status == 2 and message in error
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_holdout_data_with_no_eval_is_refused() -> None:
+    from bert_domain_ft.training.config import FinetuneConfig
+
+    with pytest.raises(ValueError, match="--holdout_data is evaluated, which --no_eval turns off"):
+        FinetuneConfig(Path("d"), Path("o"), bert_model="m", holdout_data=Path("h"), do_eval=False)

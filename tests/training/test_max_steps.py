@@ -71,3 +71,22 @@ def test_max_steps_flag_reaches_finetune_and_simple_and_must_not_be_negative(tmp
     assert simple.training.max_steps == 7
     with pytest.raises(ValueError, match="max_steps must not be negative"):
         quick_config(tmp_path, tmp_path, tmp_path / "o", max_steps=-1)
+
+
+@pytest.mark.parametrize("epochs_worth", [0.5, 2.5])
+def test_under_max_steps_data_reuse_is_told_in_steps_not_in_the_ignored_epochs(
+    tmp_path: Path, data_dir: Path, tiny_bert_dir: Path, caplog: pytest.LogCaptureFixture, epochs_worth: float
+) -> None:
+    """--epochs (3 by default) is ignored under --max_steps: "3 training epochs were asked for" was wrong."""
+    from bert_domain_ft.data.epoch_format import read_manifest
+    from bert_domain_ft.training.setup import pregenerated_source
+
+    max_steps = round(epochs_worth * steps_per_epoch(data_dir, 16))
+    config = quick_config(data_dir, tiny_bert_dir, tmp_path, train_batch_size=16, max_steps=max_steps, epochs=3)
+    with caplog.at_level("WARNING"):
+        pregenerated_source(data_dir, read_manifest(data_dir), config, None, world_size=1)
+    warnings = [record.getMessage() for record in caplog.records if "epoch(s) of data" in record.getMessage()]
+    if epochs_worth < 2:  # the two pregenerated epochs cover it: nothing is reused
+        assert warnings == []
+    else:
+        assert len(warnings) == 1 and f"but --max_steps {max_steps} reads 3 epochs' worth" in warnings[0]

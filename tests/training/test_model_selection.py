@@ -163,3 +163,12 @@ def test_a_full_disk_while_saving_a_better_model_keeps_the_previous_best(tmp_pat
     assert (tmp_path / BEST_DIRECTORY / "model.safetensors").read_bytes() == b"v1"
     assert not (tmp_path / f"{BEST_DIRECTORY}.partial").exists()
     assert keeper.best_step == 10
+
+
+def test_save_best_with_no_eval_says_that_no_eval_turns_off_what_it_needs(capsys: pytest.CaptureFixture) -> None:
+    """It was run, then blamed on a missing held-out set ("pregenerate with --holdout_fraction")."""
+    from training_helpers import run_cli
+
+    arguments = ["finetune", "--pregenerated_data", "d", "--output_dir", "o", "--bert_model", "m", "--save_best"]
+    status, error, _ = run_cli(capsys, [*arguments, "--no_eval"])
+    assert status == 2 and "--save_best keeps the model with the best held-out loss, which --no_eval turns off" in error
