@@ -15,6 +15,7 @@ from typing import Any
 from bert_domain_ft.corpus.check import validate_max_seq_len
 from bert_domain_ft.corpus.records import input_bytes, input_fingerprint, is_dataset_directory
 from bert_domain_ft.corpus.task_files import holds_records
+from bert_domain_ft.data.epoch_format import FORMAT_VERSION
 from bert_domain_ft.errors import UserError, check_not_empty, check_seed
 from bert_domain_ft.files import nonempty_path, refuse_empty_paths
 
@@ -186,6 +187,8 @@ class PregenerateConfig:
         record["corpus_bytes"] = {name: input_bytes(path) for name, path in self.named_corpora()}
         record["corpus_fingerprint"] = {name: input_fingerprint(path) for name, path in self.named_corpora()}
         record["vocab_fingerprint"] = tokenizer_fingerprint
+        # The format version too: --resume must not mix epochs of two versions (2 added NSP labels for "none").
+        record["format_version"] = FORMAT_VERSION
         if any(holds_records(path) for _, path in self.named_corpora()):  # these fields shape records' text only
             record["records"] = {"text_field": self.text_field, "document_field": self.document_field}
         if self.task_data is not None:  # the raw task file: --resume names it when it was edited

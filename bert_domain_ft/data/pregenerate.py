@@ -161,8 +161,7 @@ def _write_output(config: PregenerateConfig, tokenizer: Any, facts: TokenizerFac
     work = working_directory(config.output_dir, config.overwrite, config.resume, inputs)
     final_output = config.output_dir
     config = replace(config, output_dir=work)
-    # The format version too: --resume must not mix epochs of two versions (2 added NSP labels for "none").
-    record = {**config.generation_record(facts.vocab_fingerprint), "format_version": FORMAT_VERSION}
+    record = config.generation_record(facts.vocab_fingerprint)
     if config.resume:
         check_resume(work, record)
     write_json_atomic(work / GENERATION_RECORD, record)
