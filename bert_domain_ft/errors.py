@@ -1,14 +1,28 @@
 """Errors a user can act on.
 
 Every failure caused by input (a corpus line, a flag, a directory) is raised as ``UserError``: the CLI prints
-its message on one line and exits with status 2, never a traceback.
+its message on one line and exits with status 2, never a traceback. A message never shows a secret:
+``redact_secrets`` takes out the credentials of URLs and the values of secret-looking environment variables;
+``first_line``, the one way a library's error becomes part of a message, applies it.
 
     raise UserError("corpus.txt:12: line is not valid UTF-8; re-encode the file as UTF-8 (e.g. iconv -t UTF-8)")
 """
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
+
+REDACTED = "***"
+# The user-info part of a URL (``scheme://user:password@``): the last "@" before the path, so a password holding
+# an unescaped "@" goes too. A token is often the user name alone (``https://TOKEN@host``), so all of it goes.
+_URL_CREDENTIALS = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)[^/\s'\"<>]*@")
+# A query or settings parameter that holds a secret: ``?token=…``, ``api_key=…``, ``password=…``.
+_SECRET_NAME = r"(?:token|secret|password|passwd|pwd|api_?key|access_?key|private_?key|credentials?|signature|auth)"
+_SECRET_PARAMETER = re.compile(rf"(?i)(?P<name>\b\w*{_SECRET_NAME}=)[^&\s'\"<>;,)]+")
+_SECRET_VARIABLE = re.compile(rf"(?i){_SECRET_NAME}|_KEY$")  # WANDB_API_KEY, HF_TOKEN, MLFLOW_TRACKING_PASSWORD
+_SHORTEST_SECRET = 6  # shorter values ("1", "true") would blank out ordinary words
 
 
 class UserError(Exception):
@@ -23,5 +37,19 @@ def at_location(path: str | Path, line_number: int | None, problem: str) -> str:
 
 
 def first_line(error: BaseException) -> str:
-    """The first line of ``error``'s message (its type's name when it has none): a library's error in one line."""
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+    """The first line of ``error``'s message (its type's name when it has none), secrets redacted: a library's error
+    in one line."""
+    return redact_secrets((str(error).strip().splitlines() or [type(error).__name__])[0])
+
+
+def redact_secrets(text: str) -> str:
+    """``text`` without credentials: a URL's user-info becomes ``***`` (``http://***@host/``), as does the value of
+    a secret-named parameter (``?token=***``) and of every secret-named environment variable (``WANDB_API_KEY``,
+    ``HF_TOKEN``, ``MLFLOW_TRACKING_PASSWORD``…) wherever it appears. Libraries put the URL they were given,
+    password included, into their errors; every message that carries such text passes through here."""
+    text = _URL_CREDENTIALS.sub(rf"\g<scheme>{REDACTED}@", text)
+    text = _SECRET_PARAMETER.sub(rf"\g<name>{REDACTED}", text)
+    for name, value in os.environ.items():
+        if len(value) >= _SHORTEST_SECRET and _SECRET_VARIABLE.search(name) and value in text:
+            text = text.replace(value, REDACTED)
+    return text
