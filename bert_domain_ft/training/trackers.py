@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Protocol, TextIO
 
 from bert_domain_ft.errors import UserError, first_line, redact_secrets
+from bert_domain_ft.files import os_errors_as_user_errors
 
 TRACKERS = ("tensorboard", "wandb", "mlflow")
 TENSORBOARD_DIRECTORY = "tensorboard"
@@ -131,7 +132,13 @@ class TensorBoardTracker:
         require_tracker("tensorboard")
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(log_dir=str(directory))
+        if directory.exists() and not directory.is_dir():
+            raise UserError(
+                f"{directory}: a file, not a directory; TensorBoard's event files go in this directory: move the "
+                "file away, or drop tensorboard from --report_to"
+            )
+        with os_errors_as_user_errors(directory):
+            self.writer = SummaryWriter(log_dir=str(directory))
 
     def log_parameters(self, parameters: Mapping[str, Any]) -> None:
         from torch.utils.tensorboard.summary import hparams

@@ -219,3 +219,12 @@ def test_redact_secrets_takes_out_url_credentials_secret_parameters_and_secret_v
     assert redact_secrets(text) == (
         "at https://***@host:5000/x?api_key=***&run=2 (token ***, max_tokens=5, file:///tmp/a@b)"
     )
+
+
+def test_a_file_where_the_tensorboard_directory_goes_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "tensorboard").write_text("notes\n")
+    with pytest.raises(UserError) as raised:
+        open_trackers(("tensorboard",), tmp_path, "run", SETTINGS)
+    message = str(raised.value)
+    assert message.startswith(f"{tmp_path / 'tensorboard'}: a file, not a directory;") and "\n" not in message
+    assert (tmp_path / "tensorboard").read_text() == "notes\n"
