@@ -4,6 +4,7 @@ before the first step, and probe/evaluate messages that name the real problem an
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -222,6 +223,43 @@ def test_a_truncated_model_safetensors_is_one_line_saying_it_is_damaged(
     assert status == 2
     assert error.startswith(f"error: {weights}: damaged or truncated (")
     assert error.endswith("re-download the model or save it again (save_pretrained)")
+
+
+@pytest.mark.parametrize("command", [*COMMANDS, "fill-mask"])
+def test_a_pytorch_model_bin_holding_pickled_objects_is_refused_without_suggesting_unsafe_loading(
+    data_dir: Path, tiny_bert_dir: Path, tiny_corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    command: str,
+) -> None:  # fmt: skip
+    from safetensors.torch import load_file
+
+    model = Path(shutil.copytree(tiny_bert_dir, tmp_path / "model"))
+    weights = {**load_file(model / "model.safetensors"), "training_args": argparse.Namespace(lr=1e-4)}
+    torch.save(weights, model / "pytorch_model.bin")  # what older Trainer scripts saved: tensors and an object
+    (model / "model.safetensors").unlink()
+    flags = ["fill-mask", "--models", str(model), "a [MASK] b", "--no_cuda"] if command == "fill-mask" else None
+    status, error, stderr = run_cli(
+        capsys, flags or command_flags(command, data_dir, tiny_corpus, model, tmp_path / "out")
+    )
+    assert status == 2 and "weights_only" not in stderr and "Traceback" not in stderr
+    assert error.startswith(f"error: {model / 'pytorch_model.bin'}: holds pickled Python objects, not only tensors")
+    assert "argparse.Namespace" in error and "safetensors" in error
+
+
+@pytest.mark.parametrize("zip_format", [True, False])
+def test_a_pytorch_model_bin_of_tensors_only_passes_the_check(tiny_bert_dir: Path, tmp_path: Path, zip_format: bool):
+    from safetensors.torch import load_file
+
+    from bert_domain_ft.model.loading import check_model_files, load_masked_lm_model
+
+    model = Path(shutil.copytree(tiny_bert_dir, tmp_path / "model"))
+    weights = load_file(model / "model.safetensors")
+    torch.save(weights, model / "pytorch_model.bin", _use_new_zipfile_serialization=zip_format)
+    (model / "model.safetensors").unlink()
+    check_model_files(model)
+    loaded = load_masked_lm_model(str(model)).model.state_dict()
+    assert torch.equal(
+        loaded["bert.embeddings.word_embeddings.weight"], weights["bert.embeddings.word_embeddings.weight"]
+    )
 
 
 # ---------------------------------------------------------------------------------- 9: resume past a damaged one
