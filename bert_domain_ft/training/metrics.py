@@ -16,6 +16,7 @@ as one uninterrupted run.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -100,8 +101,9 @@ class MetricsLog:
     def append(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
+        record = without_non_finite(record)
         with os_errors_as_user_errors(self.path), open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
+            handle.write(json.dumps(record, allow_nan=False) + "\n")
         send_record(self.trackers, record)
 
     def close(self) -> None:
@@ -117,6 +119,18 @@ class MetricsLog:
         kept = [line for line in lines if line.strip() and _step_of(line) <= step]
         if len(kept) != len(lines):
             write_text_atomic(self.path, "".join(line + "\n" for line in kept))
+
+
+def without_non_finite(value: Any) -> Any:
+    """``value`` with every NaN or infinite float, nested ones too, as None: JSON has no such numbers (json.dumps
+    would write ``NaN``/``Infinity``, which strict readers refuse), so the log says ``null``: no value."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: without_non_finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [without_non_finite(item) for item in value]
+    return value
 
 
 def _step_of(line: str) -> int:

@@ -228,3 +228,39 @@ def test_a_file_where_the_tensorboard_directory_goes_is_one_line(tmp_path: Path)
     message = str(raised.value)
     assert message.startswith(f"{tmp_path / 'tensorboard'}: a file, not a directory;") and "\n" not in message
     assert (tmp_path / "tensorboard").read_text() == "notes\n"
+
+
+def test_nan_and_infinity_are_written_as_null_and_trackers_get_what_the_file_holds(tmp_path: Path) -> None:
+    from bert_domain_ft.training.metrics import MetricsLog
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.scalars: list[tuple[str, int, dict[str, float]]] = []
+
+        def log_scalars(self, kind: str, step: int, values: dict[str, float]) -> None:
+            self.scalars.append((kind, step, dict(values)))
+
+        def close(self) -> None:
+            pass
+
+    tracker = Recorder()
+    log = MetricsLog(tmp_path / "metrics.jsonl", trackers=[tracker])  # type: ignore[list-item]
+    log.append(
+        {
+            "kind": "eval",
+            "step": 3,
+            "mlm_loss": float("nan"),
+            "perplexity": math.inf,
+            "nested": {"x": -math.inf},
+            "mlm_accuracy": 0.5,
+        }
+    )
+    (line,) = (tmp_path / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} is not JSON")
+
+    assert json.loads(line, parse_constant=refuse) == {
+        "kind": "eval", "step": 3, "mlm_loss": None, "perplexity": None, "nested": {"x": None}, "mlm_accuracy": 0.5
+    }  # fmt: skip
+    assert tracker.scalars == [("eval", 3, {"mlm_accuracy": 0.5})]  # the values the file holds, no more
