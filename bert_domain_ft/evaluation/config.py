@@ -9,8 +9,22 @@ words, side by side). Importing it does not import torch. A field's
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+
+def check_finite(config: Any, *names: str) -> None:
+    """Refuse a NaN or infinite value of the float fields ``names`` of ``config``, naming the flag and its default."""
+    defaults = {item.name: item.default for item in dataclasses.fields(config)}
+    for name in names:
+        value = getattr(config, name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(
+                f"--{name} {value}: not a finite number; give a number such as {defaults[name]} (the default)"
+            )
 
 
 @dataclass
@@ -118,6 +132,7 @@ class ProbeConfig:
         for name in ("seeds", "epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        check_finite(self, "learning_rate")
         if not self.learning_rate > 0:
             raise ValueError(f"--learning_rate must be positive, got {self.learning_rate}")
         if not 8 <= self.max_seq_len <= 65535:

@@ -180,3 +180,11 @@ def test_max_seq_len_beyond_the_models_positions_is_one_line_before_any_training
     assert (
         error == f"error: --max_seq_len 1000: {tiny_bert_dir} takes at most 128 tokens; give --max_seq_len 128 or less"
     )
+
+
+def test_a_non_finite_learning_rate_is_refused_naming_its_flag(tiny_bert_dir: Path, probe_files, capsys) -> None:
+    train, test = probe_files
+    arguments = ["probe", "--models", str(tiny_bert_dir), "--train", str(train), "--test", str(test), "--no_plot"]
+    status, error, _ = run_cli(capsys, [*arguments, "--learning_rate", "inf"])
+    assert status == 2
+    assert error == "error: --learning_rate inf: not a finite number; give a number such as 0.0001 (the default)"
