@@ -18,10 +18,13 @@ REDACTED = "***"
 # The user-info part of a URL (``scheme://user:password@``): the last "@" before the path, so a password holding
 # an unescaped "@" goes too. A token is often the user name alone (``https://TOKEN@host``), so all of it goes.
 _URL_CREDENTIALS = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)[^/\s'\"<>]*@")
-# A query or settings parameter that holds a secret: ``?token=…``, ``api_key=…``, ``password=…``.
-_SECRET_NAME = r"(?:token|secret|password|passwd|pwd|api_?key|access_?key|private_?key|credentials?|signature|auth)"
-_SECRET_PARAMETER = re.compile(rf"(?i)(?P<name>\b\w*{_SECRET_NAME}=)[^&\s'\"<>;,)]+")
-_SECRET_VARIABLE = re.compile(rf"(?i){_SECRET_NAME}|_KEY$")  # WANDB_API_KEY, HF_TOKEN, MLFLOW_TRACKING_PASSWORD
+# A query or settings parameter that holds a secret: ``?token=…``, ``api_key=…``, ``password=…``, ``AccountKey=…``.
+_SECRET_PARAMETER = re.compile(
+    r"(?i)(?P<name>\b\w*(?:token|secret|password|passwd|pwd|key|credentials?|signature|auth)=)[^&\s'\"<>;,)]+"
+)
+# An environment variable holding a secret, by a whole word of its name: WANDB_API_KEY, HF_TOKEN,
+# MLFLOW_TRACKING_PASSWORD, AWS_SECRET_ACCESS_KEY (not PWD, the current directory, nor TOKENIZERS_PARALLELISM).
+_SECRET_VARIABLE = re.compile(r"(?i)(?:^|_)(?:token|secret|password|passwd|key|credentials?)(?:_|$)")
 _SHORTEST_SECRET = 6  # shorter values ("1", "true") would blank out ordinary words
 
 

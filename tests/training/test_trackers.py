@@ -215,6 +215,8 @@ def test_a_rejected_wandb_key_advises_login_without_showing_the_key(
 
 def test_redact_secrets_takes_out_url_credentials_secret_parameters_and_secret_variables(monkeypatch) -> None:
     monkeypatch.setenv("HF_TOKEN", "hf_abcdef123")
+    monkeypatch.setenv("PWD", "/tmp/work/dir")  # the current directory, not a password
+    assert redact_secrets("/tmp/work/dir/model: not found") == "/tmp/work/dir/model: not found"
     text = "at https://me:p@ss@host:5000/x?api_key=k1&run=2 (token hf_abcdef123, max_tokens=5, file:///tmp/a@b)"
     assert redact_secrets(text) == (
         "at https://***@host:5000/x?api_key=***&run=2 (token ***, max_tokens=5, file:///tmp/a@b)"
