@@ -24,6 +24,7 @@ from bert_domain_ft.evaluation.heldout import format_before_after_table, render_
 from bert_domain_ft.evaluation.plots import has_step, parse_metrics_line
 from bert_domain_ft.evaluation.probe_report import paired_difference
 from bert_domain_ft.files import write_text_atomic
+from bert_domain_ft.model.files import looks_like_a_path
 
 CARD_FILE = "README.md"
 TAGS = ("bert_domain_ft", "fill-mask", "domain-adaptation", "continued-pretraining")
@@ -65,8 +66,7 @@ def hub_model_id(model: str | None) -> str | None:
         config = _read_json(Path(model) / "config.json") or {}
         candidates = [str(config.get("_name_or_path") or "")]
     for candidate in candidates:
-        is_hub_id = candidate and not Path(candidate).exists() and candidate.count("/") <= 1
-        if is_hub_id and not candidate.startswith((".", "/", "~")):
+        if candidate and not Path(candidate).exists() and not looks_like_a_path(candidate):
             return candidate
     return None
 

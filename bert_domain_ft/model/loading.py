@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from bert_domain_ft.errors import UserError, first_line
-from bert_domain_ft.model.files import read_model_config
+from bert_domain_ft.model.files import check_model_path, read_model_config
 from bert_domain_ft.model.pretraining import MLM_HEAD, LoadedModel, load_pretraining_model, quiet_transformers
 from bert_domain_ft.model.tokenizer import describe_tokenizer, load_tokenizer
 
@@ -108,8 +108,9 @@ _UNSAFE_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")  # "Unsupported global: GLOBAL a
 def check_model_files(name_or_path: str | Path) -> None:
     """Refuse, in one line, a local model directory whose ``config.json`` is not JSON, whose safetensors
     weights are damaged or cut short, or whose pickled weights (``*.bin``, read only where no safetensors file
-    exists, as transformers does) hold more than tensors (a hub id or a missing directory is left to the
-    loader to report)."""
+    exists, as transformers does) hold more than tensors; a path that is no directory is refused too (a Hub id is
+    left to the loader to report)."""
+    check_model_path(name_or_path)
     directory = Path(name_or_path)
     if not directory.is_dir():
         return

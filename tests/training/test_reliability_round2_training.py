@@ -245,6 +245,22 @@ def test_a_pytorch_model_bin_holding_pickled_objects_is_refused_without_suggesti
     assert "argparse.Namespace" in error and "safetensors" in error
 
 
+@pytest.mark.parametrize("command", [*COMMANDS, "fill-mask"])
+@pytest.mark.parametrize("given", ["./models/bert", "models/bert", "ABSOLUTE/models/bert"])
+def test_a_missing_model_directory_is_called_missing_not_a_bad_hub_id(
+    data_dir: Path, tiny_corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str, given: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()  # "models/bert" is a path when models/ is a local directory, else a Hub id
+    model = given.replace("ABSOLUTE", str(tmp_path))
+    output = tmp_path / "out"
+    flags = ["fill-mask", "--models", model, "a [MASK] b", "--no_cuda"] if command == "fill-mask" else None
+    status, error, _ = run_cli(capsys, flags or command_flags(command, data_dir, tiny_corpus, model, output))  # type: ignore[arg-type]
+    assert status == 2 and "repo" not in error.lower() and "huggingface.co" not in error
+    assert error == f"error: {model}: no such directory; give the path of a saved model directory"
+
+
 @pytest.mark.parametrize("zip_format", [True, False])
 def test_a_pytorch_model_bin_of_tensors_only_passes_the_check(tiny_bert_dir: Path, tmp_path: Path, zip_format: bool):
     from safetensors.torch import load_file
