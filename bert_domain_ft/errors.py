@@ -3,16 +3,20 @@
 Every failure caused by input (a corpus line, a flag, a directory) is raised as ``UserError``: the CLI prints
 its message on one line and exits with status 2, never a traceback. A message never shows a secret:
 ``redact_secrets`` takes out the credentials of URLs and the values of secret-looking environment variables;
-``first_line``, the one way a library's error becomes part of a message, applies it.
+``first_line``, the one way a library's error becomes part of a message, applies it. ``check_finite`` is a value
+check the stages' configs share: it raises ``ValueError``, which the CLI turns into a ``UserError`` alike.
 
     raise UserError("corpus.txt:12: line is not valid UTF-8; re-encode the file as UTF-8 (e.g. iconv -t UTF-8)")
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 REDACTED = "***"
 # The user-info part of a URL (``scheme://user:password@``): the last "@" before the path, so a password holding
@@ -56,3 +60,15 @@ def redact_secrets(text: str) -> str:
         if len(value) >= _SHORTEST_SECRET and _SECRET_VARIABLE.search(name) and value in text:
             text = text.replace(value, REDACTED)
     return text
+
+
+def check_finite(config: Any, *names: str) -> None:
+    """A ``ValueError`` for a NaN or infinite value of the float fields ``names`` of the dataclass ``config``, naming
+    the flag and its default: NaN passes every range check (``NaN < 0`` is False) and shows only steps later."""
+    defaults = {item.name: item.default for item in dataclasses.fields(config)}
+    for name in names:
+        value = getattr(config, name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(
+                f"--{name} {value}: not a finite number; give a number such as {defaults[name]} (the default)"
+            )

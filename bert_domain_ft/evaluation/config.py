@@ -9,22 +9,10 @@ words, side by side). Importing it does not import torch. A field's
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-
-def check_finite(config: Any, *names: str) -> None:
-    """Refuse a NaN or infinite value of the float fields ``names`` of ``config``, naming the flag and its default."""
-    defaults = {item.name: item.default for item in dataclasses.fields(config)}
-    for name in names:
-        value = getattr(config, name)
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(
-                f"--{name} {value}: not a finite number; give a number such as {defaults[name]} (the default)"
-            )
+from bert_domain_ft.errors import check_finite
 
 
 @dataclass

@@ -19,8 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bert_domain_ft.errors import UserError
-from bert_domain_ft.evaluation.config import check_finite
+from bert_domain_ft.errors import UserError, check_finite
 
 REPORT_TO_CHOICES = ("none", "tensorboard", "wandb", "mlflow")
 
