@@ -479,9 +479,10 @@ class EmbeddingScorer:
         import torch
         from transformers import AutoModel, AutoTokenizer
 
-        from bert_domain_ft.model.loading import usable_positions
+        from bert_domain_ft.model.loading import check_model_files, usable_positions
         from bert_domain_ft.model.pretraining import quiet_transformers
 
+        check_model_files(bert_model)  # a missing directory, damaged or unsafe weights: one line
         try:
             with quiet_transformers():
                 self.tokenizer = AutoTokenizer.from_pretrained(bert_model)

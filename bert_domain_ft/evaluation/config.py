@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bert_domain_ft.errors import check_not_empty, check_seed
+from bert_domain_ft.errors import check_finite, check_not_empty, check_seed
 from bert_domain_ft.files import refuse_empty_paths
 
 
@@ -129,6 +129,7 @@ class ProbeConfig:
                 raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}")
         check_seed(self.seed)
         check_seed(self.seed_list[-1], "--seed + --seeds - 1 (the last classifier's seed)")
+        check_finite(self, "learning_rate")
         if not self.learning_rate > 0:
             raise ValueError(f"--learning_rate must be positive, got {self.learning_rate}")
         if not 8 <= self.max_seq_len <= 65535:

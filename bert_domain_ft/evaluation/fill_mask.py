@@ -14,6 +14,7 @@ it) is masked; the word that was there is shown beside the table. A model withou
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +27,10 @@ from bert_domain_ft.data.epoch_format import EpochArrays, open_holdout
 from bert_domain_ft.errors import UserError, first_line
 from bert_domain_ft.evaluation.config import MASK_PLACEHOLDERS, FillMaskConfig
 from bert_domain_ft.evaluation.heldout import render_table
-from bert_domain_ft.model.loading import load_masked_lm_model
+from bert_domain_ft.model.loading import load_masked_lm_model, usable_positions
 from bert_domain_ft.model.pretraining import MLM_HEAD, quiet_transformers
+
+logger = logging.getLogger(__name__)
 
 MIN_WORD_CHARACTERS = 4  # shorter words ("the", "of") say little about a domain
 WINDOW_WORDS = 24  # a held-out text is cut to this many words around the masked one
@@ -71,6 +74,23 @@ def _display_token(tokenizer: Any, token_id: int) -> str:
     return text or tokenizer.convert_ids_to_tokens(token_id)
 
 
+def _encode(tokenizer: Any, text: str, positions_limit: int, name: str, model: str) -> dict[str, torch.Tensor]:
+    """``text`` with its masks as the model's mask token, cut to the model's ``positions_limit`` tokens; a mask
+    the cut would drop is a ``UserError`` (it would silently have no prediction)."""
+    with quiet_transformers():  # no "sequence longer than the maximum" warning: the cut is checked here
+        ids = tokenizer(_PLACEHOLDER.sub(tokenizer.mask_token, text))["input_ids"]
+    last_kept = positions_limit - 2  # the cut keeps the closing separator in the last position
+    beyond = [index for index, token in enumerate(ids) if token == tokenizer.mask_token_id and index > last_kept]
+    if beyond:
+        raise UserError(
+            f"{name}: its {MASK_PLACEHOLDERS[0]} is token {beyond[0] + 1}, beyond the {positions_limit} positions of "
+            f"{model}; shorten the text before the mask"
+        )
+    return tokenizer(
+        _PLACEHOLDER.sub(tokenizer.mask_token, text), return_tensors="pt", truncation=True, max_length=positions_limit
+    )
+
+
 @torch.no_grad()
 def predict_masks(model: str, texts: list[MaskedText], top_k: int, device: torch.device) -> tuple[bool, list[Any]]:
     """(whether the model's MLM head is untrained, the top-k predictions at each mask of each text)."""
@@ -78,10 +98,14 @@ def predict_masks(model: str, texts: list[MaskedText], top_k: int, device: torch
     tokenizer = _load_tokenizer(model)
     if tokenizer.mask_token is None:
         raise UserError(f"{model}: its tokenizer has no mask token, so it cannot fill masks")
+    vocabulary = int(loaded.model.config.vocab_size)
+    if top_k > vocabulary:
+        raise UserError(f"--top_k {top_k}: {model} has only {vocabulary} tokens; give --top_k {vocabulary} or less")
     network = loaded.model.to(device).eval()
+    positions_limit = usable_positions(network.config)
     results = []
-    for item in texts:
-        encoded = tokenizer(_PLACEHOLDER.sub(tokenizer.mask_token, item.text), return_tensors="pt", truncation=True)
+    for number, item in enumerate(texts, start=1):
+        encoded = _encode(tokenizer, item.text, positions_limit, f"text {number} ({item.text[:40]!r}…)", model)
         encoded = {name: tensor.to(device) for name, tensor in encoded.items()}
         positions = (encoded["input_ids"][0] == tokenizer.mask_token_id).nonzero().flatten()
         logits = network(**encoded).logits[0, positions].float()
@@ -156,12 +180,22 @@ def holdout_texts(config: FillMaskConfig) -> list[MaskedText]:
         )
     tokenizer = _load_tokenizer(config.models[-1])
     rng = np.random.default_rng(config.seed)
-    rows = np.sort(rng.permutation(holdout.num_instances)[: 4 * config.from_holdout])
-    texts = []
-    for ids in _restored_rows(holdout, rows):
-        text = _masked_text(tokenizer, ids, rng)
-        if text is not None and len(texts) < config.from_holdout:
-            texts.append(text)
+    order, chunk = rng.permutation(holdout.num_instances), 4 * config.from_holdout
+    texts: list[MaskedText] = []
+    for start in range(0, len(order), chunk):  # rows in chunks of 4× the texts asked for, until enough
+        for ids in _restored_rows(holdout, np.sort(order[start : start + chunk])):
+            text = _masked_text(tokenizer, ids, rng)
+            if text is not None and len(texts) < config.from_holdout:
+                texts.append(text)
+        if len(texts) == config.from_holdout:
+            return texts
+    if not texts:
+        raise UserError(f"{directory}: no held-out sentence has a whole word to mask; give texts with [MASK] instead")
+    logger.warning(
+        "--from_holdout %d: the held-out set of %s gave only %d sentences with a whole word to mask (of %d "
+        "held-out instances); showing those",
+        config.from_holdout, directory, len(texts), holdout.num_instances,
+    )  # fmt: skip
     return texts
 
 

@@ -21,8 +21,10 @@ from typing import Any
 
 from bert_domain_ft.errors import UserError
 from bert_domain_ft.evaluation.heldout import format_before_after_table, render_table, run_before_after
+from bert_domain_ft.evaluation.plots import has_step, parse_metrics_line
 from bert_domain_ft.evaluation.probe_report import paired_difference
 from bert_domain_ft.files import write_text_atomic
+from bert_domain_ft.model.files import looks_like_a_path
 
 CARD_FILE = "README.md"
 TAGS = ("bert_domain_ft", "fill-mask", "domain-adaptation", "continued-pretraining")
@@ -40,15 +42,16 @@ def _read_json(path: Path) -> Any:
 
 
 def _records(run_dir: Path) -> list[dict[str, Any]]:
-    """Every readable record of ``metrics.jsonl`` (a line cut short by a crash is skipped)."""
+    """Every readable record of ``metrics.jsonl`` with a step (a line cut short by a crash is skipped; NaN and
+    infinite numbers are read as missing, see ``parse_metrics_line``)."""
     path = run_dir / _METRICS_FILE
     records = []
     for line in path.read_text(encoding="utf-8").splitlines() if path.is_file() else []:
         try:
-            record = json.loads(line)
+            record, _ = parse_metrics_line(line)
         except ValueError:
             continue
-        if isinstance(record, dict):
+        if has_step(record):
             records.append(record)
     return records
 
@@ -63,8 +66,7 @@ def hub_model_id(model: str | None) -> str | None:
         config = _read_json(Path(model) / "config.json") or {}
         candidates = [str(config.get("_name_or_path") or "")]
     for candidate in candidates:
-        is_hub_id = candidate and not Path(candidate).exists() and candidate.count("/") <= 1
-        if is_hub_id and not candidate.startswith((".", "/", "~")):
+        if candidate and not Path(candidate).exists() and not looks_like_a_path(candidate):
             return candidate
     return None
 
@@ -132,7 +134,9 @@ def _heldout_section(run_dir: Path) -> list[str]:
 
 def format_probe_records(records: list[dict[str, Any]]) -> str | None:
     """The probe's scores per step (mean ± std over seeds) and each step's paired difference to step 0."""
-    by_step = {int(r["step"]): r for r in records if r.get("kind") == "probe" and isinstance(r.get("step"), int)}
+    scored = [r for r in records if r.get("kind") == "probe" and all(isinstance(r.get(key), (int, float)) for key in
+              ("step", "accuracy_mean", "accuracy_std", "macro_f1_mean", "macro_f1_std"))]  # fmt: skip
+    by_step = {int(r["step"]): r for r in scored}
     if not by_step:
         return None
     start = by_step.get(0)
@@ -151,7 +155,7 @@ def format_probe_records(records: list[dict[str, Any]]) -> str | None:
 
 def _facts_section(arguments: dict[str, Any], records: list[dict[str, Any]], base: str) -> list[str]:
     training = _training_settings(arguments)
-    warmup = [r for r in records if r.get("kind") == "head_warmup"]
+    warmup = [r for r in records if r.get("kind") == "head_warmup" and isinstance(r.get("warmup_step", 0), int)]
     lines = [
         f"- **Base model**: {base}",
         f"- **Corpus**: {_corpus_facts(arguments, training)}",

@@ -45,14 +45,36 @@ class RunMetrics:
     probes: list[dict[str, Any]] = field(default_factory=list)  # "kind": "probe": downstream accuracy per step
 
 
+def parse_metrics_line(line: str) -> tuple[Any, bool]:
+    """(one ``metrics.jsonl`` line parsed, whether it held a NaN or infinite number). Such numbers are not JSON
+    (``NaN``, ``Infinity`` and overflowing literals like ``1e400``, which Python's json writes and reads but other
+    readers refuse) and mean no value here: they are read as ``None``, like the ``null`` the log writes now."""
+    replaced: list[str] = []
+
+    def missing(text: str) -> None:
+        replaced.append(text)
+
+    def number(text: str) -> float | None:
+        value = float(text)
+        return value if math.isfinite(value) else missing(text)
+
+    return json.loads(line, parse_constant=missing, parse_float=number), bool(replaced)
+
+
+def has_step(record: Any) -> bool:
+    """Whether ``record`` is a dict with a usable (finite) ``step``."""
+    step = record.get("step") if isinstance(record, dict) else None
+    return isinstance(step, int) or (isinstance(step, float) and math.isfinite(step))
+
+
 def _parse_lines(path: Path) -> list[dict[str, Any]]:
     lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    records = []
+    records, non_finite = [], []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            record, replaced = parse_metrics_line(line)
         except json.JSONDecodeError:
             if number == len(lines):  # a run killed mid-write leaves a cut last line: the rest is still good
                 logger.warning("%s", at_location(path, number, "incomplete last line skipped"))
@@ -60,9 +82,18 @@ def _parse_lines(path: Path) -> list[dict[str, Any]]:
             raise UserError(
                 at_location(path, number, "not a JSON object; the file is damaged, remove this line")
             ) from None
-        if isinstance(record, dict) and isinstance(record.get("step"), (int, float)):
+        non_finite += [number] if replaced else []
+        if has_step(record):
             records.append(record)
+    if non_finite:
+        more = f", here and on {len(non_finite) - 1} more lines" if len(non_finite) > 1 else ""
+        problem = f"NaN or infinite numbers (not JSON) read as missing values{more}"
+        logger.warning("%s", at_location(path, non_finite[0], problem))
     return records
+
+
+def _warmup_step(record: dict[str, Any]) -> bool:
+    return isinstance(record.get("warmup_step", 0), (int, float))  # None where the log held NaN
 
 
 def _latest_per_step(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -81,7 +112,7 @@ def read_run_metrics(run_dir: Path) -> RunMetrics:
     evaluations = [record for record in records if record.get("kind") == "eval"]
     if not train and not evaluations:
         raise UserError(at_location(path, None, "holds no training or evaluation records yet; plot after a few steps"))
-    warmup = {int(r.get("warmup_step", 0)): r for r in records if r.get("kind") == "head_warmup"}
+    warmup = {int(r.get("warmup_step", 0)): r for r in records if r.get("kind") == "head_warmup" and _warmup_step(r)}
     return RunMetrics(
         train=_latest_per_step(train),
         evaluations=_latest_per_step(evaluations),

@@ -243,6 +243,27 @@ def classifier_from_pretrained(model: str) -> ClassifierFactory:
     return make
 
 
+def check_positions(model: str, max_seq_len: int) -> None:
+    """Refuse a ``max_seq_len`` longer than ``model`` takes (``usable_positions``: RoBERTa-style models 2 fewer
+    than their table), from its configuration alone, before any classifier trains."""
+    from transformers import AutoConfig
+
+    from bert_domain_ft.model.loading import usable_positions
+    from bert_domain_ft.model.pretraining import quiet_transformers
+
+    try:
+        with quiet_transformers():
+            settings = AutoConfig.from_pretrained(model)
+    except (OSError, ValueError, KeyError):
+        return  # loading the model says why, in one line
+    if isinstance(getattr(settings, "max_position_embeddings", None), int):
+        limit = usable_positions(settings)
+        if max_seq_len > limit:
+            raise UserError(
+                f"--max_seq_len {max_seq_len}: {model} takes at most {limit} tokens; give --max_seq_len {limit} or less"
+            )
+
+
 class Prober:
     """The labelled data read and checked once, then ``probe(model)`` for as many models as needed."""
 
@@ -315,6 +336,7 @@ def run_probe(config: ProbeConfig, names: Sequence[str] | None = None) -> list[P
         require_matplotlib()  # fail before the minutes of training, not after
     for model in config.models:  # a damaged model is one line now, not a traceback after the others' training
         check_model_files(model)
+        check_positions(model, config.max_seq_len)
     prober = Prober(config)
     logger.info("probe: %s", prober.describe())
     labels = list(names) if names is not None else [""] * len(config.models)

@@ -11,6 +11,7 @@ cannot take.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,27 @@ def read_json_object(path: Path, replacement: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise UserError(f"{path}: holds no JSON object; fix the file or replace it with {replacement}")
     return value
+
+
+def looks_like_a_path(name: str) -> bool:
+    """Whether ``name`` means a local path rather than a Hub id (``repo`` or ``namespace/repo``): it starts with
+    ".", "~" or a separator, holds more than one "/" (or a Windows separator), or its first part is a local
+    directory (``models/bert`` beside a ``models/`` directory)."""
+    if name.startswith((".", "~", "/", os.sep)) or name.count("/") > 1 or (os.sep != "/" and os.sep in name):
+        return True
+    return "/" in name and Path(name.split("/")[0]).is_dir()
+
+
+def check_model_path(model: str | Path) -> None:
+    """Refuse in one line a model named by a local path that is not a directory; a Hub id, or a path that is one,
+    is left to the loader (which would otherwise explain a missing directory as a malformed Hub repo id)."""
+    name = str(model)
+    if Path(name).is_dir() or not (Path(name).exists() or looks_like_a_path(name)):
+        return
+    if Path(name).exists():
+        raise UserError(f"{name}: a file, not a model directory; give the directory holding its config.json")
+    shell = "; ~ is expanded only by a shell, so write the whole path" if name.startswith("~") else ""
+    raise UserError(f"{name}: no such directory; give the path of a saved model directory{shell}")
 
 
 def read_model_config(model: str | Path | None) -> dict[str, Any] | None:

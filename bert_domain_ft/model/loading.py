@@ -26,12 +26,13 @@ import dataclasses
 import difflib
 import json
 import logging
+import re
 import struct
 from pathlib import Path
 from typing import Any
 
 from bert_domain_ft.errors import UserError, first_line
-from bert_domain_ft.model.files import read_model_config
+from bert_domain_ft.model.files import check_model_path, read_model_config
 from bert_domain_ft.model.pretraining import MLM_HEAD, LoadedModel, load_pretraining_model, quiet_transformers
 from bert_domain_ft.model.tokenizer import describe_tokenizer, load_tokenizer
 
@@ -70,19 +71,61 @@ def safetensors_problem(path: Path) -> str | None:
     return None
 
 
+def pickled_weights_problem(path: Path) -> str | None:
+    """Why a ``pytorch_model.bin`` cannot be loaded safely (None when it can): its pickle is read as
+    ``from_pretrained`` will read it, ``weights_only=True``, tensors mapped to the ``meta`` device (memory-mapped:
+    no weight is read). A pickle that names any other Python object (``argparse.Namespace``, a model class) could
+    run code when loaded, and is refused; so is a damaged file."""
+    import pickle
+
+    import torch
+
+    try:
+        torch.load(path, map_location="meta", weights_only=True, mmap=_is_zip(path))
+    except pickle.UnpicklingError as error:
+        if "Weights only load failed" not in str(error):
+            return "damaged or truncated; re-download the model or save it again (save_pretrained)"
+        named = _UNSAFE_GLOBAL.search(str(error))
+        return (
+            f"holds pickled Python objects, not only tensors{f' (it names {named[1]})' if named else ''}, and "
+            "cannot be loaded safely; convert it to safetensors where its source is trusted (load the model there "
+            "and save_pretrained, which writes model.safetensors), or use the model's model.safetensors"
+        )
+    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, ImportError) as error:
+        return f"damaged or truncated ({first_line(error)[:200]}); re-download the model or save it again"
+    return None
+
+
+def _is_zip(path: Path) -> bool:
+    """Whether ``path`` is torch's zip format (memory-mappable), not the legacy pickle stream."""
+    with open(path, "rb") as file:
+        return file.read(4) == b"PK\x03\x04"
+
+
+_UNSAFE_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")  # "Unsupported global: GLOBAL argparse.Namespace was not allowed"
+
+
 def check_model_files(name_or_path: str | Path) -> None:
-    """Refuse, in one line, a local model directory whose ``config.json`` is not JSON or whose safetensors
-    weights are damaged or cut short (a hub id or a missing directory is left to the loader to report)."""
+    """Refuse, in one line, a local model directory whose ``config.json`` is not JSON, whose safetensors
+    weights are damaged or cut short, or whose pickled weights (``*.bin``, read only where no safetensors file
+    exists, as transformers does) hold more than tensors; a path that is no directory is refused too (a Hub id is
+    left to the loader to report)."""
+    check_model_path(name_or_path)
     directory = Path(name_or_path)
     if not directory.is_dir():
         return
     read_model_config(directory)
-    for path in sorted(directory.glob("*.safetensors")):
+    safetensors = sorted(directory.glob("*.safetensors"))
+    for path in safetensors:
         problem = safetensors_problem(path)
         if problem is not None:
             raise UserError(
                 f"{path}: damaged or truncated ({problem}); re-download the model or save it again (save_pretrained)"
             )
+    for path in [] if safetensors else sorted(directory.glob("pytorch_model*.bin")):
+        problem = pickled_weights_problem(path)
+        if problem is not None:
+            raise UserError(f"{path}: {problem}")
 
 
 def load_masked_lm_model(name_or_path: str) -> LoadedModel:

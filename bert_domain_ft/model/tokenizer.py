@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from bert_domain_ft.errors import UserError, first_line
-from bert_domain_ft.model.files import read_json_object
+from bert_domain_ft.model.files import check_model_path, read_json_object
 
 # uint16 halves the size of every token array when every id fits in it (BERT's 30522, RoBERTa's 50265).
 UINT16_VOCABULARY_LIMIT = 65536
@@ -139,6 +139,7 @@ def load_tokenizer(name_or_path: str, do_lower_case: bool | None = None) -> Any:
     agree with it, or a ``UserError`` says which side differs (the original scripts silently produced
     [UNK]-riddled data in that case).
     """
+    check_model_path(name_or_path)  # a path that is no directory: said so, not explained as a bad Hub repo id
     directory = Path(name_or_path)
     if (directory / "tokenizer.json").is_file():
         try:

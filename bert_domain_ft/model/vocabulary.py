@@ -58,6 +58,9 @@ def _model_class(name_or_path: str) -> Any:
 
 def load_as_saved(name_or_path: str) -> nn.Module:
     """The checkpoint as it was saved (``BertModel``, ``BertForPreTraining``, ``BertForMaskedLM``…)."""
+    from bert_domain_ft.model.loading import check_model_files
+
+    check_model_files(name_or_path)  # damaged or unsafe weights: one line, before transformers' traceback
     try:
         with quiet_transformers():
             return _model_class(name_or_path).from_pretrained(name_or_path)

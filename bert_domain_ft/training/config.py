@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bert_domain_ft.errors import UserError, check_not_empty, check_seed
+from bert_domain_ft.errors import UserError, check_finite, check_not_empty, check_seed
 from bert_domain_ft.files import refuse_empty_paths
 
 REPORT_TO_CHOICES = ("none", "tensorboard", "wandb", "mlflow")
@@ -188,6 +188,7 @@ class FinetuneConfig:
             self.holdout_data = Path(self.holdout_data)
         if self.general_holdout is not None:
             self.general_holdout = Path(self.general_holdout)
+        check_finite(self, *_OPTIMIZER_VALUES)
         self._check_positive("epochs", "train_batch_size", "gradient_accumulation_steps", "logging_steps")
         self._check_positive("eval_batch_size")
         self._check_not_negative("save_steps", "save_total_limit", "stop_after_steps", "eval_steps", "max_steps")
@@ -293,6 +294,12 @@ class FinetuneConfig:
         """The settings as plain JSON values (paths as strings), as saved in ``training_args.json``."""
         values = dataclasses.asdict(self)
         return {key: str(value) if isinstance(value, Path) else value for key, value in values.items()}
+
+
+# Settings of the optimizer and its loss: a NaN or infinite one passes every range check (NaN < 0 is False) and
+# only shows steps later, as a NaN loss blamed on the learning rate.
+_OPTIMIZER_VALUES = ("learning_rate", "warmup_proportion", "weight_decay", "adam_epsilon", "max_grad_norm")
+_OPTIMIZER_VALUES += ("head_learning_rate", "layerwise_lr_decay", "anchor_weight", "loss_scale")
 
 
 MIN_SEQ_LEN = 8  # [CLS] A [SEP] B [SEP] with a few tokens of each sentence

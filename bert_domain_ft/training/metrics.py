@@ -16,6 +16,7 @@ as one uninterrupted run; a ``--resume`` that finds no checkpoint starts from no
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -99,8 +100,9 @@ class MetricsLog:
     def append(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
+        record = without_non_finite(record)
         with os_errors_as_user_errors(self.path), open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
+            handle.write(json.dumps(record, allow_nan=False) + "\n")
         send_record(self.trackers, record)
 
     def close(self) -> None:
@@ -122,6 +124,18 @@ class MetricsLog:
         the records of a run killed before its first checkpoint must go."""
         if self.enabled and self.path.exists():
             write_text_atomic(self.path, "")
+
+
+def without_non_finite(value: Any) -> Any:
+    """``value`` with every NaN or infinite float, nested ones too, as None: JSON has no such numbers (json.dumps
+    would write ``NaN``/``Infinity``, which strict readers refuse), so the log says ``null``: no value."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: without_non_finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [without_non_finite(item) for item in value]
+    return value
 
 
 def _step_of(line: str) -> int:

@@ -25,17 +25,20 @@ Where each writes (its libraries are optional extras: ``pip install bert_domain_
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import math
 import os
 import re
+import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TextIO
 
-from bert_domain_ft.errors import UserError, first_line
+from bert_domain_ft.errors import UserError, first_line, redact_secrets
+from bert_domain_ft.files import os_errors_as_user_errors
 
 TRACKERS = ("tensorboard", "wandb", "mlflow")
 TENSORBOARD_DIRECTORY = "tensorboard"
@@ -48,6 +51,8 @@ _REQUIREMENTS = {
     "wandb": ("wandb", "wandb"),
     "mlflow": ("mlflow", "mlflow"),
 }
+# How W&B words a refused or missing key (a UsageError, not an AuthenticationError, when there is none at all).
+_LOGIN_PROBLEM = re.compile(r"(?i)api[ _-]?key|wandb login|\b401\b|unauthori[sz]ed|not logged in")
 _UNSAFE_NAME_CHARACTERS = re.compile(r"[^A-Za-z0-9_\-./ ]")  # MLflow's rule for metric and parameter names
 
 
@@ -128,7 +133,13 @@ class TensorBoardTracker:
         require_tracker("tensorboard")
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(log_dir=str(directory))
+        if directory.exists() and not directory.is_dir():
+            raise UserError(
+                f"{directory}: a file, not a directory; TensorBoard's event files go in this directory: move the "
+                "file away, or drop tensorboard from --report_to"
+            )
+        with os_errors_as_user_errors(directory):
+            self.writer = SummaryWriter(log_dir=str(directory))
 
     def log_parameters(self, parameters: Mapping[str, Any]) -> None:
         from torch.utils.tensorboard.summary import hparams
@@ -154,11 +165,12 @@ class WandbTracker:
         wandb = require_tracker("wandb")
         project = os.environ.get("WANDB_PROJECT", DEFAULT_PROJECT)
         try:
-            self.run = wandb.init(project=project, name=run_name, dir=str(directory))
-        except Exception as error:  # noqa: BLE001 - a login or network problem, told in one line
+            with _stderr_redacted():
+                self.run = wandb.init(project=project, name=run_name, dir=str(directory))
+        except Exception as error:  # noqa: BLE001 - a login, network or settings problem, told in one line
+            _end_wandb_service(wandb)  # its settings (server, key) were read from this environment: start afresh
             raise UserError(
-                f"--report_to wandb: could not start a W&B run ({first_line(error)}); run `wandb login`, or set "
-                "WANDB_MODE=offline to keep the run local"
+                f"--report_to wandb: could not start a W&B run ({_wandb_cause(error)}); {_wandb_advice(error)}"
             ) from None
         self.kinds: set[str] = set()
 
@@ -173,7 +185,63 @@ class WandbTracker:
         self.run.log({f"{kind}/step": step, **{f"{kind}/{key}": value for key, value in values.items()}})
 
     def close(self) -> None:
-        self.run.finish()
+        """End the run and wait until its file is written. ``finish`` only hands the run over: W&B's service
+        process writes ``run-*.wandb`` out when it closes the run's stream, after ``finish`` has returned (seconds
+        later on a loaded machine), so a reader right after ``close`` (``wandb sync``, a test, the next step of a
+        script) could find the history empty. Shutting the service down (``wandb.teardown``) waits for it to
+        close every stream; it is left running while another W&B run of this process is still open."""
+        with _stderr_redacted():
+            self.run.finish()
+        _end_wandb_service(require_tracker("wandb"))
+
+
+class _RedactingStream:
+    """A text stream that writes through ``redact_secrets``; everything else is the wrapped stream's."""
+
+    def __init__(self, stream: TextIO):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        self._stream.write(redact_secrets(text))
+        return len(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def _stderr_redacted() -> Iterator[None]:
+    """W&B prints to stderr itself as it starts and ends a run (``Loaded credentials for http://user:pass@host``):
+    its lines pass through ``redact_secrets`` too."""
+    with contextlib.redirect_stderr(_RedactingStream(sys.stderr)):  # type: ignore[type-var]
+        yield
+
+
+def _end_wandb_service(wandb: Any) -> None:
+    """Shut W&B's service process down, waiting until it has written out every run, unless another W&B run of
+    this process still needs it."""
+    if wandb.run is None:
+        wandb.teardown()
+
+
+def _wandb_cause(error: Exception) -> str:
+    """What went wrong, in one redacted line: each rejected setting of a settings error (its first line only
+    counts them), else the error's first line."""
+    problems = getattr(error, "errors", None)
+    if callable(problems):  # pydantic's ValidationError: "mode: Input should be 'online', 'offline', …"
+        try:
+            return redact_secrets("; ".join(f"{'.'.join(map(str, p['loc']))}: {p['msg']}" for p in problems()))
+        except (TypeError, KeyError):
+            pass
+    return first_line(error)
+
+
+def _wandb_advice(error: Exception) -> str:
+    """``wandb login`` only where W&B refused the credentials; anything else (an unreachable server, a bad
+    setting) is fixed elsewhere, and offline mode keeps the run local meanwhile."""
+    if type(error).__name__ == "AuthenticationError" or _LOGIN_PROBLEM.search(str(error)):
+        return "run `wandb login` (or set WANDB_API_KEY), or set WANDB_MODE=offline to keep the run local"
+    return "fix the cause, or set WANDB_MODE=offline to keep the run local"
 
 
 def _mlflow_name(name: str) -> str:
@@ -197,7 +265,8 @@ class MlflowTracker:
             experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(name)
             self.run_id = self.client.create_run(experiment_id, run_name=run_name).info.run_id
         except Exception as error:  # noqa: BLE001 - an unreachable server or a bad URI, told in one line
-            raise UserError(f"--report_to mlflow: cannot start a run at {uri} ({first_line(error)})") from None
+            where = redact_secrets(uri)
+            raise UserError(f"--report_to mlflow: cannot start a run at {where} ({first_line(error)})") from None
 
     def log_parameters(self, parameters: Mapping[str, Any]) -> None:
         from mlflow.entities import Param

@@ -103,3 +103,20 @@ def test_bad_flag_values_exit_2_with_one_error_line(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: train_batch_size 30 is not divisible")
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("weight_decay", "nan"), ("max_grad_norm", "nan"), ("learning_rate", "inf"), ("adam_epsilon", "inf"),
+     ("head_learning_rate", "inf"), ("loss_scale", "nan"), ("anchor_weight", "nan")],
+)  # fmt: skip
+def test_a_non_finite_optimizer_value_is_refused_naming_its_flag(
+    flag: str, value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from training_helpers import run_cli
+
+    flags = ["--pregenerated_data", str(tmp_path), "--output_dir", str(tmp_path / "o"), "--bert_model", "m"]
+    status, error, _ = run_cli(capsys, ["finetune", *flags, "--fp16", f"--{flag}", value])
+    default = getattr(FinetuneConfig(pregenerated_data=Path("d"), output_dir=Path("o"), bert_model="m"), flag)
+    assert status == 2
+    assert error == f"error: --{flag} {value}: not a finite number; give a number such as {default} (the default)"

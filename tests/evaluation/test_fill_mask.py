@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
 import pytest
 from tiny_assets import WORDS
-from training_helpers import make_pregenerated, quick_config
+from training_helpers import make_pregenerated, quick_config, run_cli
 
 from bert_domain_ft.cli import main
 from bert_domain_ft.evaluation.config import FillMaskConfig
@@ -59,3 +60,37 @@ def test_a_text_without_a_mask_is_one_line(tiny_bert_dir: Path, capsys: pytest.C
 def test_from_holdout_without_a_held_out_set_is_one_line(tiny_bert_dir: Path, capsys) -> None:
     assert main(["fill-mask", "--models", str(tiny_bert_dir), "--from_holdout", "2", "--no_cuda"]) == 2
     assert "give --holdout_data DIR" in capsys.readouterr().err
+
+
+def test_top_k_beyond_the_vocabulary_is_one_line(tiny_bert_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    status, error, _ = run_cli(
+        capsys, ["fill-mask", "--models", str(tiny_bert_dir), "a [MASK] b", "--top_k", "1000000", "--no_cuda"]
+    )
+    vocabulary = len((tiny_bert_dir / "vocab.txt").read_text(encoding="utf-8").split())
+    assert status == 2
+    assert (
+        error
+        == f"error: --top_k 1000000: {tiny_bert_dir} has only {vocabulary} tokens; give --top_k {vocabulary} or less"
+    )
+
+
+def test_a_mask_beyond_the_models_positions_is_one_line(
+    tiny_bert_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = "the page " * 100 + "[MASK] here"  # the tiny BERT takes 128 positions
+    status, error, _ = run_cli(capsys, ["fill-mask", "--models", str(tiny_bert_dir), "--no_cuda", "--", text])
+    assert status == 2
+    assert error.startswith("error: text 1 ('the page the page") and "its [MASK] is token 202" in error
+    assert f"beyond the 128 positions of {tiny_bert_dir}; shorten the text before the mask" in error
+
+
+def test_from_holdout_beyond_the_held_out_set_says_how_many_it_found(
+    adapted_run: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    arguments = ["fill-mask", "--models", str(adapted_run), "--from_holdout", "100000", "--no_cuda"]
+    status, _, _ = run_cli(capsys, arguments)
+    notices = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert status == 0 and len(notices) == 1
+    pattern = r"--from_holdout 100000: the held-out set of \S+ gave only (\d+) sentences with a whole word to mask"
+    shown = int(re.match(pattern, notices[0])[1])  # type: ignore[index]
+    assert 0 < shown < 100000

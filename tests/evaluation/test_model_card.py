@@ -80,3 +80,14 @@ def test_hub_ids_pass_and_local_directories_do_not(tmp_path: Path, tiny_bert_dir
     assert hub_model_id("google-bert/bert-base-cased") == "google-bert/bert-base-cased"
     assert hub_model_id(str(tiny_bert_dir)) is None  # a local directory is not a base_model the Hub knows
     assert hub_model_id(None) is None
+
+
+def test_nan_and_infinity_in_metrics_leave_their_rows_out_of_the_card(tmp_path: Path) -> None:
+    run = write_run(tmp_path, with_probe=False)
+    lines = ['{"kind": "eval", "step": 0, "mlm_loss": 3.0, "perplexity": 20.1, "mlm_accuracy": 0.25}',
+             '{"kind": "train", "step": NaN, "mlm_loss": NaN}',
+             '{"kind": "eval", "step": 40, "mlm_loss": 2.0, "perplexity": Infinity, "mlm_accuracy": 0.4}']  # fmt: skip
+    (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    text = model_card_text(run, COMMAND)
+    assert "step 0 → 40" in text and "MLM loss" in text and "perplexity" not in text.split("step 0 → 40")[1][:400]
+    assert "**Steps**: 40 optimizer steps" in text

@@ -144,3 +144,26 @@ def test_the_second_panel_shows_nsp_or_for_a_masked_lm_run_the_drift_from_the_st
     monkeypatch.setattr(plotting, "_finish", lambda axes, t, y: (titles.append(t), original(axes, t, y)))
     plot_run(run)
     assert titles[1].startswith(title)
+
+
+NON_FINITE_LINES = [
+    '{"kind": "eval", "step": 0, "mlm_loss": 3.0, "perplexity": 20.1, "mlm_accuracy": 0.2}',
+    '{"kind": "train", "step": 2, "lr": 1e-05, "mlm_loss": NaN}',  # what json.dumps writes for float("nan")
+    '{"kind": "train", "step": 4, "lr": 2e-05, "mlm_loss": 2.0, "grad_norm": Infinity}',
+    '{"kind": "eval", "step": NaN, "mlm_loss": 1.0}',
+    '{"kind": "eval", "step": 4, "mlm_loss": 2.5, "perplexity": 1e400, "mlm_accuracy": -Infinity}',
+]
+
+
+def test_nan_and_infinity_in_metrics_are_read_as_missing_values_with_one_warning(tmp_path: Path, capsys, caplog):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("\n".join(NON_FINITE_LINES) + "\n")
+    metrics = read_run_metrics(run)
+    assert [record["step"] for record in metrics.evaluations] == [0, 4]  # the record without a step is left out
+    assert metrics.evaluations[1]["perplexity"] is None and metrics.train[0]["mlm_loss"] is None
+    warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert warnings == [f"{run / 'metrics.jsonl'}:2: NaN or infinite numbers (not JSON) read as missing values, "
+                        "here and on 3 more lines"]  # fmt: skip
+    assert cli_main(["plot", str(run), "--output", str(tmp_path / "curves.png")]) == 0
+    assert png_size(tmp_path / "curves.png")[0] > 0 and "Traceback" not in capsys.readouterr().err

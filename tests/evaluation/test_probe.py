@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from tiny_assets import labelled_rows, write_csv
+from training_helpers import run_cli
 
 from bert_domain_ft.cli import main as cli_main
 from bert_domain_ft.errors import UserError
@@ -165,3 +166,25 @@ def test_each_epoch_uses_every_sentence_once_in_length_sorted_batches():
     assert BUCKET_BATCHES > 1
     again = epoch_batches(lengths, 4, np.random.default_rng(0))
     assert all(np.array_equal(a, b) for a, b in zip(batches, again))
+
+
+def test_max_seq_len_beyond_the_models_positions_is_one_line_before_any_training(
+    tiny_bert_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = labelled_rows(4, seed=1)
+    train = write_csv(tmp_path / "train.csv", [(" ".join([rows[0][0]] * 40), rows[0][1]), *rows[1:]])  # ~200 tokens
+    test = write_csv(tmp_path / "test.csv", labelled_rows(2, seed=2))
+    arguments = ["probe", "--models", str(tiny_bert_dir), "--train", str(train), "--test", str(test)]
+    status, error, _ = run_cli(capsys, [*arguments, *FAST[:-1], "1000", "--no_plot", "--no_progress", "--no_cuda"])
+    assert status == 2
+    assert (
+        error == f"error: --max_seq_len 1000: {tiny_bert_dir} takes at most 128 tokens; give --max_seq_len 128 or less"
+    )
+
+
+def test_a_non_finite_learning_rate_is_refused_naming_its_flag(tiny_bert_dir: Path, probe_files, capsys) -> None:
+    train, test = probe_files
+    arguments = ["probe", "--models", str(tiny_bert_dir), "--train", str(train), "--test", str(test), "--no_plot"]
+    status, error, _ = run_cli(capsys, [*arguments, "--learning_rate", "inf"])
+    assert status == 2
+    assert error == "error: --learning_rate inf: not a finite number; give a number such as 0.0001 (the default)"

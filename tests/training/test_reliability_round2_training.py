@@ -4,6 +4,7 @@ before the first step, and probe/evaluate messages that name the real problem an
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_assets import write_task_file
 from training_helpers import (
     assert_identical_weights,
     load_weights,
@@ -222,6 +224,69 @@ def test_a_truncated_model_safetensors_is_one_line_saying_it_is_damaged(
     assert status == 2
     assert error.startswith(f"error: {weights}: damaged or truncated (")
     assert error.endswith("re-download the model or save it again (save_pretrained)")
+
+
+def model_only_flags(command: str, model: str, corpus: Path, output: Path) -> list[str]:
+    """The flags of the commands outside ``COMMANDS`` that load a model: fill-mask, vocab extend, select."""
+    if command == "fill-mask":
+        return ["fill-mask", "--models", model, "a [MASK] b", "--no_cuda"]
+    if command == "vocab extend":
+        return ["vocab", "extend", str(corpus), "--bert_model", model, "--add", "2", "--output", str(output)]
+    task = write_task_file(output.parent / "task.csv", num_rows=4)
+    return ["select", "--task_data", str(task), "--corpus", str(corpus), "--output", str(output / "selected.txt"),
+            "--tokens", "500", "--method", "embedding", "--bert_model", model, "--no_progress"]  # fmt: skip
+
+
+@pytest.mark.parametrize("command", [*COMMANDS, "fill-mask", "vocab extend", "select"])
+def test_a_pytorch_model_bin_holding_pickled_objects_is_refused_without_suggesting_unsafe_loading(
+    data_dir: Path, tiny_bert_dir: Path, tiny_corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    command: str,
+) -> None:  # fmt: skip
+    from safetensors.torch import load_file
+
+    model = Path(shutil.copytree(tiny_bert_dir, tmp_path / "model"))
+    weights = {**load_file(model / "model.safetensors"), "training_args": argparse.Namespace(lr=1e-4)}
+    torch.save(weights, model / "pytorch_model.bin")  # what older Trainer scripts saved: tensors and an object
+    (model / "model.safetensors").unlink()
+    output = tmp_path / "out"
+    flags = model_only_flags(command, str(model), tiny_corpus, output) if command not in COMMANDS else None
+    status, error, stderr = run_cli(capsys, flags or command_flags(command, data_dir, tiny_corpus, model, output))
+    assert status == 2 and "weights_only" not in stderr and "Traceback" not in stderr
+    assert error.startswith(f"error: {model / 'pytorch_model.bin'}: holds pickled Python objects, not only tensors")
+    assert "argparse.Namespace" in error and "safetensors" in error
+
+
+@pytest.mark.parametrize("command", [*COMMANDS, "fill-mask", "select"])  # vocab extend: "not a local model directory"
+@pytest.mark.parametrize("given", ["./models/bert", "models/bert", "ABSOLUTE/models/bert"])
+def test_a_missing_model_directory_is_called_missing_not_a_bad_hub_id(
+    data_dir: Path, tiny_corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str, given: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()  # "models/bert" is a path when models/ is a local directory, else a Hub id
+    model = given.replace("ABSOLUTE", str(tmp_path))
+    output = tmp_path / "out"
+    flags = model_only_flags(command, model, tiny_corpus, output) if command not in COMMANDS else None
+    status, error, _ = run_cli(capsys, flags or command_flags(command, data_dir, tiny_corpus, model, output))  # type: ignore[arg-type]
+    assert status == 2 and "repo" not in error.lower() and "huggingface.co" not in error
+    assert error == f"error: {model}: no such directory; give the path of a saved model directory"
+
+
+@pytest.mark.parametrize("zip_format", [True, False])
+def test_a_pytorch_model_bin_of_tensors_only_passes_the_check(tiny_bert_dir: Path, tmp_path: Path, zip_format: bool):
+    from safetensors.torch import load_file
+
+    from bert_domain_ft.model.loading import check_model_files, load_masked_lm_model
+
+    model = Path(shutil.copytree(tiny_bert_dir, tmp_path / "model"))
+    weights = load_file(model / "model.safetensors")
+    torch.save(weights, model / "pytorch_model.bin", _use_new_zipfile_serialization=zip_format)
+    (model / "model.safetensors").unlink()
+    check_model_files(model)
+    loaded = load_masked_lm_model(str(model)).model.state_dict()
+    assert torch.equal(
+        loaded["bert.embeddings.word_embeddings.weight"], weights["bert.embeddings.word_embeddings.weight"]
+    )
 
 
 # ---------------------------------------------------------------------------------- 9: resume past a damaged one

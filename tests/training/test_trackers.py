@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from training_helpers import run_cli
 
-from bert_domain_ft.errors import UserError
+from bert_domain_ft.errors import UserError, redact_secrets
 from bert_domain_ft.training.config import FinetuneConfig, report_to_names
 from bert_domain_ft.training.trackers import close_trackers, open_trackers, scalars_of, send_record
 
@@ -157,3 +158,111 @@ def test_report_to_takes_several_names_spaced_or_comma_separated() -> None:
         report_to_names("comet")
     config = FinetuneConfig(pregenerated_data=Path("d"), output_dir=Path("o"), bert_model="m", report_to="wandb")
     assert config.report_to == ("wandb",) and json.loads(json.dumps(config.to_json()))["report_to"] == ["wandb"]
+
+
+def tracker_failure(capfd: pytest.CaptureFixture[str], corpus: Path, model: Path, output_dir: Path, name: str):
+    """``simple --report_to NAME`` through the command line: (exit status, its error line, everything written to
+    stderr by this process and its children, the text of every file this tool left in ``output_dir``; W&B's own
+    debug logs under ``wandb/`` are its business)."""
+    arguments = ["simple", "--train_corpus", str(corpus), "--bert_model", str(model), "--output_dir",
+                 str(output_dir), "--report_to", name, "--no_cuda", "--no_progress"]  # fmt: skip
+    status, error, stderr = run_cli(capfd, arguments)
+    ours = [
+        path for path in output_dir.rglob("*") if path.is_file() and "wandb" not in path.relative_to(output_dir).parts
+    ]
+    files = "".join(path.read_text(errors="replace") for path in ours)
+    return status, error, stderr, files
+
+
+def test_a_failing_mlflow_uri_never_shows_its_password(
+    capfd: pytest.CaptureFixture[str], tmp_path: Path, tiny_corpus: Path, tiny_bert_dir: Path, monkeypatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://user:secret@127.0.0.1:9/?token=secret")  # nothing listens
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # refused at once, not after minutes of back-off
+    status, error, stderr, files = tracker_failure(capfd, tiny_corpus, tiny_bert_dir, tmp_path / "run", "mlflow")
+    assert status == 2 and error.startswith("error: --report_to mlflow: cannot start a run at http://***@127.0.0.1:9/")
+    assert "secret" not in stderr and "secret" not in files
+
+
+def test_a_failing_wandb_server_gives_the_cause_without_secrets_or_login_advice(
+    capfd: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    tiny_corpus: Path,
+    tiny_bert_dir: Path,
+    offline_wandb,
+    monkeypatch,
+) -> None:
+    monkeypatch.delenv("WANDB_SILENT")  # whatever W&B itself prints is checked too
+    monkeypatch.setenv("WANDB_MODE", "online")
+    monkeypatch.setenv("WANDB_API_KEY", "0123456789abcdef0123456789abcdef01234567")
+    monkeypatch.setenv("WANDB_BASE_URL", "http://secret@127.0.0.1:9")  # a token as the user name; nothing listens
+    monkeypatch.setenv("WANDB_INIT_TIMEOUT", "2")
+    status, error, stderr, files = tracker_failure(capfd, tiny_corpus, tiny_bert_dir, tmp_path / "run", "wandb")
+    assert status == 2 and error.startswith("error: --report_to wandb: could not start a W&B run")
+    assert "http://***@127.0.0.1:9" in error and "connection refused" in error and "wandb login" not in error
+    assert "secret" not in stderr and "0123456789abcdef" not in stderr and "secret" not in files
+
+
+def test_a_rejected_wandb_key_advises_login_without_showing_the_key(
+    tmp_path: Path, offline_wandb: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WANDB_MODE", "online")
+    monkeypatch.setenv("WANDB_API_KEY", "secret-key")  # too short: W&B refuses it before any network call
+    with pytest.raises(UserError) as raised:
+        open_trackers(("wandb",), tmp_path, "run", SETTINGS)
+    assert "wandb login" in str(raised.value) and "secret" not in str(raised.value)
+
+
+def test_redact_secrets_takes_out_url_credentials_secret_parameters_and_secret_variables(monkeypatch) -> None:
+    monkeypatch.setenv("HF_TOKEN", "hf_abcdef123")
+    monkeypatch.setenv("PWD", "/tmp/work/dir")  # the current directory, not a password
+    assert redact_secrets("/tmp/work/dir/model: not found") == "/tmp/work/dir/model: not found"
+    text = "at https://me:p@ss@host:5000/x?api_key=k1&run=2 (token hf_abcdef123, max_tokens=5, file:///tmp/a@b)"
+    assert redact_secrets(text) == (
+        "at https://***@host:5000/x?api_key=***&run=2 (token ***, max_tokens=5, file:///tmp/a@b)"
+    )
+
+
+def test_a_file_where_the_tensorboard_directory_goes_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "tensorboard").write_text("notes\n")
+    with pytest.raises(UserError) as raised:
+        open_trackers(("tensorboard",), tmp_path, "run", SETTINGS)
+    message = str(raised.value)
+    assert message.startswith(f"{tmp_path / 'tensorboard'}: a file, not a directory;") and "\n" not in message
+    assert (tmp_path / "tensorboard").read_text() == "notes\n"
+
+
+def test_nan_and_infinity_are_written_as_null_and_trackers_get_what_the_file_holds(tmp_path: Path) -> None:
+    from bert_domain_ft.training.metrics import MetricsLog
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.scalars: list[tuple[str, int, dict[str, float]]] = []
+
+        def log_scalars(self, kind: str, step: int, values: dict[str, float]) -> None:
+            self.scalars.append((kind, step, dict(values)))
+
+        def close(self) -> None:
+            pass
+
+    tracker = Recorder()
+    log = MetricsLog(tmp_path / "metrics.jsonl", trackers=[tracker])  # type: ignore[list-item]
+    log.append(
+        {
+            "kind": "eval",
+            "step": 3,
+            "mlm_loss": float("nan"),
+            "perplexity": math.inf,
+            "nested": {"x": -math.inf},
+            "mlm_accuracy": 0.5,
+        }
+    )
+    (line,) = (tmp_path / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} is not JSON")
+
+    assert json.loads(line, parse_constant=refuse) == {
+        "kind": "eval", "step": 3, "mlm_loss": None, "perplexity": None, "nested": {"x": None}, "mlm_accuracy": 0.5
+    }  # fmt: skip
+    assert tracker.scalars == [("eval", 3, {"mlm_accuracy": 0.5})]  # the values the file holds, no more
