@@ -378,7 +378,21 @@ def claim_directory(directory: Path, names: Iterable[str] = ()) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     with _ledger_held(directory):
         present = {path.name for path in directory.iterdir()}
-        _write_ledger(directory, ((_read_ledger(directory) or set()) & present) | set(names))
+        known = _read_ledger(directory)
+        wanted = ((known or set()) & present) | set(names)
+        if known is None or wanted != known:  # unchanged, it stays byte for byte (a refused --resume writes nothing)
+            _write_ledger(directory, wanted)
+
+
+def _unclaim_in_parent(path: Path) -> None:
+    """Forget ``path``'s name in its directory's ledger once it is gone (a lock removed at the end of its run)."""
+    directory = path.parent
+    if not (directory / OUTPUT_LEDGER).is_file():
+        return
+    with _ledger_held(directory):
+        known = _read_ledger(directory)
+        if known is not None and path.name in known and not os.path.lexists(path):
+            _write_ledger(directory, known - {path.name})
 
 
 def describe_entries(names: list[str], limit: int = 10) -> str:
@@ -701,6 +715,7 @@ def hold_output_lock(output_dir: Path, command: str) -> Iterator[None]:
         try:
             if os.path.samestat(os.fstat(descriptor), os.stat(path)):
                 path.unlink()
+                _unclaim_in_parent(path)
         except OSError:
             pass
         os.close(descriptor)
