@@ -174,7 +174,8 @@ def _saved_as(architectures: list[str]) -> str:
 
 
 def _head_warmup(records: list[dict[str, Any]], training: dict[str, Any]) -> str:
-    warmup = [int(record.get("warmup_step", 0)) for record in records if record.get("kind") == "head_warmup"]
+    warmup = [record.get("warmup_step") for record in records if record.get("kind") == "head_warmup"]
+    warmup = [step for step in warmup if isinstance(step, int)]  # a value logged as NaN is read back as missing
     if warmup:
         return f"{max(warmup)} steps training only the heads the base lacked (encoder frozen), before the main steps"
     if training.get("head_warmup_steps") == 0:
@@ -190,15 +191,18 @@ def _data_mix(arguments: dict[str, Any], training: dict[str, Any]) -> str:
             return "the corpus alone"
         share = float(arguments.get("task_share") or 0)
         return f"the corpus and the task's texts `{arguments['task_data']}`: {share:.0%} of each epoch's pairs start in them"
-    manifest = read_json(Path(str(training.get("pregenerated_data", ""))) / "manifest.json") or {}
+    manifest = read_json(Path(str(training.get("pregenerated_data", ""))) / "manifest.json")
+    if not isinstance(manifest, dict):
+        return "not recorded (no readable manifest.json in the data)"
     corpora = [entry for entry in manifest.get("corpora") or [] if isinstance(entry, dict)]
     task = manifest.get("task_data") if isinstance(manifest.get("task_data"), dict) else None
     if len(corpora) < 2:
-        return "the corpus alone" if manifest else "not recorded (no manifest.json beside the data)"
-    shares = ", ".join(f"{entry.get('name')} {float(entry.get('sampling_probability', 0)):.0%}" for entry in corpora)
+        return "the corpus alone"
+    shares = ", ".join(f"{entry.get('name')} {float(entry.get('sampling_probability') or 0):.0%}" for entry in corpora)
     text = f"{len(corpora)} corpora by sampling probability ({shares})"
     if task is not None:
-        text += f"; the task's texts `{task.get('source')}` with a task share of {float(task.get('task_share', 0)):.0%}"
+        share = float(task.get("task_share") or 0)
+        text += f"; the task's texts `{task.get('source')}` with a task share of {share:.0%}"
     return text + ("; each batch from one corpus" if training.get("batch_from_one_corpus") else "")
 
 
