@@ -23,6 +23,8 @@
   names the holder (pid, host, command, start time); ``flock`` holds it for the run where ``fcntl`` exists. A lock
   left by a dead run on this host is taken over with a warning; one from another host is refused. It is taken on
   the resolved path (a run on ``run`` and one on a symlink to it collide) and opened with ``O_NOFOLLOW``.
+- ``command_line`` is the command that started the process, as typed (shell-quoted), for the records a stage
+  leaves (``manifest.json``'s ``command``, the model card's "Reproduce"); None when started from Python.
 
     output_dir = nonempty_path(text, "output_dir")  # "" would be the current directory
     write_json_atomic(output_dir / "manifest.json", manifest)
@@ -43,9 +45,11 @@ import logging
 import os
 import re
 import secrets
+import shlex
 import shutil
 import socket
 import stat
+import sys
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -719,3 +723,20 @@ def hold_output_lock(output_dir: Path, command: str) -> Iterator[None]:
         except OSError:
             pass
         os.close(descriptor)
+
+
+# The console scripts of setup.cfg, whose command lines are recorded as they were typed.
+CONSOLE_SCRIPTS = ("bert-domain-ft", "pregenerate-training-data", "finetune-on-pregenerated", "simple-lm-finetuning")
+
+
+def command_line(argv: list[str] | None = None) -> str | None:
+    """The command that started this process (``sys.argv``), shell-quoted, to record how an output was made:
+    ``bert-domain-ft …``, a classic script's name, or ``python -m bert_domain_ft …`` (torchrun's too). None when
+    the process is not one of those (a notebook, a test, another program calling the library)."""
+    argv = list(sys.argv if argv is None else argv)
+    program = Path(argv[0]) if argv else Path()
+    if program.name == "__main__.py" and program.parent.name == "bert_domain_ft":
+        return shlex.join(["python", "-m", "bert_domain_ft", *argv[1:]])
+    if program.name in CONSOLE_SCRIPTS:
+        return shlex.join([program.name, *argv[1:]])
+    return None

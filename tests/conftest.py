@@ -34,6 +34,12 @@ def tiny_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def sentence_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The encoder-only BertModel with a sentence-transformers model's files (modules.json, 1_Pooling/…)."""
+    return tiny_assets.write_sentence_encoder(tmp_path_factory.mktemp("sentence_encoder"))
+
+
+@pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tiny_assets.write_corpus(tmp_path_factory.mktemp("corpus") / "corpus.txt")
 

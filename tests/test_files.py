@@ -196,3 +196,23 @@ def test_a_directory_swap_that_fails_leaves_the_old_directory_whole(
     assert (old / "manifest.json").read_text() == "old" and (old / "epoch_000").is_dir()
     assert sorted(path.name for path in tmp_path.iterdir()) == ["data", "data.partial"]
     assert sorted(path.name for path in old.iterdir()) == ["epoch_000", "manifest.json"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (
+            ["/venv/bin/bert-domain-ft", "finetune", "--output_dir", "my run"],
+            "bert-domain-ft finetune --output_dir 'my run'",
+        ),
+        (
+            ["/venv/bin/pregenerate-training-data", "--train_corpus", "c.txt"],
+            "pregenerate-training-data --train_corpus c.txt",
+        ),
+        (["/src/bert_domain_ft/__main__.py", "simple", "--epochs", "1"], "python -m bert_domain_ft simple --epochs 1"),
+        (["/venv/lib/python3.11/site-packages/pytest/__main__.py", "-q"], None),  # python -m pytest: not our command
+        (["/venv/bin/jupyter"], None),
+    ],
+)
+def test_the_command_line_is_recorded_as_typed_and_only_for_our_commands(argv: list[str], expected: str | None) -> None:
+    assert files.command_line(argv) == expected

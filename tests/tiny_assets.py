@@ -95,6 +95,39 @@ def write_tiny_bert(directory: Path, with_heads: bool = True, seed: int = 0) -> 
     return directory
 
 
+def write_tiny_masked_lm(directory: Path, seed: int = 0) -> Path:
+    """The tiny BERT saved as ``BertForMaskedLM`` (no pooler, no NSP head), as run_mlm-style training saves one."""
+    import torch
+    from transformers import BertForMaskedLM
+
+    write_tokenizer(directory)
+    torch.manual_seed(seed)
+    BertForMaskedLM(tiny_bert_config(len(vocabulary()))).save_pretrained(str(directory), safe_serialization=True)
+    return directory
+
+
+# A sentence-transformers model's own files (as all-MiniLM-L6-v2 has them): the encoder at the top, mean pooling.
+SENTENCE_TRANSFORMERS_FILES = {
+    "modules.json": '[{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}, '
+    '{"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}, '
+    '{"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]\n',
+    "sentence_bert_config.json": '{"max_seq_length": 64, "do_lower_case": true}\n',
+    "config_sentence_transformers.json": '{"__version__": {"sentence_transformers": "2.0.0"}}\n',
+    "1_Pooling/config.json": '{"word_embedding_dimension": 64, "pooling_mode_mean_tokens": true}\n',
+}
+
+
+def write_sentence_encoder(directory: Path) -> Path:
+    """The tiny encoder-only BERT with the files of a sentence-transformers model (``SENTENCE_TRANSFORMERS_FILES``;
+    ``2_Normalize`` has none, as in all-MiniLM-L6-v2) and a README of its own."""
+    write_tiny_bert(directory, with_heads=False)
+    for name, text in SENTENCE_TRANSFORMERS_FILES.items():
+        (directory / name).parent.mkdir(parents=True, exist_ok=True)
+        (directory / name).write_text(text, encoding="utf-8")
+    (directory / "README.md").write_text("# the base model's own card\n", encoding="utf-8")
+    return directory
+
+
 def write_tiny_roberta_encoder(root: Path, corpus: Path) -> Path:
     """An encoder-only RoBERTa (no MLM head, like many published checkpoints) with a BPE tokenizer trained on
     ``corpus``; returns the model directory."""

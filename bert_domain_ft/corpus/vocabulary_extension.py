@@ -41,6 +41,7 @@ from bert_domain_ft.corpus.vocabulary import (
 from bert_domain_ft.errors import UserError, at_location
 from bert_domain_ft.files import TEMPORARY_SUFFIX, os_errors_as_user_errors, replace_directory, write_text_atomic
 from bert_domain_ft.model.files import read_model_config
+from bert_domain_ft.model.saving import copy_entries
 from bert_domain_ft.model.tokenizer import load_tokenizer
 
 UNUSED_SLOT = re.compile(r"\[unused\d+\]")
@@ -201,13 +202,9 @@ def words_from_list(
 def _copy_model_files(source: Path, target: Path) -> None:
     """Every file of ``source`` but its weights and the files written anew (tokenizer_config.json, the special
     tokens map, sentence-transformers' modules… stay as they were)."""
-    for path in source.iterdir():
-        if path.name in REWRITTEN or path.name.endswith(WEIGHT_SUFFIXES) or path.name.startswith("."):
-            continue
-        if path.is_dir():
-            shutil.copytree(path, target / path.name)
-        else:
-            shutil.copy2(path, target / path.name)
+    names = [name for name in (path.name for path in source.iterdir())
+             if not (name in REWRITTEN or name.endswith(WEIGHT_SUFFIXES) or name.startswith("."))]  # fmt: skip
+    copy_entries(source, target, names)
 
 
 def write_tokenizer(source: Path, target: Path, serialized: dict[str, Any], vocabulary: dict[str, int]) -> None:

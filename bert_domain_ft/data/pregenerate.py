@@ -62,7 +62,7 @@ from bert_domain_ft.data.mixing import (
     task_manifest_entry,
 )
 from bert_domain_ft.errors import UserError
-from bert_domain_ft.files import hold_output_lock, is_disk_full, write_json_atomic
+from bert_domain_ft.files import command_line, hold_output_lock, is_disk_full, write_json_atomic
 from bert_domain_ft.model.files import (
     FRESH_NSP_HEAD_NOTE,
     check_model_positions,
@@ -303,6 +303,9 @@ def _generate_all(
             if stream == epoch_writer.TRAINING_STREAM
         ],
         "holdout": None if config.holdout_fraction == 0 else _holdout_entry(held_out, statistics[HOLDOUT_DIRECTORY]),
+        # How to make the data again, for the model card: the command line as typed (the last one, with --resume),
+        # None when pregenerate was called from Python. Absent in data written before it was recorded.
+        "command": command_line(),
     }
     write_json_atomic(config.output_dir / MANIFEST_NAME, manifest)
     return manifest

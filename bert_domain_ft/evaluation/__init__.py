@@ -6,6 +6,7 @@ evaluate      ``evaluate``: a model against pregenerated held-out data or a corp
 plots         a run's training curves as one PNG, and the charts' shared matplotlib plumbing
 probe_report  probe results: paired t intervals, tables, JSON and a bar chart
 probe         ``probe``: a classifier fine-tuned from each model, per seed, scored on the test sentences
+provenance    the commands that made a model (prepare, select, pregenerate, finetune), from their records
 model_card    the ``README.md`` of a final model: Hub metadata and the run's facts, from its output directory
 fill_mask     ``fill-mask``: each model's top predictions for masked words, side by side
 """

@@ -1,10 +1,11 @@
 """Loading the model to train or evaluate (a BERT with its pretraining heads, or any ``AutoModelForMaskedLM``),
 or building a new one from scratch.
 
-A BERT loads as ``BertForPreTraining`` whatever the objective (its NSP head is kept, and saved, even when only
-masked LM is trained); RoBERTa, XLM-R, DistilBERT, DeBERTa… load as ``AutoModelForMaskedLM``. A head the
-checkpoint lacks starts at random and is reported in ``LoadedModel.fresh_heads`` (one warning line), so the
-head warm-up applies to it. ``usable_positions`` is how long an input the model takes (RoBERTa: 2 fewer).
+A BERT loads as ``BertForPreTraining`` whatever the objective (its NSP head and pooler are kept; a masked-LM-only
+run saves it as ``BertForMaskedLM``, see ``saving``); RoBERTa, XLM-R, DistilBERT, DeBERTa… load as
+``AutoModelForMaskedLM``. A head the checkpoint lacks starts at random and is reported in
+``LoadedModel.fresh_heads`` (one warning line), so the head warm-up applies to it. ``usable_positions`` is how
+long an input the model takes (RoBERTa: 2 fewer).
 Every load of a local directory first goes through ``check_model_files``: a ``config.json`` that is not JSON
 (named with line:column) or a ``*.safetensors`` file cut short is one ``UserError`` line, never a traceback from
 deep inside transformers or safetensors (the safetensors check reads only the header: microseconds).
@@ -165,7 +166,7 @@ def checkpoint_model_type(name_or_path: str) -> str | None:
 def load_model_for_objective(name_or_path: str, objective: str) -> LoadedModel:
     """The model to train on ``objective`` data ("nsp" or "mlm").
 
-    A BERT is always loaded as ``BertForPreTraining`` (its NSP head, unused by "mlm", is kept and saved), every
+    A BERT is always loaded as ``BertForPreTraining`` (its NSP head, unused by "mlm", is kept, not saved), every
     other architecture as ``AutoModelForMaskedLM``; "nsp" needs a BERT.
     """
     check_model_files(name_or_path)

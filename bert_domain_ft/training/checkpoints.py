@@ -1,7 +1,8 @@
 """Checkpoints that make a run resumable exactly: model, optimizer, scheduler, scaler, RNG states, data position.
 
-``output_dir/checkpoint-STEP/`` holds the model (``save_pretrained``, safetensors, so it loads on its own), the
-tokenizer, ``optimizer.pt``, ``scheduler.pt``, ``scaler.pt``, ``rng_state.pt`` (one entry per process) and
+``output_dir/checkpoint-STEP/`` holds the model (``model.saving.save_model``: safetensors, in the run's one format,
+so it loads on its own; an MLM-only BERT's NSP head, never trained, is not stored and keeps its loaded value on
+resume), the tokenizer, ``optimizer.pt``, ``scheduler.pt``, ``scaler.pt``, ``rng_state.pt`` (one entry per process) and
 ``training_state.json`` (position in the data and the settings that must match on resume). It is written as
 ``checkpoint-STEP.partial`` and renamed when complete, so a ``checkpoint-STEP`` directory is always whole.
 Everything is read back with ``torch.load(weights_only=True)``.
@@ -54,7 +55,7 @@ from bert_domain_ft.files import (
     write_json_atomic,
 )
 from bert_domain_ft.kernels.attention import stock_attention
-from bert_domain_ft.model.pretraining import quiet_transformers
+from bert_domain_ft.model.saving import WHOLE_MODEL, SaveFormat, save_model, unsaved_parameter_names
 from bert_domain_ft.training.distributed import DistributedContext, barrier, gather_objects
 
 logger = logging.getLogger(__name__)
@@ -218,8 +219,9 @@ def remove_stale_partials(output_dir: Path) -> list[Path]:
     return stale
 
 
-def load_model_weights(model: nn.Module, directory: Path) -> None:
-    """Load ``save_pretrained`` safetensors (single file or sharded) into ``model``; tied copies may be absent."""
+def load_model_weights(model: nn.Module, directory: Path, left_out: set[str] | frozenset[str] = frozenset()) -> None:
+    """Load ``save_pretrained`` safetensors (single file or sharded) into ``model``; tied copies may be absent, and
+    the parameters ``left_out`` of the saved format (``saving.unsaved_parameter_names``) keep their values."""
     from safetensors.torch import load_file
 
     single = directory / "model.safetensors"
@@ -233,7 +235,7 @@ def load_model_weights(model: nn.Module, directory: Path) -> None:
         state.update(load_file(str(path)))
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = set(getattr(model, "_tied_weights_keys", None) or ())
-    untied_missing = [key for key in missing if key not in tied]
+    untied_missing = [key for key in missing if key not in tied and key not in left_out]
     if untied_missing or unexpected:
         raise UserError(
             f"{directory}: checkpoint does not match the model (missing {untied_missing[:3]}, unexpected "
@@ -287,6 +289,7 @@ class CheckpointManager:
         run_settings: dict[str, Any],
         save_total_limit: int = 0,
         tokenizer: Any | None = None,
+        save_format: SaveFormat = WHOLE_MODEL,
     ):
         self.output_dir = Path(output_dir)
         self.context = context
@@ -297,6 +300,7 @@ class CheckpointManager:
         self.run_settings = run_settings
         self.save_total_limit = save_total_limit
         self.tokenizer = tokenizer
+        self.save_format = save_format  # the run's model format: its checkpoints, best/ and final model alike
 
     def save(self, position: TrainingPosition) -> Path:
         """Write ``checkpoint-<global_step>``; every process must call it (RNG states are gathered)."""
@@ -324,10 +328,8 @@ class CheckpointManager:
         return final
 
     def _write_contents(self, directory: Path, position: TrainingPosition, rng_states: list[Any]) -> None:
-        with quiet_transformers(), stock_attention(self.model):
-            self.model.save_pretrained(str(directory))  # safetensors (the default since transformers 4.35)
-        if self.tokenizer is not None:
-            self.tokenizer.save_pretrained(str(directory))
+        with stock_attention(self.model):
+            save_model(self.model, directory, self.tokenizer, self.save_format)
         save_tensors(self.optimizer.state_dict(), directory / OPTIMIZER_FILE)
         save_tensors(self.scheduler.state_dict(), directory / SCHEDULER_FILE)
         if self.scaler is not None:
@@ -403,7 +405,7 @@ class CheckpointManager:
         self.check_settings(directory, settings)
         device = self.context.device
         with damage_named(directory / "model.safetensors"):
-            load_model_weights(self.model, directory)
+            load_model_weights(self.model, directory, unsaved_parameter_names(self.model, self.save_format))
         with damage_named(directory / OPTIMIZER_FILE):
             self.optimizer.load_state_dict(
                 torch.load(directory / OPTIMIZER_FILE, map_location=device, weights_only=True)

@@ -21,6 +21,7 @@ from typing import Any
 
 from bert_domain_ft.errors import UserError, check_finite, check_not_empty, check_seed
 from bert_domain_ft.files import refuse_empty_paths
+from bert_domain_ft.model.saving import is_hub_id
 
 REPORT_TO_CHOICES = ("none", "tensorboard", "wandb", "mlflow")
 
@@ -48,6 +49,10 @@ class FinetuneConfig:
     bert_model: str | None = None
     """Local model directory or hub id to start from (any AutoModelForMaskedLM: BERT, RoBERTa, XLM-R,
     DistilBERT, DeBERTa…); its tokenizer must be the one the data was made with. None with from_scratch."""
+    base_model_id: str | None = None
+    """The Hub id (org/name) of the model bert_model holds, for the model card's base_model when bert_model is a
+    local directory (e.g. sentence-transformers/all-MiniLM-L6-v2 for a downloaded copy); a Hub id given as
+    bert_model is named there without it."""
     do_lower_case: bool | None = None
     """Insist the tokenizer lower-cases (True) or does not (False), checked against it and the data, never silent;
     None follows the tokenizer."""
@@ -241,6 +246,8 @@ class FinetuneConfig:
             check_not_empty(f"--{flag}", getattr(self, flag))
         if self.objective not in ("auto", "nsp", "mlm"):
             raise ValueError(f"objective must be auto, nsp or mlm, got {self.objective!r}")
+        if self.base_model_id is not None and not is_hub_id(self.base_model_id):
+            raise ValueError(f"--base_model_id {self.base_model_id!r} is not a Hub id; write it as org/name")
         if not self.from_scratch:
             if self.bert_model is None:
                 raise ValueError("give --bert_model (the model to adapt), or --from_scratch with --model_type")
@@ -249,6 +256,8 @@ class FinetuneConfig:
             return
         if self.bert_model is not None:
             raise ValueError("--from_scratch builds a new model: drop --bert_model (or drop --from_scratch)")
+        if self.base_model_id is not None:
+            raise ValueError("--base_model_id names the model bert_model holds; --from_scratch has none: drop it")
         if self.model_type is None or self.tokenizer is None:
             raise ValueError("--from_scratch needs --model_type (e.g. roberta) and --tokenizer (its directory)")
         if self.probe_train is not None:

@@ -37,15 +37,16 @@ from bert_domain_ft.files import (
     os_errors_as_user_errors,
     owns_directory,
     remove_entries,
+    replace_directory,
     storage_errors_as_os_errors,
     unclaimed_entries,
     write_json_atomic,
 )
 from bert_domain_ft.kernels import release_free_memory, use_cpu_kernels, use_gpu_kernels
-from bert_domain_ft.kernels.attention import stock_attention
 from bert_domain_ft.model.loading import check_model_files, usable_positions
 from bert_domain_ft.model.optimization import ParameterAnchor
 from bert_domain_ft.model.pretraining import LoadedModel, head_parameters, quiet_transformers
+from bert_domain_ft.model.saving import SaveFormat
 from bert_domain_ft.model.tokenizer import TokenizerFacts, describe_tokenizer, load_tokenizer
 from bert_domain_ft.model.vocabulary import fresh_rows
 from bert_domain_ft.training import setup as build
@@ -65,7 +66,7 @@ from bert_domain_ft.training.loop import (
 )
 from bert_domain_ft.training.metrics import METRICS_FILE, MetricsLog
 from bert_domain_ft.training.precision import check_precision_supported, setup_precision
-from bert_domain_ft.training.selection import BEST_DIRECTORY, attach_model_selection
+from bert_domain_ft.training.selection import BEST_DIRECTORY, attach_model_selection, model_writer
 from bert_domain_ft.training.throughput import Throughput
 from bert_domain_ft.training.trackers import MLFLOW_DIRECTORY, TENSORBOARD_DIRECTORY, WANDB_DIRECTORY, open_trackers
 
@@ -183,7 +184,7 @@ def _train_and_save(
     selection.report()  # which model won the probe, in one line
     release_free_memory()  # what the steps kept for reuse goes back before saving and evaluating
     if run_finished(position, config.epochs, config.max_steps):
-        _save_final(context, loaded.model, tokenizer, config.output_dir)
+        _save_final(context, loaded.model, tokenizer, config.output_dir, setup.checkpoints.save_format)
         if context.is_main:
             from bert_domain_ft.evaluation.heldout import print_run_before_after
             from bert_domain_ft.evaluation.model_card import command_line, write_model_card
@@ -361,7 +362,7 @@ def _setup_training(
     run_settings = _run_settings(config, context, total_steps, with_nsp, data_settings)
     checkpoints = CheckpointManager(
         config.output_dir, context, loaded.model, optimizer, scheduler, precision.scaler, run_settings,
-        config.save_total_limit, tokenizer,
+        config.save_total_limit, tokenizer, save_format=SaveFormat(with_nsp, config.bert_model),
     )  # fmt: skip
     run_name = config.output_dir.resolve().name  # --report_to: only the main process reports
     trackers = open_trackers(config.report_to, config.output_dir, run_name, arguments) if context.is_main else []
@@ -391,21 +392,25 @@ def _resume_position(setup: TrainingSetup, resume: bool, output_dir: Path) -> Tr
     return position
 
 
-def _save_final(context: DistributedContext, model: torch.nn.Module, tokenizer: Any, output_dir: Path) -> None:
-    """``save_pretrained`` model and tokenizer into ``output_dir``; each file appears whole (temp dir + rename), with
-    the umask's mode, its name recorded in the ledger first."""
+def _save_final(
+    context: DistributedContext, model: torch.nn.Module, tokenizer: Any, output_dir: Path, save_format: SaveFormat
+) -> None:
+    """The model and tokenizer into ``output_dir`` in the run's ``save_format``, written as ``best/`` is
+    (``selection.model_writer``); each file appears whole (temp dir + rename), with the umask's mode, its name
+    recorded in the ledger first; a folder (sentence-transformers' ``1_Pooling/``) replaces the earlier one whole."""
     if context.is_main:
         temporary = output_dir / (".final-model" + TEMPORARY_SUFFIX)
         try:
             with os_errors_as_user_errors(temporary), storage_errors_as_os_errors():
                 fresh_directory(temporary)  # a link planted at the name is removed, not followed
-                with quiet_transformers(), stock_attention(model):
-                    model.save_pretrained(str(temporary))  # safetensors (the default since transformers 4.35)
-                    tokenizer.save_pretrained(str(temporary))
+                model_writer(model, tokenizer, save_format)(temporary)  # safetensors
                 honour_umask(temporary)  # safetensors writes 0600
                 claim_entries(output_dir, [path.name for path in temporary.iterdir()])
                 for path in temporary.iterdir():
-                    os.replace(path, output_dir / path.name)
+                    if path.is_dir():
+                        replace_directory(path, output_dir / path.name)
+                    else:
+                        os.replace(path, output_dir / path.name)
                 temporary.rmdir()
         except BaseException:
             shutil.rmtree(temporary, ignore_errors=True)  # the checkpoints of the run are intact: --resume saves again

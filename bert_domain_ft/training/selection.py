@@ -55,7 +55,7 @@ from bert_domain_ft.files import (
     write_json_atomic,
 )
 from bert_domain_ft.kernels.attention import stock_attention
-from bert_domain_ft.model.pretraining import quiet_transformers
+from bert_domain_ft.model.saving import SaveFormat, save_model
 from bert_domain_ft.training.checkpoints import (
     OPTIMIZER_FILE,
     RNG_FILE,
@@ -77,24 +77,26 @@ BEST_INFO_FILE = "best.json"
 _TRAINING_STATE_FILES = {OPTIMIZER_FILE, SCHEDULER_FILE, SCALER_FILE, RNG_FILE, STATE_FILE}
 
 
-def model_writer(model: nn.Module, tokenizer: Any | None) -> Callable[[Path], None]:
-    """A ``write(directory)`` saving the in-memory ``model`` (and tokenizer) with ``save_pretrained``."""
+def model_writer(model: nn.Module, tokenizer: Any | None, save_format: SaveFormat) -> Callable[[Path], None]:
+    """A ``write(directory)`` saving the in-memory ``model`` (and tokenizer) in the run's ``save_format``
+    (``model.saving``): how a run writes its final model, ``best/`` and the starting model the probe reads."""
 
     def write(directory: Path) -> None:
-        with quiet_transformers(), stock_attention(model):
-            model.save_pretrained(str(directory))  # type: ignore[operator]
-        if tokenizer is not None:
-            tokenizer.save_pretrained(str(directory))
+        with stock_attention(model):
+            save_model(model, directory, tokenizer, save_format)
 
     return write
 
 
 def checkpoint_copier(checkpoint: Path) -> Callable[[Path], None]:
-    """A ``write(directory)`` copying the model and tokenizer files of a checkpoint (not its training state)."""
+    """A ``write(directory)`` copying the model and tokenizer files of a checkpoint (not its training state), with
+    the folders its model has (sentence-transformers' ``1_Pooling/``…)."""
 
     def write(directory: Path) -> None:
         for path in sorted(Path(checkpoint).iterdir()):
-            if path.is_file() and path.name not in _TRAINING_STATE_FILES:
+            if path.is_dir():
+                shutil.copytree(path, directory / path.name)
+            elif path.is_file() and path.name not in _TRAINING_STATE_FILES:
                 shutil.copy2(path, directory / path.name)
 
     return write
@@ -241,15 +243,15 @@ class CheckpointProbe:
         record["seconds"] = round(time.perf_counter() - started, 1)
         return result, record
 
-    def probe_starting_model(self, model: nn.Module, tokenizer: Any, output_dir: Path) -> None:
-        """Step 0: write ``model`` (as it is now, with ``tokenizer``) to disk, probe it, log it and make it the
-        first best model (main process); every process returns together."""
+    def probe_starting_model(self, model: nn.Module, tokenizer: Any, output_dir: Path, save_format: SaveFormat) -> None:
+        """Step 0: write ``model`` (as it is now, with ``tokenizer``, in ``save_format``) to disk, probe it, log it
+        and make it the first best model (main process); every process returns together."""
         if self.context.is_main:
             directory = Path(output_dir) / _STARTING_MODEL
             try:
                 with os_errors_as_user_errors(directory):
                     fresh_directory(directory)
-                model_writer(model, tokenizer)(directory)
+                model_writer(model, tokenizer, save_format)(directory)
                 result, record = self._probe(directory, step=0)
                 self.metrics.append(record)
                 if self.keeper is not None:  # a candidate like any checkpoint; whatever best/ held before goes
@@ -328,7 +330,8 @@ class ModelSelection:
     def score_starting_model(self, start: TrainingPosition) -> None:
         """With a probe, on a fresh run: probe the model as it is now (call it right before the first step)."""
         if self.probe is not None and start.global_step == 0:
-            self.probe.probe_starting_model(self.setup.model, self.tokenizer, self.output_dir)
+            save_format = self.setup.checkpoints.save_format
+            self.probe.probe_starting_model(self.setup.model, self.tokenizer, self.output_dir, save_format)
 
     def report(self) -> None:
         """With a probe: the one line saying whether any checkpoint beat the starting model (main process)."""
@@ -360,7 +363,7 @@ def attach_model_selection(
         selection.probe = CheckpointProbe(probe_config_for(config), context, setup.metrics, keeper)
         setup.on_checkpoint = selection.probe.on_checkpoint
     elif keeper is not None:
-        write = model_writer(setup.model, tokenizer)
+        write = model_writer(setup.model, tokenizer, setup.checkpoints.save_format)
         setup.on_evaluated = lambda step, results: _consider(keeper, step, results, write)
     return selection
 

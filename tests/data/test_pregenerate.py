@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -219,6 +221,18 @@ def test_classic_flags_of_the_original_script_work(tiny_corpus: Path, tiny_token
     manifest = read_manifest(tmp_path / "out")
     assert manifest["max_seq_len"] == 32 and manifest["generation"]["masked_lm_prob"] == 0.2
     assert len(manifest["epochs"]) == 2
+
+
+def test_the_manifest_records_the_command_line_that_wrote_it(
+    generated: Path, tiny_corpus: Path, tiny_tokenizer_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    arguments = ["pregenerate", "--train_corpus", str(tiny_corpus), "--bert_model", str(tiny_tokenizer_dir),
+                 "--output_dir", str(tmp_path / "out"), "--epochs_to_generate", "1", "--max_seq_len", "32",
+                 "--no_progress"]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", ["bert-domain-ft", *arguments])  # as the console script starts
+    assert main(arguments) == 0
+    assert read_manifest(tmp_path / "out")["command"] == shlex.join(["bert-domain-ft", *arguments])
+    assert read_manifest(generated)["command"] is None  # pregenerate() called from Python: no command line
 
 
 # Bad input: one clear message naming the file (and line), exit status 2 from the command line.

@@ -185,7 +185,7 @@ def test_evaluator_runs_first_every_eval_steps_and_last_without_disturbing_train
     assert_identical_weights(load_weights(evaluated), load_weights(plain))
 
 
-def test_mlm_only_data_trains_without_nsp_and_leaves_the_nsp_head_alone(
+def test_mlm_only_data_trains_without_nsp_and_saves_no_nsp_head(
     tmp_path: Path, tiny_corpus: Path, tiny_bert_dir: Path
 ) -> None:
     data = make_pregenerated(tiny_corpus, tiny_bert_dir, tmp_path / "mlm_data", epochs=1, objective="mlm")
@@ -193,10 +193,75 @@ def test_mlm_only_data_trains_without_nsp_and_leaves_the_nsp_head_alone(
     records = [record for record in read_metrics(output) if record["kind"] == "train"]
     assert records and all("nsp_loss" not in record for record in records)
     before, after = load_weights(tiny_bert_dir), load_weights(output)
-    assert torch.equal(before["cls.seq_relationship.weight"], after["cls.seq_relationship.weight"])
+    assert not any(name.startswith("cls.seq_relationship.") for name in after)  # an untrained head is not shipped
+    assert json.loads((output / "config.json").read_text())["architectures"] == ["BertForMaskedLM"]
+    assert torch.equal(before["bert.pooler.dense.weight"], after["bert.pooler.dense.weight"])  # the base's, kept
     assert not torch.equal(
         before["cls.predictions.transform.dense.weight"], after["cls.predictions.transform.dense.weight"]
     )
+
+
+@pytest.fixture(scope="module")
+def mlm_only_run(tmp_path_factory: pytest.TempPathFactory, tiny_corpus: Path, sentence_encoder_dir: Path) -> Path:
+    """A sentence-transformers encoder (no pretraining heads) adapted on masked LM only (``--objective auto``),
+    with a held-out set, ``--save_best`` and checkpoints every 2 of its 4 steps."""
+    root = tmp_path_factory.mktemp("mlm_only")
+    data = make_pregenerated(tiny_corpus, sentence_encoder_dir, root / "data", epochs=1, holdout_fraction=0.1)
+    options = {"max_steps": 4, "save_steps": 2, "save_best": True, "head_warmup_steps": 2, "train_batch_size": 16}
+    return finetune(quick_config(data, sentence_encoder_dir, root / "run", **options))
+
+
+def test_an_mlm_only_run_saves_masked_lm_models_without_an_nsp_head(mlm_only_run: Path) -> None:
+    from transformers import AutoModelForMaskedLM
+
+    from bert_domain_ft.model.files import has_trained_nsp_head
+
+    for directory in (mlm_only_run, mlm_only_run / "best", mlm_only_run / "checkpoint-4"):
+        assert json.loads((directory / "config.json").read_text())["architectures"] == ["BertForMaskedLM"]
+        assert has_trained_nsp_head(directory) is False  # a later --objective auto does not train NSP on it
+        _, info = AutoModelForMaskedLM.from_pretrained(directory, output_loading_info=True)
+        assert not info["missing_keys"], directory  # the base's pooler, kept for classifiers, is all it leaves over
+        assert info["unexpected_keys"] == {"bert.pooler.dense.weight", "bert.pooler.dense.bias"}, directory
+
+
+def test_an_mlm_only_run_carries_the_sentence_transformers_files_of_its_base(mlm_only_run: Path) -> None:
+    from tiny_assets import SENTENCE_TRANSFORMERS_FILES
+
+    for directory in (mlm_only_run, mlm_only_run / "best", mlm_only_run / "checkpoint-4"):
+        for name, text in SENTENCE_TRANSFORMERS_FILES.items():
+            assert (directory / name).read_text(encoding="utf-8") == text, directory / name
+
+
+def test_the_outputs_of_an_mlm_only_run_load_for_evaluate_fill_mask_probe_and_a_next_run(
+    mlm_only_run: Path, tmp_path: Path
+) -> None:
+    from bert_domain_ft.data.epoch_format import read_manifest
+    from bert_domain_ft.evaluation.evaluate import load_for_evaluation
+    from bert_domain_ft.evaluation.probe import classifier_from_pretrained
+    from bert_domain_ft.model.loading import load_masked_lm_model
+
+    data = mlm_only_run.parent / "data"
+    trained = load_weights(mlm_only_run)["cls.predictions.transform.dense.weight"]
+    for directory in (mlm_only_run, mlm_only_run / "best"):
+        for loaded in (load_for_evaluation(str(directory), read_manifest(data)), load_masked_lm_model(str(directory))):
+            assert loaded.fresh_heads == ()  # its trained masked-LM head, no random baseline
+        classifier = classifier_from_pretrained(str(directory))(2, 0)
+        assert classifier.bert.pooler is not None
+    assert torch.equal(load_masked_lm_model(str(mlm_only_run)).model.cls.predictions.transform.dense.weight, trained)
+    again = finetune(quick_config(data, mlm_only_run, tmp_path / "again", max_steps=2, train_batch_size=16))
+    assert json.loads((again / "config.json").read_text())["architectures"] == ["BertForMaskedLM"]
+
+
+def test_an_mlm_only_run_resumes_from_its_checkpoints_to_the_weights_of_a_straight_run(
+    tmp_path: Path, mlm_only_run: Path, sentence_encoder_dir: Path
+) -> None:
+    data, options = mlm_only_run.parent / "data", {"max_steps": 4, "train_batch_size": 16, "head_warmup_steps": 0}
+    straight = finetune(quick_config(data, sentence_encoder_dir, tmp_path / "straight", **options))
+    interrupted = tmp_path / "interrupted"
+    finetune(quick_config(data, sentence_encoder_dir, interrupted, stop_after_steps=2, **options))
+    assert "cls.seq_relationship.weight" not in load_weights(interrupted / "checkpoint-2")
+    finetune(quick_config(data, sentence_encoder_dir, interrupted, resume=True, **options))
+    assert_identical_weights(load_weights(straight), load_weights(interrupted))
 
 
 def test_bf16_autocast_trains_on_the_cpu(tmp_path: Path, data_dir: Path, tiny_bert_dir: Path) -> None:
