@@ -77,22 +77,19 @@ def pickled_weights_problem(path: Path) -> str | None:
     ``from_pretrained`` will read it, ``weights_only=True``, tensors mapped to the ``meta`` device (memory-mapped:
     no weight is read). A pickle that names any other Python object (``argparse.Namespace``, a model class) could
     run code when loaded, and is refused; so is a damaged file."""
-    import pickle
-
     import torch
 
     try:
         torch.load(path, map_location="meta", weights_only=True, mmap=_is_zip(path))
-    except pickle.UnpicklingError as error:
-        if "Weights only load failed" not in str(error):
-            return "damaged or truncated; re-download the model or save it again (save_pretrained)"
-        named = _UNSAFE_GLOBAL.search(str(error))
-        return (
-            f"holds pickled Python objects, not only tensors{f' (it names {named[1]})' if named else ''}, and "
-            "cannot be loaded safely; convert it to safetensors where its source is trusted (load the model there "
-            "and save_pretrained, which writes model.safetensors), or use the model's model.safetensors"
-        )
-    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, ImportError) as error:
+    except Exception as error:  # noqa: BLE001 - torch raises pickle's UnpicklingError (the package imports no pickle)
+        refused = type(error).__name__ == "UnpicklingError" and "Weights only load failed" in str(error)
+        if refused:
+            named = _UNSAFE_GLOBAL.search(str(error))
+            return (
+                f"holds pickled Python objects, not only tensors{f' (it names {named[1]})' if named else ''}, and "
+                "cannot be loaded safely; convert it to safetensors where its source is trusted (load the model "
+                "there and save_pretrained, which writes model.safetensors), or use the model's model.safetensors"
+            )
         return f"damaged or truncated ({first_line(error)[:200]}); re-download the model or save it again"
     return None
 
