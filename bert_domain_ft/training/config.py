@@ -54,8 +54,9 @@ class FinetuneConfig:
     """Tokenizer directory to use instead of the model's own (required with from_scratch); saved with the model."""
     objective: str = dataclasses.field(default="auto", metadata={"choices": ("auto", "nsp", "mlm")})
     """"nsp" (masked LM + next-sentence prediction, BERT only), "mlm" (masked LM only; NSP labels in the data are
-    ignored) or "auto": the data's objective, or "mlm" when the model has no NSP head, a BERT saved without a
-    trained one included (a fresh NSP head rewrites the pooler that downstream classifiers read; said in one line)."""
+    ignored) or "auto": the data's objective (simple's pairs can always be NSP pairs), or "mlm" when the model has
+    no NSP head, a BERT saved without a trained one included (a fresh NSP head rewrites the pooler that downstream
+    classifiers read; said in one line)."""
     from_scratch: bool = False
     """Start from a randomly initialised model of model_type (sized by config_overrides) instead of bert_model."""
     model_type: str | None = None
@@ -280,7 +281,7 @@ class FinetuneConfig:
 MIN_SEQ_LEN = 8  # [CLS] A [SEP] B [SEP] with a few tokens of each sentence
 
 # The flags ``simple`` takes from its FinetuneConfig: all but those about pregenerated data and held-out sets.
-_NOT_SIMPLE_FLAGS = ("pregenerated_data", "tokenizer", "objective", "from_scratch", "model_type", "config_overrides")
+_NOT_SIMPLE_FLAGS = ("pregenerated_data", "tokenizer", "from_scratch", "model_type", "config_overrides")
 _NOT_SIMPLE_FLAGS += ("batch_from_one_corpus", "reduce_memory", "verify_checksums", "do_eval", "holdout_data")
 _NOT_SIMPLE_FLAGS += ("general_holdout", "eval_steps", "eval_batch_size")
 SIMPLE_TRAINING_FLAGS = {"exclude": _NOT_SIMPLE_FLAGS, "required": ("output_dir", "bert_model")}

@@ -93,7 +93,7 @@ def finetune(config: FinetuneConfig) -> Path:
                 logger.info("--reduce_memory: nothing to do, epochs are always memory-mapped")
             show = config.show_progress
             data_dir, manifest = build.open_training_data(config.pregenerated_data, context, tokenizer, facts, show)
-            objective = build.resolve_training_objective(config, manifest)
+            objective = build.resolve_training_objective(config, manifest["objective"], config.pregenerated_data)
             loaded = load_training_model(config, context, objective, int(manifest["max_seq_len"]))
             _check_model_fits(config, loaded.model.config, facts, data_dir, manifest)
             build.check_epochs(data_dir, manifest, config.epochs, config.verify_checksums and context.is_main)
