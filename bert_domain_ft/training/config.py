@@ -72,9 +72,10 @@ class FinetuneConfig:
     epochs: int = 3
     """Training epochs. Training epoch e reads data epoch e mod (generated epochs), looping when there are fewer."""
     max_steps: int = 0
-    """Train exactly this many optimizer steps, the learning-rate schedule spanning them, reading the epochs in
-    turn and starting them again as often as needed (``epochs`` is then ignored). For a fixed budget whatever the
-    corpus size, and for comparisons at an equal budget. 0: train ``epochs`` whole epochs."""
+    """Train exactly this many optimizer steps in all, the head-only steps of fresh heads included (see
+    head_warmup_steps; the learning-rate schedule spans the rest), reading the epochs in turn and starting them
+    again as often as needed (``epochs`` is then ignored). For a fixed budget whatever the corpus size, and for
+    comparisons at an equal budget. 0: train ``epochs`` whole epochs (the head-only steps inside them)."""
     train_batch_size: int = 32
     """Total sequences per optimizer step in each process, as in the original script: it is divided by
     --gradient_accumulation_steps into micro-batches; with N processes the global batch is N times this."""
@@ -83,7 +84,8 @@ class FinetuneConfig:
     learning_rate: float = 3e-5
     """Peak learning rate of AdamW, reached after warm-up."""
     warmup_proportion: float = 0.1
-    """Share of all optimizer steps spent warming the learning rate up linearly; it then decays linearly."""
+    """The learning-rate ramp: share of the main phase's optimizer steps over which the learning rate rises
+    linearly (it then decays linearly); nothing to do with the head-only steps of head_warmup_steps."""
     weight_decay: float = 0.01
     """Decoupled weight decay, applied to every weight except biases and LayerNorm weights."""
     adam_epsilon: float = 1e-8
@@ -91,11 +93,13 @@ class FinetuneConfig:
     max_grad_norm: float = 1.0
     """Gradients are clipped to this global L2 norm before each step (0 turns clipping off)."""
     head_warmup_steps: int | None = dataclasses.field(default=None, metadata={"auto": True})
-    """Steps that first train only the pretraining heads the checkpoint lacks, encoder frozen (no backward through
-    it), before the main schedule (None or auto: 20% of the main steps, at least 50, at most 1000; 0: off).
-    Skipped when the checkpoint has its heads; not counted in the main steps."""
+    """Head-only steps: the run's first optimizer steps train only the pretraining heads the checkpoint lacks,
+    encoder frozen (no backward through it). They are part of the run's steps (max_steps, or the epochs'), not
+    added to them, and the main phase's schedule spans the rest (None or auto: 20% of the steps, at least 50, at
+    most 1000, but never more than a quarter of them; 0: off; as many as the run has is refused). Skipped when the
+    checkpoint has its heads."""
     head_learning_rate: float = 3e-3
-    """Learning rate of the head warm-up (linear ramp over its first 10%, then constant): new heads start from
+    """Learning rate of the head-only steps (linear ramp over their first 10%, then constant): new heads start from
     nothing, so it is ~100× BERT's usual rate; the encoder is frozen, so it cannot be torn."""
     layerwise_lr_decay: float = 1.0
     """ULMFiT's discriminative fine-tuning: encoder layer l of L trains at learning_rate × decay^(L − l), the

@@ -49,7 +49,7 @@ from bert_domain_ft.training.loop import (
     TrainingLoop,
     TrainingSetup,
     ddp_wrapped,
-    run_finished,
+    plan_head_warmup,
     settings_from,
     total_optimizer_steps,
 )
@@ -162,12 +162,13 @@ def _train_and_save(
         write_json_atomic(config.output_dir / ARGUMENTS_FILE, arguments)
     selection = attach_model_selection(config, context, setup, tokenizer, start)  # --save_best, --probe_*
     loop = TrainingLoop(setup, settings)
-    loop.warm_up_heads(start, with_nsp)  # fresh heads first train alone
+    loop.log_plan()  # one line: the run's steps, head-only and main, and its evaluations
+    loop.warm_up_heads(start, with_nsp)  # fresh heads first train alone, in the run's first steps
     selection.score_starting_model(start)  # step 0 is a candidate: the encoder as loaded (a warm pooler)
     position = loop.run(start)
     selection.report()  # which model won the probe, in one line
     release_free_memory()  # what the steps kept for reuse goes back before saving and evaluating
-    if run_finished(position, config.epochs, config.max_steps):
+    if loop.finished(position):
         _save_final(context, loaded.model, tokenizer, config.output_dir)
         if context.is_main:
             from bert_domain_ft.evaluation.heldout import print_run_before_after
@@ -275,10 +276,11 @@ def _setup_anchor(model: torch.nn.Module, fresh_heads: tuple[str, ...], weight: 
 
 
 def _run_settings(
-    config: FinetuneConfig, context: DistributedContext, total_steps: int, with_nsp: bool, data: dict[str, Any]
+    config: FinetuneConfig, context: DistributedContext, steps: tuple[int, int], with_nsp: bool, data: dict[str, Any]
 ) -> dict[str, Any]:
     """What a checkpoint records and ``--resume`` requires unchanged (``CheckpointManager.check_settings``): the
-    ``_RESUME_SETTINGS``, the objective trained ("nsp" or "mlm", as resolved), the device type, and the stage's
+    ``_RESUME_SETTINGS``, ``steps`` (the run's optimizer steps and how many of them are head-only), the objective
+    trained ("nsp" or "mlm", as resolved), the device type, and the stage's
     ``data``: fingerprints of what it trains and evaluates on and the settings that shape its batches (finetune:
     ``setup.resume_identity``; simple: ``simple.resume_identity``).
 
@@ -287,8 +289,9 @@ def _run_settings(
     report_to, show_progress), when and in what batches it evaluates (eval_steps, eval_batch_size), save_best,
     verify_checksums, reduce_memory and simple's on_memory, and the GPU's speed settings compile and deterministic
     (the same arithmetic, other kernels: a resumed run continues the same run, not bit for bit)."""
-    run_values = {"world_size": context.world_size, "total_steps": total_steps}
+    run_values = {"world_size": context.world_size, "total_steps": steps[0]}
     settings = {name: run_values[name] if name in run_values else getattr(config, name) for name in _RESUME_SETTINGS}
+    settings["head_only_steps"] = steps[1]
     return {**settings, "objective": "nsp" if with_nsp else "mlm", "device": context.device.type, **data}
 
 
@@ -304,13 +307,17 @@ def _setup_training(
     data_settings: dict[str, Any],
 ) -> TrainingSetup:
     objective = _setup_objective(loaded, context, with_nsp)
-    total_steps = total_optimizer_steps(source, settings, context.world_size)
-    optimization = settings_from(build.OptimizationSettings, config)
-    optimizer, scheduler = build.build_optimization(loaded.model, optimization, total_steps, context.device)
+    total_steps = total_optimizer_steps(source, settings, context.world_size)  # head-only steps included
+    rows = fresh_rows(config.bert_model)
+    head_only = plan_head_warmup(settings.head_warmup_steps, loaded.fresh_heads, with_nsp, total_steps, len(rows),
+                                 "--max_steps" if settings.max_steps else "--epochs")  # fmt: skip
+    optimization = settings_from(build.OptimizationSettings, config)  # the main schedule spans the rest:
+    main_steps = total_steps - head_only.steps
+    optimizer, scheduler = build.build_optimization(loaded.model, optimization, main_steps, context.device)
     precision = setup_precision(context.device, config.fp16, config.bf16, config.loss_scale)
     logger.info("%d sequences per step on %d process(es), %s on %s", config.train_batch_size * context.world_size,
                 context.world_size, precision.name, context.device)  # fmt: skip
-    run_settings = _run_settings(config, context, total_steps, with_nsp, data_settings)
+    run_settings = _run_settings(config, context, (total_steps, head_only.steps), with_nsp, data_settings)
     checkpoints = CheckpointManager(
         config.output_dir, context, loaded.model, optimizer, scheduler, precision.scaler, run_settings,
         config.save_total_limit, tokenizer,
@@ -323,8 +330,8 @@ def _setup_training(
         anchor = _setup_anchor(loaded.model, loaded.fresh_heads, config.anchor_weight, context.device)
     return TrainingSetup(
         objective, loaded.model, optimizer, scheduler, precision, context, source, checkpoints, metrics,
-        fresh_heads=loaded.fresh_heads, fresh_rows=fresh_rows(config.bert_model), anchor=anchor,
-        throughput=Throughput.for_training(loaded.model, context.device),
+        fresh_heads=loaded.fresh_heads, fresh_rows=rows, anchor=anchor,
+        throughput=Throughput.for_training(loaded.model, context.device), head_warmup=head_only,
     )  # fmt: skip
 
 

@@ -249,7 +249,8 @@ class OptimizationSettings:
 def build_optimization(
     model: torch.nn.Module, settings: OptimizationSettings, total_steps: int, device: torch.device
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    """AdamW over the decay / no-decay groups and the warm-up + linear-decay schedule over ``total_steps``."""
+    """AdamW over the decay / no-decay groups and the learning-rate ramp + linear-decay schedule over
+    ``total_steps`` (the main phase's)."""
     multiplier = None
     if settings.layerwise_lr_decay < 1.0:
         multiplier = layerwise_lr_multiplier(model, settings.layerwise_lr_decay)
@@ -258,7 +259,8 @@ def build_optimization(
     groups = parameter_groups(model, settings.learning_rate, settings.weight_decay, lr_multiplier=multiplier)
     optimizer = build_optimizer(groups, settings.learning_rate, settings.adam_epsilon, device)
     warmup_steps = warmup_steps_for(total_steps, settings.warmup_proportion)
-    logger.info("%d optimizer steps, the first %d warming up", total_steps, warmup_steps)
+    logger.info("learning-rate ramp: the first %d of the %d main steps (--warmup_proportion %g), then linear decay",
+                warmup_steps, total_steps, settings.warmup_proportion)  # fmt: skip
     return optimizer, build_scheduler(optimizer, total_steps, warmup_steps)
 
 
