@@ -16,9 +16,10 @@ Steps (each a function below, each calling the library):
   5. probe       — does it help a task? A classifier is fine-tuned from the base and from the adapted model (several
                    seeds) to tell which area of the standard library a docstring sentence comes from, trained and
                    tested on sentences of different modules (``examples/demo_probe_data.py``);
-  6. report      — both tables, whatever they say, then what the base and the adapted model predict for masked
-                   words (two sentences of the domain and a few held-out ones: ``fill-mask``), and where the
-                   model (with its card, README.md), metrics and plots were written.
+  6. report      — both tables, whatever they say, then what the base (with its MLM head warmed: the run's
+                   ``base/``) and the adapted model predict for masked words (two sentences of the domain and a
+                   few held-out ones: ``fill-mask``), and where the model (with its card, README.md), metrics and
+                   plots were written.
 
     python examples/demo.py                 # ~8 minutes on 2 CPU cores
     python examples/demo.py --quick         # ~4 minutes: a smaller corpus, one epoch, a lighter probe
@@ -276,19 +277,9 @@ def _has_matplotlib() -> bool:
     return True
 
 
-def _fresh_head_loss(run_dir: Path) -> float | None:
-    """The held-out MLM loss with the heads as loaded (random), logged before the head warm-up, if it ran."""
-    path = run_dir / "metrics.jsonl"
-    for line in path.read_text(encoding="utf-8").splitlines() if path.is_file() else []:
-        record = json.loads(line) if line.strip() else {}
-        if record.get("kind") == "head_warmup_eval":
-            return float(record["mlm_loss"])
-    return None
-
-
 def report_mlm(run_dir: Path, manifest: dict[str, Any], seconds: float) -> None:
     """The held-out before/after table of the masked-LM adaptation."""
-    from bert_domain_ft.evaluation.heldout import format_before_after_table, run_before_after
+    from bert_domain_ft.evaluation.heldout import format_before_after_table, run_before_after, warmed_base_note
 
     pair = run_before_after(run_dir)
     if pair is None:
@@ -301,12 +292,9 @@ def report_mlm(run_dir: Path, manifest: dict[str, Any], seconds: float) -> None:
         f"Held-out set: {len(holdout['documents'])} documents the model never trained on "
         f"({holdout['num_instances']} instances, {int(after['num_masked_tokens']):,} masked tokens)."
     )
-    fresh = _fresh_head_loss(run_dir)
-    if fresh is not None:
-        print(
-            f"'before' is step 0, after the head warm-up (encoder as loaded); with the heads at random the MLM loss "
-            f"was {fresh:.4f}."
-        )
+    note = warmed_base_note(run_dir)  # the base with its fresh heads trained alone, kept as model/base/
+    if note is not None:
+        print(note)
     print(format_before_after_table(before, after, title="held-out"))
 
 
@@ -345,17 +333,29 @@ def report_predictions(settings: DemoSettings, model: str, run_dir: Path) -> Non
     from bert_domain_ft.evaluation.config import FillMaskConfig
     from bert_domain_ft.evaluation.fill_mask import fill_masks, format_fill_mask
 
+    base = fill_mask_base(model, run_dir)
     config = FillMaskConfig(
-        models=[model, str(run_dir)], texts=list(FILL_MASK_TEXTS), from_holdout=FILL_MASK_HOLDOUT,
+        models=[base, str(run_dir)], texts=list(FILL_MASK_TEXTS), from_holdout=FILL_MASK_HOLDOUT,
         holdout_data=settings.output_dir / "pregenerated", top_k=3,
     )  # fmt: skip
     texts, results = fill_masks(config, names=["base", "adapted"])
     print()
     print("Masked words, base vs adapted (top 3 and their probabilities; bert-domain-ft fill-mask):")
-    if results[0].untrained_head:
-        print("(the base checkpoint has no trained masked-LM head, so its column is guesswork; the adapted model's")
-        print(" head was warmed up and trained on the domain)")
+    if base != model:
+        print(f"(base: {base}, the base model with its fresh masked-LM head trained alone in the head-only steps,")
+        print(" its encoder as loaded; adapted: the same head and encoder trained on the domain)")
     print(format_fill_mask(texts, results))
+
+
+def fill_mask_base(model: str, run_dir: Path) -> str:
+    """The "base" column of the predictions: the warmed base the run kept (``base/``, named in its
+    training_args.json when the checkpoint had no trained masked-LM head, whose guesses would be noise), else the
+    base model itself."""
+    try:
+        warmed = json.loads((run_dir / "training_args.json").read_text(encoding="utf-8")).get("warmed_base")
+    except (OSError, ValueError, AttributeError):
+        warmed = None
+    return str(run_dir / warmed) if isinstance(warmed, str) and (run_dir / warmed).is_dir() else model
 
 
 def run_demo(settings: DemoSettings) -> int:

@@ -3,8 +3,9 @@
 ``finetune`` is the stage's outline: lock the output directory, load the tokenizer, the data and the model and
 check that they fit each other (``setup``), build the held-out evaluation, then ``train_and_save``: the loss,
 optimizer, schedule, precision and checkpoints of the run (``_setup_training``), resume, model selection, the
-``TrainingLoop``'s head warm-up and main phase, and the final ``save_pretrained`` (safetensors) with the tokenizer,
-next to ``training_args.json`` and ``metrics.jsonl``. The ``simple`` stage, which makes its batches on the fly,
+``TrainingLoop``'s head-only steps and main phase, and the final ``save_pretrained`` (safetensors) with the
+tokenizer, next to ``training_args.json`` and ``metrics.jsonl``. A run whose checkpoint lacked its masked-LM head
+also keeps the base with that head warmed (right after the head-only steps) as ``base/``, the fair "before". The ``simple`` stage, which makes its batches on the fly,
 reuses ``seed_everything``, ``prepare_output_dir``, ``setup_tokenizer``, ``load_training_model`` and
 ``train_and_save``.
 
@@ -25,9 +26,11 @@ import torch
 
 from bert_domain_ft.data.loader import EpochSource
 from bert_domain_ft.errors import UserError
+from bert_domain_ft.evaluation.heldout import WARMED_BASE_DIRECTORY
 from bert_domain_ft.files import (
     TEMPORARY_SUFFIX,
     os_errors_as_user_errors,
+    replace_directory,
     storage_errors_as_os_errors,
     write_json_atomic,
 )
@@ -35,7 +38,7 @@ from bert_domain_ft.kernels import release_free_memory, use_cpu_kernels, use_gpu
 from bert_domain_ft.kernels.attention import stock_attention
 from bert_domain_ft.model.loading import check_model_files, usable_positions
 from bert_domain_ft.model.optimization import ParameterAnchor
-from bert_domain_ft.model.pretraining import LoadedModel, head_parameters, quiet_transformers
+from bert_domain_ft.model.pretraining import MLM_HEAD, LoadedModel, head_parameters, quiet_transformers
 from bert_domain_ft.model.tokenizer import TokenizerFacts, describe_tokenizer, load_tokenizer
 from bert_domain_ft.model.vocabulary import fresh_rows
 from bert_domain_ft.training import setup as build
@@ -44,6 +47,7 @@ from bert_domain_ft.training.config import FinetuneConfig
 from bert_domain_ft.training.distributed import DistributedContext, barrier, cleanup, hold_run_lock, init_distributed
 from bert_domain_ft.training.loop import (
     Evaluator,
+    HeadWarmupPlan,
     LoopSettings,
     PretrainingObjective,
     TrainingLoop,
@@ -55,7 +59,7 @@ from bert_domain_ft.training.loop import (
 )
 from bert_domain_ft.training.metrics import METRICS_FILE, MetricsLog
 from bert_domain_ft.training.precision import check_precision_supported, setup_precision
-from bert_domain_ft.training.selection import attach_model_selection
+from bert_domain_ft.training.selection import attach_model_selection, model_writer
 from bert_domain_ft.training.throughput import Throughput
 from bert_domain_ft.training.trackers import open_trackers
 
@@ -158,12 +162,16 @@ def _train_and_save(
 ) -> TrainingPosition:
     setup.evaluate = evaluate
     start = _resume_position(setup, config.resume, config.output_dir)
+    keeps_base = keeps_warmed_base(setup.head_warmup)
     if context.is_main:
-        write_json_atomic(config.output_dir / ARGUMENTS_FILE, arguments)
+        warmed = {"warmed_base": WARMED_BASE_DIRECTORY} if keeps_base else {}
+        write_json_atomic(config.output_dir / ARGUMENTS_FILE, {**arguments, **warmed})
     selection = attach_model_selection(config, context, setup, tokenizer, start)  # --save_best, --probe_*
     loop = TrainingLoop(setup, settings)
     loop.log_plan()  # one line: the run's steps, head-only and main, and its evaluations
     loop.warm_up_heads(start, with_nsp)  # fresh heads first train alone, in the run's first steps
+    if keeps_base and start.global_step == 0:
+        save_warmed_base(context, setup, tokenizer, config.output_dir)  # the fair "before": base/
     selection.score_starting_model(start)  # step 0 is a candidate: the encoder as loaded (a warm pooler)
     position = loop.run(start)
     selection.report()  # which model won the probe, in one line
@@ -179,6 +187,36 @@ def _train_and_save(
             plot_run_if_possible(config.output_dir)
             write_model_card(config.output_dir, command_line())  # README.md: what the model is, how it scored
     return position
+
+
+def keeps_warmed_base(head_warmup: HeadWarmupPlan) -> bool:
+    """Whether a run keeps its warmed base: its head-only steps train a fresh masked-LM head."""
+    return head_warmup.steps > 0 and MLM_HEAD in head_warmup.heads
+
+
+def save_warmed_base(context: DistributedContext, setup: TrainingSetup, tokenizer: Any, output_dir: Path) -> None:
+    """``output_dir/base/``: the model right after its head-only steps (step 0) with the tokenizer, a loadable
+    model. It is the base with trained heads, the fair "before" of ``evaluate`` and ``fill-mask`` (the base as
+    saved has random ones, whose guesses are noise). Written whole (``base.partial`` renamed, like ``best/``) by
+    the main process, and logged as a ``"kind": "warmed_base"`` record."""
+    if context.is_main:
+        final = output_dir / WARMED_BASE_DIRECTORY
+        temporary = final.with_name(final.name + TEMPORARY_SUFFIX)
+        try:
+            with os_errors_as_user_errors(temporary), storage_errors_as_os_errors():
+                shutil.rmtree(temporary, ignore_errors=True)
+                temporary.mkdir()
+                model_writer(setup.model, tokenizer)(temporary)
+        except BaseException:
+            shutil.rmtree(temporary, ignore_errors=True)  # no half-written model left taking space
+            raise
+        replace_directory(temporary, final)
+        steps = setup.head_warmup.steps
+        setup.metrics.append({"kind": "warmed_base", "step": 0, "directory": WARMED_BASE_DIRECTORY,
+                              "head_only_steps": steps})  # fmt: skip
+        logger.info("saved the base with its heads trained in the %d head-only steps to %s: the fair 'before' of "
+                    "evaluate and fill-mask", steps, final)  # fmt: skip
+    barrier(context)
 
 
 def seed_everything(seed: int) -> None:
