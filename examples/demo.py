@@ -94,8 +94,7 @@ def parse_settings(argv: Sequence[str] | None) -> DemoSettings:
     parser.add_argument(
         "--max_steps",
         type=int,
-        help=f"optimizer steps of the adaptation, head-only ones included (default {DEMO_STEPS}, {QUICK_STEPS} "
-        "with --quick)",
+        help=f"optimizer steps in all, head-only ones included (default {DEMO_STEPS}, {QUICK_STEPS} with --quick)",
     )
     parser.add_argument("--batch_size", type=int, default=32, help="sequences per optimizer step (default 32)")
     parser.add_argument("--learning_rate", type=float, default=1e-4, help="peak learning rate (default 1e-4)")

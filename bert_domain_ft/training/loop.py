@@ -12,7 +12,7 @@ under several processes), the optimizer over its parameters, its learning-rate s
   no backward through it, about half the cost of a full step. The head-only steps are part of the run's steps
   (``--max_steps``, or the epochs'), never added to them (``plan_head_warmup``; the recipe decides it with the
   main schedule, which spans the rest): they read the run's first micro-batches and the main phase reads on from
-  there. Their steps do not count in ``global_step`` (the main phase's); they are logged as ``"kind":
+  there (``budget``). Their steps do not count in ``global_step`` (the main phase's); they are logged as ``"kind":
   "head_warmup"`` records (``"step": 0``, ``"warmup_step": k``) after a ``"kind": "head_warmup_eval"`` of the
   fresh heads. No checkpoint is written during them: a resumed run (from a checkpoint, taken after them) does not
   repeat them, one killed before its first checkpoint starts again. A checkpoint that has its heads skips them. The
@@ -62,17 +62,23 @@ from bert_domain_ft.data.loader import (
     plan_epoch,
     source_order,
 )
-from bert_domain_ft.errors import UserError
 from bert_domain_ft.model.optimization import ParameterAnchor, build_optimizer, parameter_groups
 from bert_domain_ft.model.pretraining import (
-    MLM_HEAD,
-    NSP_HEAD,
     PretrainingOutput,
     head_parameters,
     masked_lm_head,
     pretraining_losses,
 )
 from bert_domain_ft.model.vocabulary import only_rows_change, partly_trained
+from bert_domain_ft.training.budget import (
+    NO_HEAD_WARMUP,
+    HeadWarmupPlan,
+    budget_words,
+    describe_plan,
+    evaluation_steps,
+    head_only_batches,
+    main_phase_start,
+)
 from bert_domain_ft.training.checkpoints import (
     CheckpointManager,
     TrainingPosition,
@@ -151,18 +157,6 @@ def ddp_wrapped(module: nn.Module, context: DistributedContext) -> nn.Module:
     return DistributedDataParallel(module, device_ids=device_ids)
 
 
-@dataclass(frozen=True)
-class HeadWarmupPlan:
-    """How many head-only steps (of the run's), for which heads, and why (the one log line)."""
-
-    steps: int
-    heads: tuple[str, ...]
-    reason: str
-
-
-NO_HEAD_WARMUP = HeadWarmupPlan(0, (), "no head-only steps")
-
-
 @dataclass
 class TrainingSetup:
     """The pieces the loop drives; ``objective`` may be DDP-wrapped, ``model`` is the plain model inside it."""
@@ -227,128 +221,7 @@ def run_finished(position: TrainingPosition, epochs: int, main_steps: int) -> bo
     return position.epoch >= epochs
 
 
-def head_only_batches(
-    source: EpochSource, settings: LoopSettings, world_size: int, steps: int
-) -> list[tuple[int, int]]:
-    """(epoch, micro-batches) that the run's first ``steps`` optimizer steps read: whole epochs, then the first
-    accumulation groups of the next. The head-only steps read them, and the main phase reads on from there."""
-    spans: list[tuple[int, int]] = []
-    epoch, accumulation = 0, settings.gradient_accumulation_steps
-    while steps > 0:
-        micro_batches = micro_batches_per_epoch(source.epoch_size(epoch), settings.micro_batch_size, world_size)
-        in_epoch = optimizer_steps_per_epoch(micro_batches, accumulation)
-        if in_epoch == 0:
-            break
-        taken = min(steps, in_epoch)
-        spans.append((epoch, micro_batches if taken == in_epoch else taken * accumulation))
-        steps, epoch = steps - taken, epoch + 1
-    return spans
-
-
-def main_phase_start(
-    spans: list[tuple[int, int]], source: EpochSource, settings: LoopSettings, world_size: int
-) -> TrainingPosition:
-    """Where a fresh run's main phase starts: global step 0, right after the micro-batches of ``spans``."""
-    if not spans:
-        return TrainingPosition()
-    epoch, read = spans[-1]
-    if read == micro_batches_per_epoch(source.epoch_size(epoch), settings.micro_batch_size, world_size):
-        return TrainingPosition(0, epoch + 1, 0)
-    return TrainingPosition(0, epoch, read)
-
-
-# Automatic length: AUTO_FRACTION of the run's optimizer steps, at least AUTO_MIN_STEPS, at most AUTO_MAX_STEPS,
-# and never more than AUTO_MAX_SHARE of them: the head-only steps are part of the run's, not added to it.
-# Measured on MiniLM-L6 with the demo corpus (cached encoder features, lr 3e-3): a fresh MLM head's held-out loss
-# goes 10.8 → 6.7 in 26 steps, 6.5 in 60, 6.3 in 160: most of the way in the first few dozen steps. A quarter of a
-# short run reaches that knee (25 of 100 steps) and leaves three quarters to the encoder; from 250 steps on the 20%
-# rule is the smaller, as before. A head-only step costs about half a full one (forward only through the encoder).
-AUTO_FRACTION = 0.2
-AUTO_MIN_STEPS = 50
-AUTO_MAX_STEPS = 1000
-AUTO_MAX_SHARE = 0.25
 RAMP_FRACTION = 0.1  # share of the head-only steps over which their learning rate rises linearly; then constant
-
-
-def auto_warmup_steps(budget_steps: int) -> int:
-    """``AUTO_FRACTION`` of the run's ``budget_steps``, clamped to [``AUTO_MIN_STEPS``, ``AUTO_MAX_STEPS``], and at
-    most ``AUTO_MAX_SHARE`` of them (rounded down: 1 of 4, none of 3)."""
-    rule = min(max(round(AUTO_FRACTION * budget_steps), AUTO_MIN_STEPS), AUTO_MAX_STEPS)
-    return min(rule, int(AUTO_MAX_SHARE * budget_steps))
-
-
-def plan_head_warmup(
-    requested: int | None,
-    fresh_heads: tuple[str, ...],
-    with_nsp: bool,
-    budget_steps: int,
-    fresh_rows: int = 0,
-    budget_flag: str = "--max_steps",
-) -> HeadWarmupPlan:
-    """The head-only steps for ``--head_warmup_steps requested`` (None: automatic) out of the run's
-    ``budget_steps``, given the heads the checkpoint lacked and the number of fresh vocabulary rows; a request of
-    ``budget_steps`` or more is a ``UserError`` naming ``budget_flag`` (where the budget comes from).
-
-    The NSP head is left out when the data has no NSP labels (it is frozen and unused then).
-    """
-    if requested and requested >= budget_steps:
-        raise UserError(
-            f"--head_warmup_steps {requested}: the head-only steps are part of the run's {budget_steps} optimizer "
-            f"steps ({budget_flag}), so there must be fewer of them; lower --head_warmup_steps (or leave it out: "
-            f"automatic), or raise {budget_flag}"
-        )
-    heads = tuple(head for head in fresh_heads if head == MLM_HEAD or (head == NSP_HEAD and with_nsp))
-    names = " and ".join(
-        [head.upper() for head in heads] + ([f"{fresh_rows} new vocabulary rows"] if fresh_rows else [])
-    )
-    if not heads and not fresh_rows:
-        return HeadWarmupPlan(0, (), "no head-only steps: no pretraining head starts fresh on a trained encoder")
-    if requested == 0:
-        return HeadWarmupPlan(0, heads, f"no head-only steps (--head_warmup_steps 0): the fresh {names} train at once")
-    if requested is not None:
-        return HeadWarmupPlan(requested, heads, f"head-only steps: {requested} (--head_warmup_steps)")
-    steps = auto_warmup_steps(budget_steps)
-    if steps == 0:
-        return HeadWarmupPlan(0, heads, f"no head-only steps: {budget_steps} steps are too few; the fresh {names} "
-                                        "train at once")  # fmt: skip
-    why = (f"{AUTO_FRACTION:.0%} of the {budget_steps} steps, at least {AUTO_MIN_STEPS} and at most {AUTO_MAX_STEPS}, "
-           f"but at most {AUTO_MAX_SHARE:.0%} of them")  # fmt: skip
-    return HeadWarmupPlan(steps, heads, f"head-only steps: {steps} (automatic: {why})")
-
-
-PLAN_STEPS_LISTED = 8  # evaluation steps the plan line lists in full; longer lists show their ends
-
-
-def evaluation_steps(main_steps: int, eval_steps: int) -> list[int]:
-    """The main steps after which the held-out set is evaluated: 0, every ``eval_steps`` (0: none), the last."""
-    between = range(eval_steps, main_steps, eval_steps) if eval_steps else range(0)
-    return [0, *between, main_steps] if main_steps else [0]
-
-
-def describe_plan(
-    total_steps: int, head_only_steps: int, budget: str, evaluations: list[int] | None, estimate_follows: bool = True
-) -> str:
-    """The ``plan:`` line a run starts with: its steps (``budget`` says where they come from), how many are
-    head-only and main, the main steps ``evaluations`` of the held-out set (None: there is none)."""
-    line = f"plan: {total_steps} steps ({budget}): {head_only_steps} head-only, {total_steps - head_only_steps} main; "
-    if evaluations is None:
-        line += "no held-out evaluations"
-    else:
-        shown = [str(step) for step in evaluations]
-        if len(shown) > PLAN_STEPS_LISTED:
-            shown = [*shown[:3], "…", *shown[-2:]]
-        before = "before the head-only steps and " if head_only_steps else ""
-        line += f"held-out evaluations {before}at main steps {', '.join(shown)}"
-    return line + ("; the time follows once the first steps are measured" if estimate_follows else "")
-
-
-def budget_words(settings: LoopSettings, head_only_steps: int) -> str:
-    """Where a run's steps come from, for the plan line: --max_steps, or its epochs (the head-only steps inside)."""
-    if settings.max_steps:
-        return "--max_steps"
-    epochs = f"{settings.epochs} epoch" + ("s" if settings.epochs > 1 else "")
-    inside = "them" if settings.epochs > 1 else "it"
-    return f"{epochs}; the head-only steps are inside {inside}" if head_only_steps else epochs
 
 
 def warmup_learning_rate(step: int, steps: int, peak: float) -> float:
@@ -381,8 +254,9 @@ class TrainingLoop:
         world_size = setup.context.world_size
         self.total_steps = total_optimizer_steps(setup.source, settings, world_size)  # head-only ones included
         self.main_steps = self.total_steps - setup.head_warmup.steps
-        self.head_only_span = head_only_batches(setup.source, settings, world_size, setup.head_warmup.steps)
-        self.main_start = main_phase_start(self.head_only_span, setup.source, settings, world_size)
+        self.head_only_span = head_only_batches(setup.source, setup.head_warmup.steps, settings.micro_batch_size,
+                                                settings.gradient_accumulation_steps, world_size)  # fmt: skip
+        self.main_start = main_phase_start(self.head_only_span, setup.source, settings.micro_batch_size, world_size)
         self.timer = StepTimer()
         parameters = [p for group in setup.optimizer.param_groups for p in group["params"]]
         self.main = Phase(
@@ -466,7 +340,8 @@ class TrainingLoop:
             return
         settings, head_only = self.settings, self.setup.head_warmup.steps
         evaluations = None if self.setup.evaluate is None else evaluation_steps(self.main_steps, settings.eval_steps)
-        line = describe_plan(self.total_steps, head_only, budget_words(settings, head_only), evaluations,
+        budget = budget_words(settings.max_steps, settings.epochs, head_only)
+        line = describe_plan(self.total_steps, head_only, budget, evaluations,
                              estimate_follows=self.main_steps > self.timer.timed_steps + 1)  # fmt: skip
         logger.info("%s", line)
 

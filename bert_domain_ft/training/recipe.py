@@ -42,18 +42,17 @@ from bert_domain_ft.model.pretraining import MLM_HEAD, LoadedModel, head_paramet
 from bert_domain_ft.model.tokenizer import TokenizerFacts, describe_tokenizer, load_tokenizer
 from bert_domain_ft.model.vocabulary import fresh_rows
 from bert_domain_ft.training import setup as build
+from bert_domain_ft.training.budget import HeadWarmupPlan, plan_head_warmup
 from bert_domain_ft.training.checkpoints import CHECKPOINT_PREFIX, CheckpointManager, TrainingPosition
 from bert_domain_ft.training.config import FinetuneConfig
 from bert_domain_ft.training.distributed import DistributedContext, barrier, cleanup, hold_run_lock, init_distributed
 from bert_domain_ft.training.loop import (
     Evaluator,
-    HeadWarmupPlan,
     LoopSettings,
     PretrainingObjective,
     TrainingLoop,
     TrainingSetup,
     ddp_wrapped,
-    plan_head_warmup,
     settings_from,
     total_optimizer_steps,
 )

@@ -15,16 +15,15 @@ from training_helpers import quick_config as base_config
 from bert_domain_ft.errors import UserError
 from bert_domain_ft.model.pretraining import head_parameters, load_pretraining_model
 from bert_domain_ft.training import recipe
-from bert_domain_ft.training.loop import (
+from bert_domain_ft.training.budget import (
     AUTO_FRACTION,
     AUTO_MAX_SHARE,
     AUTO_MAX_STEPS,
     AUTO_MIN_STEPS,
-    PretrainingObjective,
     auto_warmup_steps,
     plan_head_warmup,
-    warmup_learning_rate,
 )
+from bert_domain_ft.training.loop import PretrainingObjective, warmup_learning_rate
 from bert_domain_ft.training.recipe import finetune
 
 ENCODER_PREFIXES = ("bert.embeddings.", "bert.encoder.")  # everything that is neither a head nor the pooler

@@ -22,8 +22,8 @@ from bert_domain_ft.cli import build_parser
 from bert_domain_ft.cli.commands import simple_config as simple_config_from
 from bert_domain_ft.errors import UserError
 from bert_domain_ft.training import recipe
+from bert_domain_ft.training.budget import describe_plan, evaluation_steps
 from bert_domain_ft.training.checkpoints import SCHEDULER_FILE, checkpoint_directories
-from bert_domain_ft.training.loop import describe_plan, evaluation_steps
 from bert_domain_ft.training.recipe import finetune
 
 OPTIONS = {"head_warmup_steps": 0, "logging_steps": 1, "do_eval": False}
