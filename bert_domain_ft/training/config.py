@@ -72,10 +72,10 @@ class FinetuneConfig:
     epochs: int = 3
     """Training epochs. Training epoch e reads data epoch e mod (generated epochs), looping when there are fewer."""
     max_steps: int = 0
-    """Train exactly this many optimizer steps in all, the head-only steps of fresh heads included (see
-    head_warmup_steps; the learning-rate schedule spans the rest), reading the epochs in turn and starting them
-    again as often as needed (``epochs`` is then ignored). For a fixed budget whatever the corpus size, and for
-    comparisons at an equal budget. 0: train ``epochs`` whole epochs (the head-only steps inside them)."""
+    """Train exactly this many optimizer steps in all, head-only steps included (see head_warmup_steps), reading
+    the epochs in turn and starting them again as often as needed, instead of a number of epochs (0: the epochs,
+    the head-only steps inside them). For a fixed budget whatever the corpus size, and for comparisons at an equal
+    budget; the learning-rate schedule spans the steps after the head-only ones."""
     train_batch_size: int = 32
     """Total sequences per optimizer step in each process, as in the original script: it is divided by
     --gradient_accumulation_steps into micro-batches; with N processes the global batch is N times this."""
@@ -93,11 +93,10 @@ class FinetuneConfig:
     max_grad_norm: float = 1.0
     """Gradients are clipped to this global L2 norm before each step (0 turns clipping off)."""
     head_warmup_steps: int | None = dataclasses.field(default=None, metadata={"auto": True})
-    """Head-only steps: the run's first optimizer steps train only the pretraining heads the checkpoint lacks,
-    encoder frozen (no backward through it). They are part of the run's steps (max_steps, or the epochs'), not
-    added to them, and the main phase's schedule spans the rest (None or auto: 20% of the steps, at least 50, at
-    most 1000, but never more than a quarter of them; 0: off; as many as the run has is refused). Skipped when the
-    checkpoint has its heads."""
+    """Head-only steps: the run's first optimizer steps, part of its steps (max_steps, or the epochs'), not added
+    to them, train only the pretraining heads the checkpoint lacks, the encoder frozen (auto: 20% of the steps, at
+    least 50 and at most 1000, but at most a quarter of them; 0: off). The main phase's learning-rate schedule
+    spans the rest; as many as the run has are refused; a checkpoint that has its heads skips them."""
     head_learning_rate: float = 3e-3
     """Learning rate of the head-only steps (linear ramp over their first 10%, then constant): new heads start from
     nothing, so it is ~100× BERT's usual rate; the encoder is frozen, so it cannot be torn."""
