@@ -51,7 +51,7 @@ import socket
 import stat
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -288,6 +288,22 @@ def replace_directory(temporary: Path, final: Path) -> None:
                 raise
             _discard(retired)
     fsync_directory(final.parent)
+
+
+def write_directory_atomic(final: Path, write: Callable[[Path], None]) -> None:
+    """``write`` fills a fresh temporary directory beside ``final`` (``<name>.partial``, ``fresh_directory``), which
+    then replaces ``final`` whole (``replace_directory``); a failure removes the half-written one and leaves
+    ``final`` as it was. Disk errors of torch and safetensors are read as the ``OSError`` they carry."""
+    final = Path(final)
+    temporary = final.with_name(final.name + TEMPORARY_SUFFIX)
+    try:
+        with os_errors_as_user_errors(temporary), storage_errors_as_os_errors():
+            fresh_directory(temporary)  # a link planted at the name is removed, never followed
+            write(temporary)
+    except BaseException:
+        _discard(temporary)  # no half-written directory left taking space
+        raise
+    replace_directory(temporary, final)
 
 
 def _put_back(retired: Path, final: Path) -> None:

@@ -5,6 +5,7 @@ sentence that has a successor in its document. Per epoch, with probability 0.5 i
 successor ("is next"), otherwise a sentence drawn uniformly from all sentences of *other* documents ("random
 next", label 1). Last sentences and one-sentence documents never start an instance (they have no true successor,
 so giving them only random partners would skew the labels away from 50/50); they still serve as second segments.
+Masked LM only (``with_nsp=False``: simple's objective "mlm") pairs every such sentence with its successor.
 
 A task's own text (``--task_data``, TAPT) is the store's last corpus and adds ``num_task_instances`` pairs after the
 corpus's own, so that they are ``task_share`` of every epoch while the corpus is still walked once. Every task
@@ -148,6 +149,11 @@ class EpochPairs:
         return nsp_labels(self.is_random_next, self.has_nsp_label)
 
 
+def random_next_probability(with_nsp: bool) -> float:
+    """0.5 for NSP pairs; 0 for masked LM only, drawn all the same so that an epoch's other draws do not change."""
+    return 0.5 if with_nsp else 0.0
+
+
 def _partners(
     index: PairIndex, first: np.ndarray, is_random: np.ndarray, draws: np.ndarray, pool: tuple[int, int]
 ) -> np.ndarray:
@@ -163,17 +169,18 @@ def _partners(
     return np.where(is_random, pick, first + 1)
 
 
-def sample_epoch_pairs(index: PairIndex, seed: int, epoch: int) -> EpochPairs:
+def sample_epoch_pairs(index: PairIndex, seed: int, epoch: int, with_nsp: bool = True) -> EpochPairs:
     """Draw epoch ``epoch``'s partners: the successor with probability 0.5, else a sentence of another document;
-    then the task's pairs, if any, after the corpus's (``sample_task_pairs``)."""
+    then the task's pairs, if any, after the corpus's (``sample_task_pairs``). Without ``with_nsp`` (masked LM
+    only) every partner that can be the successor is: the masked words are predicted from contiguous text."""
     rng = np.random.default_rng([seed, epoch, PAIR_STREAM])
     first = index.first_sentences
-    is_random = rng.random(len(first)) < 0.5
+    is_random = rng.random(len(first)) < random_next_probability(with_nsp)
     draws = rng.random(len(first))
     second = _partners(index, first, is_random, draws, (0, index.num_corpus_sentences))
     if index.num_task_instances == 0:
         return EpochPairs(first, second, is_random)
-    task = sample_task_pairs(index, seed, epoch)
+    task = sample_task_pairs(index, seed, epoch, with_nsp)
     assert task.has_nsp_label is not None
     return EpochPairs(
         np.concatenate([first, task.first]),
@@ -183,7 +190,7 @@ def sample_epoch_pairs(index: PairIndex, seed: int, epoch: int) -> EpochPairs:
     )
 
 
-def sample_task_pairs(index: PairIndex, seed: int, epoch: int) -> EpochPairs:
+def sample_task_pairs(index: PairIndex, seed: int, epoch: int, with_nsp: bool = True) -> EpochPairs:
     """The ``num_task_instances`` task pairs of epoch ``epoch``: the task's sentences in an order drawn per epoch,
     repeated as needed; a sentence without a successor in its row is paired at random and gets no NSP label."""
     rng = np.random.default_rng([seed, epoch, TASK_STREAM])
@@ -191,7 +198,7 @@ def sample_task_pairs(index: PairIndex, seed: int, epoch: int) -> EpochPairs:
     order = np.concatenate([rng.permutation(sentences) for _ in range(-(-index.num_task_instances // len(sentences)))])
     first = order[: index.num_task_instances]
     last_of_row = np.isin(first + 1, index.document_offsets)  # the next sentence starts a row (or is the end)
-    is_random = last_of_row | (rng.random(len(first)) < 0.5)
+    is_random = last_of_row | (rng.random(len(first)) < random_next_probability(with_nsp))
     draws = rng.random(len(first))
     second = _partners(index, first, is_random, draws, (index.task_first_sentence, index.num_sentences))
     return EpochPairs(first, second, is_random, has_nsp_label=~last_of_row)

@@ -32,7 +32,13 @@ from bert_domain_ft.data.epoch_format import MANIFEST_NAME, EpochArrays, open_ep
 from bert_domain_ft.data.pregenerate import pregenerate
 from bert_domain_ft.errors import UserError
 from bert_domain_ft.evaluation.config import EvaluateConfig
-from bert_domain_ft.evaluation.heldout import EvaluationResult, corpus_names, evaluate_pretraining, first_instances
+from bert_domain_ft.evaluation.heldout import (
+    WARMED_BASE_DIRECTORY,
+    EvaluationResult,
+    corpus_names,
+    evaluate_pretraining,
+    first_instances,
+)
 from bert_domain_ft.files import write_json_atomic
 from bert_domain_ft.model.loading import checkpoint_model_type, load_model_for_objective, usable_positions
 from bert_domain_ft.model.pretraining import LoadedModel
@@ -113,8 +119,10 @@ def _evaluate_directory(config: EvaluateConfig, directory: Path, epoch: int | No
     loaded = load_for_evaluation(config.model, manifest)
     if loaded.fresh_heads:
         logger.warning(
-            "the %s head(s) are untrained: their metrics measure a random start", "/".join(loaded.fresh_heads)
-        )
+            "the %s head(s) are untrained: their metrics measure a random start; a finetune run from this model keeps "
+            "it with its heads trained (encoder unchanged) as RUN/%s: evaluate that for a fair 'before'",
+            "/".join(loaded.fresh_heads), WARMED_BASE_DIRECTORY,
+        )  # fmt: skip
     check_model_fits_data(loaded.model, config.model, manifest, directory, config.tokenizer)
     device = choose_device(config.no_cuda)
     model = loaded.model.to(device)

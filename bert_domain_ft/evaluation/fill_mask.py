@@ -6,7 +6,9 @@ table per mask with a column per model. With ``from_holdout`` the texts also com
 set: its rows get their masked tokens back (``masked_labels`` at ``masked_positions``), the first segment is
 decoded to text, and one whole word (one the tokenizer keeps in a single piece, so one mask stands for all of
 it) is masked; the word that was there is shown beside the table. A model without a trained masked-LM head
-(an encoder saved without it) predicts at random: its column says so.
+(an encoder saved without it) predicts at random: its column says so, and when a run among the models was trained
+from it, one line names the run's warmed base (``RUN/base``: its head trained, encoder unchanged) to compare
+instead: ``fill-mask --models RUN/base RUN``.
 
     print(format_fill_mask(fill_masks(FillMaskConfig(models=["base", "run"], texts=["The [MASK] was reset."]))))
 """
@@ -26,7 +28,7 @@ import torch
 from bert_domain_ft.data.epoch_format import EpochArrays, open_holdout
 from bert_domain_ft.errors import UserError, first_line
 from bert_domain_ft.evaluation.config import MASK_PLACEHOLDERS, FillMaskConfig
-from bert_domain_ft.evaluation.heldout import render_table
+from bert_domain_ft.evaluation.heldout import WARMED_BASE_DIRECTORY, render_table
 from bert_domain_ft.model.loading import load_masked_lm_model, usable_positions
 from bert_domain_ft.model.pretraining import MLM_HEAD, quiet_transformers
 
@@ -154,6 +156,29 @@ def _masked_text(tokenizer: Any, ids: np.ndarray, rng: np.random.Generator) -> M
     return MaskedText(" ".join(words[start : start + WINDOW_WORDS]), answer=core)
 
 
+def _same_model(first: str, second: str) -> bool:
+    if Path(first).exists() and Path(second).exists():
+        return Path(first).resolve() == Path(second).resolve()
+    return first == second
+
+
+def warmed_base_hint(model: str, models: list[str]) -> str | None:
+    """For ``model`` without a trained masked-LM head: a line naming the warmed base that a run among ``models``
+    trained from it keeps (``RUN/base``), the fair column to compare; None when there is none."""
+    for run in models:
+        base = Path(run) / WARMED_BASE_DIRECTORY
+        try:
+            arguments = json.loads((Path(run) / "training_args.json").read_text(encoding="utf-8"))
+            started_from = str(arguments.get("training", arguments)["bert_model"])
+            kept = arguments.get("warmed_base") == WARMED_BASE_DIRECTORY and (base / "config.json").is_file()
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue  # not a run (or not one of ours): nothing to say about it
+        if kept and _same_model(started_from, model):
+            return (f"{model} has no trained masked-LM head, so its column is noise; {base} is it with the head "
+                    f"trained alone by finetune (head-only steps, encoder unchanged): compare --models {base} {run}")  # fmt: skip
+    return None
+
+
 def _holdout_directory(config: FillMaskConfig) -> Path:
     if config.holdout_data is not None:
         return config.holdout_data
@@ -213,6 +238,9 @@ def fill_masks(
     for model, label in zip(config.models, labels):
         untrained, predictions = predict_masks(model, texts, config.top_k, device)
         results.append(ModelPredictions(label, untrained, predictions))
+        hint = warmed_base_hint(model, config.models) if untrained else None
+        if hint is not None:
+            logger.warning("%s", hint)
     return texts, results
 
 

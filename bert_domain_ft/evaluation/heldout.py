@@ -6,6 +6,9 @@ positions only (``pretraining.pretraining_losses``, any masked-LM model): memory
 vocabulary. Held-out instances of several corpora carry ``corpus_ids``; they are evaluated in batches of one
 corpus each (``batches_by_corpus``), so every batch's sums belong to exactly one corpus and the per-corpus results
 are exact too. The results print as plain-text tables (``render_table``: every table of the tool lines up alike).
+A finished run's table (``print_run_before_after``) compares its step-0 evaluation, taken after the head-only steps
+and so of the warmed base it keeps as ``base/`` when its checkpoint lacked a head (``warmed_base_note``), with the
+last.
 
     result = evaluate_pretraining(model, open_holdout(Path("pregenerated")), batch_size=64, device="cpu")
     print(format_result_table(result))
@@ -13,6 +16,7 @@ are exact too. The results print as plain-text tables (``render_table``: every t
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -415,6 +419,35 @@ def print_before_after(
     print(format_before_after_table(before, after), file=file, flush=True)
 
 
+# finetune saves the base model with its fresh heads warmed (step 0, after the head-only steps) beside the run, when
+# the checkpoint lacked its masked-LM head: the fair "before" (a random head's guesses are not).
+WARMED_BASE_DIRECTORY = "base"
+
+
+def warmed_base_note(run_dir: Path) -> str | None:
+    """A line saying what a run's "before" is when it kept its warmed base (the ``"kind": "warmed_base"`` record
+    of its metrics.jsonl), with the random head's loss logged before the head-only steps; None without one."""
+    found: dict[str, dict[str, Any]] = {}
+    try:
+        lines = (Path(run_dir) / "metrics.jsonl").read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a damaged line is reported by the readers of the curves, not here
+        if isinstance(record, dict) and record.get("kind") in ("warmed_base", "head_warmup_eval"):
+            found[record["kind"]] = record
+    if "warmed_base" not in found:
+        return None
+    base = found["warmed_base"]
+    note = (f"before: the base model with its fresh heads trained alone for {base.get('head_only_steps')} head-only "
+            f"steps, saved as {Path(run_dir) / str(base.get('directory', WARMED_BASE_DIRECTORY))}")  # fmt: skip
+    fresh = found.get("head_warmup_eval", {}).get("mlm_loss")
+    return note + (f" (with its heads at random the MLM loss was {fresh:.4f})" if fresh is not None else "")
+
+
 def run_before_after(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]] | None:
     """The first and last held-out evaluations logged in ``run_dir/metrics.jsonl`` (None with fewer than two).
 
@@ -438,6 +471,9 @@ def print_run_before_after(run_dir: Path, file: TextIO | None = None) -> bool:
         return False
     before, after = pair
     print(f"held-out evaluation, step {before['step']} → step {after['step']}:", file=file)
+    note = warmed_base_note(run_dir)
+    if note is not None and before["step"] == 0:
+        print(note, file=file)
     print_before_after(before, after, file)
     if GENERAL_PREFIX + "mlm_loss" in after:
         print(

@@ -10,7 +10,8 @@ Modules, in pipeline order:
 - checkpoints: exactly resumable checkpoints, checked for damage before they are loaded.
 - trackers: TensorBoard, W&B and MLflow (``--report_to``), fed every ``metrics.jsonl`` record.
 - metrics: the running sums of a logging window and the ``metrics.jsonl`` log.
-- loop: ``TrainingLoop``, the head warm-up and main phases run by one step code.
+- budget: how a run's steps divide into head-only and main steps, and the plan line that says so.
+- loop: ``TrainingLoop``, the head-only and main phases run by one step code.
 - selection: ``--save_best`` and the downstream probe of checkpoints.
 - recipe: ``finetune``, the stage's outline, and the training half ``train_and_save``.
 - simple: ``simple_finetune``, the one-command stage on a corpus.

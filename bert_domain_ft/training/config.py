@@ -60,8 +60,9 @@ class FinetuneConfig:
     """Tokenizer directory to use instead of the model's own (required with from_scratch); saved with the model."""
     objective: str = dataclasses.field(default="auto", metadata={"choices": ("auto", "nsp", "mlm")})
     """"nsp" (masked LM + next-sentence prediction, BERT only), "mlm" (masked LM only; NSP labels in the data are
-    ignored) or "auto": the data's objective, or "mlm" when the model has no NSP head, a BERT saved without a
-    trained one included (a fresh NSP head rewrites the pooler that downstream classifiers read; said in one line)."""
+    ignored) or "auto": the data's objective (simple's pairs can always be NSP pairs), or "mlm" when the model has
+    no NSP head, a BERT saved without a trained one included (a fresh NSP head rewrites the pooler that downstream
+    classifiers read; said in one line)."""
     from_scratch: bool = False
     """Start from a randomly initialised model of model_type (sized by config_overrides) instead of bert_model."""
     model_type: str | None = None
@@ -77,9 +78,10 @@ class FinetuneConfig:
     epochs: int = 3
     """Training epochs. Training epoch e reads data epoch e mod (generated epochs), looping when there are fewer."""
     max_steps: int = 0
-    """Train exactly this many optimizer steps, the learning-rate schedule spanning them, reading the epochs in
-    turn and starting them again as often as needed (``epochs`` is then ignored). For a fixed budget whatever the
-    corpus size, and for comparisons at an equal budget. 0: train ``epochs`` whole epochs."""
+    """Train exactly this many optimizer steps in all, head-only steps included (see head_warmup_steps), reading
+    the epochs in turn and starting them again as often as needed, instead of a number of epochs (0: the epochs,
+    the head-only steps inside them). For a fixed budget whatever the corpus size, and for comparisons at an equal
+    budget; the learning-rate schedule spans the steps after the head-only ones."""
     train_batch_size: int = 32
     """Total sequences per optimizer step in each process, as in the original script: it is divided by
     --gradient_accumulation_steps into micro-batches; with N processes the global batch is N times this."""
@@ -88,7 +90,8 @@ class FinetuneConfig:
     learning_rate: float = 3e-5
     """Peak learning rate of AdamW, reached after warm-up."""
     warmup_proportion: float = 0.1
-    """Share of all optimizer steps spent warming the learning rate up linearly; it then decays linearly."""
+    """The learning-rate ramp: share of the main phase's optimizer steps over which the learning rate rises
+    linearly (it then decays linearly); nothing to do with the head-only steps of head_warmup_steps."""
     weight_decay: float = 0.01
     """Decoupled weight decay, applied to every weight except biases and LayerNorm weights."""
     adam_epsilon: float = 1e-8
@@ -96,11 +99,12 @@ class FinetuneConfig:
     max_grad_norm: float = 1.0
     """Gradients are clipped to this global L2 norm before each step (0 turns clipping off)."""
     head_warmup_steps: int | None = dataclasses.field(default=None, metadata={"auto": True})
-    """Steps that first train only the pretraining heads the checkpoint lacks, encoder frozen (no backward through
-    it), before the main schedule (None or auto: 20% of the main steps, at least 50, at most 1000; 0: off).
-    Skipped when the checkpoint has its heads; not counted in the main steps."""
+    """Head-only steps: the run's first optimizer steps, part of its steps (max_steps, or the epochs'), not added
+    to them, train only the pretraining heads the checkpoint lacks, the encoder frozen (auto: 20% of the steps, at
+    least 50 and at most 1000, but at most a quarter of them; 0: off). The main phase's learning-rate schedule
+    spans the rest; as many as the run has are refused; a checkpoint that has its heads skips them."""
     head_learning_rate: float = 3e-3
-    """Learning rate of the head warm-up (linear ramp over its first 10%, then constant): new heads start from
+    """Learning rate of the head-only steps (linear ramp over their first 10%, then constant): new heads start from
     nothing, so it is ~100× BERT's usual rate; the encoder is frozen, so it cannot be torn."""
     layerwise_lr_decay: float = 1.0
     """ULMFiT's discriminative fine-tuning: encoder layer l of L trains at learning_rate × decay^(L − l), the
@@ -314,7 +318,7 @@ _OPTIMIZER_VALUES += ("head_learning_rate", "layerwise_lr_decay", "anchor_weight
 MIN_SEQ_LEN = 8  # [CLS] A [SEP] B [SEP] with a few tokens of each sentence
 
 # The flags ``simple`` takes from its FinetuneConfig: all but those about pregenerated data and held-out sets.
-_NOT_SIMPLE_FLAGS = ("pregenerated_data", "tokenizer", "objective", "from_scratch", "model_type", "config_overrides")
+_NOT_SIMPLE_FLAGS = ("pregenerated_data", "tokenizer", "from_scratch", "model_type", "config_overrides")
 _NOT_SIMPLE_FLAGS += ("batch_from_one_corpus", "reduce_memory", "verify_checksums", "do_eval", "holdout_data")
 _NOT_SIMPLE_FLAGS += ("general_holdout", "eval_steps", "eval_batch_size")
 SIMPLE_TRAINING_FLAGS = {"exclude": _NOT_SIMPLE_FLAGS, "required": ("output_dir", "bert_model")}

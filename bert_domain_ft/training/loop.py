@@ -4,22 +4,32 @@ The loop knows nothing about where batches come from (any ``EpochSource``) or ho
 ``recipe.finetune`` assembles those. A phase (``Phase``) is what trains and how: the loss module (DDP-wrapped
 under several processes), the optimizer over its parameters, its learning-rate schedule. Two phases exist:
 
-- the head warm-up (``TrainingLoop.warm_up_heads``). A checkpoint without its masked-LM or NSP head (an encoder
-  saved alone, a fine-tuned BERT) gets randomly initialised heads; training everything at once would send their
-  random gradients into the encoder (ULMFiT's gradual unfreezing answers the same problem). So a fresh run first
-  trains only ``head_parameters(model, fresh_heads)`` for a few hundred steps at ``--head_learning_rate``
-  (linear ramp over its first 10%, then constant), the encoder frozen and run under ``torch.no_grad()``: no
-  activations kept, no backward through it, about half the cost of a full step. Its steps do not count in
-  ``global_step``; they are logged as ``"kind": "head_warmup"`` records (``"step": 0``, ``"warmup_step": k``)
-  after a ``"kind": "head_warmup_eval"`` of the fresh heads. No checkpoint is written during it: a resumed run
-  (from a checkpoint, taken after it) does not repeat it. A checkpoint that has its heads skips it. The rows a
-  ``vocab extend`` added (``TrainingSetup.fresh_rows``) are fresh too: they train in the same phase, alone of their
-  matrices (``model.vocabulary.only_rows_change``), the encoder then run with gradients so they reach the input rows.
+- the head warm-up: the head-only steps (``TrainingLoop.warm_up_heads``). A checkpoint without its masked-LM or
+  NSP head (an encoder saved alone, a fine-tuned BERT) gets randomly initialised heads; training everything at once
+  would send their random gradients into the encoder (ULMFiT's gradual unfreezing answers the same problem). So a
+  fresh run first trains only ``head_parameters(model, fresh_heads)`` at ``--head_learning_rate`` (linear ramp
+  over its first 10%, then constant), the encoder frozen and run under ``torch.no_grad()``: no activations kept,
+  no backward through it, about half the cost of a full step. The head-only steps are part of the run's steps
+  (``--max_steps``, or the epochs'), never added to them (``plan_head_warmup``; the recipe decides it with the
+  main schedule, which spans the rest): they read the run's first micro-batches and the main phase reads on from
+  there (``budget``). Their steps do not count in ``global_step`` (the main phase's); they are logged as ``"kind":
+  "head_warmup"`` records (``"step": 0``, ``"warmup_step": k``) after a ``"kind": "head_warmup_eval"`` of the
+  fresh heads. No checkpoint is written during them: a resumed run (from a checkpoint, taken after them) does not
+  repeat them, one killed before its first checkpoint starts again. A checkpoint that has its heads skips them. The
+  rows a ``vocab extend`` added (``TrainingSetup.fresh_rows``) are fresh too: they train in the same phase, alone
+  of their matrices (``model.vocabulary.only_rows_change``), the encoder then run with gradients so they reach the
+  input rows.
 - the main phase (``TrainingLoop.run``): epochs of micro-batches from a ``TrainingPosition``, exactly resumable
   at any checkpoint; per optimizer step it may log (``metrics.jsonl`` + progress bar), evaluate, checkpoint
-  and stop.
+  and stop. Its learning-rate ramp (``--warmup_proportion``) is the schedule's, nothing to do with the head-only
+  steps.
+
+Before the first step one ``plan:`` line says the run's steps, how many are head-only and main, and when the
+held-out set is evaluated; once the first main steps are timed a second one says how long the rest will take.
+Log lines go through the progress bars' writer (``metrics.log_through_progress_bars``), never into a bar.
 
     loop = TrainingLoop(setup, LoopSettings(epochs=3, micro_batch_size=32))
+    loop.log_plan()
     loop.warm_up_heads(TrainingPosition(), with_nsp=True)
     position = loop.run(TrainingPosition())
 """
@@ -54,14 +64,21 @@ from bert_domain_ft.data.loader import (
 )
 from bert_domain_ft.model.optimization import ParameterAnchor, build_optimizer, parameter_groups
 from bert_domain_ft.model.pretraining import (
-    MLM_HEAD,
-    NSP_HEAD,
     PretrainingOutput,
     head_parameters,
     masked_lm_head,
     pretraining_losses,
 )
 from bert_domain_ft.model.vocabulary import only_rows_change, partly_trained
+from bert_domain_ft.training.budget import (
+    NO_HEAD_WARMUP,
+    HeadWarmupPlan,
+    budget_words,
+    describe_plan,
+    evaluation_steps,
+    head_only_batches,
+    main_phase_start,
+)
 from bert_domain_ft.training.checkpoints import (
     CheckpointManager,
     TrainingPosition,
@@ -69,9 +86,9 @@ from bert_domain_ft.training.checkpoints import (
     restore_rng_state,
 )
 from bert_domain_ft.training.distributed import DistributedContext, barrier
-from bert_domain_ft.training.metrics import MetricsLog, MetricsWindow
+from bert_domain_ft.training.metrics import MetricsLog, MetricsWindow, log_through_progress_bars
 from bert_domain_ft.training.precision import Precision, StepHealth
-from bert_domain_ft.training.throughput import Throughput
+from bert_domain_ft.training.throughput import StepTimer, Throughput
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +111,7 @@ class LoopSettings:
 
     epochs: int
     micro_batch_size: int  # sequences per forward pass in this process
-    max_steps: int = 0  # train exactly this many steps, looping over the epochs as needed (0: all of `epochs`)
+    max_steps: int = 0  # exactly this many steps in all, head-only ones included, looping over the epochs (0: epochs)
     gradient_accumulation_steps: int = 1
     max_grad_norm: float = 1.0  # 0: no clipping
     seed: int = 42  # data order of epoch e is a function of (seed, e)
@@ -105,7 +122,7 @@ class LoopSettings:
     show_progress: bool = True
     prefetch_depth: int = 2  # batches built ahead in a background thread
     anchor_weight: float = 0.0  # λ of the pull towards the starting weights after each step (0: none)
-    head_warmup_steps: int | None = None  # warm-up steps of fresh heads (None: automatic, see plan_head_warmup)
+    head_warmup_steps: int | None = None  # head-only steps of fresh heads (None: automatic, see plan_head_warmup)
     head_learning_rate: float = 3e-3  # the warm-up's peak learning rate
     learning_rate: float = 3e-5  # the main phase's peak rate: fresh vocabulary rows warm up at it (see _warmup_phase)
     weight_decay: float = 0.01  # of the warm-up's optimizer (the main one is built by the recipe)
@@ -163,6 +180,8 @@ class TrainingSetup:
     # Called on every process after each checkpoint with (its directory, global step), e.g. to probe it.
     on_checkpoint: Callable[[Path, int], None] | None = None
     throughput: Throughput | None = None  # the FLOP count and measured GPU peak behind the logged MFU
+    # The head-only steps, decided with the main schedule (which spans the rest of the run's steps).
+    head_warmup: HeadWarmupPlan = NO_HEAD_WARMUP
 
 
 @dataclass
@@ -181,7 +200,8 @@ class Phase:
 
 
 def total_optimizer_steps(source: EpochSource, settings: LoopSettings, world_size: int) -> int:
-    """Optimizer steps of the whole run (epochs may differ in size): ``max_steps`` when set."""
+    """Optimizer steps of the whole run, head-only ones included (epochs may differ in size): ``max_steps`` when
+    set."""
     if settings.max_steps:
         return settings.max_steps
     return sum(
@@ -193,58 +213,15 @@ def total_optimizer_steps(source: EpochSource, settings: LoopSettings, world_siz
     )
 
 
-def run_finished(position: TrainingPosition, epochs: int, max_steps: int) -> bool:
-    """Every step done: ``max_steps`` of them when set, else the last step of the last of ``epochs``."""
-    if max_steps:
-        return position.global_step >= max_steps
+def run_finished(position: TrainingPosition, epochs: int, main_steps: int) -> bool:
+    """Every step done: ``main_steps`` main-phase steps when the run has a step budget (0: none), else the last
+    step of the last of ``epochs``."""
+    if main_steps:
+        return position.global_step >= main_steps
     return position.epoch >= epochs
 
 
-# Automatic length: this share of the main run's optimizer steps, at least AUTO_MIN_STEPS, at most AUTO_MAX_STEPS.
-# A warm-up step costs about half a full one (forward only through the encoder), so 20% adds ~10% to a run.
-# Measured on MiniLM-L6 with the demo corpus (cached encoder features, lr 3e-3): a fresh MLM head's held-out loss
-# goes 10.8 → 6.7 in 26 steps, 6.5 in 60, 6.3 in 160: most of the way in the first few dozen steps.
-AUTO_FRACTION = 0.2
-AUTO_MIN_STEPS = 50
-AUTO_MAX_STEPS = 1000
-RAMP_FRACTION = 0.1  # share of the warm-up over which its learning rate rises linearly; then constant
-
-
-@dataclass(frozen=True)
-class HeadWarmupPlan:
-    """How many warm-up steps, for which heads, and why (the one log line)."""
-
-    steps: int
-    heads: tuple[str, ...]
-    reason: str
-
-
-def auto_warmup_steps(main_steps: int) -> int:
-    """``AUTO_FRACTION`` of ``main_steps``, clamped to [``AUTO_MIN_STEPS``, ``AUTO_MAX_STEPS``]."""
-    return min(max(round(AUTO_FRACTION * main_steps), AUTO_MIN_STEPS), AUTO_MAX_STEPS)
-
-
-def plan_head_warmup(
-    requested: int | None, fresh_heads: tuple[str, ...], with_nsp: bool, main_steps: int, fresh_rows: int = 0
-) -> HeadWarmupPlan:
-    """The warm-up for ``--head_warmup_steps requested`` (None: automatic) given the heads the checkpoint lacked
-    and the number of fresh vocabulary rows.
-
-    The NSP head is left out when the data has no NSP labels (it is frozen and unused then).
-    """
-    heads = tuple(head for head in fresh_heads if head == MLM_HEAD or (head == NSP_HEAD and with_nsp))
-    names = " and ".join(
-        [head.upper() for head in heads] + ([f"{fresh_rows} new vocabulary rows"] if fresh_rows else [])
-    )
-    if not heads and not fresh_rows:
-        return HeadWarmupPlan(0, (), "no head warm-up: no pretraining head starts fresh on a trained encoder")
-    if requested == 0:
-        return HeadWarmupPlan(0, heads, f"no head warm-up (--head_warmup_steps 0): the fresh {names} train at once")
-    if requested is not None:
-        return HeadWarmupPlan(requested, heads, f"head warm-up: {requested} steps (--head_warmup_steps)")
-    steps = auto_warmup_steps(main_steps)
-    why = f"{AUTO_FRACTION:.0%} of the {main_steps} main steps, at least {AUTO_MIN_STEPS} and at most {AUTO_MAX_STEPS}"
-    return HeadWarmupPlan(steps, heads, f"head warm-up: {steps} steps (automatic: {why})")
+RAMP_FRACTION = 0.1  # share of the head-only steps over which their learning rate rises linearly; then constant
 
 
 def warmup_learning_rate(step: int, steps: int, peak: float) -> float:
@@ -274,7 +251,13 @@ class TrainingLoop:
         self.setup = setup
         self.settings = settings
         self.context = setup.context
-        self.total_steps = total_optimizer_steps(setup.source, settings, setup.context.world_size)
+        world_size = setup.context.world_size
+        self.total_steps = total_optimizer_steps(setup.source, settings, world_size)  # head-only ones included
+        self.main_steps = self.total_steps - setup.head_warmup.steps
+        self.head_only_span = head_only_batches(setup.source, setup.head_warmup.steps, settings.micro_batch_size,
+                                                settings.gradient_accumulation_steps, world_size)  # fmt: skip
+        self.main_start = main_phase_start(self.head_only_span, setup.source, settings.micro_batch_size, world_size)
+        self.timer = StepTimer()
         parameters = [p for group in setup.optimizer.param_groups for p in group["params"]]
         self.main = Phase(
             setup.objective, setup.optimizer, setup.scheduler, parameters,
@@ -351,17 +334,30 @@ class TrainingLoop:
 
     # ------------------------------------------------------------------------------------- the head warm-up
 
+    def log_plan(self) -> None:
+        """The one ``plan:`` line (main process): the run's steps, head-only and main, and its evaluations."""
+        if not self.context.is_main:
+            return
+        settings, head_only = self.settings, self.setup.head_warmup.steps
+        evaluations = None if self.setup.evaluate is None else evaluation_steps(self.main_steps, settings.eval_steps)
+        budget = budget_words(settings.max_steps, settings.epochs, head_only)
+        line = describe_plan(self.total_steps, head_only, budget, evaluations,
+                             estimate_follows=self.main_steps > self.timer.timed_steps + 1)  # fmt: skip
+        logger.info("%s", line)
+
     def warm_up_heads(self, start: TrainingPosition, with_nsp: bool) -> HeadWarmupPlan:
-        """The head warm-up a fresh run needs (see the module docstring); returns what was planned."""
+        """The head-only steps a fresh run needs (see the module docstring), as the setup planned them; returns
+        the plan (no steps when resuming)."""
+        plan = self.setup.head_warmup
         if start.global_step > 0:
-            logger.info("resuming at step %d: no head warm-up (it ran before the first checkpoint)", start.global_step)
+            if plan.steps:
+                logger.info("resuming at step %d: no head-only steps (they ran before the first checkpoint)",
+                            start.global_step)  # fmt: skip
             return HeadWarmupPlan(0, (), "resumed")
-        settings = self.settings
-        rows = len(self.setup.fresh_rows)
-        plan = plan_head_warmup(settings.head_warmup_steps, self.setup.fresh_heads, with_nsp, self.total_steps, rows)
         if plan.steps == 0:
             logger.info("%s", plan.reason)
             return plan
+        settings, rows = self.settings, len(self.setup.fresh_rows)
         fresh = [f"the fresh {head.upper()} head at lr {settings.head_learning_rate:g}" for head in plan.heads]
         fresh += [f"{rows} new vocabulary rows at lr {settings.learning_rate:g}"] if rows else []
         verb = "trains" if len(fresh) == 1 and not rows else "train"
@@ -369,7 +365,7 @@ class TrainingLoop:
         if self.setup.evaluate is not None and self.context.is_main:
             results = self._run_evaluator()
             self.setup.metrics.append({"kind": "head_warmup_eval", "phase": "head_warmup", "step": 0, **results})
-            logger.info("before the head warm-up: %s", ", ".join(f"{k} {v:.4g}" for k, v in results.items()))
+            logger.info("before the head-only steps: %s", ", ".join(f"{k} {v:.4g}" for k, v in results.items()))
         barrier(self.context)
         self._run_head_warmup(plan, with_nsp)
         return plan
@@ -396,29 +392,40 @@ class TrainingLoop:
         return Phase(objective, optimizer, scheduler, parameters, MetricsWindow(self.context.device))
 
     def _run_head_warmup(self, plan: HeadWarmupPlan, with_nsp: bool) -> None:
-        """Train the heads for ``plan.steps`` optimizer steps on training epoch 0's micro-batches in their own
-        order (cycled when the warm-up is longer than an epoch); every other parameter ends bit-identical."""
-        settings, source, context, model = self.settings, self.setup.source, self.context, self.setup.model
+        """Train the heads for ``plan.steps`` optimizer steps on the run's first micro-batches (``head_only_span``,
+        in the main phase's order); every other parameter ends bit-identical."""
+        settings, model = self.settings, self.setup.model
         started = time.perf_counter()
         heads, rows = head_parameters(model, plan.heads), self.setup.fresh_rows
         partly = partly_trained(model, heads) if rows else []  # matrices of which only the new rows train
         parameters = heads + partly
-        epoch = plan_epoch(source.epoch_size(0), settings.micro_batch_size, settings.seed, 0, context.rank,
-                           context.world_size)  # fmt: skip
-        micro_batches = [
-            epoch[index % len(epoch)] for index in range(plan.steps * settings.gradient_accumulation_steps)
-        ]
-        show = settings.show_progress and context.is_main
+        show = settings.show_progress and self.context.is_main
         model.train()
-        with only_trainable(model, parameters), tqdm(total=plan.steps, desc="head warm-up", disable=not show) as bar:
+        bar = tqdm(total=plan.steps, desc="head-only steps", unit="step", dynamic_ncols=True, disable=not show)
+        with only_trainable(model, parameters), bar, log_through_progress_bars(tqdm):
             phase = self._warmup_phase(parameters, plan.steps, with_nsp, partly)
             with only_rows_change(partly, rows, phase.optimizer) if rows else contextlib.nullcontext():
-                steps = self._train_steps(phase, micro_batches, source.open_epoch(0))
-                for step, _ in enumerate(steps, start=1):  # runs to its end: the plan holds exactly these steps
+                for step in self._head_only_steps(phase):
                     bar.update(1)
                     if step % settings.logging_steps == 0 or step == plan.steps:
                         self._report_warmup(phase, step, plan.steps, bar)
-        logger.info("head warm-up done: %d steps in %.0f s", plan.steps, time.perf_counter() - started)
+            logger.info("head-only steps done: %d steps in %.0f s", plan.steps, time.perf_counter() - started)
+
+    def _head_only_steps(self, phase: Phase) -> Iterator[int]:
+        """The optimizer steps over the micro-batches of ``head_only_span``, epoch by epoch; yields their count."""
+        step = 0
+        for epoch, micro_batches in self.head_only_span:
+            plan = self._epoch_plan(epoch)[:micro_batches]
+            for _ in self._train_steps(phase, plan, self.setup.source.open_epoch(epoch)):
+                step += 1
+                yield step
+
+    def _epoch_plan(self, epoch: int) -> list[np.ndarray]:
+        """This process's micro-batches of training epoch ``epoch``, in the source's order if it has one."""
+        settings, context, source = self.settings, self.context, self.setup.source
+        order = source_order(source, epoch)  # None: the usual shuffle of (seed, epoch)
+        return plan_epoch(source.epoch_size(epoch), settings.micro_batch_size, settings.seed, epoch, context.rank,
+                          context.world_size, order)  # fmt: skip
 
     def _report_warmup(self, phase: Phase, step: int, steps: int, bar: tqdm) -> None:
         summary = phase.window.summary(self.context)  # a collective call: every process gets here
@@ -432,7 +439,9 @@ class TrainingLoop:
     # --------------------------------------------------------------------------------------- the main phase
 
     def run(self, start: TrainingPosition) -> TrainingPosition:
-        """Train from ``start`` to the end (or to ``stop_after_steps``); returns the final position."""
+        """Train from ``start`` to the end (or to ``stop_after_steps``); returns the final position. A fresh run's
+        main phase starts after the micro-batches its head-only steps read (``main_start``)."""
+        start = self.main_start if start.global_step == 0 else start
         self.position = start
         self.last_saved_step = start.global_step if start.global_step > 0 else -1
         if self.settings.stop_after_steps and start.global_step >= self.settings.stop_after_steps:
@@ -440,8 +449,9 @@ class TrainingLoop:
                         self.settings.stop_after_steps)  # fmt: skip
             return start
         self.main.window.reset()  # throughput counts this phase only
+        self.timer = StepTimer(first_step=start.global_step)
         self.progress = tqdm(
-            total=self.total_steps,
+            total=self.main_steps,
             initial=start.global_step,
             desc="finetune",
             unit="step",
@@ -449,27 +459,30 @@ class TrainingLoop:
             disable=not (self.settings.show_progress and self.context.is_main),
         )
         self.setup.model.train()
-        try:
-            if start.global_step == 0:
-                self._evaluate()
-            stopped = False
-            while not self._finished() and not stopped:
-                stopped = self._run_epoch(self.position.epoch, self.position.batch_in_epoch)
-            if not stopped or self._finished():  # the end, not --stop_after_steps: evaluate the final model
-                self._evaluate()
-        finally:
-            self.progress.close()
+        with log_through_progress_bars(tqdm):
+            try:
+                if start.global_step == 0:
+                    self._evaluate()
+                stopped = False
+                while not self._finished() and not stopped:
+                    stopped = self._run_epoch(self.position.epoch, self.position.batch_in_epoch)
+                if not stopped or self._finished():  # the end, not --stop_after_steps: evaluate the final model
+                    self._evaluate()
+            finally:
+                self.progress.close()
         return self.position
 
+    def finished(self, position: TrainingPosition) -> bool:
+        """Whether ``position`` is the end of the run (the last main step done)."""
+        return run_finished(position, self.settings.epochs, self.main_steps if self.settings.max_steps else 0)
+
     def _finished(self) -> bool:
-        return run_finished(self.position, self.settings.epochs, self.settings.max_steps)
+        return self.finished(self.position)
 
     def _run_epoch(self, epoch: int, first_batch: int) -> bool:
         """Train epoch ``epoch`` from micro-batch ``first_batch``; ``True`` when asked to stop early."""
-        settings, context, source = self.settings, self.context, self.setup.source
-        order = source_order(source, epoch)  # None: the usual shuffle of (seed, epoch)
-        plan = plan_epoch(source.epoch_size(epoch), settings.micro_batch_size, settings.seed, epoch, context.rank,
-                          context.world_size, order)  # fmt: skip
+        settings, source = self.settings, self.setup.source
+        plan = self._epoch_plan(epoch)
         of_epochs = "" if settings.max_steps else f"/{settings.epochs}"
         self.progress.set_description(f"epoch {epoch + 1}{of_epochs}")
         with contextlib.closing(self._train_steps(self.main, plan, source.open_epoch(epoch), first_batch)) as steps:
@@ -487,10 +500,11 @@ class TrainingLoop:
         settings, step = self.settings, self.position.global_step
         self.progress.update(1)
         asked_to_stop = bool(settings.stop_after_steps) and step >= settings.stop_after_steps
-        at_max_steps = bool(settings.max_steps) and step >= settings.max_steps  # the end, possibly mid-epoch
+        at_max_steps = bool(settings.max_steps) and step >= self.main_steps  # the end, possibly mid-epoch
         stop = asked_to_stop or at_max_steps
-        if step % settings.logging_steps == 0 or step == self.total_steps or stop:
+        if step % settings.logging_steps == 0 or step == self.main_steps or stop:
             self._report()
+        self._log_time_estimate(step)
         if settings.eval_steps and step % settings.eval_steps == 0 and not at_max_steps:  # the end evaluates
             self._evaluate()
         # The end-of-epoch checkpoint follows right away, so a scheduled save there would be written twice.
@@ -499,6 +513,18 @@ class TrainingLoop:
         if asked_to_stop and not at_max_steps:
             logger.info("stopping after step %d as asked (--stop_after_steps); continue with --resume", step)
         return stop
+
+    def _log_time_estimate(self, step: int) -> None:
+        """Once the first main steps are timed: how long the rest of the run takes at their speed (one line)."""
+        seconds_per_step = self.timer.seconds_per_step(step)
+        if seconds_per_step is None or not self.context.is_main:
+            return
+        evaluations = 0
+        if self.setup.evaluate is not None:
+            evaluations = sum(
+                1 for later in evaluation_steps(self.main_steps, self.settings.eval_steps) if later > step
+            )
+        logger.info("%s", self.timer.describe_rest(self.main_steps - step, seconds_per_step, evaluations))
 
     def _epoch_progress(self) -> float:
         epoch = self.position.epoch if self.settings.max_steps else min(self.position.epoch, self.settings.epochs - 1)
@@ -538,11 +564,12 @@ class TrainingLoop:
         if self.context.is_main:
             results = self._run_evaluator()
             self.setup.metrics.append({"kind": "eval", "step": step, "epoch": self._epoch_progress(), **results})
+            self.timer.evaluation_seconds = time.perf_counter() - started
             if self.setup.on_evaluated is not None:
                 self.setup.on_evaluated(step, results)
             logger.info("evaluation at step %d: %s", step, ", ".join(f"{k} {v:.4g}" for k, v in results.items()))
         barrier(self.context)
-        self.main.window.started += time.perf_counter() - started  # keep sequences/s about training only
+        self._pause(time.perf_counter() - started)  # keep sequences/s and the time estimate about training only
 
     def _save(self) -> None:
         started = time.perf_counter()
@@ -550,4 +577,9 @@ class TrainingLoop:
         if self.setup.on_checkpoint is not None:  # timed with the save: not counted as training time
             self.setup.on_checkpoint(directory, self.position.global_step)
         self.last_saved_step = self.position.global_step
-        self.main.window.started += time.perf_counter() - started
+        self._pause(time.perf_counter() - started)
+
+    def _pause(self, seconds: float) -> None:
+        """Leave ``seconds`` (an evaluation, a checkpoint) out of the training speed and of the time estimate."""
+        self.main.window.started += seconds
+        self.timer.paused_seconds += seconds

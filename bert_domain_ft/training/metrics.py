@@ -11,18 +11,24 @@ as one uninterrupted run; a ``--resume`` that finds no checkpoint starts from no
 
     log = MetricsLog(output_dir / "metrics.jsonl", enabled=context.is_main)
     log.append({"kind": "train", "step": 10, "mlm_loss": 2.3})
+
+While a progress bar is drawn, log lines go through its writer (``log_through_progress_bars``), above the bar.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from bert_domain_ft.files import os_errors_as_user_errors, write_text_atomic
 from bert_domain_ft.model.pretraining import PretrainingOutput
@@ -143,3 +149,19 @@ def _step_of(line: str) -> int:
         return int(json.loads(line).get("step", 0))
     except (json.JSONDecodeError, AttributeError, TypeError, ValueError):
         return 1 << 62  # an unreadable (half-written) line is dropped
+
+
+def _is_console(handler: logging.Handler) -> bool:
+    return isinstance(handler, logging.StreamHandler) and handler.stream in (sys.stdout, sys.stderr)
+
+
+@contextmanager
+def log_through_progress_bars(bar_class: Any) -> Iterator[None]:
+    """While it lasts, the root logger's console handlers write through ``bar_class.write`` (tqdm's), which clears
+    the progress bars, prints the line and draws them again, so no log line is drawn over by a bar. Without a
+    console handler (a library caller's own logging, tests) nothing changes."""
+    if not any(_is_console(handler) for handler in logging.getLogger().handlers):
+        yield
+        return
+    with logging_redirect_tqdm(tqdm_class=bar_class):
+        yield

@@ -3,8 +3,9 @@
 ``finetune`` is the stage's outline: lock the output directory, load the tokenizer, the data and the model and
 check that they fit each other (``setup``), build the held-out evaluation, then ``train_and_save``: the loss,
 optimizer, schedule, precision and checkpoints of the run (``_setup_training``), resume, model selection, the
-``TrainingLoop``'s head warm-up and main phase, and the final ``save_pretrained`` (safetensors) with the tokenizer,
-next to ``training_args.json`` and ``metrics.jsonl``. The ``simple`` stage, which makes its batches on the fly,
+``TrainingLoop``'s head-only steps and main phase, and the final ``save_pretrained`` (safetensors) with the
+tokenizer, next to ``training_args.json`` and ``metrics.jsonl``. A run whose checkpoint lacked its masked-LM head
+also keeps the base with that head warmed (right after the head-only steps) as ``base/``, the fair "before". The ``simple`` stage, which makes its batches on the fly,
 reuses ``seed_everything``, ``prepare_output_dir``, ``setup_tokenizer``, ``load_training_model`` and
 ``train_and_save``.
 
@@ -26,6 +27,7 @@ import torch
 
 from bert_domain_ft.data.loader import EpochSource
 from bert_domain_ft.errors import UserError
+from bert_domain_ft.evaluation.heldout import WARMED_BASE_DIRECTORY
 from bert_domain_ft.files import (
     OUTPUT_LEDGER,
     TEMPORARY_SUFFIX,
@@ -40,16 +42,18 @@ from bert_domain_ft.files import (
     replace_directory,
     storage_errors_as_os_errors,
     unclaimed_entries,
+    write_directory_atomic,
     write_json_atomic,
 )
 from bert_domain_ft.kernels import release_free_memory, use_cpu_kernels, use_gpu_kernels
 from bert_domain_ft.model.loading import check_model_files, usable_positions
 from bert_domain_ft.model.optimization import ParameterAnchor
-from bert_domain_ft.model.pretraining import LoadedModel, head_parameters, quiet_transformers
+from bert_domain_ft.model.pretraining import MLM_HEAD, LoadedModel, head_parameters, quiet_transformers
 from bert_domain_ft.model.saving import SaveFormat
 from bert_domain_ft.model.tokenizer import TokenizerFacts, describe_tokenizer, load_tokenizer
 from bert_domain_ft.model.vocabulary import fresh_rows
 from bert_domain_ft.training import setup as build
+from bert_domain_ft.training.budget import HeadWarmupPlan, plan_head_warmup
 from bert_domain_ft.training.checkpoints import CHECKPOINT_PREFIX, CheckpointManager, TrainingPosition
 from bert_domain_ft.training.config import FinetuneConfig
 from bert_domain_ft.training.distributed import DistributedContext, barrier, cleanup, hold_run_lock, init_distributed
@@ -60,7 +64,6 @@ from bert_domain_ft.training.loop import (
     TrainingLoop,
     TrainingSetup,
     ddp_wrapped,
-    run_finished,
     settings_from,
     total_optimizer_steps,
 )
@@ -109,7 +112,7 @@ def finetune(config: FinetuneConfig) -> Path:
                 logger.info("--reduce_memory: nothing to do, epochs are always memory-mapped")
             show = config.show_progress
             data_dir, manifest = build.open_training_data(config.pregenerated_data, context, tokenizer, facts, show)
-            objective = build.resolve_training_objective(config, manifest)
+            objective = build.resolve_training_objective(config, manifest["objective"], config.pregenerated_data)
             loaded = load_training_model(config, context, objective, int(manifest["max_seq_len"]))
             _check_model_fits(config, loaded.model.config, facts, data_dir, manifest)
             build.check_epochs(data_dir, manifest, config.epochs, config.verify_checksums and context.is_main)
@@ -174,16 +177,21 @@ def _train_and_save(
 ) -> TrainingPosition:
     setup.evaluate = evaluate
     start = _resume_position(setup, config.resume, config.output_dir)
+    keeps_base = keeps_warmed_base(setup.head_warmup)
     if context.is_main:
-        write_json_atomic(config.output_dir / ARGUMENTS_FILE, arguments)
+        warmed = {"warmed_base": WARMED_BASE_DIRECTORY} if keeps_base else {}
+        write_json_atomic(config.output_dir / ARGUMENTS_FILE, {**arguments, **warmed})
     selection = attach_model_selection(config, context, setup, tokenizer, start)  # --save_best, --probe_*
     loop = TrainingLoop(setup, settings)
-    loop.warm_up_heads(start, with_nsp)  # fresh heads first train alone
+    loop.log_plan()  # one line: the run's steps, head-only and main, and its evaluations
+    loop.warm_up_heads(start, with_nsp)  # fresh heads first train alone, in the run's first steps
+    if keeps_base and start.global_step == 0:
+        save_warmed_base(context, setup, tokenizer, config.output_dir)  # the fair "before": base/
     selection.score_starting_model(start)  # step 0 is a candidate: the encoder as loaded (a warm pooler)
     position = loop.run(start)
     selection.report()  # which model won the probe, in one line
     release_free_memory()  # what the steps kept for reuse goes back before saving and evaluating
-    if run_finished(position, config.epochs, config.max_steps):
+    if loop.finished(position):
         _save_final(context, loaded.model, tokenizer, config.output_dir, setup.checkpoints.save_format)
         if context.is_main:
             from bert_domain_ft.evaluation.heldout import print_run_before_after
@@ -194,6 +202,27 @@ def _train_and_save(
             plot_run_if_possible(config.output_dir)
             write_model_card(config.output_dir, command_line())  # README.md: what the model is, how it scored
     return position
+
+
+def keeps_warmed_base(head_warmup: HeadWarmupPlan) -> bool:
+    """Whether a run keeps its warmed base: its head-only steps train a fresh masked-LM head."""
+    return head_warmup.steps > 0 and MLM_HEAD in head_warmup.heads
+
+
+def save_warmed_base(context: DistributedContext, setup: TrainingSetup, tokenizer: Any, output_dir: Path) -> None:
+    """``output_dir/base/``: the model right after its head-only steps (step 0) with the tokenizer, a loadable
+    model. It is the base with trained heads, the fair "before" of ``evaluate`` and ``fill-mask`` (the base as
+    saved has random ones, whose guesses are noise). Written whole (``base.partial`` renamed, like ``best/``) by
+    the main process, and logged as a ``"kind": "warmed_base"`` record."""
+    if context.is_main:
+        final = output_dir / WARMED_BASE_DIRECTORY
+        write_directory_atomic(final, model_writer(setup.model, tokenizer, setup.checkpoints.save_format))
+        steps = setup.head_warmup.steps
+        setup.metrics.append({"kind": "warmed_base", "step": 0, "directory": WARMED_BASE_DIRECTORY,
+                              "head_only_steps": steps})  # fmt: skip
+        logger.info("saved the base with its heads trained in the %d head-only steps to %s: the fair 'before' of "
+                    "evaluate and fill-mask", steps, final)  # fmt: skip
+    barrier(context)
 
 
 def seed_everything(seed: int) -> None:
@@ -324,10 +353,11 @@ def _setup_anchor(model: torch.nn.Module, fresh_heads: tuple[str, ...], weight: 
 
 
 def _run_settings(
-    config: FinetuneConfig, context: DistributedContext, total_steps: int, with_nsp: bool, data: dict[str, Any]
+    config: FinetuneConfig, context: DistributedContext, steps: tuple[int, int], with_nsp: bool, data: dict[str, Any]
 ) -> dict[str, Any]:
     """What a checkpoint records and ``--resume`` requires unchanged (``CheckpointManager.check_settings``): the
-    ``_RESUME_SETTINGS``, the objective trained ("nsp" or "mlm", as resolved), the device type, and the stage's
+    ``_RESUME_SETTINGS``, ``steps`` (the run's optimizer steps and how many of them are head-only), the objective
+    trained ("nsp" or "mlm", as resolved), the device type, and the stage's
     ``data``: fingerprints of what it trains and evaluates on and the settings that shape its batches (finetune:
     ``setup.resume_identity``; simple: ``simple.resume_identity``).
 
@@ -336,8 +366,9 @@ def _run_settings(
     report_to, show_progress), when and in what batches it evaluates (eval_steps, eval_batch_size), save_best,
     verify_checksums, reduce_memory and simple's on_memory, and the GPU's speed settings compile and deterministic
     (the same arithmetic, other kernels: a resumed run continues the same run, not bit for bit)."""
-    run_values = {"world_size": context.world_size, "total_steps": total_steps}
+    run_values = {"world_size": context.world_size, "total_steps": steps[0]}
     settings = {name: run_values[name] if name in run_values else getattr(config, name) for name in _RESUME_SETTINGS}
+    settings["head_only_steps"] = steps[1]
     return {**settings, "objective": "nsp" if with_nsp else "mlm", "device": context.device.type, **data}
 
 
@@ -353,13 +384,17 @@ def _setup_training(
     data_settings: dict[str, Any],
 ) -> TrainingSetup:
     objective = _setup_objective(loaded, context, with_nsp)
-    total_steps = total_optimizer_steps(source, settings, context.world_size)
-    optimization = settings_from(build.OptimizationSettings, config)
-    optimizer, scheduler = build.build_optimization(loaded.model, optimization, total_steps, context.device)
+    total_steps = total_optimizer_steps(source, settings, context.world_size)  # head-only steps included
+    rows = fresh_rows(config.bert_model)
+    head_only = plan_head_warmup(settings.head_warmup_steps, loaded.fresh_heads, with_nsp, total_steps, len(rows),
+                                 "--max_steps" if settings.max_steps else "--epochs")  # fmt: skip
+    optimization = settings_from(build.OptimizationSettings, config)  # the main schedule spans the rest:
+    main_steps = total_steps - head_only.steps
+    optimizer, scheduler = build.build_optimization(loaded.model, optimization, main_steps, context.device)
     precision = setup_precision(context.device, config.fp16, config.bf16, config.loss_scale)
     logger.info("%d sequences per step on %d process(es), %s on %s", config.train_batch_size * context.world_size,
                 context.world_size, precision.name, context.device)  # fmt: skip
-    run_settings = _run_settings(config, context, total_steps, with_nsp, data_settings)
+    run_settings = _run_settings(config, context, (total_steps, head_only.steps), with_nsp, data_settings)
     checkpoints = CheckpointManager(
         config.output_dir, context, loaded.model, optimizer, scheduler, precision.scaler, run_settings,
         config.save_total_limit, tokenizer, save_format=SaveFormat(with_nsp, config.bert_model),
@@ -372,8 +407,8 @@ def _setup_training(
         anchor = _setup_anchor(loaded.model, loaded.fresh_heads, config.anchor_weight, context.device)
     return TrainingSetup(
         objective, loaded.model, optimizer, scheduler, precision, context, source, checkpoints, metrics,
-        fresh_heads=loaded.fresh_heads, fresh_rows=fresh_rows(config.bert_model), anchor=anchor,
-        throughput=Throughput.for_training(loaded.model, context.device),
+        fresh_heads=loaded.fresh_heads, fresh_rows=rows, anchor=anchor,
+        throughput=Throughput.for_training(loaded.model, context.device), head_warmup=head_only,
     )  # fmt: skip
 
 

@@ -50,8 +50,7 @@ from bert_domain_ft.files import (
     fresh_directory,
     os_errors_as_user_errors,
     remove_path,
-    replace_directory,
-    storage_errors_as_os_errors,
+    write_directory_atomic,
     write_json_atomic,
 )
 from bert_domain_ft.kernels.attention import stock_attention
@@ -149,19 +148,17 @@ class BestModelKeeper:
 
     def keep(self, step: int, value: float, write: Callable[[Path], None]) -> None:
         """Make the model ``write`` produces the best one, whatever ``best/`` held (e.g. the starting model)."""
-        temporary = self.directory.with_name(self.directory.name + TEMPORARY_SUFFIX)
+
+        def write_with_info(directory: Path) -> None:
+            write(directory)
+            write_json_atomic(directory / BEST_INFO_FILE, {"step": step, "metric": self.metric, "value": value})
+
         try:
-            # safetensors and torch report a full disk in their own exception types: read as the OSError it is.
-            with os_errors_as_user_errors(temporary), storage_errors_as_os_errors():
-                fresh_directory(temporary)  # a link planted at the name is removed, never followed
-                write(temporary)
-        except BaseException as error:
-            shutil.rmtree(temporary, ignore_errors=True)  # no half-written model left taking space
-            if isinstance(error, UserError) and self.best_step is not None:
-                raise UserError(f"{error}; the previous best model in {self.directory} is intact") from error
-            raise
-        write_json_atomic(temporary / BEST_INFO_FILE, {"step": step, "metric": self.metric, "value": value})
-        replace_directory(temporary, self.directory)
+            write_directory_atomic(self.directory, write_with_info)
+        except UserError as error:
+            if self.best_step is None:
+                raise
+            raise UserError(f"{error}; the previous best model in {self.directory} is intact") from error
         self.best_value, self.best_step = value, step
         self.metrics.append({"kind": "best", "step": step, "metric": self.metric, "value": value})
         logger.info("new best %s %.4g at step %d: saved to %s", self.metric, value, step, self.directory)

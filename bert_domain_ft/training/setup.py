@@ -4,14 +4,15 @@ Pregenerated data is opened (data in the original JSON format converted once), c
 served by a ``PregeneratedSource`` (dynamic masks, several corpora mixed). Token ids only mean something with the
 vocabulary they were made with, so the manifest's tokenizer facts, sequence length and format are compared with
 the model's before the first step; a difference is one ``UserError`` saying which side differs and what to do.
-``resolve_training_objective`` reconciles --objective with the data ("nsp" needs NSP labels; a model without an
-NSP head trains "mlm", said in one line) and ``build_training_model`` loads --bert_model for it or, with
---from_scratch, builds a --model_type model for --tokenizer. The optimizer and schedule, and the held-out
+``resolve_training_objective`` reconciles --objective with the model's heads and the data ("nsp" needs NSP labels;
+a model without a trained NSP head trains "mlm"), for finetune and simple alike, in one log line, and
+``build_training_model`` loads --bert_model for it or, with --from_scratch, builds a --model_type model for
+--tokenizer. The optimizer and schedule, and the held-out
 evaluator the loop calls, are built from the values they use (``OptimizationSettings``, ``settings_from``).
 ``resume_identity`` fingerprints the training data and the held-out sets for the checkpoints, so ``--resume``
 refuses data regenerated or swapped since the run began.
 
-    objective = resolve_training_objective(config, manifest)
+    objective = resolve_training_objective(config, manifest["objective"], config.pregenerated_data)
     loaded = build_training_model(config, objective, max_seq_len=manifest["max_seq_len"])
     check_data_matches_model(data_dir, manifest, facts, usable_positions(loaded.model.config), vocab_size)
 """
@@ -144,30 +145,43 @@ def _check_format(where: Path, manifest: dict[str, Any]) -> None:
         )
 
 
-def resolve_training_objective(config: FinetuneConfig, manifest: dict[str, Any]) -> str:
-    """The objective to train, "nsp" or "mlm": --objective when given (checked against the data), else the
-    data's own, or "mlm" with a one-line notice when the data has NSP labels but the model has no NSP head."""
-    data_objective = manifest["objective"]
+def resolve_training_objective(config: FinetuneConfig, data_objective: str, data_name: Path | str) -> str:
+    """The objective to train, "nsp" or "mlm", decided for finetune and simple alike from --objective, the model's
+    heads and what the data can give (``data_objective``: "nsp" when it has next-sentence labels, as simple's pairs
+    always do; ``data_name`` names it in a refusal); says what was chosen and why in one line."""
+    objective, why = _choose_objective(config, data_objective, data_name)
+    label = "masked LM + next-sentence prediction" if objective == "nsp" else "masked LM only"
+    fresh_nsp_head = objective == "nsp" and _has_fresh_nsp_head(config)
+    (logger.warning if fresh_nsp_head else logger.info)("objective: %s (%s)", label, why)
+    return objective
+
+
+def _has_fresh_nsp_head(config: FinetuneConfig) -> bool:
+    return not config.from_scratch and has_trained_nsp_head(config.bert_model) is False
+
+
+def _choose_objective(config: FinetuneConfig, data_objective: str, data_name: Path | str) -> tuple[str, str]:
+    """(objective, the reason said in the log line)."""
+    model = config.bert_model
     if config.objective == "nsp" and data_objective != "nsp":
         raise UserError(
-            f"{config.pregenerated_data}: pregenerated for --objective {data_objective}, without next-sentence "
-            "labels; drop --objective nsp, or pregenerate with --objective nsp"
+            f"{data_name}: pregenerated for --objective {data_objective}, without next-sentence labels; drop "
+            "--objective nsp, or pregenerate with --objective nsp"
         )
-    fresh_nsp_head = not config.from_scratch and has_trained_nsp_head(config.bert_model) is False
+    if config.objective == "nsp" and _has_fresh_nsp_head(config):
+        return "nsp", f"--objective nsp with {model}: {FRESH_NSP_HEAD_NOTE}"
     if config.objective != "auto":
-        if config.objective == "nsp" and fresh_nsp_head:
-            logger.warning("--objective nsp with %s: %s", config.bert_model, FRESH_NSP_HEAD_NOTE)
-        return config.objective
+        return config.objective, f"--objective {config.objective}"
     if data_objective == "mlm":
-        return "mlm"
-    model_type = config.model_type if config.from_scratch else checkpoint_model_type(str(config.bert_model))
+        return "mlm", f"--objective auto: {data_name} has no next-sentence labels"
+    model_type = config.model_type if config.from_scratch else checkpoint_model_type(str(model))
     if model_type not in (None, "bert"):
-        logger.info("objective: masked LM only (a %s model has no next-sentence-prediction head)", model_type)
-        return "mlm"
-    if fresh_nsp_head:  # the data's NSP labels are left unused; --objective nsp trains them
-        logger.info("objective: masked LM only: %s; --objective nsp trains it anyway", FRESH_NSP_HEAD_NOTE)
-        return "mlm"
-    return "nsp"
+        return "mlm", f"--objective auto: a {model_type} model has no next-sentence-prediction head"
+    if _has_fresh_nsp_head(config):  # the data's NSP labels are left unused; --objective nsp trains them
+        return "mlm", f"--objective auto: {model}: {FRESH_NSP_HEAD_NOTE}; --objective nsp trains it anyway"
+    if config.from_scratch:
+        return "nsp", "--objective auto: the data has next-sentence labels and a new BERT learns both heads"
+    return "nsp", f"--objective auto: the data has next-sentence labels and {model} a trained NSP head"
 
 
 def build_training_model(config: FinetuneConfig, objective: str, max_seq_len: int) -> LoadedModel:
@@ -259,7 +273,8 @@ class OptimizationSettings:
 def build_optimization(
     model: torch.nn.Module, settings: OptimizationSettings, total_steps: int, device: torch.device
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    """AdamW over the decay / no-decay groups and the warm-up + linear-decay schedule over ``total_steps``."""
+    """AdamW over the decay / no-decay groups and the learning-rate ramp + linear-decay schedule over
+    ``total_steps`` (the main phase's)."""
     multiplier = None
     if settings.layerwise_lr_decay < 1.0:
         multiplier = layerwise_lr_multiplier(model, settings.layerwise_lr_decay)
@@ -268,7 +283,8 @@ def build_optimization(
     groups = parameter_groups(model, settings.learning_rate, settings.weight_decay, lr_multiplier=multiplier)
     optimizer = build_optimizer(groups, settings.learning_rate, settings.adam_epsilon, device)
     warmup_steps = warmup_steps_for(total_steps, settings.warmup_proportion)
-    logger.info("%d optimizer steps, the first %d warming up", total_steps, warmup_steps)
+    logger.info("learning-rate ramp: the first %d of the %d main steps (--warmup_proportion %g), then linear decay",
+                warmup_steps, total_steps, settings.warmup_proportion)  # fmt: skip
     return optimizer, build_scheduler(optimizer, total_steps, warmup_steps)
 
 

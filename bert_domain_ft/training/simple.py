@@ -3,7 +3,10 @@
 The corpus is tokenized once into a document store (in RAM with ``on_memory``, else on disk under
 ``output_dir/tokenized_corpus``, removed when the run ends) and served to finetune's own training loop by
 ``SentencePairSource``: the pairs of epoch ``e`` are drawn from ``(seed, e)`` and masked when a batch is built.
-Model loading, optimizer, schedule, precision, checkpoints, resume and saving are finetune's recipe builders.
+Model loading, optimizer, schedule, precision, checkpoints, resume and saving are finetune's recipe builders, and
+the objective is decided as finetune decides it (``setup.resolve_training_objective``; the pairs can always carry
+next-sentence labels): masked LM only for a model without a trained NSP head, each pair then a sentence and its
+successor.
 A ``train_corpus`` of records (parquet, a ``datasets`` directory, JSON lines) is first written as a corpus to
 ``output_dir/train_corpus.txt`` (rank 0). With ``task_data`` the task's texts are written to
 ``output_dir/task_corpus.txt`` (rank 0) and tokenized after the corpus into the same store, as its last corpus;
@@ -40,8 +43,6 @@ from bert_domain_ft.data.simple_pairs import (
 )
 from bert_domain_ft.errors import UserError
 from bert_domain_ft.files import TEMPORARY_SUFFIX, os_errors_as_user_errors, replace_directory
-from bert_domain_ft.model.files import FRESH_NSP_HEAD_NOTE
-from bert_domain_ft.model.pretraining import NSP_HEAD
 from bert_domain_ft.model.tokenizer import TokenizerFacts
 from bert_domain_ft.training.checkpoints import data_identity
 from bert_domain_ft.training.config import SimpleConfig
@@ -53,7 +54,7 @@ from bert_domain_ft.training.recipe import (
     setup_tokenizer,
     train_and_save,
 )
-from bert_domain_ft.training.setup import check_tokenizer_matches_model
+from bert_domain_ft.training.setup import check_tokenizer_matches_model, resolve_training_objective
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +67,9 @@ class SentencePairSource:
     """An ``EpochSource`` of two-sentence NSP pairs: epoch ``e``'s pairs from ``(seed, e)``, masks per batch.
 
     With ``group_by_length`` it also offers ``epoch_order(e)``: the order in which the loop cuts the epoch into
-    global batches of ``global_batch_size``, so that each batch holds pairs of similar length.
+    global batches of ``global_batch_size``, so that each batch holds pairs of similar length. Without
+    ``with_nsp`` (objective "mlm") a pair is a sentence and its successor, one stretch of text: its token types
+    are all 0, as in masked-LM-only pregenerated data, and its NSP label goes unused.
     """
 
     def __init__(
@@ -77,6 +80,7 @@ class SentencePairSource:
         global_batch_size: int,
         group_by_length: bool = False,
         task_share: float | None = None,
+        with_nsp: bool = True,
     ):
         self.store = store
         self.index = PairIndex.from_store(store, task_share)
@@ -85,12 +89,13 @@ class SentencePairSource:
         self.seed = masking.seed  # pairs, order and masks all derive from the run's seed
         self.global_batch_size = global_batch_size
         self.group_by_length = group_by_length
+        self.with_nsp = with_nsp
         self._cached: tuple[int, EpochPairs] | None = None
 
     def pairs(self, epoch: int) -> EpochPairs:
         """Epoch ``epoch``'s pairs (the last epoch's are kept: the loop asks for the order, then the batches)."""
         if self._cached is None or self._cached[0] != epoch:
-            self._cached = (epoch, sample_epoch_pairs(self.index, self.seed, epoch))
+            self._cached = (epoch, sample_epoch_pairs(self.index, self.seed, epoch, self.with_nsp))
         return self._cached[1]
 
     def epoch_size(self, epoch: int) -> int:
@@ -108,6 +113,8 @@ class SentencePairSource:
 
         def fetch(instances: np.ndarray) -> Batch:
             arrays = assemble_batch(self.store, self.index, pairs, instances, self.layout, self.masking, epoch)
+            if not self.with_nsp:
+                arrays["token_type_ids"] = np.zeros_like(arrays["token_type_ids"])
             return {name: torch.from_numpy(value) for name, value in arrays.items()}
 
         return fetch
@@ -218,15 +225,14 @@ def simple_finetune(config: SimpleConfig) -> Path:
                                training.overwrite_output_dir)  # fmt: skip
             tokenizer, facts, saveable_tokenizer = setup_tokenizer(training.tokenizer or training.bert_model,
                                                                    training.do_lower_case)  # fmt: skip
-            loaded = load_training_model(training, context)
+            # The pairs made on the fly can always carry next-sentence labels: the model's heads decide.
+            objective = resolve_training_objective(training, "nsp", config.train_corpus)
+            loaded = load_training_model(training, context, objective)
             check_model_fits(config, loaded.model.config, facts)
-            if NSP_HEAD in loaded.fresh_heads:  # simple always trains NSP; pregenerate + finetune need not
-                logger.warning("simple trains next-sentence prediction with %s: %s; pregenerate + finetune train "
-                               "masked LM only for it", training.bert_model, FRESH_NSP_HEAD_NOTE)  # fmt: skip
             try:
-                source = _pair_source(config, context, tokenizer, facts)
+                source = _pair_source(config, context, tokenizer, facts, with_nsp=objective == "nsp")
                 arguments, identity = config.to_json(), resume_identity(config, facts)
-                train_and_save(training, context, loaded, source, saveable_tokenizer, with_nsp=True,
+                train_and_save(training, context, loaded, source, saveable_tokenizer, with_nsp=objective == "nsp",
                                arguments=arguments, data_settings=identity)  # fmt: skip
             finally:
                 remove_store(context, config.output_dir, config.on_memory)
@@ -257,13 +263,13 @@ def resume_identity(config: SimpleConfig, facts: TokenizerFacts) -> dict[str, An
 
 
 def _pair_source(
-    config: SimpleConfig, context: DistributedContext, tokenizer: Any, facts: TokenizerFacts
+    config: SimpleConfig, context: DistributedContext, tokenizer: Any, facts: TokenizerFacts, with_nsp: bool
 ) -> SentencePairSource:
     layout, masking = pair_settings(config, tokenizer, facts)  # refuses bad flags before tokenizing the corpus
     store = load_store(config, context, tokenizer, facts)
     global_batch_size = config.training.micro_batch_size * context.world_size  # what the loop cuts epochs into
     task_share = config.task_share if config.task_data is not None else None
-    source = SentencePairSource(store, layout, masking, global_batch_size, config.group_by_length, task_share)
+    source = SentencePairSource(store, layout, masking, global_batch_size, config.group_by_length, task_share, with_nsp)
     logger.info(
         "%d documents, %d sentences: %d sentence pairs per epoch%s (tokens %s)",
         store.num_documents,

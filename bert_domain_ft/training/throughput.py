@@ -1,4 +1,5 @@
-"""How fast training runs: the model FLOPs of a step, the GPU's measured matrix-unit peak, and MFU.
+"""How fast training runs: the model FLOPs of a step, the GPU's measured matrix-unit peak, and MFU; the seconds per
+step behind the plan's time estimate (``StepTimer``).
 
 Model FLOPs are the arithmetic the *model* needs, whatever an implementation spends on top (padding, logits at
 unmasked positions, recomputation); one definition serves ``metrics.jsonl`` and ``benchmarks/gpu_step.py``:
@@ -20,11 +21,13 @@ MFU = model FLOPs per second ÷ the GPU's bf16 dense matrix-product peak, measur
     counter = FlopCounter.of(model)
     flops = counter.step_flops(tokens=T, squared_lengths=S, masked_tokens=M)
     mfu = flops / seconds / matmul_peak_flops(torch.device("cuda"))
+    timer = StepTimer(first_step=0)  # then timer.seconds_per_step(step) after every step
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from functools import cache
 
@@ -134,3 +137,38 @@ class Throughput:
         if self.peak_flops is None or seconds <= 0:
             return None
         return self.counter.step_flops(tokens, squared_lengths, masked_tokens) / seconds / self.peak_flops
+
+
+PLAN_TIMED_STEPS = 5  # main steps timed for the estimate, after the first (which pays one-time costs)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
+@dataclass
+class StepTimer:
+    """The main phase's seconds per step, for the plan's time estimate: ``timed_steps`` steps after the first one
+    timed, the evaluations and checkpoints among them left out (``paused_seconds``)."""
+
+    first_step: int = 0  # the global step the main phase starts from
+    timed_steps: int = PLAN_TIMED_STEPS
+    started: float | None = None
+    paused_seconds: float = 0.0
+    evaluation_seconds: float | None = None  # of the latest evaluation
+
+    def seconds_per_step(self, step: int) -> float | None:
+        """Call after each main step; the measured seconds per step right after the last timed one, else None."""
+        if step == self.first_step + 1:
+            self.started, self.paused_seconds = time.perf_counter(), 0.0
+        elif self.started is not None and step == self.first_step + 1 + self.timed_steps:
+            return (time.perf_counter() - self.started - self.paused_seconds) / self.timed_steps
+        return None
+
+    def describe_rest(self, steps_left: int, seconds_per_step: float, evaluations_left: int) -> str:
+        """The plan's update line: the time ``steps_left`` steps and ``evaluations_left`` evaluations take."""
+        evaluation = self.evaluation_seconds or 0.0
+        total = steps_left * seconds_per_step + evaluations_left * evaluation
+        evaluations = f"; {evaluations_left} more evaluations of {_duration(evaluation)}" if evaluations_left else ""
+        return (f"plan update: about {_duration(total)} to go at the measured speed ({seconds_per_step:.2f} s per step "
+                f"over {self.timed_steps} steps{evaluations})")  # fmt: skip

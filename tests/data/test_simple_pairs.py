@@ -244,3 +244,10 @@ def test_a_corpus_without_two_sentence_documents_is_refused() -> None:
     store = DocumentStore(np.arange(5, 15, dtype=np.uint16), np.arange(0, 11, 2), np.arange(0, 6))
     with pytest.raises(UserError, match="two sentences"):
         PairIndex.from_store(store)
+
+
+def test_masked_lm_only_pairs_are_each_sentence_and_its_successor(index: PairIndex) -> None:
+    pairs = sample_epoch_pairs(index, seed=3, epoch=0, with_nsp=False)
+    assert not pairs.is_random_next.any()  # no partner from another document: contiguous text to predict from
+    assert np.array_equal(pairs.second, pairs.first + 1)
+    assert np.array_equal(pairs.first, sample_epoch_pairs(index, seed=3, epoch=0).first)  # the same instances

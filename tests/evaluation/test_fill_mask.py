@@ -94,3 +94,31 @@ def test_from_holdout_beyond_the_held_out_set_says_how_many_it_found(
     pattern = r"--from_holdout 100000: the held-out set of \S+ gave only (\d+) sentences with a whole word to mask"
     shown = int(re.match(pattern, notices[0])[1])  # type: ignore[index]
     assert 0 < shown < 100000
+
+
+@pytest.fixture(scope="module")
+def encoder_run(tmp_path_factory: pytest.TempPathFactory, tiny_corpus: Path, tiny_encoder_dir: Path) -> Path:
+    """A short run from an encoder without heads: it keeps its warmed base as run/base/."""
+    root = tmp_path_factory.mktemp("fill_mask_encoder")
+    data = make_pregenerated(tiny_corpus, tiny_encoder_dir, root / "data", epochs=1, holdout_fraction=0.1)
+    finetune(quick_config(data, tiny_encoder_dir, root / "run", max_steps=8, head_warmup_steps=4, train_batch_size=16))
+    return root / "run"
+
+
+def test_a_run_is_compared_with_its_warmed_base_not_a_random_head(
+    encoder_run: Path, tiny_encoder_dir: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    base = encoder_run / "base"
+    arguments = ["fill-mask", "--models", str(base), str(encoder_run), "a [MASK] of the page", "--top_k", "2"]
+    assert main([*arguments, "--no_cuda"]) == 0
+    output = capsys.readouterr().out
+    assert re.search(r"^rank\s+base\s+run$", output, re.MULTILINE) and "(untrained MLM head)" not in output
+    with caplog.at_level("WARNING"):  # the raw encoder beside the run: the warmed base is named, in one line
+        assert (
+            main(["fill-mask", "--models", str(tiny_encoder_dir), str(encoder_run), "a [MASK] cache", "--no_cuda"]) == 0
+        )
+    hints = [record.getMessage() for record in caplog.records if "its column is noise" in record.getMessage()]
+    assert hints == [
+        f"{tiny_encoder_dir} has no trained masked-LM head, so its column is noise; {base} is it with the head "
+        f"trained alone by finetune (head-only steps, encoder unchanged): compare --models {base} {encoder_run}"
+    ]

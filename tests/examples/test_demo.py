@@ -86,3 +86,13 @@ def test_demo_adapts_on_the_probes_training_sentences_without_their_labels_by_de
         rows = list(csv.DictReader(handle))
     assert rows and all(row["text"].split()[0] in task_text for row in rows)
     assert not any(f"\n{row['label']}\n" in f"\n{task_text}\n" for row in rows)  # labels never read
+
+
+def test_the_predictions_compare_the_warmed_base_when_the_run_kept_one(demo: ModuleType, tmp_path: Path):
+    run = tmp_path / "model"
+    run.mkdir()
+    assert demo.fill_mask_base("minilm-dir", run) == "minilm-dir"  # a checkpoint with its heads: itself
+    (run / "base").mkdir()  # left by an earlier run in the directory: not this run's
+    assert demo.fill_mask_base("minilm-dir", run) == "minilm-dir"
+    (run / "training_args.json").write_text(json.dumps({"warmed_base": "base"}))  # kept: the MLM head was random
+    assert demo.fill_mask_base("minilm-dir", run) == str(run / "base")

@@ -12,17 +12,18 @@ import torch
 from training_helpers import assert_identical_weights, load_weights, make_pregenerated, read_metrics
 from training_helpers import quick_config as base_config
 
+from bert_domain_ft.errors import UserError
 from bert_domain_ft.model.pretraining import head_parameters, load_pretraining_model
 from bert_domain_ft.training import recipe
-from bert_domain_ft.training.loop import (
+from bert_domain_ft.training.budget import (
     AUTO_FRACTION,
+    AUTO_MAX_SHARE,
     AUTO_MAX_STEPS,
     AUTO_MIN_STEPS,
-    PretrainingObjective,
     auto_warmup_steps,
     plan_head_warmup,
-    warmup_learning_rate,
 )
+from bert_domain_ft.training.loop import PretrainingObjective, warmup_learning_rate
 from bert_domain_ft.training.recipe import finetune
 
 ENCODER_PREFIXES = ("bert.embeddings.", "bert.encoder.")  # everything that is neither a head nor the pooler
@@ -80,7 +81,7 @@ def test_a_checkpoint_with_heads_skips_the_warm_up(
     with caplog.at_level(logging.INFO, logger="bert_domain_ft.training.loop"):
         finetune(quick_config(data_dir, tiny_bert_dir, tmp_path / "run"))
     assert all(torch.equal(warmup_only["before"][k], warmup_only["after"][k]) for k in warmup_only["before"])
-    assert "no head warm-up: no pretraining head starts fresh on a trained encoder" in caplog.text
+    assert "no head-only steps: no pretraining head starts fresh on a trained encoder" in caplog.text
     assert not (tmp_path / "run" / "metrics.jsonl").exists()  # nothing was logged: no warm-up records
 
 
@@ -103,20 +104,35 @@ def test_the_encoder_gets_no_gradient_even_when_its_parameters_require_one(tiny_
     assert all(parameter.grad is not None for parameter in head_parameters(model, ("mlm", "nsp")))
 
 
-def test_the_automatic_length_is_the_documented_fraction_clamped() -> None:
-    assert auto_warmup_steps(10) == AUTO_MIN_STEPS
+def test_the_automatic_length_is_the_documented_fraction_clamped_and_at_most_a_share_of_the_run() -> None:
+    assert auto_warmup_steps(400) == AUTO_MIN_STEPS + 30 == round(AUTO_FRACTION * 400)
     assert auto_warmup_steps(3000) == round(AUTO_FRACTION * 3000)
     assert auto_warmup_steps(10**6) == AUTO_MAX_STEPS
-    plan = plan_head_warmup(None, ("mlm", "nsp"), with_nsp=True, main_steps=3000)
+    assert auto_warmup_steps(220) == AUTO_MIN_STEPS  # at least 50 (not 44), a quarter of 220 being more
+    assert (
+        [auto_warmup_steps(n) for n in (3, 4, 12, 100)]
+        == [0, 1, 3, 25]
+        == [int(AUTO_MAX_SHARE * n) for n in (3, 4, 12, 100)]
+    )
+    plan = plan_head_warmup(None, ("mlm", "nsp"), with_nsp=True, budget_steps=3000)
     assert plan.steps == round(AUTO_FRACTION * 3000) and plan.heads == ("mlm", "nsp")
-    assert f"automatic: {AUTO_FRACTION:.0%} of the 3000 main steps" in plan.reason
+    assert f"head-only steps: 600 (automatic: {AUTO_FRACTION:.0%} of the 3000 steps" in plan.reason
+    assert plan_head_warmup(None, ("mlm",), with_nsp=False, budget_steps=3).steps == 0  # too few to spare any
 
 
 def test_zero_turns_it_off_and_mlm_only_data_leaves_the_nsp_head_out() -> None:
-    assert plan_head_warmup(0, ("mlm", "nsp"), with_nsp=True, main_steps=500).steps == 0
-    assert plan_head_warmup(7, ("mlm", "nsp"), with_nsp=False, main_steps=500).heads == ("mlm",)
-    assert plan_head_warmup(None, (), with_nsp=True, main_steps=500).steps == 0
-    assert plan_head_warmup(None, ("nsp",), with_nsp=False, main_steps=500).steps == 0  # nothing left to warm
+    assert plan_head_warmup(0, ("mlm", "nsp"), with_nsp=True, budget_steps=500).steps == 0
+    assert plan_head_warmup(7, ("mlm", "nsp"), with_nsp=False, budget_steps=500).heads == ("mlm",)
+    assert plan_head_warmup(None, (), with_nsp=True, budget_steps=500).steps == 0
+    assert plan_head_warmup(None, ("nsp",), with_nsp=False, budget_steps=500).steps == 0  # nothing left to warm
+
+
+def test_as_many_head_only_steps_as_the_run_has_are_refused_naming_the_budget() -> None:
+    with pytest.raises(UserError, match=r"^--head_warmup_steps 20: the head-only steps are part of the run's 20 "):
+        plan_head_warmup(20, ("mlm",), with_nsp=False, budget_steps=20, budget_flag="--epochs")
+    with pytest.raises(UserError, match=r"raise --max_steps$"):
+        plan_head_warmup(30, (), with_nsp=False, budget_steps=20)  # whatever the heads: the flag is wrong
+    assert plan_head_warmup(19, ("mlm",), with_nsp=False, budget_steps=20).steps == 19
 
 
 def test_the_warm_up_rate_ramps_up_then_stays_constant() -> None:
@@ -143,3 +159,75 @@ def test_warm_up_is_logged_and_a_resumed_run_does_not_repeat_it(
     finetune(quick_config(data_dir, tiny_encoder_dir, resumed, resume=True, **options))
     assert len([r for r in read_metrics(resumed) if r.get("kind") == "head_warmup"]) == 2  # only the first run's
     assert_identical_weights(load_weights(straight), load_weights(resumed))
+
+
+def test_log_lines_go_through_the_progress_bars_writer_not_into_the_bar(
+    data_dir: Path, tiny_encoder_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    import tqdm
+
+    written: list[str] = []
+    monkeypatch.setattr(tqdm.std.tqdm, "write", classmethod(lambda cls, text, *args, **kwargs: written.append(text)))
+    console = logging.StreamHandler(sys.stderr)  # what the command line's logging.basicConfig sets up
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [*root.handlers, console])
+    monkeypatch.setattr(root, "level", logging.INFO)
+    options = {"head_warmup_steps": 2, "max_steps": 6, "eval_steps": 2, "do_eval": True, "show_progress": True}
+    finetune(quick_config(data_dir, tiny_encoder_dir, tmp_path / "run", eval_batch_size=16, **options))
+    assert any(text.startswith("head-only steps done: 2 steps") for text in written)
+    assert any(text.startswith("evaluation at step 2:") for text in written)  # was drawn over by the bar
+    assert root.handlers[-1] is console  # put back afterwards
+
+
+# ------------------------------------------------------------------ the warmed base: the fair "before" of a run
+
+
+def test_a_run_from_a_headless_encoder_keeps_its_warmed_base_beside_it_as_the_fair_before(
+    data_dir: Path, tiny_encoder_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from bert_domain_ft.evaluation.config import EvaluateConfig
+    from bert_domain_ft.evaluation.evaluate import evaluate_model
+    from bert_domain_ft.model.loading import load_masked_lm_model
+
+    output = tmp_path / "run"
+    # 20 head-only steps at a high rate: the tiny corpus's words are nearly uniform, so the best head gains only
+    # ~0.6 nats over a random one (MiniLM on the demo's corpus: 10.8 → 6.7 in 26 steps).
+    options = {"head_warmup_steps": 20, "max_steps": 24, "do_eval": True, "eval_batch_size": 16}
+    options["head_learning_rate"] = 0.1
+    finetune(quick_config(data_dir, tiny_encoder_dir, output, **options))
+    base = output / "base"
+    assert (base / "model.safetensors").is_file() and (base / "tokenizer.json").is_file()
+    assert not list(output.glob("*.partial"))
+    assert load_masked_lm_model(str(base)).fresh_heads == ()  # a trained masked-LM head, loaded as such
+    assert json.loads((output / "training_args.json").read_text())["warmed_base"] == "base"
+    records = read_metrics(output)
+    (saved,) = [record for record in records if record["kind"] == "warmed_base"]
+    assert saved["directory"] == "base" and saved["head_only_steps"] == 20
+
+    def held_out_loss(model: Path) -> float:
+        config = EvaluateConfig(model=str(model), data=data_dir, batch_size=16, no_cuda=True, show_progress=False)
+        return evaluate_model(config).mlm_loss
+
+    random_head, warmed = held_out_loss(tiny_encoder_dir), held_out_loss(base)
+    assert warmed < random_head - 0.4  # not a random head's guesses (5.18 → 4.62 here)
+    step_zero = next(record for record in records if record["kind"] == "eval")
+    assert warmed == pytest.approx(step_zero["mlm_loss"], rel=1e-4)  # the table's "before" is this model
+    printed = capsys.readouterr().out
+    assert (
+        f"before: the base model with its fresh heads trained alone for 20 head-only steps, saved as {base}" in printed
+    )
+
+
+def test_no_warmed_base_when_the_checkpoint_had_its_heads(data_dir: Path, tiny_bert_dir: Path, tmp_path: Path) -> None:
+    import json
+
+    output = tmp_path / "run"
+    finetune(quick_config(data_dir, tiny_bert_dir, output, max_steps=4, head_warmup_steps=2))
+    assert not (output / "base").exists() and "warmed_base" not in json.loads(
+        (output / "training_args.json").read_text()
+    )
+    assert all(record["kind"] != "warmed_base" for record in read_metrics(output))

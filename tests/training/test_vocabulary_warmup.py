@@ -12,7 +12,7 @@ import vocabulary_assets
 from training_helpers import quick_config
 
 from bert_domain_ft.training import recipe
-from bert_domain_ft.training.loop import auto_warmup_steps, plan_head_warmup
+from bert_domain_ft.training.budget import auto_warmup_steps, plan_head_warmup
 from bert_domain_ft.training.recipe import finetune
 
 EMBEDDINGS = "bert.embeddings.word_embeddings.weight"
