@@ -205,10 +205,10 @@ def test_mlm_only_data_trains_without_nsp_and_saves_no_nsp_head(
 @pytest.fixture(scope="module")
 def mlm_only_run(tmp_path_factory: pytest.TempPathFactory, tiny_corpus: Path, sentence_encoder_dir: Path) -> Path:
     """A sentence-transformers encoder (no pretraining heads) adapted on masked LM only (``--objective auto``),
-    with a held-out set, ``--save_best`` and checkpoints every 2 of its 4 steps."""
+    with a held-out set, ``--save_best`` and checkpoints every 2 of its 4 main steps (6 in all, 2 head-only)."""
     root = tmp_path_factory.mktemp("mlm_only")
     data = make_pregenerated(tiny_corpus, sentence_encoder_dir, root / "data", epochs=1, holdout_fraction=0.1)
-    options = {"max_steps": 4, "save_steps": 2, "save_best": True, "head_warmup_steps": 2, "train_batch_size": 16}
+    options = {"max_steps": 6, "save_steps": 2, "save_best": True, "head_warmup_steps": 2, "train_batch_size": 16}
     return finetune(quick_config(data, sentence_encoder_dir, root / "run", **options))
 
 

@@ -1,6 +1,7 @@
 """One process of the 2-process DDP test (launched by torch.distributed.run from test_training_ddp.py).
 
-Records the instance indices this rank trains on per epoch and its final weights, then exits.
+Records the instance indices this rank trains on per epoch (the head-only steps read the run's first batches, the
+main phase the rest: each is read once) and its final weights, then exits.
 Usage: python -m torch.distributed.run --standalone --nproc_per_node 2 training_ddp_worker.py DATA MODEL OUT REPORTS
 """
 
@@ -39,7 +40,6 @@ def main() -> None:
     run = TrainingLoop.run
 
     def run_and_keep_weights(self: TrainingLoop, start):  # type: ignore[no-untyped-def]
-        seen.clear()  # a fresh head's warm-up reads batches first: count the main training's reads only
         position = run(self, start)
         save_rank_weights(self.setup.model, reports, rank)
         return position
