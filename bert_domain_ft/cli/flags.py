@@ -3,7 +3,9 @@
 Each field is one flag: its name (``--max_seq_len``, also the key in config files), type (``X | None``, ``list[X]``:
 several values, ``bool``: a switch), default and help (the first sentence of the docstring below the field).
 ``dataclasses.field(metadata=...)`` adds what the type cannot say: ``flag`` (another name; on a bool defaulting to
-True, a switch turning it off: ``show_progress`` ↔ ``--no_progress``), ``aliases``, ``positional``, ``choices``,
+True, a switch turning it off: ``show_progress`` ↔ ``--no_progress``), ``aliases`` (other names it also takes, on the
+command line and as config file keys, kept out of --help: the original scripts' and earlier versions' names),
+``positional``, ``choices``,
 ``metavar``, ``nargs``, ``one_of`` (a required group, exactly one given), ``auto`` (also takes ``auto``: None),
 ``negatable`` (``--x``/``--no-x``), ``cli_default`` and ``nested`` (a config inside whose fields are flags too:
 ``{"exclude": names, "required": names}``).
@@ -15,8 +17,8 @@ from __future__ import annotations
 
 import argparse
 import ast
+import copy
 import dataclasses
-import difflib
 import functools
 import inspect
 import json
@@ -25,7 +27,7 @@ import sys
 import textwrap
 import types
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +59,48 @@ def file_path(text: str) -> Path:
         return nonempty_path(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _words(name: str) -> list[str]:
+    """A flag's name as lower-case words: ``--Max-Steps`` → ["max", "steps"]."""
+    return [word for word in re.split(r"[-_]+", name.split("=")[0].lower()) if word]
+
+
+def _edits(first: str, second: str) -> int:
+    """Optimal string alignment distance: letters inserted, deleted, replaced, or two neighbours swapped."""
+    previous, current = list(range(len(second) + 1)), [0] * (len(second) + 1)
+    before: list[int] = []
+    for i, a in enumerate(first, 1):
+        current = [i] + [0] * len(second)
+        for j, b in enumerate(second, 1):
+            current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (a != b))
+            if i > 1 and j > 1 and a == second[j - 2] and first[i - 2] == b:
+                current[j] = min(current[j], before[j - 2] + 1)
+        before, previous = previous, current
+    return previous[-1]
+
+
+def is_spelling_variant(typed: str, name: str) -> bool:
+    """Whether ``typed`` is ``name`` misspelt: the same letters but for case and separators (``--Max-Steps``,
+    ``--maxsteps``), or as many words, each the same or one slip away (a letter added, dropped, replaced or two
+    swapped) where both have three letters or more and one four ("do" is not a slip of "no"). A word more or less
+    (head_, general_, probe_) makes another flag with another meaning, never a slip."""
+    typed_words, words = _words(typed), _words(name)
+    if "".join(typed_words) == "".join(words):
+        return True
+    return len(typed_words) == len(words) and all(
+        a == b or min(len(a), len(b)) >= 3 and max(len(a), len(b)) >= 4 and _edits(a, b) <= 1
+        for a, b in zip(typed_words, words)
+    )
+
+
+def did_you_mean(typed: str, names: Sequence[str], elsewhere: Collection[str] = ()) -> str | None:
+    """The one of ``names`` that ``typed`` misspells (``is_spelling_variant``; the closest when several are), or
+    None. Never a suggestion for a name in ``elsewhere`` (another command's flag: it has a meaning of its own)."""
+    if typed.split("=")[0] in elsewhere:
+        return None
+    close = [name for name in names if is_spelling_variant(typed, name)]
+    return min(close, key=lambda name: (_edits("_".join(_words(typed)), "_".join(_words(name))), name), default=None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,14 +136,25 @@ def field_docs(config_class: type) -> dict[str, str]:
     return docs
 
 
-def _help(doc: str, action: str | None, default: Any) -> str:
-    """The docstring's first sentence on one line, with the default; argparse's ``%`` escaped."""
+def shown_default(value: Any) -> str:
+    """A default as --help shows it, in plain words: a list as its items ("none"), a path as its text, "" for
+    None, "" and switches (no default to show)."""
+    if value is None or isinstance(value, bool):
+        return ""
+    if isinstance(value, (list, tuple)):
+        return ", ".join(shown_default(item) for item in value)
+    return str(value)
+
+
+def _help(doc: str, action: str | None, default: Any, dest: str) -> str:
+    """The docstring's first sentence on one line, with the default; a switch that turns a default behaviour off
+    says so after it (unless the sentence names the flag itself); argparse's ``%`` escaped."""
     text = " ".join(doc.replace("``", "").split())
     text = re.split(r"(?<!e\.g\.)(?<!i\.e\.)(?<=[.!?])\s+", text, maxsplit=1)[0]
-    if action == "negated":
-        text = f"turn off: {text[:1].lower()}{text[1:]}"
-    elif action is None and default not in (None, ""):
-        text = f"{text} (default: {default})"
+    if action == "negated" and f"--{dest}" not in text:
+        text = f"{text.rstrip('.')}; this flag turns that off."
+    elif action is None and shown_default(default):
+        text = f"{text} (default: {shown_default(default)})"
     return text.replace("%", "%%")
 
 
@@ -122,7 +177,7 @@ def _flag(owner: type, field: dataclasses.Field, hint: Any, required: bool) -> F
     names = () if meta.get("positional") else tuple(f"--{name}" for name in (dest, *meta.get("aliases", ())))
     return Flag(
         owner, field.name, dest, steps_or_auto if meta.get("auto") else file_path if kind is Path else kind, default,
-        _help(field_docs(owner).get(field.name, field.name), action, default), names, action,
+        _help(field_docs(owner).get(field.name, field.name), action, default, dest), names, action,
         meta.get("nargs", nargs), required, meta.get("choices"), meta.get("metavar"), meta.get("one_of"),
     )  # fmt: skip
 
@@ -138,6 +193,22 @@ def flags_of(config_class: type, exclude: Sequence[str] = (), required: Sequence
             missing = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
             flags.append(_flag(config_class, field, hints[field.name], missing or field.name in required))
     return flags
+
+
+# A field's name in help text: lower-case words joined by "_", not part of a flag, a path or a file name.
+_FIELD_NAME = re.compile(r"(?<![\w./-])[a-z][a-z0-9]*(?:_[a-z0-9]+)+(?![\w/-])")
+
+
+def naming_flags(flags: Sequence[Flag]) -> list[Flag]:
+    """``flags`` with the fields their help mentions written as the flags that set them (``holdout_data`` →
+    ``--holdout_data``, ``plot_output`` → ``--plot``), so --help speaks of what the reader can type. Fields set by
+    a switch that turns them off (``do_eval`` ↔ ``--no_eval``) stay as written: as flags they would say the opposite."""
+    names = {flag.name: f"--{flag.dest}" for flag in flags if flag.names and flag.action != "negated"}
+
+    def named(match: re.Match[str]) -> str:
+        return names.get(match.group(0), match.group(0))
+
+    return [dataclasses.replace(flag, help=_FIELD_NAME.sub(named, flag.help)) for flag in flags]
 
 
 def build_config(config_class: type, arguments: argparse.Namespace, **overrides: Any) -> Any:
@@ -173,15 +244,32 @@ def add_flags(parser: Any, flags: Sequence[Flag], defaults: Mapping[str, Any] = 
             groups.get(flag.group, parser).add_argument(flag.dest, **options)
         else:
             options.update(dest=flag.dest, required=flag.required and flag.dest not in defaults)
-            groups.get(flag.group, parser).add_argument(*flag.names, **options)
+            action = groups.get(flag.group, parser).add_argument(*flag.names, **options)
+            action.hidden_names = flag.names[1:]  # type: ignore[attr-defined]  # aliases: see HelpFormatter
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Lists each flag under its own name: the other names it also takes (``Flag.names[1:]``, the original scripts'
+    and earlier versions') stay out of --help."""
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        hidden = getattr(action, "hidden_names", ())
+        if hidden:
+            action = copy.copy(action)
+            action.option_strings = [name for name in action.option_strings if name not in hidden]
+        return super()._format_action_invocation(action)
 
 
 class FlagParser(argparse.ArgumentParser):
-    """A parser of config flags that reads ``--config FILE`` first: the file's values become the flags' defaults."""
+    """A parser of config flags that reads ``--config FILE`` first: the file's values become the flags' defaults.
+    A flag is never abbreviated (``--max_step`` is refused, not taken for ``--max_steps``); an unknown one gets a
+    did-you-mean only for a spelling slip (``did_you_mean``), and one that is another command's flag is named as
+    such (``elsewhere``: flag name → the commands that take it)."""
 
-    def __init__(self, *args: Any, flags: Sequence[Flag] = (), defaults: Mapping[str, Any] = {}, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.flags = list(flags)
+    def __init__(self, *args: Any, flags: Sequence[Flag] = (), defaults: Mapping[str, Any] = {},
+                 elsewhere: Mapping[str, Sequence[str]] = {}, **kwargs: Any):  # fmt: skip
+        super().__init__(*args, **{"allow_abbrev": False, "formatter_class": HelpFormatter, **kwargs})
+        self.flags, self.elsewhere = list(flags), elsewhere
         add_flags(self, self.flags, defaults)
         group = self.add_argument_group("configuration file")
         group.add_argument("--config", type=Path, metavar="FILE", help=_CONFIG_HELP)
@@ -194,16 +282,28 @@ class FlagParser(argparse.ArgumentParser):
         except UserError as error:
             print(f"error: {error}", file=sys.stderr)
             raise SystemExit(EXIT_USER_ERROR) from None
-        parser = FlagParser(prog=self.prog, description=self.description, flags=self.flags, defaults=values)
+        parser = FlagParser(prog=self.prog, description=self.description, flags=self.flags, defaults=values,
+                            elsewhere=self.elsewhere)  # fmt: skip
+        names = list(parser._option_string_actions)
+        for word in args[: args.index("--") if "--" in args else len(args)]:  # said before any missing flag
+            if word.startswith("--") and word.split("=")[0] not in names:
+                parser.error(f"unrecognized argument {word}{self.unknown_hint(word.split('=')[0], names, '--{}')}")
         arguments, extras = argparse.ArgumentParser.parse_known_args(parser, args, namespace)
         for key in values:  # a flag given for another member of the key's exclusive group wins over the file
             if any(getattr(arguments, other) is not None for other in self.partners(key)):
                 setattr(arguments, key, None)
-        names = [name for flag in self.flags for name in flag.names] + ["--config", "--print_config"]
-        for extra in (extra for extra in extras if extra.startswith("--")):
-            for close in difflib.get_close_matches(extra.split("=")[0], names, n=1):
-                parser.error(f"unrecognized argument {extra}; did you mean {close}?")
         return arguments, extras
+
+    def unknown_hint(self, name: str, names: Sequence[str], spelled: str) -> str:
+        """What to say after "unknown ``name``": whose flag it is, or which of ``names`` it misspells (written as
+        ``spelled``, e.g. "--{}" or "'{}'"), or "" when neither."""
+        bare = name.lstrip("-")
+        owners = self.elsewhere.get(f"--{bare}", ())
+        if owners:
+            commands = ", ".join(owners[:-1]) + " and " + owners[-1] if len(owners) > 1 else owners[0]
+            return f": a flag of {commands}, not of this command; see {self.prog} --help"
+        close = did_you_mean(bare, [other.lstrip("-") for other in names])
+        return f"; did you mean {spelled.format(close)}?" if close else ""
 
     def partners(self, dest: str) -> set[str]:
         """The other flags in ``dest``'s exclusive group."""
@@ -211,19 +311,24 @@ class FlagParser(argparse.ArgumentParser):
         return {flag.dest for flag in self.flags if group and flag.group == group} - {dest}
 
     def file_values(self, args: list[str]) -> dict[str, Any]:
-        """The values of the ``--config`` file named in ``args`` (``{}`` without one), converted and checked."""
-        finder = argparse.ArgumentParser(add_help=False)
+        """The values of the ``--config`` file named in ``args`` (``{}`` without one), converted and checked. Its
+        keys are the flags' names (an alias names its flag: a file written before a rename still reads)."""
+        finder = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
         finder.add_argument("--config", type=Path, nargs="?")  # no value: the parser says so
         path = finder.parse_known_args(args)[0].config
-        by_dest = {flag.dest: flag for flag in self.flags}
-        values = {}
+        by_name = {name.lstrip("-"): flag for flag in self.flags for name in (flag.dest, *flag.names)}
+        values, keys = {}, {}  # dest → value, dest → the key that gave it
         for key, value in load_config_file(path).items() if path is not None else ():
-            if key not in by_dest:
-                close = difflib.get_close_matches(key, list(by_dest), n=1)
-                hint = f"did you mean '{close[0]}'?" if close else f"valid keys: {', '.join(sorted(by_dest))}"
-                raise UserError(f"{path}: unknown key '{key}'; {hint}")
+            if key not in by_name:
+                valid = "; valid keys: " + ", ".join(sorted(flag.dest for flag in self.flags))
+                hint = self.unknown_hint(key, list(by_name), "'{}'") or valid
+                raise UserError(f"{path}: unknown key '{key}'{hint}")
+            dest = by_name[key].dest
+            if dest in keys:
+                raise UserError(f"{path}: keys '{keys[dest]}' and '{key}' both set --{dest}; keep one")
+            keys[dest] = key
             if value is not None:  # null means "not set": the default applies
-                values[key] = convert_value(by_dest[key], value, f"{path}: key '{key}'")
+                values[dest] = convert_value(by_name[key], value, f"{path}: key '{key}'")
         for key in values:
             if self.partners(key) & set(values):
                 other = min(self.partners(key) & set(values))

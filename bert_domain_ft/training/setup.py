@@ -253,6 +253,7 @@ class OptimizationSettings:
     weight_decay: float = 0.01
     adam_epsilon: float = 1e-8
     warmup_proportion: float = 0.1
+    warmup_steps: int | None = None  # the ramp in steps; replaces warmup_proportion when given
     layerwise_lr_decay: float = 1.0  # 1.0: one rate for every layer
 
 
@@ -267,7 +268,7 @@ def build_optimization(
                     settings.layerwise_lr_decay, multiplier("bert.embeddings.word_embeddings.weight"))  # fmt: skip
     groups = parameter_groups(model, settings.learning_rate, settings.weight_decay, lr_multiplier=multiplier)
     optimizer = build_optimizer(groups, settings.learning_rate, settings.adam_epsilon, device)
-    warmup_steps = warmup_steps_for(total_steps, settings.warmup_proportion)
+    warmup_steps = warmup_steps_for(total_steps, settings.warmup_proportion, settings.warmup_steps)
     logger.info("%d optimizer steps, the first %d warming up", total_steps, warmup_steps)
     return optimizer, build_scheduler(optimizer, total_steps, warmup_steps)
 
