@@ -17,20 +17,19 @@ from __future__ import annotations
 
 import argparse
 import ast
-import copy
 import dataclasses
 import functools
 import inspect
 import json
-import re
 import sys
 import textwrap
 import types
 import typing
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from bert_domain_ft.cli.help_text import HelpFormatter, did_you_mean, help_line, name_fields
 from bert_domain_ft.errors import UserError, at_location
 from bert_domain_ft.files import nonempty_path, write_text_atomic
 
@@ -59,48 +58,6 @@ def file_path(text: str) -> Path:
         return nonempty_path(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
-
-
-def _words(name: str) -> list[str]:
-    """A flag's name as lower-case words: ``--Max-Steps`` → ["max", "steps"]."""
-    return [word for word in re.split(r"[-_]+", name.split("=")[0].lower()) if word]
-
-
-def _edits(first: str, second: str) -> int:
-    """Optimal string alignment distance: letters inserted, deleted, replaced, or two neighbours swapped."""
-    previous, current = list(range(len(second) + 1)), [0] * (len(second) + 1)
-    before: list[int] = []
-    for i, a in enumerate(first, 1):
-        current = [i] + [0] * len(second)
-        for j, b in enumerate(second, 1):
-            current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (a != b))
-            if i > 1 and j > 1 and a == second[j - 2] and first[i - 2] == b:
-                current[j] = min(current[j], before[j - 2] + 1)
-        before, previous = previous, current
-    return previous[-1]
-
-
-def is_spelling_variant(typed: str, name: str) -> bool:
-    """Whether ``typed`` is ``name`` misspelt: the same letters but for case and separators (``--Max-Steps``,
-    ``--maxsteps``), or as many words, each the same or one slip away (a letter added, dropped, replaced or two
-    swapped) where both have three letters or more and one four ("do" is not a slip of "no"). A word more or less
-    (head_, general_, probe_) makes another flag with another meaning, never a slip."""
-    typed_words, words = _words(typed), _words(name)
-    if "".join(typed_words) == "".join(words):
-        return True
-    return len(typed_words) == len(words) and all(
-        a == b or min(len(a), len(b)) >= 3 and max(len(a), len(b)) >= 4 and _edits(a, b) <= 1
-        for a, b in zip(typed_words, words)
-    )
-
-
-def did_you_mean(typed: str, names: Sequence[str], elsewhere: Collection[str] = ()) -> str | None:
-    """The one of ``names`` that ``typed`` misspells (``is_spelling_variant``; the closest when several are), or
-    None. Never a suggestion for a name in ``elsewhere`` (another command's flag: it has a meaning of its own)."""
-    if typed.split("=")[0] in elsewhere:
-        return None
-    close = [name for name in names if is_spelling_variant(typed, name)]
-    return min(close, key=lambda name: (_edits("_".join(_words(typed)), "_".join(_words(name))), name), default=None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,28 +93,6 @@ def field_docs(config_class: type) -> dict[str, str]:
     return docs
 
 
-def shown_default(value: Any) -> str:
-    """A default as --help shows it, in plain words: a list as its items ("none"), a path as its text, "" for
-    None, "" and switches (no default to show)."""
-    if value is None or isinstance(value, bool):
-        return ""
-    if isinstance(value, (list, tuple)):
-        return ", ".join(shown_default(item) for item in value)
-    return str(value)
-
-
-def _help(doc: str, action: str | None, default: Any, dest: str) -> str:
-    """The docstring's first sentence on one line, with the default; a switch that turns a default behaviour off
-    says so after it (unless the sentence names the flag itself); argparse's ``%`` escaped."""
-    text = " ".join(doc.replace("``", "").split())
-    text = re.split(r"(?<!e\.g\.)(?<!i\.e\.)(?<=[.!?])\s+", text, maxsplit=1)[0]
-    if action == "negated" and f"--{dest}" not in text:
-        text = f"{text.rstrip('.')}; this flag turns that off."
-    elif action is None and shown_default(default):
-        text = f"{text} (default: {shown_default(default)})"
-    return text.replace("%", "%%")
-
-
 def _value_type(hint: Any) -> tuple[Any, str | None]:
     """(type of one value, nargs) of a field's type hint: ``int | None`` → (int, None), ``list[str]`` → (str, "+")."""
     union = typing.get_origin(hint) in (typing.Union, types.UnionType)
@@ -177,7 +112,7 @@ def _flag(owner: type, field: dataclasses.Field, hint: Any, required: bool) -> F
     names = () if meta.get("positional") else tuple(f"--{name}" for name in (dest, *meta.get("aliases", ())))
     return Flag(
         owner, field.name, dest, steps_or_auto if meta.get("auto") else file_path if kind is Path else kind, default,
-        _help(field_docs(owner).get(field.name, field.name), action, default, dest), names, action,
+        help_line(field_docs(owner).get(field.name, field.name), action, default, dest), names, action,
         meta.get("nargs", nargs), required, meta.get("choices"), meta.get("metavar"), meta.get("one_of"),
     )  # fmt: skip
 
@@ -195,20 +130,12 @@ def flags_of(config_class: type, exclude: Sequence[str] = (), required: Sequence
     return flags
 
 
-# A field's name in help text: lower-case words joined by "_", not part of a flag, a path or a file name.
-_FIELD_NAME = re.compile(r"(?<![\w./-])[a-z][a-z0-9]*(?:_[a-z0-9]+)+(?![\w/-])")
-
-
 def naming_flags(flags: Sequence[Flag]) -> list[Flag]:
     """``flags`` with the fields their help mentions written as the flags that set them (``holdout_data`` →
     ``--holdout_data``, ``plot_output`` → ``--plot``), so --help speaks of what the reader can type. Fields set by
     a switch that turns them off (``do_eval`` ↔ ``--no_eval``) stay as written: as flags they would say the opposite."""
     names = {flag.name: f"--{flag.dest}" for flag in flags if flag.names and flag.action != "negated"}
-
-    def named(match: re.Match[str]) -> str:
-        return names.get(match.group(0), match.group(0))
-
-    return [dataclasses.replace(flag, help=_FIELD_NAME.sub(named, flag.help)) for flag in flags]
+    return [dataclasses.replace(flag, help=name_fields(flag.help, names)) for flag in flags]
 
 
 def build_config(config_class: type, arguments: argparse.Namespace, **overrides: Any) -> Any:
@@ -246,18 +173,6 @@ def add_flags(parser: Any, flags: Sequence[Flag], defaults: Mapping[str, Any] = 
             options.update(dest=flag.dest, required=flag.required and flag.dest not in defaults)
             action = groups.get(flag.group, parser).add_argument(*flag.names, **options)
             action.hidden_names = flag.names[1:]  # type: ignore[attr-defined]  # aliases: see HelpFormatter
-
-
-class HelpFormatter(argparse.HelpFormatter):
-    """Lists each flag under its own name: the other names it also takes (``Flag.names[1:]``, the original scripts'
-    and earlier versions') stay out of --help."""
-
-    def _format_action_invocation(self, action: argparse.Action) -> str:
-        hidden = getattr(action, "hidden_names", ())
-        if hidden:
-            action = copy.copy(action)
-            action.option_strings = [name for name in action.option_strings if name not in hidden]
-        return super()._format_action_invocation(action)
 
 
 class FlagParser(argparse.ArgumentParser):

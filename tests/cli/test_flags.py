@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bert_domain_ft.cli import COMMANDS, build_parser, parse_with_config
-from bert_domain_ft.cli.flags import did_you_mean
+from bert_domain_ft.cli.help_text import did_you_mean
 
 FINETUNE = ["finetune", "--pregenerated_data", "d", "--output_dir", "o", "--bert_model", "m"]
 
