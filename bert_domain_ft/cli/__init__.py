@@ -20,6 +20,7 @@ from bert_domain_ft.cli.commands import run_command, run_guarded
 from bert_domain_ft.cli.flags import (
     Flag,
     FlagParser,
+    OtherFlags,
     add_flags,
     flags_of,
     naming_flags,
@@ -65,7 +66,7 @@ class Command:
 
     def classic_parser(self) -> FlagParser:
         """The parser of the console script named after an original ``lm_finetuning`` script."""
-        return FlagParser(prog=self.classic, description=self.help, flags=self.flags(), elsewhere=flag_owners())
+        return FlagParser(prog=self.classic, description=self.help, flags=self.flags(), elsewhere=other_flags())
 
     def classic_main(self, argv: Sequence[str] | None = None) -> int:
         """Run as the console script named after an original ``lm_finetuning`` script: same flags, and ``--config``."""
@@ -119,7 +120,7 @@ class CommandGroup:
                                        parser_class=FlagParser)  # fmt: skip
         for command in self.commands.values():
             nested.add_parser(command.name, help=command.help, description=command.help, flags=command.flags(),
-                              elsewhere=flag_owners())  # fmt: skip
+                              elsewhere=other_flags())  # fmt: skip
         return parser
 
 
@@ -136,22 +137,28 @@ GROUPS = {group.name: group for group in (VOCAB,)}
 
 
 @functools.cache
-def flag_owners() -> dict[str, tuple[str, ...]]:
-    """Every name a flag answers to (aliases included) → the commands that take it, e.g. "--epochs" → ("finetune",
-    "probe", "simple"): a flag typed to a command that lacks it is named as another command's, never answered with
-    a look-alike of this one's (``FlagParser.unknown_hint``)."""
+def other_flags() -> OtherFlags:
+    """Every name a flag answers to (aliases included) → the commands that take it (e.g. "--epochs" → finetune,
+    probe, simple) and → the flag's other names: a flag typed to a command that lacks it is named as another
+    command's, or as this command's name for it, never answered with a look-alike (``FlagParser.unknown_hint``)."""
     commands = [(command.name, command) for command in COMMANDS.values()]
     commands += [(f"{group.name} {name}", sub) for group in GROUPS.values() for name, sub in group.commands.items()]
-    owners: dict[str, list[str]] = {}
+    owners: dict[str, set[str]] = {}
+    synonyms: dict[str, set[str]] = {}
     for words, command in commands:
-        for name in {name for flag in command.flags() for name in flag.names}:
-            owners.setdefault(name, []).append(words)
-    return {name: tuple(sorted(words)) for name, words in owners.items()}
+        for flag in command.flags():
+            for name in flag.names:
+                owners.setdefault(name, set()).add(words)
+                synonyms.setdefault(name, set()).update(set(flag.names) - {name})
+    return OtherFlags(
+        {name: tuple(sorted(words)) for name, words in owners.items()},
+        {name: frozenset(others) for name, others in synonyms.items() if others},
+    )
 
 
 def _command_parser(*, group: CommandGroup | None = None, **kwargs: Any) -> argparse.ArgumentParser:
     """The parser of a top-level command: a ``FlagParser`` of its flags, or a group's router."""
-    return FlagParser(elsewhere=flag_owners(), **kwargs) if group is None else group.parser(**kwargs)
+    return FlagParser(elsewhere=other_flags(), **kwargs) if group is None else group.parser(**kwargs)
 
 
 def chosen_command(arguments: argparse.Namespace) -> Command:

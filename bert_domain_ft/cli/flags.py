@@ -175,14 +175,24 @@ def add_flags(parser: Any, flags: Sequence[Flag], defaults: Mapping[str, Any] = 
             action.hidden_names = flag.names[1:]  # type: ignore[attr-defined]  # aliases: see HelpFormatter
 
 
+@dataclasses.dataclass(frozen=True)
+class OtherFlags:
+    """The flags of every command, for the answer to a flag this one lacks: name → the commands that take it, and
+    name → the other names of the same flag (evaluate's --model is --bert_model, simple's --max_seq_length is
+    --max_seq_len)."""
+
+    owners: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    synonyms: Mapping[str, frozenset[str]] = dataclasses.field(default_factory=dict)
+
+
 class FlagParser(argparse.ArgumentParser):
     """A parser of config flags that reads ``--config FILE`` first: the file's values become the flags' defaults.
     A flag is never abbreviated (``--max_step`` is refused, not taken for ``--max_steps``); an unknown one gets a
-    did-you-mean only for a spelling slip (``did_you_mean``), and one that is another command's flag is named as
-    such (``elsewhere``: flag name → the commands that take it)."""
+    did-you-mean only for a spelling slip (``did_you_mean``) or for another name of the same flag, and one that is
+    another command's flag is named as such (``elsewhere``)."""
 
     def __init__(self, *args: Any, flags: Sequence[Flag] = (), defaults: Mapping[str, Any] = {},
-                 elsewhere: Mapping[str, Sequence[str]] = {}, **kwargs: Any):  # fmt: skip
+                 elsewhere: OtherFlags = OtherFlags(), **kwargs: Any):  # fmt: skip
         super().__init__(*args, **{"allow_abbrev": False, "formatter_class": HelpFormatter, **kwargs})
         self.flags, self.elsewhere = list(flags), elsewhere
         add_flags(self, self.flags, defaults)
@@ -213,7 +223,11 @@ class FlagParser(argparse.ArgumentParser):
         """What to say after "unknown ``name``": whose flag it is, or which of ``names`` it misspells (written as
         ``spelled``, e.g. "--{}" or "'{}'"), or "" when neither."""
         bare = name.lstrip("-")
-        owners = self.elsewhere.get(f"--{bare}", ())
+        here = {other.lstrip("-") for other in names}
+        same = sorted(here & {other.lstrip("-") for other in self.elsewhere.synonyms.get(f"--{bare}", ())})
+        if len(same) == 1:  # e.g. evaluate's old --model, typed to finetune: its --bert_model
+            return f"; did you mean {spelled.format(same[0])}? (this command's name for it)"
+        owners = self.elsewhere.owners.get(f"--{bare}", ())
         if owners:
             commands = ", ".join(owners[:-1]) + " and " + owners[-1] if len(owners) > 1 else owners[0]
             return f": a flag of {commands}, not of this command; see {self.prog} --help"

@@ -111,6 +111,21 @@ def test_every_flag_of_another_command_is_named_as_such_never_answered_with_a_lo
             assert did_you_mean(name, sorted(own), elsewhere=others) is None, (words, name)
 
 
+@pytest.mark.parametrize(
+    ("argv", "answer"),
+    [
+        (["finetune", "--pregenerated_data", "d", "--output_dir", "o", "--model", "m"], "did you mean --bert_model?"),
+        (["pregenerate", "--train_corpus", "c", "--output_dir", "o", "--max_seq_length", "64"], "--max_seq_len?"),
+        (["fill-mask", "--models", "m", "--from_holdout", "2", "--pregenerated_data", "d"], "--holdout_data?"),
+        ([*FINETUNE, "--data", "d"], "a flag of evaluate, not of this command"),  # --holdout_data or training data?
+    ],
+)
+def test_another_commands_name_for_a_flag_of_this_one_is_answered_with_this_ones(
+    capsys: pytest.CaptureFixture[str], argv: list[str], answer: str
+) -> None:
+    assert answer in refusal(capsys, argv)
+
+
 def test_a_misspelled_config_key_gets_the_same_rule(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = tmp_path / "run.json"
     config.write_text('{"head_warmup": 5}')
