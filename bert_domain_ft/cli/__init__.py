@@ -10,13 +10,23 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from bert_domain_ft.cli import commands
 from bert_domain_ft.cli.commands import run_command, run_guarded
-from bert_domain_ft.cli.flags import Flag, FlagParser, add_flags, flags_of, parse_with_config, steps_or_auto
+from bert_domain_ft.cli.flags import (
+    Flag,
+    FlagParser,
+    OtherFlags,
+    add_flags,
+    flags_of,
+    naming_flags,
+    parse_with_config,
+    steps_or_auto,
+)
 from bert_domain_ft.corpus.config import (
     CheckConfig,
     PrepareConfig,
@@ -27,7 +37,7 @@ from bert_domain_ft.corpus.config import (
 )
 from bert_domain_ft.data.config import PregenerateConfig
 from bert_domain_ft.evaluation.config import EvaluateConfig, FillMaskConfig, PlotConfig, ProbeConfig
-from bert_domain_ft.training.config import FinetuneConfig, OriginalSimpleFlags, SimpleConfig
+from bert_domain_ft.training.config import FinetuneConfig, OriginalSimpleFlags, OriginalTrainingFlags, SimpleConfig
 
 __all__ = ["build_parser", "main", "parse_with_config", "run_command", "run_guarded", "steps_or_auto"]
 
@@ -48,27 +58,38 @@ class Command:
         return (self.run.__doc__ or self.name).strip()
 
     def flags(self) -> list[Flag]:
-        return [flag for config in self.configs for flag in flags_of(config)]
+        return naming_flags([flag for config in self.configs for flag in flags_of(config)])
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         """Add the command's flags to any parser (without ``--config``)."""
         add_flags(parser, self.flags())
 
+    def classic_parser(self) -> FlagParser:
+        """The parser of the console script named after an original ``lm_finetuning`` script."""
+        return FlagParser(prog=self.classic, description=self.help, flags=self.flags(), elsewhere=other_flags())
+
     def classic_main(self, argv: Sequence[str] | None = None) -> int:
         """Run as the console script named after an original ``lm_finetuning`` script: same flags, and ``--config``."""
         printable_output()
-        parser = FlagParser(prog=self.classic, description=self.help, flags=self.flags())
-        return run_command(parse_with_config(parser, argv), self.run)
+        return run_command(parse_with_config(self.classic_parser(), argv), self.run)
 
 
 PREPARE = Command("prepare", (PrepareConfig,), commands.run_prepare)
 CHECK = Command("check", (CheckConfig,), commands.run_check)
 PREGENERATE = Command("pregenerate", (PregenerateConfig,), commands.run_pregenerate, None, "pregenerate-training-data")
 FINETUNE = Command(
-    "finetune", (FinetuneConfig,), commands.run_finetune, commands.finetune_config, "finetune-on-pregenerated"
+    "finetune",
+    (FinetuneConfig, OriginalTrainingFlags),
+    commands.run_finetune,
+    commands.finetune_config,
+    "finetune-on-pregenerated",
 )
 SIMPLE = Command(
-    "simple", (SimpleConfig, OriginalSimpleFlags), commands.run_simple, commands.simple_config, "simple-lm-finetuning"
+    "simple",
+    (SimpleConfig, OriginalSimpleFlags, OriginalTrainingFlags),
+    commands.run_simple,
+    commands.simple_config,
+    "simple-lm-finetuning",
 )
 EVALUATE = Command("evaluate", (EvaluateConfig,), commands.run_evaluate)
 PLOT = Command("plot", (PlotConfig,), commands.run_plot)
@@ -93,12 +114,13 @@ class CommandGroup:
 
     def parser(self, **kwargs: Any) -> argparse.ArgumentParser:
         """Its parser: routes to one ``FlagParser`` per subcommand (a group takes no flags of its own)."""
-        parser = argparse.ArgumentParser(**kwargs)
+        parser = argparse.ArgumentParser(allow_abbrev=False, **kwargs)
         choices = "{" + ",".join(self.commands) + "}"  # named in the error when none is given
         nested = parser.add_subparsers(dest=f"{self.name}_command", metavar=choices, required=True,
                                        parser_class=FlagParser)  # fmt: skip
         for command in self.commands.values():
-            nested.add_parser(command.name, help=command.help, description=command.help, flags=command.flags())
+            nested.add_parser(command.name, help=command.help, description=command.help, flags=command.flags(),
+                              elsewhere=other_flags())  # fmt: skip
         return parser
 
 
@@ -114,9 +136,29 @@ VOCAB = CommandGroup(
 GROUPS = {group.name: group for group in (VOCAB,)}
 
 
+@functools.cache
+def other_flags() -> OtherFlags:
+    """Every name a flag answers to (aliases included) → the commands that take it (e.g. "--epochs" → finetune,
+    probe, simple) and → the flag's other names: a flag typed to a command that lacks it is named as another
+    command's, or as this command's name for it, never answered with a look-alike (``FlagParser.unknown_hint``)."""
+    commands = [(command.name, command) for command in COMMANDS.values()]
+    commands += [(f"{group.name} {name}", sub) for group in GROUPS.values() for name, sub in group.commands.items()]
+    owners: dict[str, set[str]] = {}
+    synonyms: dict[str, set[str]] = {}
+    for words, command in commands:
+        for flag in command.flags():
+            for name in flag.names:
+                owners.setdefault(name, set()).add(words)
+                synonyms.setdefault(name, set()).update(set(flag.names) - {name})
+    return OtherFlags(
+        {name: tuple(sorted(words)) for name, words in owners.items()},
+        {name: frozenset(others) for name, others in synonyms.items() if others},
+    )
+
+
 def _command_parser(*, group: CommandGroup | None = None, **kwargs: Any) -> argparse.ArgumentParser:
     """The parser of a top-level command: a ``FlagParser`` of its flags, or a group's router."""
-    return FlagParser(**kwargs) if group is None else group.parser(**kwargs)
+    return FlagParser(elsewhere=other_flags(), **kwargs) if group is None else group.parser(**kwargs)
 
 
 def chosen_command(arguments: argparse.Namespace) -> Command:
@@ -127,6 +169,7 @@ def chosen_command(arguments: argparse.Namespace) -> Command:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
+        allow_abbrev=False,
         prog="bert-domain-ft",
         description="Adapt a pretrained BERT to your domain by continuing its pretraining (masked LM + NSP).",
     )

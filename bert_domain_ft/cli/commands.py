@@ -8,7 +8,6 @@ The library is imported inside the functions, so ``--help`` and the data stages 
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import logging
 import os
@@ -35,7 +34,7 @@ from bert_domain_ft.corpus.config import (
 from bert_domain_ft.data.config import PregenerateConfig, corpora_from_text
 from bert_domain_ft.errors import UserError
 from bert_domain_ft.evaluation.config import EvaluateConfig, FillMaskConfig, PlotConfig, ProbeConfig
-from bert_domain_ft.training.config import FinetuneConfig, OriginalSimpleFlags, SimpleConfig
+from bert_domain_ft.training.config import FinetuneConfig, OriginalSimpleFlags, OriginalTrainingFlags, SimpleConfig
 
 EXIT_REJECTED = 1
 EXIT_INTERRUPTED = 130
@@ -127,7 +126,19 @@ def run_pregenerate(arguments: argparse.Namespace) -> int:
     return 0
 
 
-finetune_config = functools.partial(build_config, FinetuneConfig)  # the flags → a FinetuneConfig
+def finetune_config(arguments: argparse.Namespace) -> FinetuneConfig:
+    """The flags → a ``FinetuneConfig``; an original script's flag that sets nothing here is said in one line."""
+    _note_ignored_flags(arguments)
+    return build_config(FinetuneConfig, arguments)
+
+
+def _note_ignored_flags(arguments: argparse.Namespace) -> None:
+    level = build_config(OriginalTrainingFlags, arguments).fp16_opt_level
+    if level is not None:
+        logging.getLogger(__name__).info(
+            "--fp16_opt_level %s is apex's and changes nothing here: --fp16 uses torch.amp (float16 autocast with a "
+            "gradient scaler), which has no levels", level
+        )  # fmt: skip
 
 
 def run_finetune(arguments: argparse.Namespace) -> int:
@@ -144,6 +155,7 @@ def simple_config(arguments: argparse.Namespace) -> SimpleConfig:
         # finetune's other yardstick, the held-out MLM loss, needs pregenerated data with --holdout_fraction.
         raise UserError("--save_best: simple has no held-out set, so the best model is the best by a probe; "
                         "give --probe_train and --probe_test (labelled sentences, see `bert-domain-ft probe`)")  # fmt: skip
+    _note_ignored_flags(arguments)
     epochs = build_config(OriginalSimpleFlags, arguments).epochs(arguments.epochs)
     overrides = {"pregenerated_data": arguments.train_corpus, "epochs": epochs, "do_eval": False}
     return build_config(SimpleConfig, arguments, training=build_config(FinetuneConfig, arguments, **overrides))

@@ -3,7 +3,9 @@
 Each field is one flag: its name (``--max_seq_len``, also the key in config files), type (``X | None``, ``list[X]``:
 several values, ``bool``: a switch), default and help (the first sentence of the docstring below the field).
 ``dataclasses.field(metadata=...)`` adds what the type cannot say: ``flag`` (another name; on a bool defaulting to
-True, a switch turning it off: ``show_progress`` ↔ ``--no_progress``), ``aliases``, ``positional``, ``choices``,
+True, a switch turning it off: ``show_progress`` ↔ ``--no_progress``), ``aliases`` (other names it also takes, on the
+command line and as config file keys, kept out of --help: the original scripts' and earlier versions' names),
+``positional``, ``choices``,
 ``metavar``, ``nargs``, ``one_of`` (a required group, exactly one given), ``auto`` (also takes ``auto``: None),
 ``negatable`` (``--x``/``--no-x``), ``cli_default`` and ``nested`` (a config inside whose fields are flags too:
 ``{"exclude": names, "required": names}``).
@@ -16,11 +18,9 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
-import difflib
 import functools
 import inspect
 import json
-import re
 import sys
 import textwrap
 import types
@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from bert_domain_ft.cli.help_text import HelpFormatter, did_you_mean, help_line, name_fields
 from bert_domain_ft.errors import UserError, at_location
 from bert_domain_ft.files import nonempty_path, write_text_atomic
 
@@ -92,17 +93,6 @@ def field_docs(config_class: type) -> dict[str, str]:
     return docs
 
 
-def _help(doc: str, action: str | None, default: Any) -> str:
-    """The docstring's first sentence on one line, with the default; argparse's ``%`` escaped."""
-    text = " ".join(doc.replace("``", "").split())
-    text = re.split(r"(?<!e\.g\.)(?<!i\.e\.)(?<=[.!?])\s+", text, maxsplit=1)[0]
-    if action == "negated":
-        text = f"turn off: {text[:1].lower()}{text[1:]}"
-    elif action is None and default not in (None, ""):
-        text = f"{text} (default: {default})"
-    return text.replace("%", "%%")
-
-
 def _value_type(hint: Any) -> tuple[Any, str | None]:
     """(type of one value, nargs) of a field's type hint: ``int | None`` → (int, None), ``list[str]`` → (str, "+")."""
     union = typing.get_origin(hint) in (typing.Union, types.UnionType)
@@ -122,7 +112,7 @@ def _flag(owner: type, field: dataclasses.Field, hint: Any, required: bool) -> F
     names = () if meta.get("positional") else tuple(f"--{name}" for name in (dest, *meta.get("aliases", ())))
     return Flag(
         owner, field.name, dest, steps_or_auto if meta.get("auto") else file_path if kind is Path else kind, default,
-        _help(field_docs(owner).get(field.name, field.name), action, default), names, action,
+        help_line(field_docs(owner).get(field.name, field.name), action, default, dest), names, action,
         meta.get("nargs", nargs), required, meta.get("choices"), meta.get("metavar"), meta.get("one_of"),
     )  # fmt: skip
 
@@ -138,6 +128,14 @@ def flags_of(config_class: type, exclude: Sequence[str] = (), required: Sequence
             missing = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
             flags.append(_flag(config_class, field, hints[field.name], missing or field.name in required))
     return flags
+
+
+def naming_flags(flags: Sequence[Flag]) -> list[Flag]:
+    """``flags`` with the fields their help mentions written as the flags that set them (``holdout_data`` →
+    ``--holdout_data``, ``plot_output`` → ``--plot``), so --help speaks of what the reader can type. Fields set by
+    a switch that turns them off (``do_eval`` ↔ ``--no_eval``) stay as written: as flags they would say the opposite."""
+    names = {flag.name: f"--{flag.dest}" for flag in flags if flag.names and flag.action != "negated"}
+    return [dataclasses.replace(flag, help=name_fields(flag.help, names)) for flag in flags]
 
 
 def build_config(config_class: type, arguments: argparse.Namespace, **overrides: Any) -> Any:
@@ -173,15 +171,30 @@ def add_flags(parser: Any, flags: Sequence[Flag], defaults: Mapping[str, Any] = 
             groups.get(flag.group, parser).add_argument(flag.dest, **options)
         else:
             options.update(dest=flag.dest, required=flag.required and flag.dest not in defaults)
-            groups.get(flag.group, parser).add_argument(*flag.names, **options)
+            action = groups.get(flag.group, parser).add_argument(*flag.names, **options)
+            action.hidden_names = flag.names[1:]  # type: ignore[attr-defined]  # aliases: see HelpFormatter
+
+
+@dataclasses.dataclass(frozen=True)
+class OtherFlags:
+    """The flags of every command, for the answer to a flag this one lacks: name → the commands that take it, and
+    name → the other names of the same flag (evaluate's --model is --bert_model, simple's --max_seq_length is
+    --max_seq_len)."""
+
+    owners: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    synonyms: Mapping[str, frozenset[str]] = dataclasses.field(default_factory=dict)
 
 
 class FlagParser(argparse.ArgumentParser):
-    """A parser of config flags that reads ``--config FILE`` first: the file's values become the flags' defaults."""
+    """A parser of config flags that reads ``--config FILE`` first: the file's values become the flags' defaults.
+    A flag is never abbreviated (``--max_step`` is refused, not taken for ``--max_steps``); an unknown one gets a
+    did-you-mean only for a spelling slip (``did_you_mean``) or for another name of the same flag, and one that is
+    another command's flag is named as such (``elsewhere``)."""
 
-    def __init__(self, *args: Any, flags: Sequence[Flag] = (), defaults: Mapping[str, Any] = {}, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.flags = list(flags)
+    def __init__(self, *args: Any, flags: Sequence[Flag] = (), defaults: Mapping[str, Any] = {},
+                 elsewhere: OtherFlags = OtherFlags(), **kwargs: Any):  # fmt: skip
+        super().__init__(*args, **{"allow_abbrev": False, "formatter_class": HelpFormatter, **kwargs})
+        self.flags, self.elsewhere = list(flags), elsewhere
         add_flags(self, self.flags, defaults)
         group = self.add_argument_group("configuration file")
         group.add_argument("--config", type=Path, metavar="FILE", help=_CONFIG_HELP)
@@ -194,16 +207,32 @@ class FlagParser(argparse.ArgumentParser):
         except UserError as error:
             print(f"error: {error}", file=sys.stderr)
             raise SystemExit(EXIT_USER_ERROR) from None
-        parser = FlagParser(prog=self.prog, description=self.description, flags=self.flags, defaults=values)
+        parser = FlagParser(prog=self.prog, description=self.description, flags=self.flags, defaults=values,
+                            elsewhere=self.elsewhere)  # fmt: skip
+        names = list(parser._option_string_actions)
+        for word in args[: args.index("--") if "--" in args else len(args)]:  # said before any missing flag
+            if word.startswith("--") and word.split("=")[0] not in names:
+                parser.error(f"unrecognized argument {word}{self.unknown_hint(word.split('=')[0], names, '--{}')}")
         arguments, extras = argparse.ArgumentParser.parse_known_args(parser, args, namespace)
         for key in values:  # a flag given for another member of the key's exclusive group wins over the file
             if any(getattr(arguments, other) is not None for other in self.partners(key)):
                 setattr(arguments, key, None)
-        names = [name for flag in self.flags for name in flag.names] + ["--config", "--print_config"]
-        for extra in (extra for extra in extras if extra.startswith("--")):
-            for close in difflib.get_close_matches(extra.split("=")[0], names, n=1):
-                parser.error(f"unrecognized argument {extra}; did you mean {close}?")
         return arguments, extras
+
+    def unknown_hint(self, name: str, names: Sequence[str], spelled: str) -> str:
+        """What to say after "unknown ``name``": whose flag it is, or which of ``names`` it misspells (written as
+        ``spelled``, e.g. "--{}" or "'{}'"), or "" when neither."""
+        bare = name.lstrip("-")
+        here = {other.lstrip("-") for other in names}
+        same = sorted(here & {other.lstrip("-") for other in self.elsewhere.synonyms.get(f"--{bare}", ())})
+        if len(same) == 1:  # e.g. evaluate's old --model, typed to finetune: its --bert_model
+            return f"; did you mean {spelled.format(same[0])}? (this command's name for it)"
+        owners = self.elsewhere.owners.get(f"--{bare}", ())
+        if owners:
+            commands = ", ".join(owners[:-1]) + " and " + owners[-1] if len(owners) > 1 else owners[0]
+            return f": a flag of {commands}, not of this command; see {self.prog} --help"
+        close = did_you_mean(bare, [other.lstrip("-") for other in names])
+        return f"; did you mean {spelled.format(close)}?" if close else ""
 
     def partners(self, dest: str) -> set[str]:
         """The other flags in ``dest``'s exclusive group."""
@@ -211,19 +240,24 @@ class FlagParser(argparse.ArgumentParser):
         return {flag.dest for flag in self.flags if group and flag.group == group} - {dest}
 
     def file_values(self, args: list[str]) -> dict[str, Any]:
-        """The values of the ``--config`` file named in ``args`` (``{}`` without one), converted and checked."""
-        finder = argparse.ArgumentParser(add_help=False)
+        """The values of the ``--config`` file named in ``args`` (``{}`` without one), converted and checked. Its
+        keys are the flags' names (an alias names its flag: a file written before a rename still reads)."""
+        finder = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
         finder.add_argument("--config", type=Path, nargs="?")  # no value: the parser says so
         path = finder.parse_known_args(args)[0].config
-        by_dest = {flag.dest: flag for flag in self.flags}
-        values = {}
+        by_name = {name.lstrip("-"): flag for flag in self.flags for name in (flag.dest, *flag.names)}
+        values, keys = {}, {}  # dest → value, dest → the key that gave it
         for key, value in load_config_file(path).items() if path is not None else ():
-            if key not in by_dest:
-                close = difflib.get_close_matches(key, list(by_dest), n=1)
-                hint = f"did you mean '{close[0]}'?" if close else f"valid keys: {', '.join(sorted(by_dest))}"
-                raise UserError(f"{path}: unknown key '{key}'; {hint}")
+            if key not in by_name:
+                valid = "; valid keys: " + ", ".join(sorted(flag.dest for flag in self.flags))
+                hint = self.unknown_hint(key, list(by_name), "'{}'") or valid
+                raise UserError(f"{path}: unknown key '{key}'{hint}")
+            dest = by_name[key].dest
+            if dest in keys:
+                raise UserError(f"{path}: keys '{keys[dest]}' and '{key}' both set --{dest}; keep one")
+            keys[dest] = key
             if value is not None:  # null means "not set": the default applies
-                values[key] = convert_value(by_dest[key], value, f"{path}: key '{key}'")
+                values[dest] = convert_value(by_name[key], value, f"{path}: key '{key}'")
         for key in values:
             if self.partners(key) & set(values):
                 other = min(self.partners(key) & set(values))

@@ -29,37 +29,37 @@ DOC_BREAKS = ("file", "paragraph")
 @dataclass
 class PrepareConfig:
     inputs: tuple[Path, ...] = field(metadata={"positional": True, "metavar": "INPUT"})
-    """Plain-text files (one document each), directories (searched recursively with ``glob``), JSON-lines files
-    when ``text_field`` is set, parquet files (``.parquet``) and ``datasets`` save_to_disk directories (one document
-    per row, see ``corpus.records``)."""
+    """Plain-text files (one document each), directories (searched recursively with --glob), JSON-lines files
+    when text_field is set, parquet files (.parquet) and datasets save_to_disk directories (one document per row).
+    See ``corpus.records``."""
     output: Path
     """The corpus file to write; the Punkt parameters go beside it as ``<output>.punkt.json``."""
     doc_break: str = field(default="file", metadata={"choices": DOC_BREAKS})
     """What makes a document: ``file`` (a file, JSON record or row) or ``paragraph`` (each blank-line-separated one)."""
     glob: str | None = None
-    """File name pattern inside input directories; None means ``*.txt``, or ``*.jsonl`` with ``text_field``."""
+    """File name pattern inside input directories; left out: ``*.txt``, or ``*.jsonl`` with text_field."""
     text_field: str | None = None
     """Read plain inputs as JSON lines and take each record's text from this field; the column of parquet and
-    datasets inputs (None: "text")."""
+    datasets inputs (left out: "text")."""
     encoding: str = "utf-8"
     """Encoding of the inputs; must be ASCII-compatible (utf-8, latin-1, cp1252, ...). The output is always UTF-8."""
     punkt: str = field(default="train", metadata={"metavar": "{train,pretrained,FILE.punkt.json}"})
     """``train`` (Punkt learns from a sample of the input), ``pretrained`` (NLTK's punkt_tab model, if installed) or
     the path of a saved ``*.punkt.json`` to split exactly as an earlier run did."""
     punkt_language: str = "english"
-    """Model used by ``punkt=pretrained``."""
+    """The language of NLTK's model that punkt pretrained uses."""
     punkt_sample_bytes: int = DEFAULT_PUNKT_SAMPLE_BYTES
     """UTF-8 bytes of normalised text, from the start of the input, that Punkt trains on (about 1 MB/s)."""
     min_sentence_chars: int = 1
     """Sentences shorter than this many characters are dropped (and counted)."""
     max_sentence_chars: int = 1000
-    """Sentences longer than this many characters are cut at a safe point (``;``, ``:``, ``,``, a space)."""
+    """Sentences longer than this many characters are cut at a safe point (a semicolon, colon, comma or space)."""
     overwrite: bool = False
     """Replace an existing output file."""
     show_progress: bool = field(default=True, metadata={"flag": "no_progress"})
     """Show a progress bar (in input bytes)."""
     print_json: bool = field(default=False, metadata={"flag": "json"})
-    """Print the report as JSON instead of a table (command line only; ``prepare_corpus`` ignores it)."""
+    """Print the report as JSON instead of a table. Command line only: ``prepare_corpus`` ignores it."""
 
     def __post_init__(self) -> None:
         refuse_empty_paths(self)
@@ -125,19 +125,19 @@ METHODS = ("bm25", "embedding")
 @dataclass
 class SelectConfig:
     task_data: Path
-    """The task's texts: CSV/TSV/JSON lines with a text column, or plain text (see ``corpus.task_files``)."""
+    """The task's texts: CSV/TSV/JSON lines with a text column, or plain text. See ``corpus.task_files``."""
     corpus: Path
     """The domain corpus (corpus format: one sentence per line, a blank line between documents)."""
     output: Path
     """Where the kept documents go (corpus format); ``<output>.json`` records the selection."""
     tokens: int | None = field(default=None, metadata={"one_of": "budget"})
-    """Budget in whitespace-separated words of kept documents (give this or ``fraction``)."""
+    """Budget in whitespace-separated words of kept documents (give this or --fraction)."""
     fraction: float | None = field(default=None, metadata={"one_of": "budget"})
     """Budget as a share of the corpus's words, in (0, 1]."""
     method: str = field(default="bm25", metadata={"choices": METHODS})
     """How documents are ranked for a task text: ``bm25`` (lexical) or ``embedding`` (``bert_model``'s vectors)."""
     bert_model: str | None = None
-    """Model directory or hub id whose mean-pooled hidden states rank documents (``method=embedding``)."""
+    """Model directory or hub id whose mean-pooled hidden states rank documents (with --method embedding)."""
     text_column: str = "text"
     """Column (CSV) or field (JSON lines) holding the task's text; labels are never read."""
     k1: float = 1.2
@@ -145,7 +145,7 @@ class SelectConfig:
     b: float = 0.75
     """BM25 document-length normalisation, in [0, 1]."""
     seed: int = 0
-    """Seed of the order in which task texts take turns in each round (see ``query_turns``)."""
+    """Seed of the order in which task texts take turns in each round. See ``query_turns``."""
     keep_stopwords: bool = False
     """Score common function words too (slower; BM25's idf gives them little weight anyway)."""
     overwrite: bool = False
@@ -153,7 +153,7 @@ class SelectConfig:
     show_progress: bool = field(default=True, metadata={"flag": "no_progress"})
     """Show progress bars (in corpus bytes)."""
     print_json: bool = field(default=False, metadata={"flag": "json"})
-    """Print the summary as JSON instead of a table (command line only; ``select_documents`` ignores it)."""
+    """Print the summary as JSON instead of a table. Command line only: ``select_documents`` ignores it."""
 
     def __post_init__(self) -> None:
         refuse_empty_paths(self)
@@ -266,9 +266,9 @@ class TokenizerTrainingConfig:
     model_max_length: int = 512
     """Longest input (in tokens) of the model the tokenizer is for; transformers truncates to it."""
     overwrite: bool = False
-    """Replace ``output`` when it already holds files (the whole directory is replaced)."""
+    """Replace the output directory when it already holds files (the whole directory is replaced)."""
     show_progress: bool = field(default=True, metadata={"flag": "no_progress"})
-    """Progress bars: one while counting the corpus (bytes), then the trainer's own."""
+    """Show progress bars: one while counting the corpus (bytes), then the trainer's own."""
 
     def __post_init__(self) -> None:
         refuse_empty_paths(self)
@@ -350,7 +350,7 @@ class VocabExtendConfig:
     """A file of words to add (one per line) instead of choosing them from the corpus; each must be one pre-token
     that the tokenizer splits, and none may repeat."""
     overwrite: bool = False
-    """Replace ``output`` when it already exists."""
+    """Replace the output directory when it already exists."""
     print_json: bool = field(default=False, metadata={"flag": "json"})
     """Print the report as JSON instead of a table."""
     show_progress: bool = field(default=True, metadata={"flag": "no_progress"})

@@ -63,10 +63,10 @@ def corpora_from_text(values: list[str]) -> Path | dict[str, Path]:
 @dataclass
 class PregenerateConfig:
     train_corpus: Path | dict[str, Path] = field(metadata={"nargs": "+"})
-    """Corpus file: one sentence per line, a blank line between documents (see ``bert-domain-ft prepare``), or
-    records: a parquet file, a ``datasets`` save_to_disk directory or JSON lines (``.jsonl``), one document per
-    row (see ``text_field``, ``document_field``); or several named corpora ``{"zul": Path("train.zul"), …}``
-    (command line: ``NAME=FILE …``, or a directory of ``train.NAME`` files) mixed by ``sampling_exponent``."""
+    """Corpus file: one sentence per line, a blank line between documents (see bert-domain-ft prepare); or records,
+    one document per row: a parquet file, a datasets save_to_disk directory or JSON lines (.jsonl; see text_field,
+    document_field); or several corpora, NAME=FILE … or a directory of train.NAME files, mixed by
+    sampling_exponent. In Python: a path, or a dict of names to paths."""
     output_dir: Path
     """Directory for manifest.json and the epoch_XXX/ arrays."""
     bert_model: str | None = None
@@ -76,7 +76,7 @@ class PregenerateConfig:
     split into sentences (Punkt trained on the rows) and written as a corpus to ``output_dir/NAME_corpus.txt``."""
     document_field: str | None = None
     """Records in train_corpus: consecutive rows with the same value in this column make one document (rows that
-    are sentences or paragraphs of a text); None: every row is a document."""
+    are sentences or paragraphs of a text); without it, every row is a document."""
     tokenizer: str | None = None
     """A tokenizer directory other than the model's own (e.g. one trained with ``bert-domain-ft tokenizer``)."""
     objective: str = field(default="auto", metadata={"choices": ("auto", "nsp", "mlm")})
@@ -87,7 +87,8 @@ class PregenerateConfig:
     no_cross_document: bool = False
     """"mlm" only: never let a sequence run on into the next document."""
     do_lower_case: bool | None = None
-    """Insist the tokenizer lower-cases (an uncased model; an error says so if it does not); None follows it."""
+    """Insist that the tokenizer lower-cases (an uncased model; an error says so if it does not); without the
+    flag, the tokenizer decides."""
     do_whole_word_mask: bool = False
     """Mask all WordPiece pieces of a word together (needs a WordPiece tokenizer)."""
     reduce_memory: bool = False
@@ -115,9 +116,9 @@ class PregenerateConfig:
     sampling_exponent: float = 1.0
     """Several corpora: corpus i is sampled ∝ (n_i/Σn)^α (1 = proportional, 0 = uniform, XLM-R used 0.3)."""
     task_data: Path | None = None
-    """The task's own texts (CSV/TSV/JSON lines/parquet/a datasets directory/plain text, labels never read; see
-    ``corpus.task_files``), added as a corpus named "task" (task-adaptive pretraining). Written to
-    ``output_dir/task_corpus.txt``, one document per row. All of it is training text: ``holdout_fraction`` never
+    """The task's own texts (CSV/TSV/JSON lines/parquet/a datasets directory/plain text, labels never read),
+    added as a corpus named "task" (task-adaptive pretraining). They are read as ``corpus.task_files`` says,
+    written to ``output_dir/task_corpus.txt``, one document per row. All of it is training text: ``holdout_fraction`` never
     picks task documents. For TAPT alone, write it with ``bert-domain-ft select``/``corpus.task_files`` and pass
     that file as ``train_corpus`` instead."""
     task_text_column: str = "text"
@@ -127,7 +128,7 @@ class PregenerateConfig:
     rest by ``sampling_exponent``. Each epoch holds several copies of the task text, each paired and masked
     afresh (``mixing.task_copies``), so its repeats do not see the same masks; 1 trains on the task text only."""
     show_progress: bool = field(default=True, metadata={"flag": "no_progress"})
-    """tqdm progress bars."""
+    """Show progress bars."""
 
     def __post_init__(self) -> None:
         refuse_empty_paths(self)

@@ -18,24 +18,29 @@ from bert_domain_ft.files import refuse_empty_paths
 
 @dataclass
 class EvaluateConfig:
-    model: str
+    model: str = field(metadata={"flag": "bert_model", "aliases": ("model",)})
     """Directory (or hub id) of the model to evaluate (BERT, RoBERTa, DistilBERT… any masked-LM model);
     pretraining heads it lacks start at random (seeded)."""
     tokenizer: str | None = None
     """Tokenizer directory the data was made with, when it is not the model's own (e.g. a model trained from
     scratch with ``--tokenizer``; finetune saves it next to the model, so usually not needed)."""
-    data: Path | None = field(default=None, metadata={"one_of": "source"})
-    """Pregenerated directory whose held-out set (``--holdout_fraction``) is evaluated."""
+    data: Path | None = field(
+        default=None,
+        metadata={"one_of": "source", "flag": "holdout_data", "aliases": ("data", "pregenerated_data")},
+    )
+    """A pregenerated directory whose held-out set (pregenerate's --holdout_fraction) is evaluated, as
+    finetune's --holdout_data is."""
     corpus: Path | None = field(default=None, metadata={"one_of": "source"})
-    """Corpus file to pregenerate on the fly (fixed seed) and evaluate as a whole, instead of ``data``."""
+    """Corpus file to pregenerate on the fly (fixed seed) and evaluate as a whole, instead of --holdout_data."""
     epoch: int | None = None
-    """With ``data``: evaluate training epoch N (0-based) instead of the held-out set."""
+    """With --holdout_data: evaluate that directory's training epoch N (counted from 0) instead of its held-out
+    set."""
     batch_size: int = 64
     """Instances per forward pass; only memory and speed depend on it."""
     max_seq_len: int = 128
-    """With ``corpus``: tokens per instance, special tokens included."""
+    """With --corpus: tokens per instance, special tokens included."""
     max_instances: int | None = None
-    """Evaluate only the first N instances (the same ones every time); None evaluates all."""
+    """Evaluate only the first N instances (the same ones every time); without it, all of them."""
     json_output: Path | None = field(default=None, metadata={"flag": "json", "metavar": "FILE"})
     """Also write the results as JSON to this file (on the command line, ``-`` prints them instead of the table)."""
     bf16: bool = False
@@ -43,7 +48,7 @@ class EvaluateConfig:
     no_cuda: bool = False
     """Stay on the CPU even when a GPU is available."""
     show_progress: bool = field(default=True, metadata={"flag": "no_progress"})
-    """tqdm progress bars."""
+    """Show progress bars."""
 
     def __post_init__(self) -> None:
         refuse_empty_paths(self)
@@ -51,11 +56,13 @@ class EvaluateConfig:
         self.corpus = Path(self.corpus) if self.corpus is not None else None
         self.json_output = Path(self.json_output) if self.json_output is not None else None
         if (self.data is None) == (self.corpus is None):
-            raise ValueError("give exactly one of --data (a pregenerated directory) or --corpus (a corpus file)")
-        check_not_empty("--model", self.model)
+            raise ValueError(
+                "give exactly one of --holdout_data (a pregenerated directory) or --corpus (a corpus file)"
+            )
+        check_not_empty("--bert_model", self.model)
         check_not_empty("--tokenizer", self.tokenizer)
         if self.epoch is not None and self.data is None:
-            raise ValueError("--epoch needs --data: it picks a training epoch of a pregenerated directory")
+            raise ValueError("--epoch needs --holdout_data: it picks a training epoch of a pregenerated directory")
         if self.epoch is not None and self.epoch < 0:
             raise ValueError("--epoch counts from 0; give 0 for the first epoch")
         if self.batch_size < 1:
@@ -73,19 +80,22 @@ DEFAULT_PROBE_PLOT = Path("probe.png")
 class ProbeConfig:
     """Everything ``run_probe`` needs; ``__post_init__`` rejects impossible values."""
 
-    models: list[str] = field(metadata={"metavar": "MODEL"})
+    models: list[str] = field(metadata={"metavar": "MODEL", "aliases": ("model", "bert_model")})
     """Model directories (or hub ids) to compare, in display order; the first is the reference (e.g. the base)."""
     train: Path
     """Labelled training sentences: CSV with a header row, JSON lines, parquet or a ``datasets`` save_to_disk
     directory."""
     test: Path
     """Labelled test sentences, same format and exactly the same classes; ideally from other documents."""
+    names: list[str] | None = field(default=None, metadata={"metavar": "NAME"})
+    """Short names for the models in the table and the chart, one per model in the same order; without it, each
+    model's last path component (more of the path where two would look alike)."""
     text_column: str = "text"
     """Column (CSV) or key (JSON lines) holding the sentence."""
     label_column: str = "label"
     """Column or key holding the class name."""
     seeds: int = 5
-    """Classifiers trained per model, with seeds seed, seed+1, …; the spread over them is the ± in the table and
+    """Classifiers trained per model, with seeds --seed, --seed + 1, …; the spread over them is the ± in the table and
     the paired 95% interval against the first model needs at least 2 (5 tells a few points apart on ~100 tests)."""
     seed: int = 0
     """First seed."""
@@ -98,19 +108,20 @@ class ProbeConfig:
     max_seq_len: int = 64
     """Tokens per sentence, [CLS] and [SEP] included; longer sentences are cut."""
     tokenizer: str | None = None
-    """Tokenizer for every model; None uses each model's own (finetune saves it next to the model)."""
+    """Tokenizer for every model; without it, each model's own (finetune saves it next to the model)."""
     json_output: Path | None = field(default=None, metadata={"flag": "json", "metavar": "FILE"})
     """Also write the results as a JSON list (one object per model) to this file."""
     plot_output: Path | None = field(
         default=None, metadata={"flag": "plot", "metavar": "FILE", "cli_default": DEFAULT_PROBE_PLOT}
     )
-    """Also draw a bar chart with error bars into this PNG (needs matplotlib; the command line draws probe.png)."""
+    """Also draw a bar chart with error bars into this PNG (needs matplotlib). In Python the default draws none;
+    the command line draws probe.png."""
     no_cuda: bool = False
     """Stay on the CPU even when a GPU is available."""
     show_progress: bool = field(default=True, metadata={"flag": "no_progress"})
-    """tqdm progress bars."""
+    """Show progress bars."""
     no_plot: bool = False
-    """Draw no chart whatever ``plot_output`` says (then no matplotlib is needed)."""
+    """Draw no chart, even with plot_output (then matplotlib is not needed)."""
 
     def __post_init__(self) -> None:
         refuse_empty_paths(self)
@@ -136,6 +147,19 @@ class ProbeConfig:
             raise ValueError("--max_seq_len must be between 8 and 65535 (sentences rarely need more than 128)")
         if not self.text_column or not self.label_column or self.text_column == self.label_column:
             raise ValueError("--text_column and --label_column must name two different columns")
+        self._check_names()
+
+    def _check_names(self) -> None:
+        if self.names is None:
+            return
+        self.names = [str(name) for name in self.names]
+        check_not_empty("--names", *self.names)
+        if len(self.names) != len(self.models):
+            raise ValueError(
+                f"--names: {len(self.names)} given for {len(self.models)} models; give one name per model, in order"
+            )
+        if len(set(self.names)) != len(self.names):
+            raise ValueError("--names gives a name twice; each model needs a name of its own")
 
     @property
     def seed_list(self) -> list[int]:
@@ -149,7 +173,7 @@ class PlotConfig:
     run_dir: Path = field(metadata={"positional": True, "metavar": "RUN_DIR"})
     """A finetune run's output directory, holding its metrics.jsonl."""
     output: Path | None = None
-    """The PNG to write; None writes RUN_DIR/training_curves.png."""
+    """The PNG to write; without it, RUN_DIR/training_curves.png."""
 
     def __post_init__(self) -> None:
         refuse_empty_paths(self)
@@ -162,7 +186,7 @@ MASK_PLACEHOLDERS = ("[MASK]", "<mask>")  # written in a text where the word to 
 class FillMaskConfig:
     """What ``bert-domain-ft fill-mask`` shows: each model's top predictions for masked words, side by side."""
 
-    models: list[str] = field(metadata={"metavar": "MODEL"})
+    models: list[str] = field(metadata={"metavar": "MODEL", "aliases": ("model", "bert_model")})
     """Model directories (or hub ids) to compare, in column order, e.g. the base model and the adapted run."""
     texts: list[str] = field(default_factory=list, metadata={"positional": True, "metavar": "TEXT", "nargs": "*"})
     """Texts with [MASK] (or <mask>) where a word is to be predicted; may also follow --models directly (every
@@ -171,8 +195,8 @@ class FillMaskConfig:
     """Also take this many held-out sentences and mask one whole word in each (a word the tokenizer keeps in one
     piece, chosen by seed), showing the word that was there."""
     holdout_data: Path | None = None
-    """Pregenerated directory whose held-out set --from_holdout reads; None: the pregenerated_data named in the
-    last model's training_args.json (the run's own held-out set)."""
+    """A pregenerated directory whose held-out set from_holdout reads; without it, the run's own: the pregenerated
+    data named in the last model's training_args.json."""
     top_k: int = 5
     """Predictions shown per model and mask, most probable first, with their probabilities."""
     seed: int = 0

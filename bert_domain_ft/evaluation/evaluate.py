@@ -113,7 +113,7 @@ def _open_evaluation_set(directory: Path, manifest: dict[str, Any], epoch: int |
 
 
 def _evaluate_directory(config: EvaluateConfig, directory: Path, epoch: int | None) -> EvaluationResult:
-    manifest = read_manifest(directory, flag="--data")
+    manifest = read_manifest(directory, flag="--holdout_data")
     evaluation_set = first_instances(_open_evaluation_set(directory, manifest, epoch), config.max_instances)
     torch.manual_seed(EVALUATION_SEED)  # heads missing from the checkpoint start the same way every time
     loaded = load_for_evaluation(config.model, manifest)

@@ -1,7 +1,7 @@
 """Training curves of a finetune run as one PNG: MLM loss, NSP loss, accuracies and learning rate against steps.
 
 Reads ``metrics.jsonl`` of a run directory (one JSON object a line): ``"kind": "train"`` records (step, lr,
-mlm_loss, mlm_acc, nsp_loss, nsp_acc); ``"kind": "eval"`` records with the held-out metrics of ``heldout``, the
+mlm_loss, mlm_accuracy, nsp_loss, nsp_accuracy; mlm_acc, nsp_acc in runs of earlier versions); ``"kind": "eval"`` records with the held-out metrics of ``heldout``, the
 general held-out set's as ``general_*``, drawn beside the domain's; ``"kind": "head_warmup"`` records of the
 heads-only phase, drawn left of step 0; ``"kind": "probe"`` records of the downstream probe, drawn with the
 accuracies. matplotlib is an optional extra, imported only when drawing (``matplotlib_figure``, which the probe's
@@ -224,9 +224,9 @@ def _draw_losses(grid: Any, metrics: RunMetrics) -> None:
 
 def _draw_accuracy_and_rate(grid: Any, metrics: RunMetrics) -> None:
     accuracy, rate = grid[1][0], grid[1][1]
-    train_steps, train_nsp = series(metrics.train, "nsp_acc", "nsp_accuracy")
+    train_steps, train_nsp = series(metrics.train, "nsp_accuracy", "nsp_acc")  # the second: earlier versions
     _plot_train(accuracy, train_steps, 100 * train_nsp, "training NSP", "tab:cyan")
-    train_steps, train_mlm = series(metrics.train, "mlm_acc", "mlm_accuracy")
+    train_steps, train_mlm = series(metrics.train, "mlm_accuracy", "mlm_acc")
     _plot_train(accuracy, train_steps, 100 * train_mlm, "training MLM", "tab:olive")
     eval_steps, eval_nsp = series(metrics.evaluations, "nsp_accuracy")
     _plot_eval(accuracy, eval_steps, 100 * eval_nsp, "held-out NSP", "tab:red")

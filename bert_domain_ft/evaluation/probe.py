@@ -33,7 +33,13 @@ from tqdm.auto import tqdm
 from bert_domain_ft.corpus.task_files import LabelledSet, class_names, read_probe_pair
 from bert_domain_ft.errors import UserError, first_line
 from bert_domain_ft.evaluation.config import ProbeConfig
-from bert_domain_ft.evaluation.probe_report import ProbeResult, require_matplotlib, write_probe_json, write_probe_plot
+from bert_domain_ft.evaluation.probe_report import (
+    ProbeResult,
+    require_matplotlib,
+    short_model_names,
+    write_probe_json,
+    write_probe_plot,
+)
 from bert_domain_ft.model.optimization import build_optimizer, build_scheduler, parameter_groups, warmup_steps_for
 
 logger = logging.getLogger(__name__)
@@ -327,7 +333,8 @@ class Prober:
 
 
 def run_probe(config: ProbeConfig, names: Sequence[str] | None = None) -> list[ProbeResult]:
-    """Probe every model of ``config`` (``names`` label them in tables); writes the JSON and PNG it asks for."""
+    """Probe every model of ``config`` (``names``, else ``config.names``, else ``short_model_names`` label them in
+    tables and the chart); writes the JSON and PNG it asks for."""
     from bert_domain_ft.model.loading import check_model_files
 
     if names is not None and len(names) != len(config.models):
@@ -339,7 +346,7 @@ def run_probe(config: ProbeConfig, names: Sequence[str] | None = None) -> list[P
         check_positions(model, config.max_seq_len)
     prober = Prober(config)
     logger.info("probe: %s", prober.describe())
-    labels = list(names) if names is not None else [""] * len(config.models)
+    labels = list(names or config.names or short_model_names(config.models))
     results = [prober.probe(model, name=label) for model, label in zip(config.models, labels)]
     if config.json_output is not None:
         write_probe_json(config.json_output, results)

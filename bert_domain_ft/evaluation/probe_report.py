@@ -23,7 +23,7 @@ import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from bert_domain_ft.evaluation.heldout import render_table
@@ -246,7 +246,8 @@ def format_probe_table(results: Sequence[ProbeResult], title: str = "model") -> 
 
 def format_paired_table(results: Sequence[ProbeResult], title: str = "model") -> str:
     """Each model after the first minus the first, seed by seed: mean difference (points), 95% interval from
-    Student's t over the seeds, verdict; for accuracy and macro-F1. With one seed there is no interval: it says so."""
+    Student's t over the seeds, verdict; a row for accuracy and one for macro-F1 (so the table stays within about
+    80 columns). With one seed there is no interval: it says so."""
     reference = results[0]
     seeds = len(reference.seeds)
     if seeds < 2:
@@ -254,17 +255,30 @@ def format_paired_table(results: Sequence[ProbeResult], title: str = "model") ->
             f"paired against {reference.label}: one seed, so no interval; the differences above cannot be told "
             "from the seeds' noise (run with --seeds 5)"
         )
-    heading = (
-        f"paired against {reference.label} over the same {seeds} seeds "
-        f"(mean difference, 95% interval from Student's t with {seeds - 1} df):"
-    )
-    rows = [[title, "accuracy", "verdict", "macro-F1", "verdict"]]
+    heading = f"paired against {reference.label}, same {seeds} seeds (95% interval from Student's t, {seeds - 1} df):"
+    rows = [[title, "metric", "difference [95% interval]", "verdict"]]
     for result in results[1:]:
-        accuracy, macro_f1 = result.paired_with(reference), result.paired_with(reference, "macro_f1")
-        rows.append(
-            [result.label, accuracy.describe_points(), accuracy.verdict, macro_f1.describe_points(), macro_f1.verdict]
-        )
+        for metric, label in (("accuracy", "accuracy"), ("macro_f1", "macro-F1")):
+            difference = result.paired_with(reference, metric)
+            name = result.label if metric == "accuracy" else ""
+            rows.append([name, label, difference.describe_points(), difference.verdict])
     return heading + "\n" + render_table(rows)
+
+
+def short_model_names(models: Sequence[str]) -> list[str]:
+    """A short name per model for tables and charts: its last path component (a Hub id's name), with as many of
+    the components before it as tell it apart from the others (``run1/best``, ``run2/best``); the text as given
+    where even the whole path cannot (``run`` and ``./run``)."""
+    parts = [[part for part in PurePosixPath(model).parts if part != "/"] or [model] for model in models]
+    depths = [1] * len(models)
+    while True:
+        names = ["/".join(part[-depth:]) for part, depth in zip(parts, depths)]
+        clashing = [index for index, name in enumerate(names) if names.count(name) > 1]
+        longer = [index for index in clashing if depths[index] < len(parts[index])]
+        if not longer:
+            return [name if names.count(name) == 1 else model for name, model in zip(names, models)]
+        for index in longer:
+            depths[index] += 1
 
 
 def probe_json(results: Sequence[ProbeResult]) -> list[dict[str, Any]]:

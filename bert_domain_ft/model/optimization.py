@@ -28,6 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from bert_domain_ft.errors import UserError
+
 NORMALIZATION_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d)
 
 
@@ -116,9 +118,18 @@ def build_optimizer(
     return torch.optim.AdamW(groups, lr=learning_rate, eps=epsilon, foreach=True)
 
 
-def warmup_steps_for(total_steps: int, warmup_proportion: float) -> int:
-    """Warm-up steps for a run of ``total_steps`` optimizer steps."""
-    return int(total_steps * warmup_proportion)
+def warmup_steps_for(total_steps: int, warmup_proportion: float, warmup_steps: int | None = None) -> int:
+    """Warm-up steps for a run of ``total_steps`` optimizer steps: ``warmup_steps`` when given (the absolute count of
+    the pytorch-transformers 1.x scripts), else the ``warmup_proportion`` share of them; a ``UserError`` when the
+    count leaves no step after the ramp."""
+    if warmup_steps is None:
+        return int(total_steps * warmup_proportion)
+    if warmup_steps >= total_steps > 0:
+        raise UserError(
+            f"--warmup_steps {warmup_steps}: the learning-rate ramp must be shorter than the run's {total_steps} main "
+            "optimizer steps; give fewer (or --warmup_proportion, a share of them)"
+        )
+    return warmup_steps
 
 
 def learning_rate_at(step: int, total_steps: int, warmup_steps: int) -> float:

@@ -54,8 +54,8 @@ class FinetuneConfig:
     local directory (e.g. sentence-transformers/all-MiniLM-L6-v2 for a downloaded copy); a Hub id given as
     bert_model is named there without it."""
     do_lower_case: bool | None = None
-    """Insist the tokenizer lower-cases (True) or does not (False), checked against it and the data, never silent;
-    None follows the tokenizer."""
+    """Insist that the tokenizer lower-cases (an uncased model), checked against it and the data, never silent;
+    without the flag, the tokenizer decides. In Python, False insists that it does not."""
     tokenizer: str | None = None
     """Tokenizer directory to use instead of the model's own (required with from_scratch); saved with the model."""
     objective: str = dataclasses.field(default="auto", metadata={"choices": ("auto", "nsp", "mlm")})
@@ -96,6 +96,10 @@ class FinetuneConfig:
     """Decoupled weight decay, applied to every weight except biases and LayerNorm weights."""
     adam_epsilon: float = 1e-8
     """AdamW's epsilon (denominator guard)."""
+    warmup_steps: int | None = None
+    """The learning-rate ramp as a number of optimizer steps instead of a share (the --warmup_steps of the
+    pytorch-transformers 1.x scripts): when given it replaces warmup_proportion and must be below the run's main
+    steps. Not the head-only steps of head_warmup_steps."""
     max_grad_norm: float = 1.0
     """Gradients are clipped to this global L2 norm before each step (0 turns clipping off)."""
     head_warmup_steps: int | None = dataclasses.field(default=None, metadata={"auto": True})
@@ -125,7 +129,8 @@ class FinetuneConfig:
     """With --fp16: 0 scales the loss dynamically, a positive value is a static loss scale."""
     cpu_kernels: bool = dataclasses.field(default=True, metadata={"flag": "stock_kernels"})
     """On the CPU, train with bert_domain_ft's memory-light attention, faster dropout masks and recomputed
-    feed-forward activation (same functions and gradients, less memory, faster); False keeps transformers' own."""
+    feed-forward activation (same functions and gradients, less memory, faster); the --stock_kernels flag keeps
+    transformers' own."""
     no_cuda: bool = False
     """Train on the CPU even when CUDA is available."""
     compile: bool = False
@@ -164,7 +169,7 @@ class FinetuneConfig:
     do_eval: bool = dataclasses.field(default=True, metadata={"flag": "no_eval"})
     """Evaluate on held-out data when there is some (see holdout_data) and an evaluator is available."""
     holdout_data: Path | None = None
-    """A pregenerated directory whose held-out set is evaluated; None uses the training data's own holdout."""
+    """A pregenerated directory whose held-out set is evaluated; without it, the training data's own."""
     general_holdout: Path | None = None
     """General (not domain) text evaluated beside the domain's held-out set at every evaluation, so forgetting
     shows as "general_*" metrics: a corpus file (pregenerated once with the run's tokenizer, objective and
@@ -176,7 +181,7 @@ class FinetuneConfig:
     """Sequences per evaluation batch."""
     save_best: bool = False
     """Keep the model with the best held-out score as output_dir/best/: the lowest held-out MLM loss, or the
-    highest probe accuracy when probe_train/probe_test are given."""
+    highest probe accuracy when probe_train and probe_test are given."""
     probe_train: Path | None = None
     """Labelled sentences (CSV/JSON lines/parquet/a datasets directory, columns text and label) for the downstream
     probe run on every saved checkpoint (``bert-domain-ft probe``); needs probe_test."""
@@ -187,7 +192,7 @@ class FinetuneConfig:
     probe_epochs: int = 4
     """Passes over probe_train per classifier."""
     show_progress: bool = dataclasses.field(default=True, metadata={"flag": "no_progress"})
-    """Show tqdm progress bars."""
+    """Show progress bars."""
 
     def __post_init__(self) -> None:
         refuse_empty_paths(self)
@@ -211,6 +216,7 @@ class FinetuneConfig:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
         if not 0.0 <= self.warmup_proportion < 1.0:
             raise ValueError(f"warmup_proportion must be in [0, 1), got {self.warmup_proportion}")
+        self._check_warmup_steps()
         if not self.adam_epsilon > 0:
             raise ValueError(f"adam_epsilon must be positive, got {self.adam_epsilon}")
         if self.fp16 and self.bf16:
@@ -227,6 +233,15 @@ class FinetuneConfig:
         self._check_evaluation_wanted()
         if self.resume and self.overwrite_output_dir:
             raise ValueError("--resume and --overwrite_output_dir contradict each other; choose one")
+
+    def _check_warmup_steps(self) -> None:
+        if self.warmup_steps is not None and self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must not be negative (0: no ramp), got {self.warmup_steps}")
+        if self.warmup_steps is not None and 0 < self.max_steps <= self.warmup_steps:
+            raise ValueError(
+                f"--warmup_steps {self.warmup_steps} ramps the learning rate up over the whole run of --max_steps "
+                f"{self.max_steps}: give fewer warm-up steps (or --warmup_proportion, a share of the steps)"
+            )
 
     def _check_head_warmup_and_probe(self) -> None:
         if self.head_warmup_steps is not None and self.head_warmup_steps < 0:
@@ -337,8 +352,8 @@ class SimpleConfig:
     text_field: str = "text"
     """Records as train_corpus: the column holding the text (split into sentences by Punkt trained on the rows)."""
     document_field: str | None = None
-    """Records as train_corpus: consecutive rows with the same value in this column make one document; None: every
-    row is a document."""
+    """Records as train_corpus: consecutive rows with the same value in this column make one document; without
+    it, every row is a document."""
     on_memory: bool = False
     """Keep the tokenized corpus in RAM. Without it the tokens stay on disk (under output_dir, removed at the end)
     and only the sentence/document offsets are in RAM, so corpora far larger than memory train fine."""
@@ -355,9 +370,9 @@ class SimpleConfig:
     do_whole_word_mask: bool = False
     """Mask all WordPiece pieces of a word together."""
     task_data: Path | None = None
-    """The task's own texts (CSV/TSV/JSON lines/parquet/a datasets directory/plain text, labels never read; see
-    ``corpus.task_files``) trained on beside the corpus (task-adaptive pretraining): written to
-    ``output_dir/task_corpus.txt``, one document per row, and tokenized after the corpus (which is not copied).
+    """The task's own texts (CSV/TSV/JSON lines/parquet/a datasets directory/plain text, labels never read)
+    trained on beside the corpus (task-adaptive pretraining). They are read as ``corpus.task_files`` says, written
+    to ``output_dir/task_corpus.txt``, one document per row, and tokenized after the corpus (which is not copied).
     See ``simple_pairs`` for how its pairs are made."""
     task_text_column: str = "text"
     """The column (CSV/TSV header, JSON key) holding the task's text; ignored for plain text."""
@@ -409,6 +424,16 @@ class SimpleConfig:
                 values[field.name] = str(value) if isinstance(value, Path) else value
         values["training"] = self.training.to_json()
         return values
+
+
+@dataclass
+class OriginalTrainingFlags:
+    """Flags of the pytorch-transformers 1.x ``finetune_on_pregenerated.py`` and ``simple_lm_finetuning.py`` that
+    set nothing here, so their command lines work."""
+
+    fp16_opt_level: str | None = None
+    """Accepted for apex's mixed-precision level (O0 to O3) and ignored, with a note: --fp16 uses torch.amp
+    (float16 autocast with a gradient scaler), which has no levels."""
 
 
 @dataclass

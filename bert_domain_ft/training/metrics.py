@@ -1,6 +1,7 @@
 """Training metrics: a window of running sums, and the ``metrics.jsonl`` log (one JSON record per line).
 
-Records have ``"kind": "train"`` (step, epoch, lr, mlm_loss, nsp_loss, nsp_acc, sequences_per_second,
+Records have ``"kind": "train"`` (step, epoch, lr, mlm_loss, mlm_accuracy, nsp_loss, nsp_accuracy (named as the
+held-out metrics are; files of earlier versions say mlm_acc, nsp_acc), sequences_per_second,
 tokens_per_second (real tokens, padding left out), padding_share, data_wait_share, on a GPU mfu (model FLOPs
 utilisation, see ``throughput``), …, and anchor_penalty λ/2·Σ‖θ−θ₀‖² and drift ‖θ−θ₀‖ of the pretrained weights
 from their start), ``"kind": "eval"`` (step, epoch and whatever the evaluator returns: the held-out metrics, with
@@ -77,7 +78,7 @@ class MetricsWindow:
         totals = dict(zip(_COUNTERS, sum_across_processes(context, self.sums.clone()).tolist()))
         summary = {
             "mlm_loss": totals["mlm_loss_sum"] / max(totals["mlm_count"], 1.0),
-            "mlm_acc": totals["mlm_correct"] / max(totals["mlm_count"], 1.0),
+            "mlm_accuracy": totals["mlm_correct"] / max(totals["mlm_count"], 1.0),
             "sequences_per_second": self.sequences * context.world_size / elapsed,
             "tokens_per_second": totals["tokens"] / elapsed,
             "padding_share": 1.0 - totals["tokens"] / max(totals["positions"], 1.0),
@@ -89,7 +90,7 @@ class MetricsWindow:
                 summary["mfu"] = mfu / context.world_size
         if totals["nsp_count"]:  # none when every instance of the window was masked LM only
             summary["nsp_loss"] = totals["nsp_loss_sum"] / totals["nsp_count"]
-            summary["nsp_acc"] = totals["nsp_correct"] / totals["nsp_count"]
+            summary["nsp_accuracy"] = totals["nsp_correct"] / totals["nsp_count"]
         return summary
 
 

@@ -89,7 +89,7 @@ _RESUME_SETTINGS = (
     "batch_from_one_corpus",
     # the optimizer and what acts on each step (their state comes from the checkpoint: a change would mix two runs)
     "learning_rate", "warmup_proportion", "weight_decay", "adam_epsilon", "max_grad_norm", "layerwise_lr_decay",
-    "anchor_weight", "head_warmup_steps", "head_learning_rate",
+    "anchor_weight", "head_warmup_steps", "head_learning_rate", "warmup_steps",
     # the model built from scratch, and the arithmetic: precision, TF32, the CPU kernels' own dropout masks
     "from_scratch", "model_type", "config_overrides", "fp16", "bf16", "loss_scale", "tf32", "cpu_kernels",
 )  # fmt: skip

@@ -267,6 +267,7 @@ class OptimizationSettings:
     weight_decay: float = 0.01
     adam_epsilon: float = 1e-8
     warmup_proportion: float = 0.1
+    warmup_steps: int | None = None  # the ramp in steps; replaces warmup_proportion when given
     layerwise_lr_decay: float = 1.0  # 1.0: one rate for every layer
 
 
@@ -282,9 +283,11 @@ def build_optimization(
                     settings.layerwise_lr_decay, multiplier("bert.embeddings.word_embeddings.weight"))  # fmt: skip
     groups = parameter_groups(model, settings.learning_rate, settings.weight_decay, lr_multiplier=multiplier)
     optimizer = build_optimizer(groups, settings.learning_rate, settings.adam_epsilon, device)
-    warmup_steps = warmup_steps_for(total_steps, settings.warmup_proportion)
-    logger.info("learning-rate ramp: the first %d of the %d main steps (--warmup_proportion %g), then linear decay",
-                warmup_steps, total_steps, settings.warmup_proportion)  # fmt: skip
+    warmup_steps = warmup_steps_for(total_steps, settings.warmup_proportion, settings.warmup_steps)
+    ramp = (f"--warmup_steps {settings.warmup_steps}" if settings.warmup_steps is not None
+            else f"--warmup_proportion {settings.warmup_proportion:g}")  # fmt: skip
+    logger.info("learning-rate ramp: the first %d of the %d main steps (%s), then linear decay",
+                warmup_steps, total_steps, ramp)  # fmt: skip
     return optimizer, build_scheduler(optimizer, total_steps, warmup_steps)
 
 

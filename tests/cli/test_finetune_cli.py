@@ -35,6 +35,102 @@ def test_every_original_flag_is_accepted_and_lands_in_the_config() -> None:
     assert config.micro_batch_size == 32
 
 
+# The flags of the later generation: pytorch-transformers 1.x's finetune_on_pregenerated.py (and run_lm_finetuning's
+# optimizer flags), each with the meaning it had there.
+TRANSFORMERS_1X_FLAGS = [
+    "--pregenerated_data", "data", "--output_dir", "out", "--bert_model", "bert-base-uncased", "--do_lower_case",
+    "--reduce_memory", "--epochs", "2", "--local_rank", "-1", "--no_cuda", "--gradient_accumulation_steps", "2",
+    "--train_batch_size", "64", "--fp16", "--fp16_opt_level", "O2", "--warmup_steps", "500", "--adam_epsilon",
+    "1e-6", "--learning_rate", "5e-5", "--seed", "7", "--weight_decay", "0.0", "--max_grad_norm", "5.0",
+]  # fmt: skip
+
+
+def test_the_classic_script_takes_the_pytorch_transformers_1x_flags_with_their_meaning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from bert_domain_ft.cli.flags import parse_with_config
+
+    arguments = parse_with_config(finetune_cli.classic_parser(), TRANSFORMERS_1X_FLAGS)
+    with caplog.at_level("INFO"):
+        config = finetune_cli.config_from(arguments)
+    assert config.warmup_steps == 500 and config.head_warmup_steps is None  # the ramp, not the head-only steps
+    assert (config.adam_epsilon, config.weight_decay, config.max_grad_norm) == (1e-6, 0.0, 5.0)
+    assert (config.epochs, config.train_batch_size, config.gradient_accumulation_steps) == (2, 64, 2)
+    assert config.fp16 and config.no_cuda and config.reduce_memory and config.do_lower_case is True
+    assert (config.learning_rate, config.seed, config.local_rank) == (5e-5, 7, -1)
+    notes = [record.getMessage() for record in caplog.records if "fp16_opt_level" in record.getMessage()]
+    assert len(notes) == 1 and "O2" in notes[0] and "torch.amp" in notes[0]
+
+
+def test_warmup_steps_is_a_learning_rate_ramp_of_that_many_steps() -> None:
+    """--warmup_steps 4 of 20 steps: the rate climbs to its peak over the first 4 steps, then decays; without it
+    the ramp is --warmup_proportion of the steps (0.1: 2 steps)."""
+    import torch
+
+    from bert_domain_ft.training.loop import settings_from
+    from bert_domain_ft.training.setup import OptimizationSettings, build_optimization
+
+    def rates(config: FinetuneConfig) -> list[float]:
+        settings = settings_from(OptimizationSettings, config)
+        optimizer, scheduler = build_optimization(torch.nn.Linear(2, 2), settings, 20, torch.device("cpu"))
+        found = []
+        for _ in range(6):
+            found.append(optimizer.param_groups[0]["lr"] / config.learning_rate)
+            optimizer.step()
+            scheduler.step()
+        return [round(rate, 4) for rate in found]
+
+    config = FinetuneConfig(pregenerated_data=Path("d"), output_dir=Path("o"), bert_model="m", warmup_steps=4)
+    assert rates(config) == [0.25, 0.5, 0.75, 1.0, 1.0, 0.9375]
+    assert rates(FinetuneConfig(pregenerated_data=Path("d"), output_dir=Path("o"), bert_model="m"))[:3] == [0.5, 1, 1]
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"warmup_steps": -1}, "warmup_steps must not be negative"),
+        ({"warmup_steps": 10, "max_steps": 10}, "--warmup_steps 10 ramps the learning rate up over the whole run"),
+    ],
+)
+def test_an_impossible_ramp_is_refused(changes: dict[str, int], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        FinetuneConfig(pregenerated_data=Path("d"), output_dir=Path("o"), bert_model="m", **changes)  # type: ignore[arg-type]
+
+
+def test_a_ramp_as_long_as_the_main_steps_is_one_line() -> None:
+    from bert_domain_ft.errors import UserError
+    from bert_domain_ft.model.optimization import warmup_steps_for
+
+    assert warmup_steps_for(100, 0.1) == 10 and warmup_steps_for(100, 0.1, 30) == 30
+    with pytest.raises(
+        UserError, match="--warmup_steps 100: the learning-rate ramp must be shorter than the run's 100"
+    ):
+        warmup_steps_for(100, 0.1, 100)
+
+
+PREGENERATE_ORIGINAL_FLAGS = [
+    "--train_corpus", "c.txt", "--output_dir", "out", "--bert_model", "bert-base-uncased", "--do_lower_case",
+    "--do_whole_word_mask", "--reduce_memory", "--num_workers", "4", "--epochs_to_generate", "5", "--max_seq_len",
+    "256", "--short_seq_prob", "0.2", "--masked_lm_prob", "0.2", "--max_predictions_per_seq", "30",
+]  # fmt: skip
+
+
+def test_the_classic_pregenerate_script_takes_every_original_flag() -> None:
+    from bert_domain_ft.cli import PREGENERATE
+    from bert_domain_ft.cli.flags import parse_with_config
+
+    arguments = parse_with_config(PREGENERATE.classic_parser(), PREGENERATE_ORIGINAL_FLAGS)
+    assert arguments.train_corpus == ["c.txt"] and arguments.do_lower_case and arguments.do_whole_word_mask
+    assert (arguments.num_workers, arguments.epochs_to_generate, arguments.max_seq_len) == (4, 5, 256)
+    assert (arguments.short_seq_prob, arguments.masked_lm_prob, arguments.max_predictions_per_seq) == (0.2, 0.2, 30)
+
+
+def test_a_resumed_run_keeps_its_learning_rate_ramp() -> None:
+    from bert_domain_ft.training.recipe import _RESUME_SETTINGS
+
+    assert {"warmup_proportion", "warmup_steps"} <= set(_RESUME_SETTINGS)
+
+
 def test_defaults_follow_the_issue() -> None:
     config = finetune_cli.config_from(_parse(["--pregenerated_data", "d", "--output_dir", "o", "--bert_model", "m"]))
     assert (config.learning_rate, config.warmup_proportion, config.weight_decay, config.max_grad_norm) == (

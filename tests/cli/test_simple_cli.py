@@ -44,6 +44,16 @@ def test_every_original_flag_is_accepted_and_lands_in_the_config() -> None:
     assert config.group_by_length and not training.do_eval  # grouping is the default
 
 
+def test_the_pytorch_transformers_1x_flags_keep_their_meaning(caplog: pytest.LogCaptureFixture) -> None:
+    flags = ["--train_corpus", "c", "--bert_model", "m", "--output_dir", "o", "--do_train", "--num_train_epochs", "2.0"]
+    flags += ["--warmup_steps", "100", "--adam_epsilon", "1e-6", "--fp16", "--fp16_opt_level", "O1"]
+    with caplog.at_level("INFO"):
+        config = simple_cli.config_from(_parse(flags))
+    assert config.training.warmup_steps == 100 and config.training.head_warmup_steps is None
+    assert config.training.adam_epsilon == 1e-6 and config.training.epochs == 2 and config.training.fp16
+    assert any("--fp16_opt_level O1" in record.getMessage() for record in caplog.records)
+
+
 def test_new_names_work_too_and_defaults_match_the_original_script() -> None:
     config = simple_cli.config_from(
         _parse(

@@ -282,9 +282,9 @@ def test_data_without_held_out_set_is_a_user_error_naming_the_fix(tiny_bert_dir:
 @pytest.mark.parametrize(
     "arguments, message",
     [
-        ({}, "exactly one of --data"),
-        ({"data": "d", "corpus": "c"}, "exactly one of --data"),
-        ({"corpus": "c", "epoch": 0}, "--epoch needs --data"),
+        ({}, "exactly one of --holdout_data"),
+        ({"data": "d", "corpus": "c"}, "exactly one of --holdout_data"),
+        ({"corpus": "c", "epoch": 0}, "--epoch needs --holdout_data"),
         ({"data": "d", "batch_size": 0}, "--batch_size"),
     ],
 )

@@ -118,13 +118,19 @@ def test_probe_command_compares_models_end_to_end(tiny_bert_dir, tiny_encoder_di
     status = cli_main([*arguments, "--json", str(json_path), "--plot", str(plot_path), "--no_progress"])
     assert status == 0
     printed = capsys.readouterr().out
-    assert f"vs {tiny_encoder_dir}" in printed and printed.count("%") >= 4
+    assert f"vs {tiny_encoder_dir.name}" in printed and printed.count("%") >= 4
+    assert str(tiny_encoder_dir) not in printed  # short names, not absolute paths
     results = json.loads(json_path.read_text(encoding="utf-8"))
     assert [result["model"] for result in results] == models
     for result in results:
         assert 0.0 <= result["accuracy_mean"] <= 1.0 and result["accuracy_std"] >= 0.0
         assert 0.0 <= result["macro_f1_mean"] <= 1.0 and result["seeds"] == [0, 1]
     assert plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_names_given_label_the_models(tiny_bert_dir: Path, probe_files):
+    (result,) = run_probe(fast_config([str(tiny_bert_dir)], probe_files, seeds=1, names=["mine"]))
+    assert result.label == "mine" and result.model == str(tiny_bert_dir)
 
 
 def test_a_probe_learns_a_task_its_model_can_tell_apart(tiny_bert_dir: Path, probe_files):

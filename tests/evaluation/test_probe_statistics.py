@@ -24,6 +24,7 @@ from bert_domain_ft.evaluation.probe_report import (
     paired_difference,
     probe_json,
     regularized_incomplete_beta,
+    short_model_names,
     t_cdf,
     t_quantile,
 )
@@ -102,13 +103,10 @@ def test_the_table_and_json_show_the_paired_difference_against_the_first_model()
     base = ProbeResult("base_dir", seeds, (0.80, 0.82, 0.79, 0.81, 0.80), (0.7,) * 5, name="base")
     run = ProbeResult("run_dir", seeds, (0.83, 0.84, 0.82, 0.83, 0.84), (0.7,) * 5, name="run")
     lines = format_probe_table([base, run]).splitlines()
-    assert lines[4] == "" and lines[5] == (
-        "paired against base over the same 5 seeds (mean difference, 95% interval from Student's t with 4 df):"
-    )
-    assert lines[6].split() == ["model", "accuracy", "verdict", "macro-F1", "verdict"]
-    assert lines[8].split() == ["run", "+2.80", "pts", "[+1.76,", "+3.84]", "better"] + [
-        "+0.00", "pts", "[+0.00,", "+0.00]", "no", "measurable", "difference",
-    ]  # fmt: skip
+    assert lines[4] == "" and lines[5] == ("paired against base, same 5 seeds (95% interval from Student's t, 4 df):")
+    assert lines[6].split() == ["model", "metric", "difference", "[95%", "interval]", "verdict"]
+    assert lines[8].split() == ["run", "accuracy", "+2.80", "pts", "[+1.76,", "+3.84]", "better"]
+    assert lines[9].split() == ["macro-F1", "+0.00", "pts", "[+0.00,", "+0.00]", "no", "measurable", "difference"]
     first, second = probe_json([base, run])
     assert "paired_vs_first" not in first
     paired = second["paired_vs_first"]
@@ -166,3 +164,32 @@ def test_two_copies_of_a_model_get_identical_scores_seed_by_seed(
     base, same = run_probe(fast_config([str(tiny_bert_dir), str(copy)], probe_files, seeds=3, epochs=3))
     assert base.accuracies == same.accuracies and base.macro_f1s == same.macro_f1s
     assert same.paired_with(base).verdict == NO_DIFFERENCE and same.paired_with(base).mean == 0.0
+
+
+def test_models_are_named_by_their_last_path_component_and_the_table_fits_100_columns() -> None:
+    """Absolute paths of ~200 characters made the table ~200 columns wide; the default names are short."""
+    deep = "/home/someone/projects/" + "a-very-long-directory-name/" * 6
+    models = [deep + "base-model", deep + "runs/adapted/best", deep + "other/adapted/best"]
+    assert short_model_names(models) == ["base-model", "runs/adapted/best", "other/adapted/best"]
+    assert short_model_names(["org/name", "run/", "./run"]) == ["name", "run/", "./run"]  # one directory, twice
+    assert short_model_names(["bert-base-uncased", "out/best", "."]) == ["bert-base-uncased", "best", "."]
+    seeds = (0, 1, 2, 3, 4)
+    results = [
+        ProbeResult(model, seeds, (0.5, 0.52, 0.51, 0.49, 0.5), (0.4,) * 5, name=name)
+        for model, name in zip(models, short_model_names(models))
+    ]
+    table = format_probe_table(results)
+    assert deep not in table and max(len(line) for line in table.splitlines()) <= 100, table
+
+
+def test_probe_names_label_the_models_one_each() -> None:
+    from bert_domain_ft.cli import build_parser
+    from bert_domain_ft.cli.flags import build_config, parse_with_config
+
+    flags = ["probe", "--models", "/long/path/base", "/long/path/run", "--train", "a.csv", "--test", "b.csv"]
+    config = build_config(ProbeConfig, parse_with_config(build_parser(), [*flags, "--names", "base", "adapted"]))
+    assert config.names == ["base", "adapted"]
+    with pytest.raises(ValueError, match="--names: 1 given for 2 models"):
+        ProbeConfig(models=["a", "b"], train=Path("a.csv"), test=Path("b.csv"), names=["a"])
+    with pytest.raises(ValueError, match="--names gives a name twice"):
+        ProbeConfig(models=["a", "b"], train=Path("a.csv"), test=Path("b.csv"), names=["x", "x"])

@@ -88,9 +88,10 @@ def test_metrics_log_train_records_with_losses_accuracy_lr_and_throughput(finish
     settings = total["settings"]  # the run's steps count its head-only steps; global steps are the main phase's
     assert steps[-1] == settings["total_steps"] - settings["head_only_steps"] == total["position"]["global_step"]
     for record in records:
-        for key in ("epoch", "lr", "mlm_loss", "nsp_loss", "nsp_acc", "sequences_per_second"):
+        for key in ("epoch", "lr", "mlm_loss", "mlm_accuracy", "nsp_loss", "nsp_accuracy", "sequences_per_second"):
             assert isinstance(record[key], float), key
-        assert 0.0 <= record["nsp_acc"] <= 1.0 and record["mlm_loss"] > 0 and record["lr"] > 0
+        assert 0.0 <= record["nsp_accuracy"] <= 1.0 and record["mlm_loss"] > 0 and record["lr"] > 0
+        assert "mlm_acc" not in record and "nsp_acc" not in record  # one name, as in the held-out records
     assert records[-1]["epoch"] == 2.0
 
 

@@ -52,7 +52,7 @@ def test_a_short_run_lowers_the_training_loss(trained: Path) -> None:
     records = [record for record in read_metrics(trained) if record["kind"] == "train"]
     first, last = records[0], records[-1]
     assert last["mlm_loss"] < first["mlm_loss"] - 0.5
-    assert "nsp_loss" in last and 0.3 < last["nsp_acc"] <= 1.0
+    assert "nsp_loss" in last and 0.3 < last["nsp_accuracy"] <= 1.0
 
 
 def test_the_saved_model_loads_with_from_pretrained(trained: Path) -> None:
