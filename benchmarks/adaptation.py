@@ -185,6 +185,7 @@ def pregenerated(model: str, name: str, data: dict[str, Any], objective: str, wo
     if not (output / "manifest.json").exists():
         pregenerate(
             PregenerateConfig(
+                holdout_fraction=0.0,
                 output_dir=output,
                 bert_model=model,
                 objective=objective,

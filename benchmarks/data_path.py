@@ -38,7 +38,7 @@ def pregenerated(corpus: Path, model: str, output: Path, dynamic: bool) -> Path:
     from bert_domain_ft.data.config import PregenerateConfig
     from bert_domain_ft.data.pregenerate import pregenerate
 
-    config = PregenerateConfig(
+    config = PregenerateConfig(holdout_fraction=0.0,
         train_corpus=corpus, output_dir=output, bert_model=model, epochs_to_generate=1, max_seq_len=MAX_SEQ_LEN,
         objective="mlm", dynamic_masking=dynamic, show_progress=False, overwrite=True,
     )  # fmt: skip

@@ -246,7 +246,7 @@ def pregenerated(corpus: Path, tokenizer_dir: str, seq_len: int, output: Path) -
     from bert_domain_ft.data.config import PregenerateConfig
     from bert_domain_ft.data.pregenerate import pregenerate
 
-    pregenerate(PregenerateConfig(
+    pregenerate(PregenerateConfig(holdout_fraction=0.0,
         train_corpus=corpus, output_dir=output, bert_model=tokenizer_dir, epochs_to_generate=1, max_seq_len=seq_len,
         objective="mlm", dynamic_masking=True, show_progress=False, overwrite=True, num_workers=8,
     ))  # fmt: skip

@@ -57,7 +57,7 @@ def main() -> None:
         for label, options in variants.items():
             fills = {}
             for length in (128, 512):
-                config = PregenerateConfig(
+                config = PregenerateConfig(holdout_fraction=0.0,
                     train_corpus=arguments.corpus, output_dir=Path(scratch) / f"{label}{length}",
                     bert_model=arguments.bert_model, epochs_to_generate=1, max_seq_len=length,
                     show_progress=False, **options,

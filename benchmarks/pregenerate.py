@@ -38,7 +38,7 @@ PREGENERATE = """
 from pathlib import Path
 from bert_domain_ft.data.config import PregenerateConfig
 from bert_domain_ft.data.pregenerate import pregenerate
-manifest = pregenerate(PregenerateConfig(train_corpus=Path({corpus!r}), output_dir=Path({output!r}), bert_model={model!r},
+manifest = pregenerate(PregenerateConfig(holdout_fraction=0.0, train_corpus=Path({corpus!r}), output_dir=Path({output!r}), bert_model={model!r},
     epochs_to_generate={epochs}, max_seq_len=128, reduce_memory={reduce}, num_workers={workers}, overwrite=True,
     show_progress=False))
 fills = [e["statistics"]["packing_fill"] for e in manifest["epochs"]]

@@ -59,6 +59,7 @@ def pregenerate_epoch(corpus: Path, model: str, output: Path) -> int:
     from bert_domain_ft.data.pregenerate import PregenerateConfig, pregenerate
 
     config = PregenerateConfig(
+        holdout_fraction=0.0,
         train_corpus=corpus,
         output_dir=output,
         bert_model=model,

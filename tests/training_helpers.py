@@ -24,7 +24,7 @@ def make_pregenerated(
         epochs_to_generate=epochs,
         max_seq_len=max_seq_len,
         show_progress=False,
-        **options,
+        **{"holdout_fraction": 0.0, **options},
     )
     pregenerate(config)
     return output_dir

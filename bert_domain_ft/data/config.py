@@ -107,8 +107,10 @@ class PregenerateConfig:
     """Upper bound on masked tokens per instance."""
     seed: int = 42
     """Seed of every random choice; same seed and corpus → identical bytes."""
-    holdout_fraction: float = 0.0
-    """Fraction of documents set aside (chosen by seed) for one held-out evaluation epoch."""
+    holdout_fraction: float = 0.05
+    """Fraction of each corpus's documents set aside (chosen by seed) as the held-out set that finetune, evaluate
+    and the model card measure (0 turns it off). A corpus too small to keep two documents on each side gives none,
+    with a warning."""
     overwrite: bool = False
     """Replace what an earlier run left in output_dir."""
     resume: bool = False

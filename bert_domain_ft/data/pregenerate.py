@@ -272,12 +272,13 @@ def _generate_all(
         config.task_share if config.task_data is not None else None,
     )  # fmt: skip
     wanted = [(epoch_directory_name(e), epoch_writer.TRAINING_STREAM, e) for e in range(config.epochs_to_generate)]
-    if config.holdout_fraction > 0:
+    with_holdout = any(len(documents) for documents in held_out)  # corpora too small to hold out give none
+    if with_holdout:
         wanted.append((HOLDOUT_DIRECTORY, epoch_writer.HOLDOUT_STREAM, 0))
     statistics = _kept_epochs(config.output_dir, wanted) if config.resume else {}
     jobs = [job for job in wanted if job[0] not in statistics]
     statistics.update(_generate(context, jobs, copies, config.output_dir, config.num_workers, config.show_progress))
-    remove_stale_epochs(config.output_dir, config.epochs_to_generate, config.holdout_fraction > 0)
+    remove_stale_epochs(config.output_dir, config.epochs_to_generate, with_holdout)
     task_entry = None
     if task_stats is not None and config.task_data is not None:
         task_entry = task_manifest_entry(
@@ -302,7 +303,7 @@ def _generate_all(
             for name, stream, e in wanted
             if stream == epoch_writer.TRAINING_STREAM
         ],
-        "holdout": None if config.holdout_fraction == 0 else _holdout_entry(held_out, statistics[HOLDOUT_DIRECTORY]),
+        "holdout": None if not with_holdout else _holdout_entry(held_out, statistics[HOLDOUT_DIRECTORY]),
         # How to make the data again, for the model card: the command line as typed (the last one, with --resume),
         # None when pregenerate was called from Python. Absent in data written before it was recorded.
         "command": command_line(),
@@ -324,10 +325,12 @@ def _split_documents(
         fraction = 0.0 if name == TASK_CORPUS_NAME else holdout_fraction
         count = int(round(len(everything) * fraction))
         if fraction > 0 and (count < 2 or len(everything) - count < 2):
-            raise UserError(
-                f"{path}: {len(everything)} documents cannot give {holdout_fraction:.0%} held out with at least two "
-                "documents on each side (NSP needs two); change --holdout_fraction or add documents"
-            )
+            logger.warning(
+                "%s: %d documents are too few to hold out %s with at least two documents on each side (NSP needs "
+                "two): none of them is held out; add documents or change --holdout_fraction", path, len(everything),
+                f"{holdout_fraction:.0%}",
+            )  # fmt: skip
+            count = 0
         rng = np.random.default_rng([seed, epoch_writer.HOLDOUT_STREAM, corpus])
         chosen = np.sort(first + rng.choice(len(everything), size=count, replace=False))
         training.append(np.setdiff1d(everything, chosen))

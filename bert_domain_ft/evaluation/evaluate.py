@@ -144,6 +144,7 @@ def _pregenerate_corpus(
             bert_model=model,
             tokenizer=tokenizer,
             epochs_to_generate=1,
+            holdout_fraction=0.0,  # the whole text is what is evaluated: one epoch, nothing set aside from it
             max_seq_len=max_seq_len,
             seed=EVALUATION_SEED,
             show_progress=show_progress,
@@ -195,6 +196,7 @@ def general_pregenerate_config(
         objective=data_manifest["objective"],
         no_cross_document=bool(generation.get("no_cross_document", False)) and data_manifest["objective"] == "mlm",
         epochs_to_generate=1,
+        holdout_fraction=0.0,  # the whole general text is evaluated: one epoch, nothing set aside from it
         max_seq_len=int(data_manifest["max_seq_len"]),
         seed=GENERAL_SEED,
         show_progress=False,

@@ -271,7 +271,7 @@ def test_pregenerate_runs_from_a_config_file_and_saves_its_effective_config(
     assert manifest["generation"]["seed"] == 5 and manifest["max_seq_len"] == 32
     saved = load_config_file(output / EFFECTIVE_CONFIG_NAME)
     assert saved["seed"] == 5 and saved["max_seq_len"] == 32 and saved["output_dir"] == str(output)
-    assert saved["train_corpus"] == [str(tiny_corpus)] and saved["holdout_fraction"] == 0.0  # a default
+    assert saved["train_corpus"] == [str(tiny_corpus)] and saved["holdout_fraction"] == 0.05  # a default
     # The saved file reproduces the run: the same bytes again (written elsewhere: a flag overrides output_dir).
     again = tmp_path / "again"
     assert main(["pregenerate", "--config", str(output / EFFECTIVE_CONFIG_NAME), "--output_dir", str(again)]) == 0

@@ -377,6 +377,7 @@ def test_a_prepared_corpus_passes_check_and_pregenerates(tmp_path, domain_raw, t
             epochs_to_generate=1,
             max_seq_len=32,
             show_progress=False,
+            holdout_fraction=0.0,
         )
     )
     assert manifest["corpus"]["documents"] == len(documents)

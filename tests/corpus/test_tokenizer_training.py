@@ -197,6 +197,7 @@ def test_pregenerate_uses_a_trained_wordpiece_tokenizer(trained: dict[str, Path]
         epochs_to_generate=1,
         max_seq_len=32,
         show_progress=False,
+        holdout_fraction=0.0,
     )
     manifest = pregenerate(config)
     facts = describe_tokenizer(load_tokenizer(str(trained["wordpiece"])), str(trained["wordpiece"]))

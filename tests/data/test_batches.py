@@ -18,6 +18,7 @@ def test_unused_label_slots_are_ignore_index_and_rows_keep_their_order(
     config = PregenerateConfig(
         train_corpus=tiny_corpus, output_dir=tmp_path, bert_model=str(tiny_tokenizer_dir), epochs_to_generate=1,
         max_seq_len=64, show_progress=False,
+        holdout_fraction=0.0,
     )  # fmt: skip
     epoch = open_epoch(tmp_path, pregenerate(config), 0)
     indices = np.array([7, 2, 11, 5])

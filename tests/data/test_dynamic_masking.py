@@ -21,7 +21,7 @@ MAX_SEQ_LEN = 64
 def _pregenerate(corpus: Path, tokenizer_dir: Path, output_dir: Path, **options: Any) -> dict[str, Any]:
     config = PregenerateConfig(
         train_corpus=corpus, output_dir=output_dir, bert_model=str(tokenizer_dir), objective="mlm",
-        dynamic_masking=True, epochs_to_generate=1, max_seq_len=MAX_SEQ_LEN, show_progress=False, **options,
+        dynamic_masking=True, epochs_to_generate=1, max_seq_len=MAX_SEQ_LEN, show_progress=False, **{"holdout_fraction": 0.0, **options},
     )  # fmt: skip
     return pregenerate(config)
 

@@ -30,7 +30,7 @@ def bpe_tokenizer_dir(tiny_corpus: Path, tmp_path_factory: pytest.TempPathFactor
 def generate(corpus: Path, tokenizer: Path, output: Path, **options) -> dict:
     config = PregenerateConfig(
         train_corpus=corpus, output_dir=output, tokenizer=str(tokenizer), epochs_to_generate=2, max_seq_len=64,
-        show_progress=False, **options,
+        show_progress=False, **{"holdout_fraction": 0.0, **options},
     )  # fmt: skip
     return pregenerate(config)
 

@@ -36,7 +36,11 @@ EPOCH_FILES = (
 
 def run(corpus: Path, tokenizer: Path, output: Path, **options) -> dict:
     settings = {"epochs_to_generate": 2, "max_seq_len": 64, "show_progress": False, **options}
-    return pregenerate(PregenerateConfig(train_corpus=corpus, output_dir=output, bert_model=str(tokenizer), **settings))
+    return pregenerate(
+        PregenerateConfig(
+            train_corpus=corpus, output_dir=output, bert_model=str(tokenizer), **{"holdout_fraction": 0.0, **settings}
+        )
+    )
 
 
 def epoch_bytes(output: Path, epoch: int) -> dict[str, bytes]:
@@ -418,7 +422,12 @@ def test_whole_word_masking_is_refused_for_a_tokenizer_without_wordpiece(tiny_co
 )
 def test_invalid_settings_are_refused_up_front(options: dict, message: str, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=message):
-        PregenerateConfig(train_corpus=tmp_path / "c.txt", output_dir=tmp_path / "o", bert_model="m", **options)
+        PregenerateConfig(
+            train_corpus=tmp_path / "c.txt",
+            output_dir=tmp_path / "o",
+            bert_model="m",
+            **{"holdout_fraction": 0.0, **options},
+        )
 
 
 def test_max_seq_len_above_the_model_positions_is_refused(
@@ -437,3 +446,36 @@ def test_the_data_stages_do_not_import_torch() -> None:
         "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'torch imported'"
     )
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+
+
+# ---------------------------------------------------------------------------- a held-out set by default
+
+
+def test_a_held_out_set_is_set_aside_by_default_a_twentieth_of_the_documents(
+    tiny_corpus: Path, tiny_tokenizer_dir: Path, tmp_path: Path
+) -> None:
+    output = tmp_path / "data"
+    arguments = ["pregenerate", "--train_corpus", str(tiny_corpus), "--bert_model", str(tiny_tokenizer_dir)]
+    assert main([*arguments, "--output_dir", str(output), "--epochs_to_generate", "1", "--no_progress"]) == 0
+    manifest = read_manifest(output)
+    assert manifest["generation"]["holdout_fraction"] == 0.05
+    assert len(manifest["holdout"]["documents"]) == round(0.05 * 120)  # the tiny corpus has 120 documents
+    assert open_epoch(output, manifest, 0).num_instances > 0 and (output / "holdout").is_dir()
+
+
+def test_a_corpus_too_small_to_hold_out_two_documents_gives_none_and_says_so(
+    tiny_tokenizer_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from tiny_assets import write_corpus
+
+    corpus = write_corpus(tmp_path / "small.txt", num_documents=20, min_sentences=2)
+    config = PregenerateConfig(train_corpus=corpus, output_dir=tmp_path / "data", bert_model=str(tiny_tokenizer_dir),
+                               epochs_to_generate=1, show_progress=False)  # fmt: skip
+    with caplog.at_level(logging.WARNING):
+        manifest = pregenerate(config)
+    assert manifest["holdout"] is None and not (tmp_path / "data" / "holdout").exists()
+    warnings = [record.getMessage() for record in caplog.records if "too few to hold out" in record.getMessage()]
+    assert warnings == [
+        f"{corpus}: 20 documents are too few to hold out 5% with at least two documents on each side (NSP needs "
+        "two): none of them is held out; add documents or change --holdout_fraction"
+    ]

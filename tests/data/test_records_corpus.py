@@ -35,6 +35,7 @@ def test_pregenerate_from_parquet_rows_grouped_into_documents(tmp_path: Path, ti
     config = PregenerateConfig(
         train_corpus=path, output_dir=tmp_path / "data", bert_model=str(tiny_bert_dir), epochs_to_generate=1,
         max_seq_len=64, text_field="sentence", document_field="doc", show_progress=False,
+        holdout_fraction=0.0,
     )  # fmt: skip
     manifest = pregenerate(config)
     assert manifest["corpus"]["documents"] == 30 and manifest["corpus"]["sentences"] == len(rows)
@@ -108,5 +109,7 @@ def test_corpus_names_of_letters_digits_dashes_and_dots_are_kept(tmp_path: Path)
     from bert_domain_ft.data.config import corpora_from_text
 
     given = ["zul=a.txt", "en-GB.v2=b.txt", "nb_NO=c.txt", "Ελληνικά=d.txt"]
-    config = PregenerateConfig(train_corpus=corpora_from_text(given), output_dir=tmp_path, bert_model="m")
+    config = PregenerateConfig(
+        train_corpus=corpora_from_text(given), output_dir=tmp_path, bert_model="m", holdout_fraction=0.0
+    )
     assert list(config.train_corpus) == ["zul", "en-GB.v2", "nb_NO", "Ελληνικά"]

@@ -29,7 +29,9 @@ pytestmark = pytest.mark.reliability
 
 def config(corpus: Path, tokenizer: Path, output: Path, **options) -> PregenerateConfig:
     settings = {"epochs_to_generate": 1, "max_seq_len": 32, "show_progress": False, **options}
-    return PregenerateConfig(train_corpus=corpus, output_dir=output, bert_model=str(tokenizer), **settings)
+    return PregenerateConfig(
+        train_corpus=corpus, output_dir=output, bert_model=str(tokenizer), **{"holdout_fraction": 0.0, **settings}
+    )
 
 
 def pregenerate_cli(corpus: Path, model: Path, output: Path, *flags: str) -> list[str]:

@@ -32,7 +32,11 @@ EPOCHS = 3
 def run(corpus: Path, task: Path | None, tokenizer: Path, output: Path, **options) -> dict:
     settings = {"epochs_to_generate": EPOCHS, "max_seq_len": 64, "show_progress": False, **options}
     config = PregenerateConfig(
-        train_corpus=corpus, output_dir=output, bert_model=str(tokenizer), task_data=task, **settings
+        train_corpus=corpus,
+        output_dir=output,
+        bert_model=str(tokenizer),
+        task_data=task,
+        **{"holdout_fraction": 0.0, **settings},
     )
     return pregenerate(config)
 

@@ -272,6 +272,7 @@ def test_data_without_held_out_set_is_a_user_error_naming_the_fix(tiny_bert_dir:
             epochs_to_generate=1,
             max_seq_len=64,
             show_progress=False,
+            holdout_fraction=0.0,
         )
     )
     with pytest.raises(UserError, match="--holdout_fraction"):

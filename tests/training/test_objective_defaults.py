@@ -42,7 +42,11 @@ def test_pregenerate_auto_makes_nsp_pairs_only_for_a_checkpoint_with_a_trained_n
 ) -> None:
     directory = request.getfixturevalue(model)
     config = PregenerateConfig(
-        train_corpus=tiny_corpus, output_dir=tmp_path / "out", bert_model=str(directory), show_progress=False
+        train_corpus=tiny_corpus,
+        output_dir=tmp_path / "out",
+        bert_model=str(directory),
+        show_progress=False,
+        holdout_fraction=0.0,
     )
     manifest = pregenerate(config)
     assert manifest["objective"] == objective

@@ -471,7 +471,7 @@ def test_evaluate_data_that_is_a_file_names_the_data_flag(
     status, error, _ = run_cli(capsys, evaluate_flags(tiny_corpus, tiny_bert_dir))
     assert status == 2
     assert error == (
-        f"error: {tiny_corpus}: is a file, not a directory; --data takes the output directory of "
+        f"error: {tiny_corpus}: is a file, not a directory; --holdout_data takes the output directory of "
         "`bert-domain-ft pregenerate`"
     )
     assert "--pregenerated_data" not in error
