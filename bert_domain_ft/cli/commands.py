@@ -32,7 +32,7 @@ from bert_domain_ft.corpus.config import (
     VocabExtendConfig,
 )
 from bert_domain_ft.data.config import PregenerateConfig, corpora_from_text
-from bert_domain_ft.errors import UserError
+from bert_domain_ft.errors import UserError, redact_secrets
 from bert_domain_ft.evaluation.config import EvaluateConfig, FillMaskConfig, PlotConfig, ProbeConfig
 from bert_domain_ft.training.config import FinetuneConfig, OriginalSimpleFlags, OriginalTrainingFlags, SimpleConfig
 
@@ -46,8 +46,8 @@ def run_guarded(action: Callable[[], Any]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     try:
         result = action()
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
+    except UserError as error:  # the user's own strings too (--bert_model https://user:token@host/…): redacted
+        print(f"error: {redact_secrets(str(error))}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

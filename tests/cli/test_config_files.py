@@ -448,3 +448,13 @@ def test_a_config_that_is_no_file_of_flag_values_says_what_it_is(tmp_path: Path,
     message = {"directory": "is a directory; give the YAML or JSON file", "device": "over 1 MB", "large": "over 1 MB"}
     with pytest.raises(UserError, match=message.get(kind, "nested too deeply")):
         load_config_file(path)
+
+
+def test_a_credential_the_user_typed_into_a_flag_is_not_echoed_in_the_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every one-line error passes through the redaction, not only the libraries' errors."""
+    model = "https://someone:hunter2token@models.example/bert"
+    status = main(["check", str(tmp_path / "missing.txt"), "--bert_model", model])
+    error = capsys.readouterr().err
+    assert status == 2 and "hunter2token" not in error and error.startswith("error: ")
